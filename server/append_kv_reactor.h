@@ -1,0 +1,38 @@
+// AppendKvReactor: serves one AppendKv stream. Each chunk is applied on the compute
+// pool (it copies into pages and may wait on the layer's lock); the next read starts
+// only when the chunk is applied, so chunks apply in stream order. The first bad chunk
+// ends the stream with its status; chunks before it stay applied.
+//
+// Owned by gRPC; deletes itself in OnDone.
+#ifndef PQKV_SERVER_APPEND_KV_REACTOR_H_
+#define PQKV_SERVER_APPEND_KV_REACTOR_H_
+
+#include <memory>
+
+#include "pqkv/v1/pqkv.grpc.pb.h"
+#include "server/session_store.h"
+#include "server/thread_pool.h"
+
+namespace pqkv {
+
+class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest> {
+ public:
+  AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, v1::AppendKvResponse* response);
+
+  void OnReadDone(bool ok) override;
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Apply(const v1::AppendKvRequest& chunk);
+
+  SessionStore* const store_;
+  ThreadPool* const compute_pool_;
+  v1::AppendKvResponse* const response_;
+  v1::AppendKvRequest chunk_;
+  // The session of the previous chunk: a stream usually carries one session.
+  std::shared_ptr<Session> session_;
+};
+
+}  // namespace pqkv
+
+#endif  // PQKV_SERVER_APPEND_KV_REACTOR_H_

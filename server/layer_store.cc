@@ -1,0 +1,256 @@
+#include "server/layer_store.h"
+
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/dtype_convert.h"
+#include "server/server_logger.h"
+
+namespace pqkv {
+
+const char* IndexStateName(IndexState state) {
+  switch (state) {
+    case IndexState::kOpen: return "open";
+    case IndexState::kBuilding: return "building";
+    case IndexState::kReady: return "ready";
+    case IndexState::kExact: return "exact";
+    case IndexState::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+LayerStore::LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena)
+    : layer_(layer), config_(config), arena_(arena) {
+  absl::MutexLock lock(&mu_);
+  for (uint32_t h = 0; h < config_.shape.num_kv_heads; ++h) {
+    keys_.push_back(std::make_unique<PagedRows>(arena_, config_.shape.row_bytes()));
+    values_.push_back(std::make_unique<PagedRows>(arena_, config_.shape.row_bytes()));
+  }
+}
+
+absl::Status LayerStore::Append(uint64_t token_begin, uint32_t num_tokens,
+                                absl::string_view keys, absl::string_view values) {
+  const ModelShape& shape = config_.shape;
+  if (num_tokens == 0) return absl::InvalidArgumentError("num_tokens must be at least 1");
+  const size_t head_bytes = static_cast<size_t>(num_tokens) * shape.row_bytes();
+  const size_t expected = head_bytes * shape.num_kv_heads;
+  if (keys.size() != expected || values.size() != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", layer_, ": ", num_tokens, " tokens x ", shape.num_kv_heads, " kv heads x ",
+        shape.head_dim, " dims need ", expected, " bytes of keys and of values, got ",
+        keys.size(), " and ", values.size()));
+  }
+  if (!kernels::AllFinite(shape.dtype, keys.data(), expected / kernels::ElementBytes(shape.dtype))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer_, ": keys contain NaN or Inf"));
+  }
+
+  absl::MutexLock lock(&mu_);
+  if (token_begin != num_tokens_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", layer_, " holds tokens [0, ", num_tokens_, "); a chunk must start at ",
+        num_tokens_, ", got token_begin ", token_begin,
+        token_begin > num_tokens_ ? " (gap)" : " (overlap)"));
+  }
+  if (num_tokens_ + num_tokens > UINT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer_, " would exceed ", UINT32_MAX, " tokens"));
+  }
+  // Every kv head's K and V rows grow alike, so one head tells how many pages each needs.
+  const size_t pages_per_tensor = keys_[0]->PagesNeededFor(num_tokens);
+  if (pages_per_tensor > 0) {
+    const size_t tensors = 2 * shape.num_kv_heads;
+    absl::StatusOr<std::vector<uint32_t>> pages = arena_->Allocate(pages_per_tensor * tensors);
+    if (!pages.ok()) return pages.status();
+    for (size_t i = 0; i < tensors; ++i) {
+      std::vector<uint32_t> slice(pages->begin() + i * pages_per_tensor,
+                                  pages->begin() + (i + 1) * pages_per_tensor);
+      (i % 2 == 0 ? keys_ : values_)[i / 2]->AddPages(slice);
+    }
+  }
+  for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
+    keys_[h]->Append(keys.data() + h * head_bytes, num_tokens);
+    values_[h]->Append(values.data() + h * head_bytes, num_tokens);
+  }
+  num_tokens_ += num_tokens;
+  if (index_state_ == IndexState::kReady) EncodeTailLocked();
+  return absl::OkStatus();
+}
+
+bool LayerStore::SealPrefill() {
+  absl::MutexLock lock(&mu_);
+  if (index_state_ != IndexState::kOpen) return false;
+  if (num_tokens_ < config_.index.min_training_tokens()) {
+    index_state_ = IndexState::kExact;
+    return false;
+  }
+  index_state_ = IndexState::kBuilding;
+  return true;
+}
+
+std::vector<float> LayerStore::KeysAsFloatLocked(uint32_t h, size_t begin, size_t end) const {
+  const uint32_t dim = config_.shape.head_dim;
+  std::vector<float> out((end - begin) * dim);
+  for (size_t t = begin; t < end; ++t) {
+    kernels::ToFloat(config_.shape.dtype, keys_[h]->Row(t), dim, out.data() + (t - begin) * dim);
+  }
+  return out;
+}
+
+void LayerStore::BuildIndex() {
+  const absl::Time start = absl::Now();
+  const ModelShape& shape = config_.shape;
+  const IndexOptions& options = config_.index;
+  std::vector<PqCodebook> codebooks;
+  std::vector<std::vector<uint8_t>> codes(shape.num_kv_heads);
+  size_t snapshot_tokens = 0;
+  absl::Status status;
+  for (uint32_t h = 0; h < shape.num_kv_heads && status.ok(); ++h) {
+    std::vector<float> keys;
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      if (h == 0) snapshot_tokens = num_tokens_;
+      keys = KeysAsFloatLocked(h, 0, snapshot_tokens);
+    }
+    absl::StatusOr<PqCodebook> codebook =
+        PqCodebook::Train(keys.data(), snapshot_tokens, shape.head_dim, options.subspaces,
+                          options.bits, options.kmeans_iterations);
+    if (!codebook.ok()) {
+      status = codebook.status();
+      break;
+    }
+    codes[h].resize(snapshot_tokens * options.subspaces);
+    codebook->Encode(keys.data(), snapshot_tokens, codes[h].data());
+    codebooks.push_back(*std::move(codebook));
+  }
+
+  absl::MutexLock lock(&mu_);
+  index_build_ms_ = absl::ToDoubleMilliseconds(absl::Now() - start);
+  if (!status.ok()) {
+    index_state_ = IndexState::kFailed;
+    ServerLogger().error("layer {} index build failed, scoring exactly: {}", layer_,
+                                 status.ToString());
+    return;
+  }
+  codebooks_ = std::move(codebooks);
+  codes_ = std::move(codes);
+  num_encoded_ = snapshot_tokens;
+  EncodeTailLocked();  // tokens appended while training
+  index_state_ = IndexState::kReady;
+}
+
+void LayerStore::EncodeTailLocked() {
+  const size_t begin = num_encoded_;
+  const size_t end = num_tokens_;
+  if (end == begin) return;
+  const uint32_t M = config_.index.subspaces;
+  for (uint32_t h = 0; h < config_.shape.num_kv_heads; ++h) {
+    const std::vector<float> keys = KeysAsFloatLocked(h, begin, end);
+    codes_[h].resize(end * M);
+    codebooks_[h].Encode(keys.data(), end - begin, codes_[h].data() + begin * M);
+  }
+  num_encoded_ = end;
+}
+
+absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> query, uint32_t k,
+                                                    absl::Time deadline) const {
+  const ModelShape& shape = config_.shape;
+  const size_t expected = static_cast<size_t>(shape.num_query_heads) * shape.head_dim;
+  if (query.size() != expected) {
+    return absl::InvalidArgumentError(absl::StrCat("query has ", query.size(), " floats; ",
+                                                   shape.num_query_heads, " query heads x ",
+                                                   shape.head_dim, " dims need ", expected));
+  }
+  for (float x : query) {
+    if (!std::isfinite(x)) return absl::InvalidArgumentError("query contains NaN or Inf");
+  }
+
+  const bool ready = mu_.ReaderLockWhenWithDeadline(
+      absl::Condition(
+          +[](const LayerStore* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return self->index_state_ != IndexState::kBuilding;
+          },
+          this),
+      deadline);
+  // The lock is held either way.
+  struct Unlock {
+    absl::Mutex* mu;
+    ~Unlock() { mu->ReaderUnlock(); }
+  } unlock{&mu_};
+  if (!ready) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("layer ", layer_, "'s index is still building"));
+  }
+
+  const uint64_t n = num_tokens_;
+  const uint32_t sinks = config_.index.sink_tokens;
+  const uint32_t recent = config_.index.recent_window;
+  const uint64_t candidate_end = n > recent ? n - recent : 0;
+  const uint64_t candidate_begin = std::min<uint64_t>(sinks, candidate_end);
+  const uint64_t candidates = candidate_end - candidate_begin;
+  if (k == 0 || k > candidates) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "k = ", k, " but layer ", layer_, " has ", candidates, " candidate tokens (", n,
+        " held, minus ", sinks, " sinks and ", recent, " recent); k must be in [1, ",
+        candidates, "]"));
+  }
+
+  LayerSelection selection;
+  selection.num_tokens = n;
+  const bool use_codes = index_state_ == IndexState::kReady;
+  selection.num_encoded = use_codes ? num_encoded_ : 0;
+  for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
+    HeadKeys keys;
+    keys.rows = keys_[h].get();
+    keys.num_tokens = n;
+    keys.dtype = shape.dtype;
+    keys.head_dim = static_cast<int>(shape.head_dim);
+    if (use_codes) {
+      keys.codebook = &codebooks_[h];
+      keys.codes = codes_[h].data();
+      keys.num_encoded = num_encoded_;
+    }
+    const float* group_queries = query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
+    selection.heads.push_back(ScoreAndSelect(keys, group_queries, static_cast<int>(shape.group_size()),
+                                             static_cast<uint32_t>(candidate_begin),
+                                             static_cast<uint32_t>(candidate_end), k));
+  }
+  return selection;
+}
+
+absl::Status LayerStore::Fetch(uint32_t kv_head, absl::Span<const uint32_t> positions,
+                               char* keys_out, char* values_out) const {
+  if (kv_head >= config_.shape.num_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_head ", kv_head, " out of range [0, ",
+                                                   config_.shape.num_kv_heads, ")"));
+  }
+  absl::ReaderMutexLock lock(&mu_);
+  for (uint32_t position : positions) {
+    if (position >= num_tokens_) {
+      return absl::InvalidArgumentError(absl::StrCat("position ", position, " out of range: layer ",
+                                                     layer_, " holds ", num_tokens_, " tokens"));
+    }
+  }
+  const size_t row_bytes = config_.shape.row_bytes();
+  for (size_t i = 0; i < positions.size(); ++i) {
+    std::memcpy(keys_out + i * row_bytes, keys_[kv_head]->Row(positions[i]), row_bytes);
+    std::memcpy(values_out + i * row_bytes, values_[kv_head]->Row(positions[i]), row_bytes);
+  }
+  return absl::OkStatus();
+}
+
+LayerStatus LayerStore::Status() const {
+  absl::ReaderMutexLock lock(&mu_);
+  LayerStatus status;
+  status.num_tokens = num_tokens_;
+  status.index_state = index_state_;
+  status.num_encoded = num_encoded_;
+  status.index_build_ms = index_build_ms_;
+  for (const auto& rows : keys_) status.bytes_held += rows->bytes_held();
+  for (const auto& rows : values_) status.bytes_held += rows->bytes_held();
+  return status;
+}
+
+}  // namespace pqkv

@@ -1,0 +1,118 @@
+// pqkv-server: holds the K/V cache of long-context sessions and answers, per layer,
+// which tokens a decode step should attend to. Runs with no flags: port 50051, CPU
+// backend, in-memory store with half of the machine's memory as its budget.
+#include <signal.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/byte_size.h"
+#include "server/pqkv_service.h"
+#include "server/server_logger.h"
+#include "server/session_store.h"
+#include "server/thread_pool.h"
+#include "server/version.h"
+
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(int, port, 50051, "Port to listen on; 0 picks a free one (see --port_file).");
+ABSL_FLAG(std::string, port_file, "", "If set, the bound port is written to this file.");
+ABSL_FLAG(int, threads, 0, "Compute threads for scoring and copies; 0: one per core.");
+ABSL_FLAG(int, index_threads, 1, "Threads that train layer indexes in the background.");
+ABSL_FLAG(std::string, memory_budget, "",
+          "Bytes of K/V the server may hold (e.g. 16GiB); default half of physical memory.");
+ABSL_FLAG(std::string, page_size, "64KiB", "K/V arena page size (a multiple of 4KiB).");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
+ABSL_FLAG(int, shutdown_grace_seconds, 10, "On SIGTERM/SIGINT, time in-flight calls get.");
+
+namespace {
+
+size_t DefaultMemoryBudget() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGE_SIZE);
+  return static_cast<size_t>(pages) * static_cast<size_t>(page_size) / 2;
+}
+
+int Fail(const absl::Status& status) {
+  pqkv::ServerLogger().critical("{}", status.ToString());
+  spdlog::shutdown();
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("pqkv-server: PQ-indexed KV cache retrieval service");
+  absl::ParseCommandLine(argc, argv);
+  pqkv::InstallServerLogger(absl::GetFlag(FLAGS_log_level));
+  spdlog::logger& log = pqkv::ServerLogger();
+
+  // Signals are taken by sigwait below, not by whatever thread they land on.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  pqkv::SessionStoreOptions store_options;
+  store_options.index_threads = absl::GetFlag(FLAGS_index_threads);
+  if (absl::GetFlag(FLAGS_memory_budget).empty()) {
+    store_options.memory_budget_bytes = DefaultMemoryBudget();
+  } else {
+    absl::StatusOr<size_t> budget = pqkv::ParseByteSize(absl::GetFlag(FLAGS_memory_budget));
+    if (!budget.ok()) return Fail(budget.status());
+    store_options.memory_budget_bytes = *budget;
+  }
+  absl::StatusOr<size_t> page_bytes = pqkv::ParseByteSize(absl::GetFlag(FLAGS_page_size));
+  if (!page_bytes.ok()) return Fail(page_bytes.status());
+  store_options.page_bytes = *page_bytes;
+  absl::StatusOr<std::unique_ptr<pqkv::SessionStore>> store =
+      pqkv::SessionStore::Create(store_options);
+  if (!store.ok()) return Fail(store.status());
+
+  int threads = absl::GetFlag(FLAGS_threads);
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  pqkv::ThreadPool compute_pool("pqkv-compute", threads);
+  pqkv::PqkvService service(store->get(), &compute_pool, pqkv::ServiceOptions{});
+
+  const std::string address =
+      absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+  int bound_port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
+  builder.SetMaxReceiveMessageSize(pqkv::kMaxReceiveMessageBytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_port == 0) {
+    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", address)));
+  }
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    const std::string path = absl::GetFlag(FLAGS_port_file);
+    const std::string tmp = path + ".tmp";
+    std::ofstream(tmp) << bound_port << "\n";
+    std::rename(tmp.c_str(), path.c_str());  // readers never see a partial file
+  }
+  log.info("pqkv-server {} listening on {}:{}; backend cpu, {} compute threads, {} index "
+           "threads, memory budget {} bytes in {}-byte pages",
+           pqkv::kVersion, absl::GetFlag(FLAGS_host), bound_port, threads,
+           store_options.index_threads, (*store)->Stats().bytes_capacity, store_options.page_bytes);
+  log.flush();
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  log.info("signal {}: shutting down, in-flight calls get {} s", signal_number,
+           absl::GetFlag(FLAGS_shutdown_grace_seconds));
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
+  server->Wait();
+  log.info("stopped");
+  spdlog::shutdown();
+  return 0;
+}

@@ -1,0 +1,39 @@
+#include "server/paged_rows.h"
+
+#include <cassert>
+#include <cstring>
+
+namespace pqkv {
+
+PagedRows::PagedRows(PageArena* arena, size_t row_bytes)
+    : arena_(arena), row_bytes_(row_bytes), rows_per_page_(arena->page_bytes() / row_bytes) {
+  assert(rows_per_page_ > 0);
+}
+
+PagedRows::~PagedRows() { arena_->Free(pages_); }
+
+size_t PagedRows::PagesNeededFor(size_t extra_rows) const {
+  const size_t capacity = pages_.size() * rows_per_page_;
+  const size_t wanted = num_rows_ + extra_rows;
+  if (wanted <= capacity) return 0;
+  return (wanted - capacity + rows_per_page_ - 1) / rows_per_page_;
+}
+
+void PagedRows::AddPages(const std::vector<uint32_t>& pages) {
+  pages_.insert(pages_.end(), pages.begin(), pages.end());
+}
+
+void PagedRows::Append(const char* src, size_t count) {
+  assert(PagesNeededFor(count) == 0);
+  while (count > 0) {
+    const size_t in_page = num_rows_ % rows_per_page_;
+    const size_t n = std::min(count, rows_per_page_ - in_page);
+    char* dst = arena_->PageData(pages_[num_rows_ / rows_per_page_]) + in_page * row_bytes_;
+    std::memcpy(dst, src, n * row_bytes_);
+    src += n * row_bytes_;
+    num_rows_ += n;
+    count -= n;
+  }
+}
+
+}  // namespace pqkv

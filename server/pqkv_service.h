@@ -1,0 +1,64 @@
+// PqkvService: the v1 gRPC API (callback API) over a SessionStore.
+//
+// Reactions never block: scoring, fetches and appends run on the compute pool, index
+// builds on the store's index pool. Thread-safe; the store and pool must outlive it.
+#ifndef PQKV_SERVER_PQKV_SERVICE_H_
+#define PQKV_SERVER_PQKV_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/time/time.h"
+#include "pqkv/v1/pqkv.grpc.pb.h"
+#include "server/session_store.h"
+#include "server/thread_pool.h"
+
+namespace pqkv {
+
+struct ServiceOptions {
+  // Longest a Retrieve waits for a building index when its call has no deadline.
+  absl::Duration max_index_wait = absl::Seconds(300);
+};
+
+// Largest FetchKv response; bigger fetches must be split.
+inline constexpr size_t kMaxFetchBytes = size_t{64} << 20;
+// Largest message the server accepts (AppendKv chunks, Retrieve batches).
+inline constexpr int kMaxReceiveMessageBytes = 64 << 20;
+
+class PqkvService final : public v1::Pqkv::CallbackService {
+ public:
+  PqkvService(SessionStore* store, ThreadPool* compute_pool, const ServiceOptions& options);
+
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
+                                          const v1::CreateSessionRequest* request,
+                                          v1::CreateSessionResponse* response) override;
+  grpc::ServerReadReactor<v1::AppendKvRequest>* AppendKv(
+      grpc::CallbackServerContext* context, v1::AppendKvResponse* response) override;
+  grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* Retrieve(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* FetchKv(grpc::CallbackServerContext* context,
+                                    const v1::FetchKvRequest* request,
+                                    v1::FetchKvResponse* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context,
+                                         const v1::CloseSessionRequest* request,
+                                         v1::CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const v1::GetSessionRequest* request,
+                                       v1::GetSessionResponse* response) override;
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context,
+                                         const v1::ListSessionsRequest* request,
+                                         v1::ListSessionsResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerStats(grpc::CallbackServerContext* context,
+                                           const v1::GetServerStatsRequest* request,
+                                           v1::GetServerStatsResponse* response) override;
+
+ private:
+  SessionStore* const store_;
+  ThreadPool* const compute_pool_;
+  const ServiceOptions options_;
+  std::atomic<uint64_t> retrieve_items_{0};
+};
+
+}  // namespace pqkv
+
+#endif  // PQKV_SERVER_PQKV_SERVICE_H_

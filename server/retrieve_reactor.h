@@ -1,0 +1,66 @@
+// RetrieveReactor: serves one Retrieve stream. Each request is answered by one response,
+// in order. A request's items (one per session) are scored in parallel on the compute
+// pool; the last item to finish queues the response and starts the next read, so one
+// request is in processing at a time while responses drain behind it.
+//
+// Per-item errors (unknown session, bad layer, k, query) go into the item's result;
+// the stream itself only ends when the client ends it.
+//
+// Owned by gRPC; deletes itself in OnDone, which gRPC calls only after Finish, which is
+// only called once no pool task refers to the reactor.
+#ifndef PQKV_SERVER_RETRIEVE_REACTOR_H_
+#define PQKV_SERVER_RETRIEVE_REACTOR_H_
+
+#include <atomic>
+#include <deque>
+#include <memory>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "pqkv/v1/pqkv.grpc.pb.h"
+#include "server/session_store.h"
+#include "server/thread_pool.h"
+
+namespace pqkv {
+
+class RetrieveReactor final
+    : public grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse> {
+ public:
+  // deadline bounds waits for building indexes; items_counter counts answered items.
+  RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, absl::Time deadline,
+                  std::atomic<uint64_t>* items_counter);
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnDone() override { delete this; }
+
+ private:
+  // Scores item `i` of request_ into response_->results(i).
+  void ProcessItem(int i);
+  // Called once the current request's last item is done.
+  void CompleteRequest();
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  SessionStore* const store_;
+  ThreadPool* const compute_pool_;
+  const absl::Time deadline_;
+  std::atomic<uint64_t>* const items_counter_;
+
+  // The request being read or processed; untouched by reactions while processing.
+  v1::RetrieveRequest request_;
+  std::unique_ptr<v1::RetrieveResponse> response_;
+  std::atomic<int> items_left_{0};
+
+  absl::Mutex mu_;
+  bool processing_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Responses waiting to be written; the front one is in flight while writing_.
+  std::deque<std::unique_ptr<v1::RetrieveResponse>> outbox_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace pqkv
+
+#endif  // PQKV_SERVER_RETRIEVE_REACTOR_H_

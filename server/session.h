@@ -1,0 +1,50 @@
+// Session: one inference sequence's cache: its config and one LayerStore per layer.
+//
+// Thread-safe: the config is immutable and each LayerStore locks itself. Owned by
+// SessionStore through shared_ptr, so calls in flight keep a closed session alive
+// until they finish; its pages return to the arena when the last reference goes.
+#ifndef PQKV_SERVER_SESSION_H_
+#define PQKV_SERVER_SESSION_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/layer_store.h"
+#include "server/page_arena.h"
+#include "server/session_config.h"
+
+namespace pqkv {
+
+class Session {
+ public:
+  Session(std::string id, const SessionConfig& config, PageArena* arena);
+
+  const std::string& id() const { return id_; }
+  const SessionConfig& config() const { return config_; }
+  absl::Time created() const { return created_; }
+
+  // The layer, or INVALID_ARGUMENT when out of range.
+  absl::StatusOr<LayerStore*> layer(uint32_t layer) const;
+  uint32_t num_layers() const { return static_cast<uint32_t>(layers_.size()); }
+
+  // Set by SessionStore::Close; queued index builds of a closed session are skipped.
+  void MarkClosed() { closed_.store(true, std::memory_order_relaxed); }
+  bool closed() const { return closed_.load(std::memory_order_relaxed); }
+
+  size_t bytes_held() const;
+
+ private:
+  const std::string id_;
+  const SessionConfig config_;
+  const absl::Time created_;
+  std::vector<std::unique_ptr<LayerStore>> layers_;
+  std::atomic<bool> closed_{false};
+};
+
+}  // namespace pqkv
+
+#endif  // PQKV_SERVER_SESSION_H_

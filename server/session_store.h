@@ -1,0 +1,74 @@
+// SessionStore: the server's live sessions, the page arena that holds their K/V (its
+// capacity is the memory budget), and the background pool that builds layer indexes.
+//
+// Thread-safe. Owns the arena and the pool; sessions are shared with calls in flight.
+#ifndef PQKV_SERVER_SESSION_STORE_H_
+#define PQKV_SERVER_SESSION_STORE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "server/page_arena.h"
+#include "server/session.h"
+#include "server/session_config.h"
+#include "server/thread_pool.h"
+
+namespace pqkv {
+
+struct SessionStoreOptions {
+  size_t memory_budget_bytes = size_t{8} << 30;
+  size_t page_bytes = size_t{64} << 10;
+  int index_threads = 1;
+};
+
+struct SessionStoreStats {
+  size_t num_sessions = 0;
+  size_t bytes_held = 0;
+  size_t bytes_capacity = 0;
+  size_t page_bytes = 0;
+  size_t index_builds_pending = 0;
+  size_t index_builds_done = 0;
+};
+
+class SessionStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<SessionStore>> Create(const SessionStoreOptions& options);
+
+  // Creates a session under `requested_id`, or a fresh id when it is empty.
+  // ALREADY_EXISTS for a live id; INVALID_ARGUMENT for a bad id or config.
+  absl::StatusOr<std::shared_ptr<Session>> CreateSession(const std::string& requested_id,
+                                                         const SessionConfig& config);
+  // NOT_FOUND for an unknown id.
+  absl::StatusOr<std::shared_ptr<Session>> Get(const std::string& id) const;
+  // Removes the session; returns the bytes its K/V held. Storage is freed as soon as
+  // calls in flight on the session finish.
+  absl::StatusOr<size_t> Close(const std::string& id);
+  std::vector<std::shared_ptr<Session>> List() const;
+
+  // Marks the layer's prefill complete and queues its index build when it needs one.
+  void SealPrefill(const std::shared_ptr<Session>& session, uint32_t layer);
+
+  SessionStoreStats Stats() const;
+
+ private:
+  explicit SessionStore(std::unique_ptr<PageArena> arena, int index_threads);
+
+  // Declared first so that it is destroyed last, after every session's pages are freed.
+  const std::unique_ptr<PageArena> arena_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
+  std::atomic<size_t> index_builds_done_{0};
+  // Declared last so that it is destroyed first: queued builds finish before the rest.
+  ThreadPool index_pool_;
+};
+
+}  // namespace pqkv
+
+#endif  // PQKV_SERVER_SESSION_STORE_H_

@@ -1,0 +1,9 @@
+// The pqkv release this tree builds.
+#ifndef PQKV_SERVER_VERSION_H_
+#define PQKV_SERVER_VERSION_H_
+
+namespace pqkv {
+inline constexpr char kVersion[] = "0.1.0";
+}  // namespace pqkv
+
+#endif  // PQKV_SERVER_VERSION_H_
