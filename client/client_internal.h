@@ -1,0 +1,51 @@
+// Internals of the SDK shared by its .cc files: the pimpl structs and the conversions
+// between the public types and the v1 messages. Not part of the public API.
+#ifndef PQKV_CLIENT_CLIENT_INTERNAL_H_
+#define PQKV_CLIENT_CLIENT_INTERNAL_H_
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "client/pqkv_client.h"
+#include "pqkv/v1/pqkv.grpc.pb.h"
+
+namespace pqkv {
+
+struct RetrievalStream::Impl {
+  std::unique_ptr<grpc::ClientContext> context;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::RetrieveRequest, v1::RetrieveResponse>> stream;
+  uint64_t next_request_id = 1;
+  bool closed = false;
+  absl::Status final_status;
+};
+
+struct Client::Impl {
+  ClientOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Pqkv::Stub> stub;
+  absl::Mutex mu;
+  // Shapes of sessions this client has seen; needed to size chunks and fetches.
+  std::map<std::string, ModelShape> shapes ABSL_GUARDED_BY(mu);
+
+  // The session's shape, from the cache or from GetSession.
+  absl::StatusOr<ModelShape> Shape(const std::string& session_id);
+  void ForgetShape(const std::string& session_id);
+  // A context with options.call_timeout as its deadline.
+  std::unique_ptr<grpc::ClientContext> UnaryContext() const;
+};
+
+v1::DType DTypeToProto(DType dtype);
+DType DTypeFromProto(v1::DType dtype);
+ModelShape ShapeFromProto(const v1::ModelShape& shape);
+void ShapeToProto(const ModelShape& shape, v1::ModelShape* out);
+IndexOptions IndexOptionsFromProto(const v1::IndexOptions& index);
+SessionInfo SessionInfoFromProto(const v1::SessionInfo& info);
+
+}  // namespace pqkv
+
+#endif  // PQKV_CLIENT_CLIENT_INTERNAL_H_

@@ -1,0 +1,283 @@
+#include "client/pqkv_client.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "client/client_internal.h"
+#include "common/grpc_status.h"
+
+namespace pqkv {
+namespace {
+
+// Leaves headroom under the server's 64 MiB FetchKv cap.
+constexpr size_t kFetchBytesPerCall = size_t{32} << 20;
+// Room for the largest fetch response plus framing.
+constexpr int kMaxReceiveMessageBytes = 80 << 20;
+
+}  // namespace
+
+absl::StatusOr<ModelShape> Client::Impl::Shape(const std::string& session_id) {
+  {
+    absl::MutexLock lock(&mu);
+    auto it = shapes.find(session_id);
+    if (it != shapes.end()) return it->second;
+  }
+  v1::GetSessionRequest request;
+  request.set_session_id(session_id);
+  v1::GetSessionResponse response;
+  grpc::Status status = stub->GetSession(UnaryContext().get(), request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  ModelShape shape = ShapeFromProto(response.session().shape());
+  absl::MutexLock lock(&mu);
+  shapes[session_id] = shape;
+  return shape;
+}
+
+void Client::Impl::ForgetShape(const std::string& session_id) {
+  absl::MutexLock lock(&mu);
+  shapes.erase(session_id);
+}
+
+std::unique_ptr<grpc::ClientContext> Client::Impl::UnaryContext() const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(absl::ToChronoTime(absl::Now() + options.call_timeout));
+  return context;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
+                                                        const ClientOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
+  args.SetMaxSendMessageSize(64 << 20);
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  if (!impl->channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
+    return absl::UnavailableError(absl::StrCat("pqkv server at ", target, " not reachable within ",
+                                               absl::FormatDuration(options.connect_timeout)));
+  }
+  impl->stub = v1::Pqkv::NewStub(impl->channel);
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+absl::StatusOr<std::string> Client::CreateSession(const SessionOptions& options) {
+  v1::CreateSessionRequest request;
+  request.set_session_id(options.session_id);
+  ShapeToProto(options.shape, request.mutable_shape());
+  v1::IndexOptions* index = request.mutable_index();
+  index->set_subspaces(options.index.subspaces);
+  index->set_bits(options.index.bits);
+  index->set_kmeans_iterations(options.index.kmeans_iterations);
+  if (options.index.sink_tokens) index->set_sink_tokens(*options.index.sink_tokens);
+  if (options.index.recent_window) index->set_recent_window(*options.index.recent_window);
+  v1::CreateSessionResponse response;
+  grpc::Status status = impl_->stub->CreateSession(impl_->UnaryContext().get(), request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  absl::MutexLock lock(&impl_->mu);
+  impl_->shapes[response.session_id()] = options.shape;
+  return response.session_id();
+}
+
+absl::Status Client::CloseSession(const std::string& session_id) {
+  v1::CloseSessionRequest request;
+  request.set_session_id(session_id);
+  v1::CloseSessionResponse response;
+  grpc::Status status = impl_->stub->CloseSession(impl_->UnaryContext().get(), request, &response);
+  impl_->ForgetShape(session_id);
+  return FromGrpcStatus(status);
+}
+
+absl::Status Client::UploadPrefill(const std::string& session_id, uint32_t layer,
+                                   uint64_t token_begin, uint32_t num_tokens, const void* keys,
+                                   const void* values, bool end_of_prefill) {
+  if (num_tokens == 0) return absl::InvalidArgumentError("num_tokens must be at least 1");
+  absl::StatusOr<ModelShape> shape = impl_->Shape(session_id);
+  if (!shape.ok()) return shape.status();
+  const size_t row_bytes = shape->row_bytes();
+  const size_t token_bytes = 2 * row_bytes * shape->num_kv_heads;  // K and V, all heads
+  const uint32_t tokens_per_chunk = static_cast<uint32_t>(
+      std::max<size_t>(1, impl_->options.upload_chunk_bytes / token_bytes));
+  const auto* key_bytes = static_cast<const char*>(keys);
+  const auto* value_bytes = static_cast<const char*>(values);
+
+  grpc::ClientContext context;
+  v1::AppendKvResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::AppendKvRequest>> writer =
+      impl_->stub->AppendKv(&context, &response);
+  v1::AppendKvRequest chunk;
+  chunk.set_session_id(session_id);
+  chunk.set_layer(layer);
+  chunk.set_dtype(DTypeToProto(shape->dtype));
+  for (uint32_t done = 0; done < num_tokens;) {
+    const uint32_t count = std::min(tokens_per_chunk, num_tokens - done);
+    chunk.set_token_begin(token_begin + done);
+    chunk.set_num_tokens(count);
+    chunk.set_end_of_prefill(end_of_prefill && done + count == num_tokens);
+    std::string* k = chunk.mutable_keys();
+    std::string* v = chunk.mutable_values();
+    k->resize(count * row_bytes * shape->num_kv_heads);
+    v->resize(k->size());
+    // The caller's buffers are [kv_head][token][dim]; a chunk is the same layout over
+    // its own token range, so each head contributes one contiguous slice.
+    for (uint32_t h = 0; h < shape->num_kv_heads; ++h) {
+      const size_t src = (static_cast<size_t>(h) * num_tokens + done) * row_bytes;
+      std::memcpy(k->data() + h * count * row_bytes, key_bytes + src, count * row_bytes);
+      std::memcpy(v->data() + h * count * row_bytes, value_bytes + src, count * row_bytes);
+    }
+    if (!writer->Write(chunk)) break;  // the server ended the stream; Finish says why
+    done += count;
+  }
+  writer->WritesDone();
+  return FromGrpcStatus(writer->Finish());
+}
+
+absl::Status Client::AppendToken(const std::string& session_id, uint64_t position,
+                                 const void* keys, const void* values) {
+  absl::StatusOr<ModelShape> shape = impl_->Shape(session_id);
+  if (!shape.ok()) return shape.status();
+  const size_t layer_bytes = shape->row_bytes() * shape->num_kv_heads;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + impl_->options.call_timeout));
+  v1::AppendKvResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::AppendKvRequest>> writer =
+      impl_->stub->AppendKv(&context, &response);
+  v1::AppendKvRequest chunk;
+  chunk.set_session_id(session_id);
+  chunk.set_dtype(DTypeToProto(shape->dtype));
+  chunk.set_token_begin(position);
+  chunk.set_num_tokens(1);
+  for (uint32_t layer = 0; layer < shape->num_layers; ++layer) {
+    chunk.set_layer(layer);
+    // One token's [kv_head][dim] is a contiguous slice of [layer][kv_head][dim].
+    chunk.set_keys(static_cast<const char*>(keys) + layer * layer_bytes, layer_bytes);
+    chunk.set_values(static_cast<const char*>(values) + layer * layer_bytes, layer_bytes);
+    if (!writer->Write(chunk)) break;
+  }
+  writer->WritesDone();
+  return FromGrpcStatus(writer->Finish());
+}
+
+absl::StatusOr<std::unique_ptr<RetrievalStream>> Client::OpenRetrievalStream() {
+  auto impl = std::make_unique<RetrievalStream::Impl>();
+  impl->context = std::make_unique<grpc::ClientContext>();
+  impl->stream = impl_->stub->Retrieve(impl->context.get());
+  if (!impl->stream) return absl::InternalError("cannot open a Retrieve stream");
+  return std::unique_ptr<RetrievalStream>(new RetrievalStream(std::move(impl)));
+}
+
+absl::StatusOr<size_t> Client::FetchKv(const std::string& session_id, uint32_t layer,
+                                       absl::Span<const FetchHead> heads, void* keys_out,
+                                       void* values_out, size_t buffer_bytes) {
+  absl::StatusOr<ModelShape> shape = impl_->Shape(session_id);
+  if (!shape.ok()) return shape.status();
+  const size_t row_bytes = shape->row_bytes();
+  size_t total_rows = 0;
+  for (const FetchHead& head : heads) total_rows += head.positions.size();
+  if (total_rows * row_bytes > buffer_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("fetch of ", total_rows, " rows needs ",
+                                                   total_rows * row_bytes,
+                                                   " bytes per buffer, buffers hold ",
+                                                   buffer_bytes));
+  }
+  const size_t rows_per_call = std::max<size_t>(1, kFetchBytesPerCall / (2 * row_bytes));
+  auto* k_out = static_cast<char*>(keys_out);
+  auto* v_out = static_cast<char*>(values_out);
+  size_t written = 0;
+
+  v1::FetchKvRequest request;
+  request.set_session_id(session_id);
+  request.set_layer(layer);
+  size_t rows_in_request = 0;
+  const auto flush = [&]() -> absl::Status {
+    if (rows_in_request == 0) return absl::OkStatus();
+    v1::FetchKvResponse response;
+    grpc::Status status = impl_->stub->FetchKv(impl_->UnaryContext().get(), request, &response);
+    if (!status.ok()) return FromGrpcStatus(status);
+    for (const v1::HeadRows& rows : response.heads()) {
+      if (rows.keys().size() != rows.values().size() ||
+          written + rows.keys().size() > buffer_bytes) {
+        return absl::InternalError("FetchKv response does not match the request");
+      }
+      std::memcpy(k_out + written, rows.keys().data(), rows.keys().size());
+      std::memcpy(v_out + written, rows.values().data(), rows.values().size());
+      written += rows.keys().size();
+    }
+    request.clear_heads();
+    rows_in_request = 0;
+    return absl::OkStatus();
+  };
+  for (const FetchHead& head : heads) {
+    for (size_t i = 0; i < head.positions.size();) {
+      const size_t n = std::min(head.positions.size() - i, rows_per_call - rows_in_request);
+      v1::HeadPositions* out = request.add_heads();
+      out->set_kv_head(head.kv_head);
+      out->mutable_positions()->Add(head.positions.begin() + i, head.positions.begin() + i + n);
+      rows_in_request += n;
+      i += n;
+      if (rows_in_request == rows_per_call) {
+        absl::Status status = flush();
+        if (!status.ok()) return status;
+      }
+    }
+  }
+  absl::Status status = flush();
+  if (!status.ok()) return status;
+  return written;
+}
+
+absl::StatusOr<size_t> Client::FetchSelected(const std::string& session_id, uint32_t layer,
+                                             const RetrieveResult& result, void* keys_out,
+                                             void* values_out, size_t buffer_bytes) {
+  if (!result.status.ok()) return result.status;
+  std::vector<FetchHead> heads(result.heads.size());
+  for (size_t h = 0; h < result.heads.size(); ++h) {
+    heads[h].kv_head = static_cast<uint32_t>(h);
+    heads[h].positions = result.heads[h].positions;
+  }
+  return FetchKv(session_id, layer, heads, keys_out, values_out, buffer_bytes);
+}
+
+absl::StatusOr<SessionInfo> Client::GetSession(const std::string& session_id) {
+  v1::GetSessionRequest request;
+  request.set_session_id(session_id);
+  v1::GetSessionResponse response;
+  grpc::Status status = impl_->stub->GetSession(impl_->UnaryContext().get(), request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return SessionInfoFromProto(response.session());
+}
+
+absl::StatusOr<std::vector<SessionInfo>> Client::ListSessions() {
+  v1::ListSessionsResponse response;
+  grpc::Status status =
+      impl_->stub->ListSessions(impl_->UnaryContext().get(), v1::ListSessionsRequest(), &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  std::vector<SessionInfo> sessions;
+  for (const v1::SessionInfo& info : response.sessions()) {
+    sessions.push_back(SessionInfoFromProto(info));
+  }
+  return sessions;
+}
+
+absl::StatusOr<ServerStats> Client::GetServerStats() {
+  v1::GetServerStatsResponse response;
+  grpc::Status status = impl_->stub->GetServerStats(impl_->UnaryContext().get(),
+                                                    v1::GetServerStatsRequest(), &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  ServerStats stats;
+  stats.num_sessions = response.num_sessions();
+  stats.bytes_held = response.bytes_held();
+  stats.bytes_capacity = response.bytes_capacity();
+  stats.page_bytes = response.page_bytes();
+  stats.index_builds_pending = response.index_builds_pending();
+  stats.index_builds_done = response.index_builds_done();
+  stats.retrieve_items = response.retrieve_items();
+  stats.backend = response.backend();
+  stats.version = response.version();
+  return stats;
+}
+
+}  // namespace pqkv

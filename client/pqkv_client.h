@@ -1,0 +1,211 @@
+// pqkv C++ SDK: the one header a worker includes to talk to pqkv-server.
+//
+// A Client owns one gRPC channel to one server. Typical use, per sequence:
+//
+//   auto client = pqkv::Client::Connect("localhost:50051").value();
+//   std::string id = client->CreateSession({.shape = shape}).value();
+//   for (layer ...) client->UploadPrefill(id, layer, 0, n, keys, values);   // prefill
+//   auto stream = client->OpenRetrievalStream().value();
+//   for (step ...) {
+//     for (layer ...) {
+//       auto results = stream->Retrieve(layer, {{id, query, k}}).value();
+//       client->FetchSelected(id, layer, results[0], k_buf, v_buf, buf_bytes);
+//     }
+//     client->AppendToken(id, position, new_k, new_v);
+//   }
+//   client->CloseSession(id);
+//
+// Thread safety: Client is safe for concurrent use. A RetrievalStream is used by one
+// thread at a time; open one per decoding thread. Both must be destroyed on an
+// application thread, not inside a gRPC callback.
+//
+// Layouts: K/V are raw little-endian values of the session's dtype; a layer's K (or V)
+// is [kv_head][token][head_dim]. Queries are fp32 [query_head][head_dim], post-RoPE.
+#ifndef PQKV_CLIENT_PQKV_CLIENT_H_
+#define PQKV_CLIENT_PQKV_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace pqkv {
+
+enum class DType { kFp16, kBf16, kFp32 };
+size_t DTypeBytes(DType dtype);
+
+struct ModelShape {
+  uint32_t num_layers = 0;
+  uint32_t num_kv_heads = 0;
+  uint32_t num_query_heads = 0;  // a multiple of num_kv_heads (GQA)
+  uint32_t head_dim = 0;
+  DType dtype = DType::kFp16;
+  // Bytes of one token's K (or V) row for one kv head.
+  size_t row_bytes() const { return head_dim * DTypeBytes(dtype); }
+};
+
+// Zero / unset fields take the server's defaults (PQCache's: M = 2, b = 6, 10 k-means
+// iterations, 32 sinks; recent window 64).
+struct IndexOptions {
+  uint32_t subspaces = 0;
+  uint32_t bits = 0;
+  uint32_t kmeans_iterations = 0;
+  std::optional<uint32_t> sink_tokens;
+  std::optional<uint32_t> recent_window;
+};
+
+struct SessionOptions {
+  std::string session_id;  // empty: the server picks one
+  ModelShape shape;
+  IndexOptions index;
+};
+
+enum class IndexState { kUnknown, kOpen, kBuilding, kReady, kExact, kFailed };
+const char* IndexStateName(IndexState state);
+
+struct LayerInfo {
+  uint32_t layer = 0;
+  uint64_t num_tokens = 0;
+  IndexState index_state = IndexState::kUnknown;
+  uint64_t num_encoded = 0;
+  double index_build_ms = 0;
+};
+
+struct SessionInfo {
+  std::string session_id;
+  ModelShape shape;
+  IndexOptions index;  // every field filled with the value in force
+  uint64_t bytes_held = 0;
+  double age_seconds = 0;
+  std::vector<LayerInfo> layers;  // empty in ListSessions
+};
+
+struct ServerStats {
+  uint64_t num_sessions = 0;
+  uint64_t bytes_held = 0;
+  uint64_t bytes_capacity = 0;
+  uint64_t page_bytes = 0;
+  uint64_t index_builds_pending = 0;
+  uint64_t index_builds_done = 0;
+  uint64_t retrieve_items = 0;
+  std::string backend;
+  std::string version;
+};
+
+// One session's query for one layer.
+struct RetrieveQuery {
+  std::string session_id;
+  absl::Span<const float> query;  // fp32 [query_head][head_dim]
+  uint32_t k = 0;                 // tokens to select per kv head
+};
+
+struct HeadSelection {
+  std::vector<uint32_t> positions;  // best first
+  std::vector<float> scores;        // GQA sum of softmax attention, per position
+};
+
+struct RetrieveResult {
+  std::string session_id;
+  absl::Status status;  // per item: the other items of a batch are unaffected
+  uint64_t num_tokens = 0;
+  uint64_t num_encoded = 0;
+  std::vector<HeadSelection> heads;  // one per kv head
+};
+
+// Rows to fetch for one kv head.
+struct FetchHead {
+  uint32_t kv_head = 0;
+  std::vector<uint32_t> positions;
+};
+
+struct ClientOptions {
+  // Target size of one AppendKv message.
+  size_t upload_chunk_bytes = size_t{1} << 20;
+  // Deadline of unary calls (create, close, fetch, info).
+  absl::Duration call_timeout = absl::Seconds(60);
+  // How long Connect waits for the server to become reachable.
+  absl::Duration connect_timeout = absl::Seconds(10);
+};
+
+// A bidirectional Retrieve stream: one request per layer per decode step.
+class RetrievalStream {
+ public:
+  ~RetrievalStream();
+  RetrievalStream(const RetrievalStream&) = delete;
+  RetrievalStream& operator=(const RetrievalStream&) = delete;
+
+  // Sends one layer's queries (one per session) and waits for their selections, in the
+  // order of `queries`. A per-session problem is in that result's status; an error
+  // status here means the stream broke and must be reopened.
+  absl::StatusOr<std::vector<RetrieveResult>> Retrieve(uint32_t layer,
+                                                       absl::Span<const RetrieveQuery> queries);
+  // Ends the stream; returns its final status. Called by the destructor if needed.
+  absl::Status Close();
+
+ private:
+  friend class Client;
+  struct Impl;
+  explicit RetrievalStream(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class Client {
+ public:
+  // Connects to `target` ("host:port" or any gRPC target) and waits until it is
+  // reachable. UNAVAILABLE when it is not within options.connect_timeout.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
+                                                         const ClientOptions& options = {});
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Returns the session id.
+  absl::StatusOr<std::string> CreateSession(const SessionOptions& options);
+  absl::Status CloseSession(const std::string& session_id);
+
+  // Uploads tokens [token_begin, token_begin + num_tokens) of one layer. keys and values:
+  // [kv_head][token][head_dim], num_kv_heads * num_tokens * head_dim elements each.
+  // end_of_prefill: this completes the layer's prefill, so the server builds its index.
+  // Any size: it is sent in chunks of about upload_chunk_bytes on one stream.
+  absl::Status UploadPrefill(const std::string& session_id, uint32_t layer, uint64_t token_begin,
+                             uint32_t num_tokens, const void* keys, const void* values,
+                             bool end_of_prefill = true);
+
+  // Appends one decoded token at `position` to every layer. keys and values:
+  // [layer][kv_head][head_dim].
+  absl::Status AppendToken(const std::string& session_id, uint64_t position, const void* keys,
+                           const void* values);
+
+  absl::StatusOr<std::unique_ptr<RetrievalStream>> OpenRetrievalStream();
+
+  // Fetches K and V rows into caller buffers of `buffer_bytes` each: the heads in the
+  // order given, each head's rows in its positions' order, [row][head_dim] in dtype.
+  // Returns the bytes written to each buffer. Big fetches are split into several calls.
+  absl::StatusOr<size_t> FetchKv(const std::string& session_id, uint32_t layer,
+                                 absl::Span<const FetchHead> heads, void* keys_out,
+                                 void* values_out, size_t buffer_bytes);
+  // FetchKv of everything `result` selected, kv head by kv head.
+  absl::StatusOr<size_t> FetchSelected(const std::string& session_id, uint32_t layer,
+                                       const RetrieveResult& result, void* keys_out,
+                                       void* values_out, size_t buffer_bytes);
+
+  absl::StatusOr<SessionInfo> GetSession(const std::string& session_id);
+  absl::StatusOr<std::vector<SessionInfo>> ListSessions();
+  absl::StatusOr<ServerStats> GetServerStats();
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pqkv
+
+#endif  // PQKV_CLIENT_PQKV_CLIENT_H_

@@ -1,0 +1,62 @@
+#include "absl/strings/str_cat.h"
+#include "client/client_internal.h"
+#include "client/pqkv_client.h"
+#include "common/grpc_status.h"
+
+namespace pqkv {
+
+RetrievalStream::RetrievalStream(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RetrievalStream::~RetrievalStream() { Close().IgnoreError(); }
+
+absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
+    uint32_t layer, absl::Span<const RetrieveQuery> queries) {
+  if (impl_->closed) return absl::FailedPreconditionError("the retrieval stream is closed");
+  v1::RetrieveRequest request;
+  request.set_request_id(impl_->next_request_id++);
+  request.set_layer(layer);
+  for (const RetrieveQuery& query : queries) {
+    v1::RetrieveItem* item = request.add_items();
+    item->set_session_id(query.session_id);
+    item->mutable_query()->Add(query.query.begin(), query.query.end());
+    item->set_k(query.k);
+  }
+  v1::RetrieveResponse response;
+  if (!impl_->stream->Write(request) || !impl_->stream->Read(&response)) {
+    absl::Status status = Close();
+    return status.ok() ? absl::UnavailableError("the Retrieve stream ended") : status;
+  }
+  if (response.request_id() != request.request_id() ||
+      response.results_size() != request.items_size()) {
+    return absl::InternalError(absl::StrCat("Retrieve response ", response.request_id(),
+                                            " does not answer request ", request.request_id()));
+  }
+  std::vector<RetrieveResult> results(response.results_size());
+  for (int i = 0; i < response.results_size(); ++i) {
+    const v1::RetrieveResult& in = response.results(i);
+    RetrieveResult& out = results[i];
+    out.session_id = in.session_id();
+    out.status = StatusFromCode(in.status_code(), in.error_message());
+    out.num_tokens = in.num_tokens();
+    out.num_encoded = in.num_encoded();
+    for (const v1::HeadSelection& head : in.heads()) {
+      out.heads.push_back({std::vector<uint32_t>(head.positions().begin(), head.positions().end()),
+                           std::vector<float>(head.scores().begin(), head.scores().end())});
+    }
+  }
+  return results;
+}
+
+absl::Status RetrievalStream::Close() {
+  if (impl_->closed) return impl_->final_status;
+  impl_->closed = true;
+  impl_->stream->WritesDone();
+  // Drain anything unread so that Finish can complete.
+  v1::RetrieveResponse unread;
+  while (impl_->stream->Read(&unread)) {
+  }
+  impl_->final_status = FromGrpcStatus(impl_->stream->Finish());
+  return impl_->final_status;
+}
+
+}  // namespace pqkv
