@@ -1,0 +1,226 @@
+// Starts the real pqkv-server binary on a free loopback port and drives it through the
+// SDK (and, for malformed input the SDK cannot produce, through the raw stub).
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include <grpcpp/grpcpp.h>
+
+#include "catch2/catch.hpp"
+#include "client/pqkv_client.h"
+#include "pqkv/v1/pqkv.grpc.pb.h"
+#include "tests/testing/server_process.h"
+#include "workload/end_to_end_flow.h"
+
+namespace pqkv {
+namespace {
+
+constexpr char kServer[] = "server/pqkv-server";
+
+std::unique_ptr<testing::ServerProcess> StartServer() {
+  auto server = testing::ServerProcess::Start(kServer, {"--memory_budget=2GiB", "--log_level=warn"});
+  REQUIRE(server.ok());
+  return *std::move(server);
+}
+
+std::unique_ptr<Client> Connect(const testing::ServerProcess& server) {
+  auto client = Client::Connect(server.address());
+  REQUIRE(client.ok());
+  return *std::move(client);
+}
+
+TEST_CASE("A worker uploads, retrieves every layer, fetches exact bytes and decodes", "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  workload::FlowSpec spec;  // 4 layers x 2 kv heads x 8 query heads x 128 dims x 8192, fp16
+  spec.num_layers = 4;
+  spec.k = 512;
+  spec.data = {2, 8, 128, 8192};
+  spec.data.recent = 16;  // so that decode tokens leave the recent window
+  spec.decode_tokens = 64;
+  spec.retrieve_repeats = 1;
+  spec.close_session = false;
+  auto report = workload::RunEndToEndFlow(*client, spec);
+  REQUIRE(report.ok());
+  REQUIRE(report->layers.size() == 4);
+  for (const workload::LayerReport& layer : report->layers) {
+    INFO("layer " << layer.layer);
+    CHECK(layer.index_state == "ready");
+    CHECK(layer.num_encoded == 8192);
+    CHECK(layer.rows_fetched == 2 * 512);
+    CHECK(layer.rows_mismatched == 0);
+    CHECK(layer.mass_ratio >= 0.9);
+    CHECK(layer.planted_recall >= 0.9);
+  }
+  CHECK(report->tokens_after_decode == 8192 + 64);
+  CHECK(report->encoded_after_decode == 8192 + 64);
+  CHECK(report->decode_planted_expected == 4 * 2 * 6);  // 8 planted, 2 in the last 16
+  CHECK(report->decode_planted_found == report->decode_planted_expected);
+
+  auto info = client->GetSession(report->session_id);
+  REQUIRE(info.ok());
+  CHECK(info->layers[3].num_tokens == 8256);
+  auto stats = client->GetServerStats();
+  REQUIRE(stats.ok());
+  CHECK(stats->num_sessions == 1);
+  CHECK(stats->index_builds_done == 4);
+  CHECK(stats->bytes_held > 4u * 2 * 2 * 8256 * 256);
+  REQUIRE(client->CloseSession(report->session_id).ok());
+  CHECK(client->GetServerStats()->bytes_held == 0);
+  CHECK(server->Stop() == 0);  // clean exit on SIGTERM
+}
+
+TEST_CASE("Every dtype round-trips bit for bit", "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  const DType dtype = GENERATE(DType::kFp16, DType::kBf16, DType::kFp32);
+  SessionOptions options;
+  options.shape = {1, 3, 6, 64, dtype};
+  const std::string id = client->CreateSession(options).value();
+  const size_t n = 700, bytes = 3 * n * options.shape.row_bytes();
+  std::vector<uint8_t> keys(bytes), values(bytes);
+  for (size_t i = 0; i < bytes; ++i) {
+    keys[i] = static_cast<uint8_t>(i * 7 + 3);
+    values[i] = static_cast<uint8_t>(i * 13 + 1);
+  }
+  // Keep every key element finite: clear the top exponent bit of each element's high byte.
+  const size_t elem = DTypeBytes(dtype);
+  for (size_t i = elem - 1; i < bytes; i += elem) keys[i] &= 0x3f;
+  REQUIRE(client->UploadPrefill(id, 0, 0, n, keys.data(), values.data()).ok());
+  std::vector<FetchHead> heads = {{2, {0, 699, 350}}, {0, {5}}};
+  std::vector<uint8_t> k(4 * options.shape.row_bytes()), v(k.size());
+  REQUIRE(client->FetchKv(id, 0, heads, k.data(), v.data(), k.size()).value() == k.size());
+  size_t row = 0;
+  for (const FetchHead& head : heads) {
+    for (uint32_t p : head.positions) {
+      const size_t src = (head.kv_head * n + p) * options.shape.row_bytes();
+      const size_t dst = row++ * options.shape.row_bytes();
+      CHECK(std::memcmp(k.data() + dst, keys.data() + src, options.shape.row_bytes()) == 0);
+      CHECK(std::memcmp(v.data() + dst, values.data() + src, options.shape.row_bytes()) == 0);
+    }
+  }
+}
+
+TEST_CASE("One Retrieve request serves several sessions, with per-item errors", "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  workload::PlantedKvSpec data{2, 4, 64, 2048};
+  data.planted_per_head = 16;
+  SessionOptions options;
+  options.shape = {1, 2, 4, 64, DType::kFp16};
+  std::vector<std::string> ids;
+  std::vector<workload::LayerData> layers;
+  for (uint64_t seed : {1, 2}) {
+    data.seed = seed;
+    layers.push_back(workload::GeneratePlantedLayer(data, 0));
+    ids.push_back(client->CreateSession(options).value());
+    const auto k = workload::ToHalf(layers.back().keys), v = workload::ToHalf(layers.back().values);
+    REQUIRE(client->UploadPrefill(ids.back(), 0, 0, 2048, k.data(), v.data()).ok());
+  }
+  std::vector<float> nan_query = layers[0].query;
+  nan_query[0] = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<RetrieveQuery> queries = {
+      {ids[0], layers[0].query, 16}, {"no-such-session", layers[0].query, 16},
+      {ids[1], layers[1].query, 16}, {ids[0], nan_query, 16},
+      {ids[1], layers[1].query, 100000}};
+  auto stream = client->OpenRetrievalStream().value();
+  auto results = stream->Retrieve(0, queries);
+  REQUIRE(results.ok());
+  REQUIRE(results->size() == 5);
+  CHECK((*results)[0].status.ok());
+  CHECK((*results)[1].status.code() == absl::StatusCode::kNotFound);
+  CHECK((*results)[2].status.ok());
+  CHECK((*results)[3].status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK((*results)[4].status.code() == absl::StatusCode::kInvalidArgument);
+  for (int i : {0, 2}) {
+    const auto& planted = layers[i / 2].planted;
+    for (size_t h = 0; h < 2; ++h) {
+      CHECK(workload::Recall((*results)[i].heads[h].positions, planted[h]) == 1.0);
+    }
+  }
+  // A layer out of range is an item error too, and the stream keeps working.
+  auto bad_layer = stream->Retrieve(1, {&queries[0], 1});
+  REQUIRE(bad_layer.ok());
+  CHECK((*bad_layer)[0].status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(stream->Retrieve(0, {&queries[0], 1}).ok());
+  CHECK(stream->Close().ok());
+}
+
+// Malformed uploads the SDK would never send, through the raw stub.
+TEST_CASE("The server rejects bad AppendKv chunks with a clear status", "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  SessionOptions options;
+  options.session_id = "dup";
+  options.shape = {2, 1, 2, 8, DType::kFp16};
+  REQUIRE(client->CreateSession(options).ok());
+  CHECK(client->CreateSession(options).status().code() == absl::StatusCode::kAlreadyExists);
+  SessionOptions bad = options;
+  bad.session_id = "";
+  bad.shape.num_kv_heads = 2;
+  bad.shape.num_query_heads = 3;  // not a multiple of the kv heads
+  CHECK(client->CreateSession(bad).status().code() == absl::StatusCode::kInvalidArgument);
+
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::Pqkv::NewStub(channel);
+  const auto append = [&](v1::AppendKvRequest chunk) {
+    grpc::ClientContext context;
+    v1::AppendKvResponse response;
+    auto writer = stub->AppendKv(&context, &response);
+    writer->Write(chunk);
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  v1::AppendKvRequest good;
+  good.set_session_id("dup");
+  good.set_layer(0);
+  good.set_token_begin(0);
+  good.set_num_tokens(4);
+  good.set_dtype(v1::DTYPE_FP16);
+  good.set_keys(std::string(4 * 8 * 2, '\0'));
+  good.set_values(std::string(4 * 8 * 2, '\0'));
+
+  struct Case {
+    const char* what;
+    std::function<void(v1::AppendKvRequest&)> mutate;
+    grpc::StatusCode code;
+    const char* message_part;
+  };
+  const std::vector<Case> cases = {
+      {"unknown session", [](auto& c) { c.set_session_id("nope"); }, grpc::NOT_FOUND, "nope"},
+      {"layer out of range", [](auto& c) { c.set_layer(2); }, grpc::INVALID_ARGUMENT, "layer 2"},
+      {"dtype mismatch", [](auto& c) { c.set_dtype(v1::DTYPE_FP32); }, grpc::INVALID_ARGUMENT, "dtype"},
+      {"byte length", [](auto& c) { c.mutable_keys()->pop_back(); }, grpc::INVALID_ARGUMENT, "bytes"},
+      {"gap", [](auto& c) { c.set_token_begin(1); }, grpc::INVALID_ARGUMENT, "gap"},
+      {"Inf key", [](auto& c) { (*c.mutable_keys())[1] = '\x7c'; }, grpc::INVALID_ARGUMENT, "Inf"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    v1::AppendKvRequest chunk = good;
+    c.mutate(chunk);
+    const grpc::Status status = append(chunk);
+    CHECK(status.error_code() == c.code);
+    CHECK(status.error_message().find(c.message_part) != std::string::npos);
+  }
+  // Nothing above changed the session; the good chunk still applies at position 0,
+  // and a second copy of it now overlaps.
+  CHECK(client->GetSession("dup")->layers[0].num_tokens == 0);
+  CHECK(append(good).ok());
+  const grpc::Status overlap = append(good);
+  CHECK(overlap.error_code() == grpc::INVALID_ARGUMENT);
+  CHECK(overlap.error_message().find("overlap") != std::string::npos);
+  CHECK(client->GetSession("dup")->layers[0].num_tokens == 4);
+
+  // Fetch and info errors.
+  std::vector<uint8_t> buffer(64);
+  CHECK(client->FetchKv("dup", 0, {{{1, {0}}}}, buffer.data(), buffer.data(), 64).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(client->FetchKv("dup", 0, {{{0, {4}}}}, buffer.data(), buffer.data(), 64).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(client->GetSession("nope").status().code() == absl::StatusCode::kNotFound);
+  CHECK(client->CloseSession("nope").code() == absl::StatusCode::kNotFound);
+  CHECK(client->ListSessions()->size() == 1);
+}
+
+}  // namespace
+}  // namespace pqkv

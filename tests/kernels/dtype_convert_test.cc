@@ -1,0 +1,66 @@
+#include "kernels/dtype_convert.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "catch2/catch.hpp"
+
+namespace pqkv::kernels {
+namespace {
+
+TEST_CASE("Every finite fp16 value survives half -> float -> half", "[kernels]") {
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    const uint16_t h = static_cast<uint16_t>(bits);
+    if ((h & 0x7c00u) == 0x7c00u) continue;  // inf/nan
+    REQUIRE(FloatToHalf(HalfToFloat(h)) == h);
+  }
+}
+
+TEST_CASE("HalfToFloat decodes known values", "[kernels]") {
+  CHECK(HalfToFloat(0x3c00) == 1.0f);
+  CHECK(HalfToFloat(0xc000) == -2.0f);
+  CHECK(HalfToFloat(0x7bff) == 65504.0f);
+  CHECK(HalfToFloat(0x0001) == std::ldexp(1.0f, -24));  // smallest subnormal
+  CHECK(std::isinf(HalfToFloat(0x7c00)));
+  CHECK(std::isnan(HalfToFloat(0x7e00)));
+}
+
+TEST_CASE("FloatToHalf rounds to nearest even and saturates to inf", "[kernels]") {
+  CHECK(FloatToHalf(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);  // tie: stays even
+  CHECK(FloatToHalf(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);  // tie: rounds up to even
+  CHECK(FloatToHalf(65520.0f) == 0x7c00);
+  CHECK(FloatToHalf(-1e9f) == 0xfc00);
+  CHECK(FloatToHalf(std::ldexp(1.0f, -26)) == 0x0000);
+}
+
+TEST_CASE("bf16 conversion keeps the top 16 bits with rounding", "[kernels]") {
+  CHECK(Bf16ToFloat(FloatToBf16(1.5f)) == 1.5f);
+  CHECK(FloatToBf16(1.0f + std::ldexp(1.0f, -8)) == 0x3f80);  // tie to even
+  CHECK(FloatToBf16(1.0f + 3 * std::ldexp(1.0f, -8)) == 0x3f82);
+  CHECK(std::isnan(Bf16ToFloat(FloatToBf16(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+TEST_CASE("AllFinite finds NaN and Inf in every dtype", "[kernels]") {
+  const float f[3] = {1.0f, std::numeric_limits<float>::infinity(), 2.0f};
+  CHECK_FALSE(AllFinite(ElementType::kFp32, f, 3));
+  CHECK(AllFinite(ElementType::kFp32, f, 1));
+  const uint16_t h[2] = {0x3c00, 0x7e00};
+  CHECK_FALSE(AllFinite(ElementType::kFp16, h, 2));
+  CHECK(AllFinite(ElementType::kFp16, h, 1));
+  const uint16_t b[2] = {0x3f80, 0x7f80};
+  CHECK_FALSE(AllFinite(ElementType::kBf16, b, 2));
+  CHECK(AllFinite(ElementType::kBf16, b, 1));
+}
+
+TEST_CASE("ToFloat converts whole buffers", "[kernels]") {
+  const uint16_t h[3] = {0x3c00, 0xc000, 0x0000};
+  float out[3];
+  ToFloat(ElementType::kFp16, h, 3, out);
+  CHECK(out[0] == 1.0f);
+  CHECK(out[1] == -2.0f);
+  CHECK(out[2] == 0.0f);
+}
+
+}  // namespace
+}  // namespace pqkv::kernels

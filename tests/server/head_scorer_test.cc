@@ -1,0 +1,116 @@
+#include "server/head_scorer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "catch2/catch.hpp"
+#include "kernels/dtype_convert.h"
+
+namespace pqkv {
+namespace {
+
+struct Fixture {
+  static constexpr int kDim = 32;
+  std::unique_ptr<PageArena> arena = PageArena::Create(64 << 20, 4096).value();
+  PagedRows rows{arena.get(), kDim * sizeof(float)};
+  std::vector<float> keys;
+
+  explicit Fixture(size_t n) {
+    std::mt19937 rng(static_cast<uint32_t>(n));
+    std::normal_distribution<float> normal;
+    keys.resize(n * kDim);
+    for (float& x : keys) x = normal(rng);
+    rows.AddPages(arena->Allocate(rows.PagesNeededFor(n)).value());
+    rows.Append(reinterpret_cast<const char*>(keys.data()), n);
+  }
+};
+
+// Independent reference: reconstructed keys (codes) or raw keys, double-precision
+// softmax per query head, summed.
+std::vector<double> ReferenceScores(const std::vector<float>& keys, size_t n, int dim,
+                                    const PqCodebook* codebook, const std::vector<uint8_t>& codes,
+                                    size_t encoded, const std::vector<float>& queries, int group) {
+  std::vector<double> combined(n, 0.0);
+  for (int g = 0; g < group; ++g) {
+    std::vector<double> logits(n);
+    for (size_t t = 0; t < n; ++t) {
+      double dot = 0;
+      for (int i = 0; i < dim; ++i) {
+        float k = keys[t * dim + i];
+        if (t < encoded) {
+          const auto& s = codebook->shape();
+          const int m = i / s.subspace_dim;
+          k = codebook->centroids()[(m * s.centroids_per_subspace + codes[t * s.subspaces + m]) * s.subspace_dim + i % s.subspace_dim];
+        }
+        dot += double(queries[g * dim + i]) * k;
+      }
+      logits[t] = dot / std::sqrt(double(dim));
+    }
+    const double max = *std::max_element(logits.begin(), logits.end());
+    double z = 0;
+    for (double l : logits) z += std::exp(l - max);
+    for (size_t t = 0; t < n; ++t) combined[t] += std::exp(logits[t] - max) / z;
+  }
+  return combined;
+}
+
+void CheckSelection(const HeadSelection& got, const std::vector<double>& reference,
+                    uint32_t begin, uint32_t end, uint32_t k) {
+  REQUIRE(got.positions.size() == k);
+  std::vector<double> candidates(reference.begin() + begin, reference.begin() + end);
+  std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.end(), std::greater<>());
+  const double kth = candidates[k - 1];
+  for (size_t i = 0; i < k; ++i) {
+    const uint32_t p = got.positions[i];
+    REQUIRE(p >= begin);
+    REQUIRE(p < end);
+    REQUIRE(got.scores[i] == Approx(reference[p]).margin(1e-6).epsilon(1e-4));
+    REQUIRE(reference[p] >= kth - 1e-6);
+    if (i > 0) REQUIRE(got.scores[i] <= got.scores[i - 1]);
+  }
+}
+
+TEST_CASE("ScoreAndSelect matches the reference with codes, without, and mixed", "[server]") {
+  const size_t n = GENERATE(size_t{300}, size_t{1001});
+  const int group = GENERATE(1, 4);
+  const double encoded_fraction = GENERATE(0.0, 0.5, 1.0);
+  const size_t encoded = static_cast<size_t>(encoded_fraction * n);
+  Fixture f(n);
+  const int dim = Fixture::kDim;
+  auto codebook = PqCodebook::Train(f.keys.data(), n, dim, 4, 4, 5).value();
+  std::vector<uint8_t> codes(n * 4);
+  codebook.Encode(f.keys.data(), n, codes.data());
+  std::mt19937 rng(group);
+  std::normal_distribution<float> normal;
+  std::vector<float> queries(group * dim);
+  for (float& q : queries) q = 2 * normal(rng);
+
+  HeadKeys keys;
+  keys.rows = &f.rows;
+  keys.num_tokens = n;
+  keys.dtype = kernels::ElementType::kFp32;
+  keys.head_dim = dim;
+  if (encoded > 0) {
+    keys.codebook = &codebook;
+    keys.codes = codes.data();
+    keys.num_encoded = encoded;
+  }
+  const uint32_t begin = 10, end = static_cast<uint32_t>(n - 20), k = 50;
+  const HeadSelection got = ScoreAndSelect(keys, queries.data(), group, begin, end, k);
+  CheckSelection(got, ReferenceScores(f.keys, n, dim, &codebook, codes, encoded, queries, group),
+                 begin, end, k);
+}
+
+TEST_CASE("ScoreAndSelect scores sum to the group size over all tokens", "[server]") {
+  Fixture f(200);
+  std::vector<float> queries(3 * Fixture::kDim, 0.1f);
+  HeadKeys keys{&f.rows, 200, kernels::ElementType::kFp32, Fixture::kDim};
+  const HeadSelection all = ScoreAndSelect(keys, queries.data(), 3, 0, 200, 200);
+  CHECK(std::accumulate(all.scores.begin(), all.scores.end(), 0.0) == Approx(3.0).epsilon(1e-5));
+}
+
+}  // namespace
+}  // namespace pqkv

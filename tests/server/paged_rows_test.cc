@@ -1,0 +1,44 @@
+#include "server/paged_rows.h"
+
+#include <numeric>
+#include <vector>
+
+#include "catch2/catch.hpp"
+
+namespace pqkv {
+namespace {
+
+TEST_CASE("PagedRows stores rows across pages and reads them back", "[server]") {
+  const size_t row_bytes = GENERATE(size_t{4}, size_t{256}, size_t{1000}, size_t{4096});
+  auto arena = PageArena::Create(1 << 22, 4096).value();
+  PagedRows rows(arena.get(), row_bytes);
+  std::vector<char> data(row_bytes * 100);
+  std::iota(data.begin(), data.end(), 0);
+  size_t appended = 0;
+  for (size_t count : {1, 7, 50, 42}) {
+    const size_t pages = rows.PagesNeededFor(count);
+    if (pages > 0) rows.AddPages(arena->Allocate(pages).value());
+    CHECK(rows.PagesNeededFor(count) == 0);
+    rows.Append(data.data() + appended * row_bytes, count);
+    appended += count;
+  }
+  REQUIRE(rows.size() == 100);
+  for (size_t r = 0; r < 100; ++r) {
+    REQUIRE(std::equal(data.begin() + r * row_bytes, data.begin() + (r + 1) * row_bytes, rows.Row(r)));
+  }
+  const size_t rows_per_page = 4096 / row_bytes;
+  CHECK(rows.bytes_held() == (100 + rows_per_page - 1) / rows_per_page * 4096);
+}
+
+TEST_CASE("PagedRows returns its pages to the arena", "[server]") {
+  auto arena = PageArena::Create(1 << 20, 4096).value();
+  {
+    PagedRows rows(arena.get(), 512);
+    rows.AddPages(arena->Allocate(rows.PagesNeededFor(20)).value());
+    CHECK(arena->bytes_in_use() == 3 * 4096);
+  }
+  CHECK(arena->bytes_in_use() == 0);
+}
+
+}  // namespace
+}  // namespace pqkv
