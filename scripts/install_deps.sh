@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages pqkv builds and tests with. Idempotent: does nothing
+# when they are all present. Uses sudo when not run as root.
+set -euo pipefail
+
+packages=(
+  bazel-bootstrap        # Bazel 4.2.3, run offline (see WORKSPACE)
+  g++
+  protobuf-compiler libprotobuf-dev
+  protobuf-compiler-grpc libgrpc++-dev
+  libabsl-dev
+  libfaiss-dev libopenblas-dev liblapack-dev   # PQ training (k-means)
+  libspdlog-dev libfmt-dev
+  catch2
+  python3                # .ci/run and scripts/test.sh read the JUnit results with it
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install_deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "install_deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

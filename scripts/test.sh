@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up (Debian packages), builds and runs every test, then prints one line:
+# "N passed, N failed", counting Catch2 test cases from the JUnit results.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/install_deps.sh || exit 1
+
+bazel test //... "$@"
+bazel_status=$?
+
+python3 - "$bazel_status" <<'PY'
+import glob, sys, xml.etree.ElementTree as ET
+passed = failed = 0
+for path in glob.glob("bazel-testlogs/**/test.xml", recursive=True):
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError:
+        failed += 1
+        print(f"unreadable test results: {path}")
+        continue
+    for case in root.iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed += 1
+            print(f"FAILED: {path.split('/')[1:-1]} {case.get('name')}")
+        else:
+            passed += 1
+bazel_status = int(sys.argv[1])
+if bazel_status != 0 and failed == 0:
+    failed = 1  # the build itself failed, or a test left no results
+    print(f"bazel test exited with {bazel_status}")
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
+PY
