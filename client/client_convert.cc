@@ -7,30 +7,42 @@ size_t DTypeBytes(DType dtype) { return dtype == DType::kFp32 ? 4 : 2; }
 
 const char* IndexStateName(IndexState state) {
   switch (state) {
-    case IndexState::kUnknown: return "unknown";
-    case IndexState::kOpen: return "open";
-    case IndexState::kBuilding: return "building";
-    case IndexState::kReady: return "ready";
-    case IndexState::kExact: return "exact";
-    case IndexState::kFailed: return "failed";
+    case IndexState::kUnknown:
+      return "unknown";
+    case IndexState::kOpen:
+      return "open";
+    case IndexState::kBuilding:
+      return "building";
+    case IndexState::kReady:
+      return "ready";
+    case IndexState::kExact:
+      return "exact";
+    case IndexState::kFailed:
+      return "failed";
   }
   return "unknown";
 }
 
 v1::DType DTypeToProto(DType dtype) {
   switch (dtype) {
-    case DType::kFp16: return v1::DTYPE_FP16;
-    case DType::kBf16: return v1::DTYPE_BF16;
-    case DType::kFp32: return v1::DTYPE_FP32;
+    case DType::kFp16:
+      return v1::DTYPE_FP16;
+    case DType::kBf16:
+      return v1::DTYPE_BF16;
+    case DType::kFp32:
+      return v1::DTYPE_FP32;
   }
   return v1::DTYPE_UNSPECIFIED;
 }
 
 DType DTypeFromProto(v1::DType dtype) {
   switch (dtype) {
-    case v1::DTYPE_BF16: return DType::kBf16;
-    case v1::DTYPE_FP32: return DType::kFp32;
-    default: return DType::kFp16;
+    case v1::DTYPE_BF16:
+      return DType::kBf16;
+    case v1::DTYPE_FP32:
+      return DType::kFp32;
+    default:
+      return DType::kFp16;
   }
 }
 
@@ -74,12 +86,24 @@ SessionInfo SessionInfoFromProto(const v1::SessionInfo& info) {
     l.layer = layer.layer();
     l.num_tokens = layer.num_tokens();
     switch (layer.index_state()) {
-      case v1::INDEX_STATE_OPEN: l.index_state = IndexState::kOpen; break;
-      case v1::INDEX_STATE_BUILDING: l.index_state = IndexState::kBuilding; break;
-      case v1::INDEX_STATE_READY: l.index_state = IndexState::kReady; break;
-      case v1::INDEX_STATE_EXACT: l.index_state = IndexState::kExact; break;
-      case v1::INDEX_STATE_FAILED: l.index_state = IndexState::kFailed; break;
-      default: l.index_state = IndexState::kUnknown; break;
+      case v1::INDEX_STATE_OPEN:
+        l.index_state = IndexState::kOpen;
+        break;
+      case v1::INDEX_STATE_BUILDING:
+        l.index_state = IndexState::kBuilding;
+        break;
+      case v1::INDEX_STATE_READY:
+        l.index_state = IndexState::kReady;
+        break;
+      case v1::INDEX_STATE_EXACT:
+        l.index_state = IndexState::kExact;
+        break;
+      case v1::INDEX_STATE_FAILED:
+        l.index_state = IndexState::kFailed;
+        break;
+      default:
+        l.index_state = IndexState::kUnknown;
+        break;
     }
     l.num_encoded = layer.num_encoded();
     l.index_build_ms = layer.index_build_ms();

@@ -3,11 +3,11 @@
 #ifndef PQKV_CLIENT_CLIENT_INTERNAL_H_
 #define PQKV_CLIENT_CLIENT_INTERNAL_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <map>
 #include <memory>
 #include <string>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"

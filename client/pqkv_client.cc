@@ -99,8 +99,8 @@ absl::Status Client::UploadPrefill(const std::string& session_id, uint32_t layer
   if (!shape.ok()) return shape.status();
   const size_t row_bytes = shape->row_bytes();
   const size_t token_bytes = 2 * row_bytes * shape->num_kv_heads;  // K and V, all heads
-  const uint32_t tokens_per_chunk = static_cast<uint32_t>(
-      std::max<size_t>(1, impl_->options.upload_chunk_bytes / token_bytes));
+  const uint32_t tokens_per_chunk =
+      static_cast<uint32_t>(std::max<size_t>(1, impl_->options.upload_chunk_bytes / token_bytes));
   const auto* key_bytes = static_cast<const char*>(keys);
   const auto* value_bytes = static_cast<const char*>(values);
 
@@ -135,8 +135,8 @@ absl::Status Client::UploadPrefill(const std::string& session_id, uint32_t layer
   return FromGrpcStatus(writer->Finish());
 }
 
-absl::Status Client::AppendToken(const std::string& session_id, uint64_t position,
-                                 const void* keys, const void* values) {
+absl::Status Client::AppendToken(const std::string& session_id, uint64_t position, const void* keys,
+                                 const void* values) {
   absl::StatusOr<ModelShape> shape = impl_->Shape(session_id);
   if (!shape.ok()) return shape.status();
   const size_t layer_bytes = shape->row_bytes() * shape->num_kv_heads;
@@ -178,10 +178,9 @@ absl::StatusOr<size_t> Client::FetchKv(const std::string& session_id, uint32_t l
   size_t total_rows = 0;
   for (const FetchHead& head : heads) total_rows += head.positions.size();
   if (total_rows * row_bytes > buffer_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("fetch of ", total_rows, " rows needs ",
-                                                   total_rows * row_bytes,
-                                                   " bytes per buffer, buffers hold ",
-                                                   buffer_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("fetch of ", total_rows, " rows needs ", total_rows * row_bytes,
+                     " bytes per buffer, buffers hold ", buffer_bytes));
   }
   const size_t rows_per_call = std::max<size_t>(1, kFetchBytesPerCall / (2 * row_bytes));
   auto* k_out = static_cast<char*>(keys_out);

@@ -9,9 +9,9 @@
 #define PQKV_CONCAT_(a, b) PQKV_CONCAT_INNER_(a, b)
 
 // Returns the status of `expr` from the enclosing function when it is not OK.
-#define RETURN_IF_ERROR(expr)                   \
-  do {                                          \
-    ::absl::Status pqkv_status_ = (expr);       \
+#define RETURN_IF_ERROR(expr)                    \
+  do {                                           \
+    ::absl::Status pqkv_status_ = (expr);        \
     if (!pqkv_status_.ok()) return pqkv_status_; \
   } while (0)
 

@@ -53,14 +53,14 @@ int main(int argc, char** argv) {
   absl::StatusOr<pqkv::ServerStats> stats = (*client)->GetServerStats();
   if (stats.ok()) {
     std::printf("server %s: pqkv %s, backend %s, budget %.1f GiB\n",
-                absl::GetFlag(FLAGS_server).c_str(), stats->version.c_str(),
-                stats->backend.c_str(), stats->bytes_capacity / double(1 << 30));
+                absl::GetFlag(FLAGS_server).c_str(), stats->version.c_str(), stats->backend.c_str(),
+                stats->bytes_capacity / double(1 << 30));
   }
-  std::printf("workload: %u layers x %u kv heads x %u query heads x %u dims, %u tokens fp16, "
-              "%u planted tokens per head, k = %u, S = %u, W = %u\n",
-              spec.num_layers, spec.data.num_kv_heads, spec.data.num_query_heads,
-              spec.data.head_dim, spec.data.num_tokens, spec.data.planted_per_head, spec.k,
-              spec.data.sinks, spec.data.recent);
+  std::printf(
+      "workload: %u layers x %u kv heads x %u query heads x %u dims, %u tokens fp16, "
+      "%u planted tokens per head, k = %u, S = %u, W = %u\n",
+      spec.num_layers, spec.data.num_kv_heads, spec.data.num_query_heads, spec.data.head_dim,
+      spec.data.num_tokens, spec.data.planted_per_head, spec.k, spec.data.sinks, spec.data.recent);
 
   absl::StatusOr<pqkv::workload::FlowReport> report =
       pqkv::workload::RunEndToEndFlow(**client, spec);
@@ -69,29 +69,32 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("session %s\n\n", report->session_id.c_str());
-  std::printf("layer  upload_ms  index  build_ms  retrieve_us  fetch_us  planted_recall  "
-              "recall@k  mass_vs_exact  rows_ok\n");
+  std::printf(
+      "layer  upload_ms  index  build_ms  retrieve_us  fetch_us  planted_recall  "
+      "recall@k  mass_vs_exact  rows_ok\n");
   uint64_t mismatched = 0;
   for (const pqkv::workload::LayerReport& l : report->layers) {
     std::printf("%5u  %9.1f  %-5s  %8.1f  %11.0f  %8.0f  %14.3f  %8.3f  %13.3f  %llu/%llu\n",
-                l.layer, l.upload_ms, l.index_state.c_str(), l.index_build_ms,
-                l.retrieve_median_us, l.fetch_median_us, l.planted_recall, l.topk_recall,
-                l.mass_ratio, static_cast<unsigned long long>(l.rows_fetched - l.rows_mismatched),
+                l.layer, l.upload_ms, l.index_state.c_str(), l.index_build_ms, l.retrieve_median_us,
+                l.fetch_median_us, l.planted_recall, l.topk_recall, l.mass_ratio,
+                static_cast<unsigned long long>(l.rows_fetched - l.rows_mismatched),
                 static_cast<unsigned long long>(l.rows_fetched));
     mismatched += l.rows_mismatched;
   }
   std::printf("\nlayer 0, kv head 0, best positions: %s ...\n",
               absl::StrJoin(report->layers[0].head0_first_positions, " ").c_str());
-  std::printf("decode: %u tokens appended (median %.0f us per token, all layers); the layer "
-              "now holds %llu tokens, %llu encoded; planted decode tokens retrieved: %llu/%llu\n",
-              spec.decode_tokens, report->decode_append_median_us,
-              static_cast<unsigned long long>(report->tokens_after_decode),
-              static_cast<unsigned long long>(report->encoded_after_decode),
-              static_cast<unsigned long long>(report->decode_planted_found),
-              static_cast<unsigned long long>(report->decode_planted_expected));
-  std::printf("latencies are medians of %u calls over loopback; retrieve_us is one layer, all "
-              "kv heads; quality is against exact fp32 attention on the same data\n",
-              spec.retrieve_repeats);
+  std::printf(
+      "decode: %u tokens appended (median %.0f us per token, all layers); the layer "
+      "now holds %llu tokens, %llu encoded; planted decode tokens retrieved: %llu/%llu\n",
+      spec.decode_tokens, report->decode_append_median_us,
+      static_cast<unsigned long long>(report->tokens_after_decode),
+      static_cast<unsigned long long>(report->encoded_after_decode),
+      static_cast<unsigned long long>(report->decode_planted_found),
+      static_cast<unsigned long long>(report->decode_planted_expected));
+  std::printf(
+      "latencies are medians of %u calls over loopback; retrieve_us is one layer, all "
+      "kv heads; quality is against exact fp32 attention on the same data\n",
+      spec.retrieve_repeats);
   if (mismatched > 0) {
     std::printf("FAILED: %llu fetched rows differ from the upload\n",
                 static_cast<unsigned long long>(mismatched));

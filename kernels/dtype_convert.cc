@@ -42,7 +42,7 @@ uint16_t FloatToHalf(float f) {
     return sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u);
   }
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds past the largest half
-  if (abs < 0x38800000u) {                         // subnormal half or zero
+  if (abs < 0x38800000u) {                        // subnormal half or zero
     if (abs < 0x33000000u) return sign;
     const uint32_t exponent = abs >> 23;
     const uint32_t mantissa = (abs & 0x7fffffu) | 0x800000u;

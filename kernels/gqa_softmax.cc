@@ -12,10 +12,12 @@ void AccumulateSoftmax(const float* logits, size_t n, float scale, float* acc) {
   for (size_t t = 0; t < n; ++t) max_logit = std::max(max_logit, scale * logits[t]);
   // Sum in double: n reaches 10^5-10^6 tokens.
   double sum = 0.0;
-  for (size_t t = 0; t < n; ++t) sum += std::exp(static_cast<double>(scale * logits[t] - max_logit));
+  for (size_t t = 0; t < n; ++t)
+    sum += std::exp(static_cast<double>(scale * logits[t] - max_logit));
   const double inv_sum = 1.0 / sum;
   for (size_t t = 0; t < n; ++t) {
-    acc[t] += static_cast<float>(std::exp(static_cast<double>(scale * logits[t] - max_logit)) * inv_sum);
+    acc[t] +=
+        static_cast<float>(std::exp(static_cast<double>(scale * logits[t] - max_logit)) * inv_sum);
   }
 }
 

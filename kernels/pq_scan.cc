@@ -17,8 +17,7 @@ void ComputeInnerProductTable(const PqShape& shape, const float* query, const fl
   }
 }
 
-void AdcScan(const PqShape& shape, const float* table, const uint8_t* codes, size_t n,
-             float* out) {
+void AdcScan(const PqShape& shape, const float* table, const uint8_t* codes, size_t n, float* out) {
   const int M = shape.subspaces;
   const int ksub = shape.centroids_per_subspace;
   for (size_t t = 0; t < n; ++t) {

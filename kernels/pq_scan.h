@@ -29,8 +29,7 @@ void ComputeInnerProductTable(const PqShape& shape, const float* query, const fl
 
 // out[t] = sum_m table[m][codes[t][m]] for t in [0, n).
 // codes: uint8 [n][M], one byte per sub-space code.
-void AdcScan(const PqShape& shape, const float* table, const uint8_t* codes, size_t n,
-             float* out);
+void AdcScan(const PqShape& shape, const float* table, const uint8_t* codes, size_t n, float* out);
 
 // out[t] = <query, keys[t]> for t in [0, n). keys: fp32 [n][dim].
 void ExactScores(const float* query, const float* keys, size_t n, int dim, float* out);

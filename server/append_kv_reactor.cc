@@ -40,12 +40,12 @@ absl::Status AppendKvReactor::Apply(const v1::AppendKvRequest& chunk) {
   ASSIGN_OR_RETURN(kernels::ElementType dtype, ElementTypeFromProto(chunk.dtype()));
   if (dtype != session_->config().shape.dtype) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "chunk dtype ", v1::DType_Name(chunk.dtype()), " does not match session \"",
-        session_->id(), "\"'s ", v1::DType_Name(ElementTypeToProto(session_->config().shape.dtype))));
+        "chunk dtype ", v1::DType_Name(chunk.dtype()), " does not match session \"", session_->id(),
+        "\"'s ", v1::DType_Name(ElementTypeToProto(session_->config().shape.dtype))));
   }
   ASSIGN_OR_RETURN(LayerStore * layer, session_->layer(chunk.layer()));
-  RETURN_IF_ERROR(layer->Append(chunk.token_begin(), chunk.num_tokens(), chunk.keys(),
-                                chunk.values()));
+  RETURN_IF_ERROR(
+      layer->Append(chunk.token_begin(), chunk.num_tokens(), chunk.keys(), chunk.values()));
   if (chunk.end_of_prefill()) store_->SealPrefill(session_, chunk.layer());
   response_->set_chunks_applied(response_->chunks_applied() + 1);
   response_->set_tokens_applied(response_->tokens_applied() + chunk.num_tokens());

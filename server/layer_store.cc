@@ -12,11 +12,16 @@ namespace pqkv {
 
 const char* IndexStateName(IndexState state) {
   switch (state) {
-    case IndexState::kOpen: return "open";
-    case IndexState::kBuilding: return "building";
-    case IndexState::kReady: return "ready";
-    case IndexState::kExact: return "exact";
-    case IndexState::kFailed: return "failed";
+    case IndexState::kOpen:
+      return "open";
+    case IndexState::kBuilding:
+      return "building";
+    case IndexState::kReady:
+      return "ready";
+    case IndexState::kExact:
+      return "exact";
+    case IndexState::kFailed:
+      return "failed";
   }
   return "unknown";
 }
@@ -30,29 +35,29 @@ LayerStore::LayerStore(uint32_t layer, const SessionConfig& config, PageArena* a
   }
 }
 
-absl::Status LayerStore::Append(uint64_t token_begin, uint32_t num_tokens,
-                                absl::string_view keys, absl::string_view values) {
+absl::Status LayerStore::Append(uint64_t token_begin, uint32_t num_tokens, absl::string_view keys,
+                                absl::string_view values) {
   const ModelShape& shape = config_.shape;
   if (num_tokens == 0) return absl::InvalidArgumentError("num_tokens must be at least 1");
   const size_t head_bytes = static_cast<size_t>(num_tokens) * shape.row_bytes();
   const size_t expected = head_bytes * shape.num_kv_heads;
   if (keys.size() != expected || values.size() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer ", layer_, ": ", num_tokens, " tokens x ", shape.num_kv_heads, " kv heads x ",
-        shape.head_dim, " dims need ", expected, " bytes of keys and of values, got ",
-        keys.size(), " and ", values.size()));
-  }
-  if (!kernels::AllFinite(shape.dtype, keys.data(), expected / kernels::ElementBytes(shape.dtype))) {
     return absl::InvalidArgumentError(
-        absl::StrCat("layer ", layer_, ": keys contain NaN or Inf"));
+        absl::StrCat("layer ", layer_, ": ", num_tokens, " tokens x ", shape.num_kv_heads,
+                     " kv heads x ", shape.head_dim, " dims need ", expected,
+                     " bytes of keys and of values, got ", keys.size(), " and ", values.size()));
+  }
+  if (!kernels::AllFinite(shape.dtype, keys.data(),
+                          expected / kernels::ElementBytes(shape.dtype))) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer_, ": keys contain NaN or Inf"));
   }
 
   absl::MutexLock lock(&mu_);
   if (token_begin != num_tokens_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer ", layer_, " holds tokens [0, ", num_tokens_, "); a chunk must start at ",
-        num_tokens_, ", got token_begin ", token_begin,
-        token_begin > num_tokens_ ? " (gap)" : " (overlap)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer_, " holds tokens [0, ", num_tokens_,
+                     "); a chunk must start at ", num_tokens_, ", got token_begin ", token_begin,
+                     token_begin > num_tokens_ ? " (gap)" : " (overlap)"));
   }
   if (num_tokens_ + num_tokens > UINT32_MAX) {
     return absl::InvalidArgumentError(
@@ -126,19 +131,43 @@ void LayerStore::BuildIndex() {
     codebooks.push_back(*std::move(codebook));
   }
 
-  absl::MutexLock lock(&mu_);
-  index_build_ms_ = absl::ToDoubleMilliseconds(absl::Now() - start);
+  const double build_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
   if (!status.ok()) {
-    index_state_ = IndexState::kFailed;
     ServerLogger().error("layer {} index build failed, scoring exactly: {}", layer_,
-                                 status.ToString());
+                         status.ToString());
+    SettleIndex(IndexState::kFailed, {}, {}, 0, build_ms);
     return;
   }
-  codebooks_ = std::move(codebooks);
-  codes_ = std::move(codes);
-  num_encoded_ = snapshot_tokens;
-  EncodeTailLocked();  // tokens appended while training
-  index_state_ = IndexState::kReady;
+  SettleIndex(IndexState::kReady, std::move(codebooks), std::move(codes), snapshot_tokens,
+              build_ms);
+}
+
+void LayerStore::AbandonBuild() { SettleIndex(IndexState::kFailed, {}, {}, 0, 0); }
+
+void LayerStore::SettleIndex(IndexState state, std::vector<PqCodebook> codebooks,
+                             std::vector<std::vector<uint8_t>> codes, uint64_t encoded,
+                             double build_ms) {
+  std::vector<absl::AnyInvocable<void() &&>> waiters;
+  {
+    absl::MutexLock lock(&mu_);
+    index_build_ms_ = build_ms;
+    if (state == IndexState::kReady) {
+      codebooks_ = std::move(codebooks);
+      codes_ = std::move(codes);
+      num_encoded_ = encoded;
+      EncodeTailLocked();  // tokens appended while training
+    }
+    index_state_ = state;
+    waiters.swap(settle_waiters_);
+  }
+  for (auto& waiter : waiters) std::move(waiter)();
+}
+
+bool LayerStore::DeferUntilIndexSettled(absl::AnyInvocable<void() &&>& ready) {
+  absl::MutexLock lock(&mu_);
+  if (index_state_ != IndexState::kBuilding) return false;
+  settle_waiters_.push_back(std::move(ready));
+  return true;
 }
 
 void LayerStore::EncodeTailLocked() {
@@ -191,10 +220,10 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
   const uint64_t candidate_begin = std::min<uint64_t>(sinks, candidate_end);
   const uint64_t candidates = candidate_end - candidate_begin;
   if (k == 0 || k > candidates) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "k = ", k, " but layer ", layer_, " has ", candidates, " candidate tokens (", n,
-        " held, minus ", sinks, " sinks and ", recent, " recent); k must be in [1, ",
-        candidates, "]"));
+    return absl::InvalidArgumentError(absl::StrCat("k = ", k, " but layer ", layer_, " has ",
+                                                   candidates, " candidate tokens (", n,
+                                                   " held, minus ", sinks, " sinks and ", recent,
+                                                   " recent); k must be in [1, ", candidates, "]"));
   }
 
   LayerSelection selection;
@@ -212,10 +241,11 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
       keys.codes = codes_[h].data();
       keys.num_encoded = num_encoded_;
     }
-    const float* group_queries = query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
-    selection.heads.push_back(ScoreAndSelect(keys, group_queries, static_cast<int>(shape.group_size()),
-                                             static_cast<uint32_t>(candidate_begin),
-                                             static_cast<uint32_t>(candidate_end), k));
+    const float* group_queries =
+        query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
+    selection.heads.push_back(ScoreAndSelect(
+        keys, group_queries, static_cast<int>(shape.group_size()),
+        static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k));
   }
   return selection;
 }
@@ -223,8 +253,8 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
 absl::Status LayerStore::Fetch(uint32_t kv_head, absl::Span<const uint32_t> positions,
                                char* keys_out, char* values_out) const {
   if (kv_head >= config_.shape.num_kv_heads) {
-    return absl::InvalidArgumentError(absl::StrCat("kv_head ", kv_head, " out of range [0, ",
-                                                   config_.shape.num_kv_heads, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_head ", kv_head, " out of range [0, ", config_.shape.num_kv_heads, ")"));
   }
   absl::ReaderMutexLock lock(&mu_);
   for (uint32_t position : positions) {

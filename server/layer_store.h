@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -44,8 +45,8 @@ struct LayerStatus {
 };
 
 struct LayerSelection {
-  uint64_t num_tokens = 0;   // tokens the layer held when scored
-  uint64_t num_encoded = 0;  // of which scored from codes
+  uint64_t num_tokens = 0;           // tokens the layer held when scored
+  uint64_t num_encoded = 0;          // of which scored from codes
   std::vector<HeadSelection> heads;  // one per kv head
 };
 
@@ -68,6 +69,14 @@ class LayerStore {
 
   // Trains the codebooks and encodes every token. Call once after SealPrefill() == true.
   void BuildIndex();
+  // Instead of BuildIndex, when the build will not run (its session closed): the layer
+  // is scored exactly from now on.
+  void AbandonBuild();
+
+  // While the index is building, keeps `ready` to run (on the building thread, with no
+  // lock held) when the build ends, and returns true. Otherwise returns false and leaves
+  // `ready` untouched. Lets a caller wait for the index without holding a thread.
+  bool DeferUntilIndexSettled(absl::AnyInvocable<void() &&>& ready);
 
   // Scores every token against `query` (fp32 [query_head][head_dim]) and selects the top
   // k candidates per kv head. Waits, until `deadline`, while the index is building.
@@ -82,6 +91,9 @@ class LayerStore {
   LayerStatus Status() const;
 
  private:
+  // Leaves the building state; runs what DeferUntilIndexSettled kept.
+  void SettleIndex(IndexState state, std::vector<PqCodebook> codebooks,
+                   std::vector<std::vector<uint8_t>> codes, uint64_t encoded, double build_ms);
   // Encodes tokens [num_encoded_, num_tokens_) with the installed codebooks.
   void EncodeTailLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies kv head h's keys [0, n) as fp32 [n][head_dim].
@@ -98,10 +110,11 @@ class LayerStore {
   std::vector<std::unique_ptr<PagedRows>> keys_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<PagedRows>> values_ ABSL_GUARDED_BY(mu_);
   IndexState index_state_ ABSL_GUARDED_BY(mu_) = IndexState::kOpen;
-  std::vector<PqCodebook> codebooks_ ABSL_GUARDED_BY(mu_);          // per kv head once ready
-  std::vector<std::vector<uint8_t>> codes_ ABSL_GUARDED_BY(mu_);    // per kv head, [token][M]
+  std::vector<PqCodebook> codebooks_ ABSL_GUARDED_BY(mu_);        // per kv head once ready
+  std::vector<std::vector<uint8_t>> codes_ ABSL_GUARDED_BY(mu_);  // per kv head, [token][M]
   uint64_t num_encoded_ ABSL_GUARDED_BY(mu_) = 0;
   double index_build_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<absl::AnyInvocable<void() &&>> settle_waiters_ ABSL_GUARDED_BY(mu_);
 };
 
 const char* IndexStateName(IndexState state);

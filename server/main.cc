@@ -1,13 +1,12 @@
 // pqkv-server: holds the K/V cache of long-context sessions and answers, per layer,
 // which tokens a decode step should attend to. Runs with no flags: port 50051, CPU
 // backend, in-memory store with half of the machine's memory as its budget.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -99,10 +98,11 @@ int main(int argc, char** argv) {
     std::ofstream(tmp) << bound_port << "\n";
     std::rename(tmp.c_str(), path.c_str());  // readers never see a partial file
   }
-  log.info("pqkv-server {} listening on {}:{}; backend cpu, {} compute threads, {} index "
-           "threads, memory budget {} bytes in {}-byte pages",
-           pqkv::kVersion, absl::GetFlag(FLAGS_host), bound_port, threads,
-           store_options.index_threads, (*store)->Stats().bytes_capacity, store_options.page_bytes);
+  log.info(
+      "pqkv-server {} listening on {}:{}; backend cpu, {} compute threads, {} index "
+      "threads, memory budget {} bytes in {}-byte pages",
+      pqkv::kVersion, absl::GetFlag(FLAGS_host), bound_port, threads, store_options.index_threads,
+      (*store)->Stats().bytes_capacity, store_options.page_bytes);
   log.flush();
 
   int signal_number = 0;

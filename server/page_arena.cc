@@ -30,8 +30,7 @@ absl::StatusOr<std::unique_ptr<PageArena>> PageArena::Create(size_t capacity_byt
     return absl::ResourceExhaustedError(absl::StrCat(
         "cannot reserve ", num_pages * page_bytes, " bytes for the K/V arena: ", strerror(errno)));
   }
-  return std::unique_ptr<PageArena>(
-      new PageArena(static_cast<char*>(base), num_pages, page_bytes));
+  return std::unique_ptr<PageArena>(new PageArena(static_cast<char*>(base), num_pages, page_bytes));
 }
 
 PageArena::PageArena(char* base, size_t num_pages, size_t page_bytes)
@@ -44,9 +43,8 @@ absl::StatusOr<std::vector<uint32_t>> PageArena::Allocate(size_t count) {
   const size_t free_pages = free_list_.size() + (num_pages_ - next_fresh_);
   if (count > free_pages) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "K/V memory budget exhausted: need ", count, " pages (", count * page_bytes_,
-        " bytes), ", free_pages, " of ", num_pages_, " free (budget ",
-        num_pages_ * page_bytes_, " bytes)"));
+        "K/V memory budget exhausted: need ", count, " pages (", count * page_bytes_, " bytes), ",
+        free_pages, " of ", num_pages_, " free (budget ", num_pages_ * page_bytes_, " bytes)"));
   }
   std::vector<uint32_t> pages;
   pages.reserve(count);

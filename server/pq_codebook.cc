@@ -10,8 +10,8 @@
 
 namespace pqkv {
 
-absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int dim,
-                                             int subspaces, int bits, int iterations) {
+absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int dim, int subspaces,
+                                             int bits, int iterations) {
   if (subspaces <= 0 || dim % subspaces != 0 || bits < 1 || bits > 8 || iterations < 1) {
     return absl::InvalidArgumentError(absl::StrCat("bad PQ shape: dim ", dim, ", subspaces ",
                                                    subspaces, ", bits ", bits, ", iterations ",

@@ -47,8 +47,7 @@ grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext
                                                      const v1::CreateSessionRequest* request,
                                                      v1::CreateSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<SessionConfig> config =
-      SessionConfigFromProto(request->shape(), request->index());
+  absl::StatusOr<SessionConfig> config = SessionConfigFromProto(request->shape(), request->index());
   if (!config.ok()) {
     reactor->Finish(ToGrpcStatus(config.status()));
     return reactor;
@@ -110,7 +109,8 @@ grpc::ServerUnaryReactor* PqkvService::GetSession(grpc::CallbackServerContext* c
                                                   v1::GetSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(request->session_id());
-  if (session.ok()) SessionInfoToProto(**session, /*with_layers=*/true, response->mutable_session());
+  if (session.ok())
+    SessionInfoToProto(**session, /*with_layers=*/true, response->mutable_session());
   reactor->Finish(ToGrpcStatus(session.status()));
   return reactor;
 }

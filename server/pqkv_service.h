@@ -32,8 +32,8 @@ class PqkvService final : public v1::Pqkv::CallbackService {
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const v1::CreateSessionRequest* request,
                                           v1::CreateSessionResponse* response) override;
-  grpc::ServerReadReactor<v1::AppendKvRequest>* AppendKv(
-      grpc::CallbackServerContext* context, v1::AppendKvResponse* response) override;
+  grpc::ServerReadReactor<v1::AppendKvRequest>* AppendKv(grpc::CallbackServerContext* context,
+                                                         v1::AppendKvResponse* response) override;
   grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* Retrieve(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* FetchKv(grpc::CallbackServerContext* context,

@@ -7,9 +7,12 @@ namespace pqkv {
 
 absl::StatusOr<kernels::ElementType> ElementTypeFromProto(v1::DType dtype) {
   switch (dtype) {
-    case v1::DTYPE_FP16: return kernels::ElementType::kFp16;
-    case v1::DTYPE_BF16: return kernels::ElementType::kBf16;
-    case v1::DTYPE_FP32: return kernels::ElementType::kFp32;
+    case v1::DTYPE_FP16:
+      return kernels::ElementType::kFp16;
+    case v1::DTYPE_BF16:
+      return kernels::ElementType::kBf16;
+    case v1::DTYPE_FP32:
+      return kernels::ElementType::kFp32;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("dtype must be DTYPE_FP16, DTYPE_BF16 or DTYPE_FP32, got ",
@@ -20,9 +23,12 @@ absl::StatusOr<kernels::ElementType> ElementTypeFromProto(v1::DType dtype) {
 
 v1::DType ElementTypeToProto(kernels::ElementType type) {
   switch (type) {
-    case kernels::ElementType::kFp16: return v1::DTYPE_FP16;
-    case kernels::ElementType::kBf16: return v1::DTYPE_BF16;
-    case kernels::ElementType::kFp32: return v1::DTYPE_FP32;
+    case kernels::ElementType::kFp16:
+      return v1::DTYPE_FP16;
+    case kernels::ElementType::kBf16:
+      return v1::DTYPE_BF16;
+    case kernels::ElementType::kFp32:
+      return v1::DTYPE_FP32;
   }
   return v1::DTYPE_UNSPECIFIED;
 }
@@ -55,11 +61,16 @@ namespace {
 
 v1::IndexState IndexStateToProto(IndexState state) {
   switch (state) {
-    case IndexState::kOpen: return v1::INDEX_STATE_OPEN;
-    case IndexState::kBuilding: return v1::INDEX_STATE_BUILDING;
-    case IndexState::kReady: return v1::INDEX_STATE_READY;
-    case IndexState::kExact: return v1::INDEX_STATE_EXACT;
-    case IndexState::kFailed: return v1::INDEX_STATE_FAILED;
+    case IndexState::kOpen:
+      return v1::INDEX_STATE_OPEN;
+    case IndexState::kBuilding:
+      return v1::INDEX_STATE_BUILDING;
+    case IndexState::kReady:
+      return v1::INDEX_STATE_READY;
+    case IndexState::kExact:
+      return v1::INDEX_STATE_EXACT;
+    case IndexState::kFailed:
+      return v1::INDEX_STATE_FAILED;
   }
   return v1::INDEX_STATE_UNSPECIFIED;
 }

@@ -5,8 +5,8 @@
 
 namespace pqkv {
 
-RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool,
-                                 absl::Time deadline, std::atomic<uint64_t>* items_counter)
+RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, absl::Time deadline,
+                                 std::atomic<uint64_t>* items_counter)
     : store_(store),
       compute_pool_(compute_pool),
       deadline_(deadline),
@@ -35,31 +35,54 @@ void RetrieveReactor::OnReadDone(bool ok) {
     return;
   }
   items_left_.store(items, std::memory_order_relaxed);
-  for (int i = 0; i < items; ++i) {
-    compute_pool_->Schedule([this, i] {
-      ProcessItem(i);
-      if (items_left_.fetch_sub(1, std::memory_order_acq_rel) == 1) CompleteRequest();
-    });
-  }
+  for (int i = 0; i < items; ++i) compute_pool_->Schedule([this, i] { StartItem(i); });
 }
 
-void RetrieveReactor::ProcessItem(int i) {
+void RetrieveReactor::StartItem(int i) {
   const v1::RetrieveItem& item = request_.items(i);
-  v1::RetrieveResult* result = response_->mutable_results(i);
-  result->set_session_id(item.session_id());
-  absl::StatusOr<LayerSelection> selection = [&]() -> absl::StatusOr<LayerSelection> {
-    absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(item.session_id());
-    if (!session.ok()) return session.status();
-    absl::StatusOr<LayerStore*> layer = (*session)->layer(request_.layer());
-    if (!layer.ok()) return layer.status();
-    return (*layer)->Retrieve(absl::MakeConstSpan(item.query().data(), item.query_size()),
-                              item.k(), deadline_);
-  }();
-  if (!selection.ok()) {
-    result->set_status_code(static_cast<int>(selection.status().code()));
-    result->set_error_message(std::string(selection.status().message()));
+  response_->mutable_results(i)->set_session_id(item.session_id());
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(item.session_id());
+  absl::StatusOr<LayerStore*> layer =
+      session.ok() ? (*session)->layer(request_.layer()) : session.status();
+  if (!layer.ok()) {
+    SetItemError(i, layer.status());
+    ItemDone();
     return;
   }
+  // While the layer's index builds, park the item instead of holding a pool thread.
+  absl::AnyInvocable<void()&&> score_later = [this, i, session = *session, layer = *layer] {
+    compute_pool_->Schedule([this, i, session, layer] {
+      ScoreItem(i, *layer);
+      ItemDone();
+    });
+  };
+  if ((*layer)->DeferUntilIndexSettled(score_later)) return;
+  ScoreItem(i, **layer);
+  ItemDone();
+}
+
+void RetrieveReactor::ItemDone() {
+  if (items_left_.fetch_sub(1, std::memory_order_acq_rel) == 1) CompleteRequest();
+}
+
+void RetrieveReactor::SetItemError(int i, const absl::Status& status) {
+  v1::RetrieveResult* result = response_->mutable_results(i);
+  result->set_status_code(static_cast<int>(status.code()));
+  result->set_error_message(std::string(status.message()));
+}
+
+void RetrieveReactor::ScoreItem(int i, const LayerStore& layer) {
+  const v1::RetrieveItem& item = request_.items(i);
+  absl::StatusOr<LayerSelection> selection =
+      absl::Now() > deadline_
+          ? absl::DeadlineExceededError("the layer's index was still building at the deadline")
+          : layer.Retrieve(absl::MakeConstSpan(item.query().data(), item.query_size()), item.k(),
+                           deadline_);
+  if (!selection.ok()) {
+    SetItemError(i, selection.status());
+    return;
+  }
+  v1::RetrieveResult* result = response_->mutable_results(i);
   result->set_num_tokens(selection->num_tokens);
   result->set_num_encoded(selection->num_encoded);
   for (const HeadSelection& head : selection->heads) {

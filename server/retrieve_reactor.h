@@ -1,7 +1,9 @@
 // RetrieveReactor: serves one Retrieve stream. Each request is answered by one response,
 // in order. A request's items (one per session) are scored in parallel on the compute
-// pool; the last item to finish queues the response and starts the next read, so one
-// request is in processing at a time while responses drain behind it.
+// pool; an item whose layer index is still building is parked on the layer (no thread
+// waits) and scored when the build ends. The last item to finish queues the response
+// and starts the next read, so one request is in processing at a time while responses
+// drain behind it.
 //
 // Per-item errors (unknown session, bad layer, k, query) go into the item's result;
 // the stream itself only ends when the client ends it.
@@ -19,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
+#include "server/layer_store.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 
@@ -36,8 +39,13 @@ class RetrieveReactor final
   void OnDone() override { delete this; }
 
  private:
-  // Scores item `i` of request_ into response_->results(i).
-  void ProcessItem(int i);
+  // Looks up item `i` of request_ and scores it now, or once its layer's index is built.
+  void StartItem(int i);
+  // Scores item `i` into response_->results(i).
+  void ScoreItem(int i, const LayerStore& layer);
+  void SetItemError(int i, const absl::Status& status);
+  // Counts an item as answered; the last one completes the request.
+  void ItemDone();
   // Called once the current request's last item is done.
   void CompleteRequest();
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -13,8 +13,8 @@ Session::Session(std::string id, const SessionConfig& config, PageArena* arena)
 
 absl::StatusOr<LayerStore*> Session::layer(uint32_t layer) const {
   if (layer >= layers_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range: session ",
-                                                   id_, " has ", layers_.size(), " layers"));
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range: session ", id_,
+                                                   " has ", layers_.size(), " layers"));
   }
   return layers_[layer].get();
 }

@@ -49,6 +49,8 @@ inline constexpr uint32_t kMaxLayers = 1024;
 inline constexpr uint32_t kMaxHeads = 1024;
 inline constexpr uint32_t kMaxHeadDim = 4096;
 inline constexpr uint32_t kMaxKmeansIterations = 1000;
+// Each (layer, kv head) carries its own paged tensors and codebook.
+inline constexpr uint32_t kMaxLayerHeads = 1 << 16;
 
 // INVALID_ARGUMENT naming the offending field, or OK. `page_bytes` is the arena's page
 // size: one K/V row must fit in a page.

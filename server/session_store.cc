@@ -53,11 +53,12 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
   }
   auto session = std::make_shared<Session>(id, config, arena_.get());
   sessions_.emplace(id, session);
-  ServerLogger().info("session {} created: {} layers x {} kv heads x {} query heads x {} dims, "
-                      "M={} b={} S={} W={}",
-                      id, config.shape.num_layers, config.shape.num_kv_heads,
-                      config.shape.num_query_heads, config.shape.head_dim, config.index.subspaces,
-                      config.index.bits, config.index.sink_tokens, config.index.recent_window);
+  ServerLogger().info(
+      "session {} created: {} layers x {} kv heads x {} query heads x {} dims, "
+      "M={} b={} S={} W={}",
+      id, config.shape.num_layers, config.shape.num_kv_heads, config.shape.num_query_heads,
+      config.shape.head_dim, config.index.subspaces, config.index.bits, config.index.sink_tokens,
+      config.index.recent_window);
   return session;
 }
 
@@ -97,9 +98,13 @@ std::vector<std::shared_ptr<Session>> SessionStore::List() const {
 void SessionStore::SealPrefill(const std::shared_ptr<Session>& session, uint32_t layer) {
   absl::StatusOr<LayerStore*> store = session->layer(layer);
   if (!store.ok() || !(*store)->SealPrefill()) return;
+  ServerLogger().info("session {} layer {}: prefill complete with {} tokens, index build queued",
+                      session->id(), layer, (*store)->Status().num_tokens);
   index_pool_.Schedule([this, session, layer, store = *store] {
-    // A closed session's build would only delay the frees of its pages.
-    if (!session->closed()) {
+    if (session->closed()) {
+      // Training a closed session's layer would only delay the frees of its pages.
+      store->AbandonBuild();
+    } else {
       store->BuildIndex();
       const LayerStatus status = store->Status();
       ServerLogger().info("session {} layer {}: index {} for {} tokens in {:.1f} ms", session->id(),

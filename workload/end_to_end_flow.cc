@@ -24,11 +24,13 @@ absl::StatusOr<SessionInfo> WaitForIndexes(Client& client, const std::string& id
   while (true) {
     absl::StatusOr<SessionInfo> info = client.GetSession(id);
     if (!info.ok()) return info.status();
-    const bool building = std::any_of(info->layers.begin(), info->layers.end(), [](const LayerInfo& l) {
-      return l.index_state == IndexState::kBuilding || l.index_state == IndexState::kOpen;
-    });
+    const bool building =
+        std::any_of(info->layers.begin(), info->layers.end(), [](const LayerInfo& l) {
+          return l.index_state == IndexState::kBuilding || l.index_state == IndexState::kOpen;
+        });
     if (!building) return info;
-    if (absl::Now() > give_up) return absl::DeadlineExceededError("indexes still building after 5 min");
+    if (absl::Now() > give_up)
+      return absl::DeadlineExceededError("indexes still building after 5 min");
     absl::SleepFor(absl::Milliseconds(20));
   }
 }
@@ -108,14 +110,15 @@ absl::StatusOr<FlowReport> RunEndToEndFlow(Client& client, const FlowSpec& spec)
       for (size_t i = 0; i < selected.size(); ++i) {
         const size_t src = (static_cast<size_t>(h) * n + selected[i]) * dim;
         const size_t dst = (static_cast<size_t>(h) * spec.k + i) * row_bytes;
-        const bool same = std::memcmp(fetched_keys.data() + dst, &uploaded_keys[l][src], row_bytes) == 0 &&
-                          std::memcmp(fetched_values.data() + dst, &uploaded_values[l][src], row_bytes) == 0;
+        const bool same =
+            std::memcmp(fetched_keys.data() + dst, &uploaded_keys[l][src], row_bytes) == 0 &&
+            std::memcmp(fetched_values.data() + dst, &uploaded_values[l][src], row_bytes) == 0;
         ++lr.rows_fetched;
         if (!same) ++lr.rows_mismatched;
       }
-      const std::vector<float> exact = ExactGqaScores(
-          data.keys.data() + static_cast<size_t>(h) * n * dim, n,
-          data.query.data() + static_cast<size_t>(h) * group * dim, group, dim);
+      const std::vector<float> exact =
+          ExactGqaScores(data.keys.data() + static_cast<size_t>(h) * n * dim, n,
+                         data.query.data() + static_cast<size_t>(h) * group * dim, group, dim);
       std::vector<uint32_t> exact_top(spec.k);
       kernels::TopK(exact.data(), d.sinks, candidate_end, spec.k, exact_top.data());
       lr.planted_recall += Recall(selected, data.planted[h]) / d.num_kv_heads;
@@ -123,7 +126,8 @@ absl::StatusOr<FlowReport> RunEndToEndFlow(Client& client, const FlowSpec& spec)
       lr.mass_ratio += MassOf(exact, selected) / MassOf(exact, exact_top) / d.num_kv_heads;
     }
     const std::vector<uint32_t>& head0 = result.heads[0].positions;
-    lr.head0_first_positions.assign(head0.begin(), head0.begin() + std::min<size_t>(8, head0.size()));
+    lr.head0_first_positions.assign(head0.begin(),
+                                    head0.begin() + std::min<size_t>(8, head0.size()));
   }
 
   // Decode: append tokens to every layer; every decode_planted_every-th one is planted
@@ -167,8 +171,7 @@ absl::StatusOr<FlowReport> RunEndToEndFlow(Client& client, const FlowSpec& spec)
       for (uint32_t p : planted_decode) {
         if (p + d.recent >= total) continue;  // in the recent window: the worker keeps it
         ++report.decode_planted_expected;
-        report.decode_planted_found +=
-            std::count(head.positions.begin(), head.positions.end(), p);
+        report.decode_planted_found += std::count(head.positions.begin(), head.positions.end(), p);
       }
     }
   }

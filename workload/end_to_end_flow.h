@@ -41,7 +41,7 @@ struct LayerReport {
   double topk_recall = 0;     // |selected ∩ exact top-k| / k, mean over kv heads
   double mass_ratio = 0;      // attention mass of selected / of exact top-k, mean over heads
   uint64_t rows_fetched = 0;
-  uint64_t rows_mismatched = 0;  // rows whose fetched bytes differ from the upload
+  uint64_t rows_mismatched = 0;                 // rows whose fetched bytes differ from the upload
   std::vector<uint32_t> head0_first_positions;  // first selections of kv head 0, for display
 };
 

@@ -32,9 +32,9 @@ struct PlantedKvSpec {
 };
 
 struct LayerData {
-  std::vector<float> keys;    // fp32 [kv_head][token][head_dim]
-  std::vector<float> values;  // fp32 [kv_head][token][head_dim]
-  std::vector<float> query;   // fp32 [query_head][head_dim]
+  std::vector<float> keys;                     // fp32 [kv_head][token][head_dim]
+  std::vector<float> values;                   // fp32 [kv_head][token][head_dim]
+  std::vector<float> query;                    // fp32 [query_head][head_dim]
   std::vector<std::vector<uint32_t>> planted;  // per kv head, ascending positions
   std::vector<std::vector<float>> directions;  // per kv head, unit vector u
 };

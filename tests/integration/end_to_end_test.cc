@@ -1,10 +1,10 @@
 // Starts the real pqkv-server binary on a free loopback port and drives it through the
 // SDK (and, for malformed input the SDK cannot produce, through the raw stub).
+#include <grpcpp/grpcpp.h>
+
 #include <cmath>
 #include <cstring>
 #include <limits>
-
-#include <grpcpp/grpcpp.h>
 
 #include "catch2/catch.hpp"
 #include "client/pqkv_client.h"
@@ -18,7 +18,8 @@ namespace {
 constexpr char kServer[] = "server/pqkv-server";
 
 std::unique_ptr<testing::ServerProcess> StartServer() {
-  auto server = testing::ServerProcess::Start(kServer, {"--memory_budget=2GiB", "--log_level=warn"});
+  auto server =
+      testing::ServerProcess::Start(kServer, {"--memory_budget=2GiB", "--log_level=warn"});
   REQUIRE(server.ok());
   return *std::move(server);
 }
@@ -29,7 +30,8 @@ std::unique_ptr<Client> Connect(const testing::ServerProcess& server) {
   return *std::move(client);
 }
 
-TEST_CASE("A worker uploads, retrieves every layer, fetches exact bytes and decodes", "[integration]") {
+TEST_CASE("A worker uploads, retrieves every layer, fetches exact bytes and decodes",
+          "[integration]") {
   auto server = StartServer();
   auto client = Connect(*server);
   workload::FlowSpec spec;  // 4 layers x 2 kv heads x 8 query heads x 128 dims x 8192, fp16
@@ -119,10 +121,11 @@ TEST_CASE("One Retrieve request serves several sessions, with per-item errors", 
   }
   std::vector<float> nan_query = layers[0].query;
   nan_query[0] = std::numeric_limits<float>::quiet_NaN();
-  const std::vector<RetrieveQuery> queries = {
-      {ids[0], layers[0].query, 16}, {"no-such-session", layers[0].query, 16},
-      {ids[1], layers[1].query, 16}, {ids[0], nan_query, 16},
-      {ids[1], layers[1].query, 100000}};
+  const std::vector<RetrieveQuery> queries = {{ids[0], layers[0].query, 16},
+                                              {"no-such-session", layers[0].query, 16},
+                                              {ids[1], layers[1].query, 16},
+                                              {ids[0], nan_query, 16},
+                                              {ids[1], layers[1].query, 100000}};
   auto stream = client->OpenRetrievalStream().value();
   auto results = stream->Retrieve(0, queries);
   REQUIRE(results.ok());
@@ -144,6 +147,24 @@ TEST_CASE("One Retrieve request serves several sessions, with per-item errors", 
   CHECK((*bad_layer)[0].status.code() == absl::StatusCode::kInvalidArgument);
   CHECK(stream->Retrieve(0, {&queries[0], 1}).ok());
   CHECK(stream->Close().ok());
+}
+
+TEST_CASE("A Retrieve right after the prefill waits for the layer's index", "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  workload::PlantedKvSpec data{2, 8, 128, 8192};
+  const workload::LayerData layer = workload::GeneratePlantedLayer(data, 0);
+  SessionOptions options;
+  options.shape = {1, 2, 8, 128, DType::kFp16};
+  const std::string id = client->CreateSession(options).value();
+  const auto k = workload::ToHalf(layer.keys), v = workload::ToHalf(layer.values);
+  REQUIRE(client->UploadPrefill(id, 0, 0, 8192, k.data(), v.data()).ok());
+  auto stream = client->OpenRetrievalStream().value();
+  const RetrieveQuery query{id, layer.query, 64};
+  auto results = stream->Retrieve(0, {&query, 1});
+  REQUIRE(results.ok());
+  REQUIRE((*results)[0].status.ok());
+  CHECK((*results)[0].num_encoded == 8192);  // scored from codes, not before they existed
 }
 
 // Malformed uploads the SDK would never send, through the raw stub.
@@ -189,8 +210,10 @@ TEST_CASE("The server rejects bad AppendKv chunks with a clear status", "[integr
   const std::vector<Case> cases = {
       {"unknown session", [](auto& c) { c.set_session_id("nope"); }, grpc::NOT_FOUND, "nope"},
       {"layer out of range", [](auto& c) { c.set_layer(2); }, grpc::INVALID_ARGUMENT, "layer 2"},
-      {"dtype mismatch", [](auto& c) { c.set_dtype(v1::DTYPE_FP32); }, grpc::INVALID_ARGUMENT, "dtype"},
-      {"byte length", [](auto& c) { c.mutable_keys()->pop_back(); }, grpc::INVALID_ARGUMENT, "bytes"},
+      {"dtype mismatch", [](auto& c) { c.set_dtype(v1::DTYPE_FP32); }, grpc::INVALID_ARGUMENT,
+       "dtype"},
+      {"byte length", [](auto& c) { c.mutable_keys()->pop_back(); }, grpc::INVALID_ARGUMENT,
+       "bytes"},
       {"gap", [](auto& c) { c.set_token_begin(1); }, grpc::INVALID_ARGUMENT, "gap"},
       {"Inf key", [](auto& c) { (*c.mutable_keys())[1] = '\x7c'; }, grpc::INVALID_ARGUMENT, "Inf"},
   };

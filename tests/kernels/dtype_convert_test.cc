@@ -27,7 +27,7 @@ TEST_CASE("HalfToFloat decodes known values", "[kernels]") {
 }
 
 TEST_CASE("FloatToHalf rounds to nearest even and saturates to inf", "[kernels]") {
-  CHECK(FloatToHalf(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);  // tie: stays even
+  CHECK(FloatToHalf(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);      // tie: stays even
   CHECK(FloatToHalf(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);  // tie: rounds up to even
   CHECK(FloatToHalf(65520.0f) == 0x7c00);
   CHECK(FloatToHalf(-1e9f) == 0xfc00);

@@ -23,7 +23,8 @@ TEST_CASE("ADC scan equals brute-force scoring of the decoded keys", "[kernels]"
   const int dim = 64;
   const PqShape shape{M, 1 << bits, dim / M};
   std::mt19937 rng(M * 1000 + bits * 10 + static_cast<int>(n));
-  const std::vector<float> centroids = IntegerValues(size_t(M) * shape.centroids_per_subspace * shape.subspace_dim, rng);
+  const std::vector<float> centroids =
+      IntegerValues(size_t(M) * shape.centroids_per_subspace * shape.subspace_dim, rng);
   const std::vector<float> query = IntegerValues(dim, rng);
   std::vector<uint8_t> codes(n * M);
   std::uniform_int_distribution<int> code(0, shape.centroids_per_subspace - 1);
@@ -38,7 +39,9 @@ TEST_CASE("ADC scan equals brute-force scoring of the decoded keys", "[kernels]"
   std::vector<float> decoded(n * dim);
   for (size_t t = 0; t < n; ++t) {
     for (int m = 0; m < M; ++m) {
-      const float* c = centroids.data() + (size_t(m) * shape.centroids_per_subspace + codes[t * M + m]) * shape.subspace_dim;
+      const float* c =
+          centroids.data() +
+          (size_t(m) * shape.centroids_per_subspace + codes[t * M + m]) * shape.subspace_dim;
       std::copy(c, c + shape.subspace_dim, decoded.begin() + t * dim + m * shape.subspace_dim);
     }
   }

@@ -43,7 +43,9 @@ std::vector<double> ReferenceScores(const std::vector<float>& keys, size_t n, in
         if (t < encoded) {
           const auto& s = codebook->shape();
           const int m = i / s.subspace_dim;
-          k = codebook->centroids()[(m * s.centroids_per_subspace + codes[t * s.subspaces + m]) * s.subspace_dim + i % s.subspace_dim];
+          k = codebook->centroids()[(m * s.centroids_per_subspace + codes[t * s.subspaces + m]) *
+                                        s.subspace_dim +
+                                    i % s.subspace_dim];
         }
         dot += double(queries[g * dim + i]) * k;
       }
@@ -57,11 +59,12 @@ std::vector<double> ReferenceScores(const std::vector<float>& keys, size_t n, in
   return combined;
 }
 
-void CheckSelection(const HeadSelection& got, const std::vector<double>& reference,
-                    uint32_t begin, uint32_t end, uint32_t k) {
+void CheckSelection(const HeadSelection& got, const std::vector<double>& reference, uint32_t begin,
+                    uint32_t end, uint32_t k) {
   REQUIRE(got.positions.size() == k);
   std::vector<double> candidates(reference.begin() + begin, reference.begin() + end);
-  std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.end(), std::greater<>());
+  std::nth_element(candidates.begin(), candidates.begin() + (k - 1), candidates.end(),
+                   std::greater<>());
   const double kth = candidates[k - 1];
   for (size_t i = 0; i < k; ++i) {
     const uint32_t p = got.positions[i];

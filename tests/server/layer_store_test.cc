@@ -156,7 +156,8 @@ TEST_CASE("An open layer is scored exactly", "[server]") {
     }
     std::vector<uint32_t> order(300 - 12);
     std::iota(order.begin(), order.end(), 4);
-    std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return scores[a] > scores[b]; });
+    std::sort(order.begin(), order.end(),
+              [&](uint32_t a, uint32_t b) { return scores[a] > scores[b]; });
     order.resize(20);
     CHECK(got.heads[h].positions == order);
   }
@@ -221,9 +222,43 @@ TEST_CASE("LayerStore fetches exactly the rows it was given", "[server]") {
     CHECK(std::memcmp(k.data() + i * row, keys.data() + src, row) == 0);
     CHECK(std::memcmp(v.data() + i * row, values.data() + src, row) == 0);
   }
-  CHECK(f.layer.Fetch(2, positions, k.data(), v.data()).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(f.layer.Fetch(2, positions, k.data(), v.data()).code() ==
+        absl::StatusCode::kInvalidArgument);
   const std::vector<uint32_t> beyond = {50};
   CHECK(f.layer.Fetch(0, beyond, k.data(), v.data()).code() == absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace pqkv
+
+namespace pqkv {
+namespace {
+
+TEST_CASE("DeferUntilIndexSettled parks work until the build ends", "[server]") {
+  Fixture f;
+  REQUIRE(f.layer.Append(0, 200, Bytes(200, 1), Bytes(200, 2)).ok());
+  bool ran = false;
+  absl::AnyInvocable<void()&&> work = [&ran] { ran = true; };
+  SECTION("an open layer runs it at once") {
+    CHECK_FALSE(f.layer.DeferUntilIndexSettled(work));
+    CHECK(work);  // left to the caller
+  }
+  SECTION("a building layer keeps it until BuildIndex ends") {
+    REQUIRE(f.layer.SealPrefill());
+    CHECK(f.layer.DeferUntilIndexSettled(work));
+    CHECK_FALSE(ran);
+    f.layer.BuildIndex();
+    CHECK(ran);
+    CHECK(f.layer.Status().index_state == IndexState::kReady);
+  }
+  SECTION("an abandoned build releases it and scores exactly") {
+    REQUIRE(f.layer.SealPrefill());
+    CHECK(f.layer.DeferUntilIndexSettled(work));
+    f.layer.AbandonBuild();
+    CHECK(ran);
+    CHECK(f.layer.Status().index_state == IndexState::kFailed);
+    CHECK(f.layer.Retrieve(Query(7), 5, Soon()).value().num_encoded == 0);
+  }
 }
 
 }  // namespace

@@ -24,7 +24,8 @@ TEST_CASE("PagedRows stores rows across pages and reads them back", "[server]") 
   }
   REQUIRE(rows.size() == 100);
   for (size_t r = 0; r < 100; ++r) {
-    REQUIRE(std::equal(data.begin() + r * row_bytes, data.begin() + (r + 1) * row_bytes, rows.Row(r)));
+    REQUIRE(
+        std::equal(data.begin() + r * row_bytes, data.begin() + (r + 1) * row_bytes, rows.Row(r)));
   }
   const size_t rows_per_page = 4096 / row_bytes;
   CHECK(rows.bytes_held() == (100 + rows_per_page - 1) / rows_per_page * 4096);

@@ -44,8 +44,9 @@ TEST_CASE("PqCodebook encodes each sub-vector to its nearest centroid", "[server
       for (int c = 0; c < shape.centroids_per_subspace; ++c) {
         float d = 0;
         for (int i = 0; i < shape.subspace_dim; ++i) {
-          const float diff = keys[t * dim + m * shape.subspace_dim + i] -
-                             codebook.centroids()[(m * shape.centroids_per_subspace + c) * shape.subspace_dim + i];
+          const float diff =
+              keys[t * dim + m * shape.subspace_dim + i] -
+              codebook.centroids()[(m * shape.centroids_per_subspace + c) * shape.subspace_dim + i];
           d += diff * diff;
         }
         best = std::min(best, d);
@@ -53,8 +54,9 @@ TEST_CASE("PqCodebook encodes each sub-vector to its nearest centroid", "[server
       float chosen = 0;
       const int c = codes[t * M + m];
       for (int i = 0; i < shape.subspace_dim; ++i) {
-        const float diff = keys[t * dim + m * shape.subspace_dim + i] -
-                           codebook.centroids()[(m * shape.centroids_per_subspace + c) * shape.subspace_dim + i];
+        const float diff =
+            keys[t * dim + m * shape.subspace_dim + i] -
+            codebook.centroids()[(m * shape.centroids_per_subspace + c) * shape.subspace_dim + i];
         chosen += diff * diff;
       }
       REQUIRE(chosen == best);
@@ -79,7 +81,9 @@ TEST_CASE("PqCodebook training is deterministic and beats a single centroid", "[
   for (size_t t = 0; t < n; ++t) {
     for (int i = 0; i < dim; ++i) {
       const int m = i / shape.subspace_dim;
-      const float c = a.centroids()[(m * shape.centroids_per_subspace + codes[t * M + m]) * shape.subspace_dim + i % shape.subspace_dim];
+      const float c =
+          a.centroids()[(m * shape.centroids_per_subspace + codes[t * M + m]) * shape.subspace_dim +
+                        i % shape.subspace_dim];
       distortion += (keys[t * dim + i] - c) * (keys[t * dim + i] - c);
       variance += keys[t * dim + i] * keys[t * dim + i];
     }
@@ -89,9 +93,12 @@ TEST_CASE("PqCodebook training is deterministic and beats a single centroid", "[
 
 TEST_CASE("PqCodebook refuses shapes it cannot train", "[server]") {
   const std::vector<float> keys = RandomKeys(100, 64, 1);
-  CHECK(PqCodebook::Train(keys.data(), 100, 64, 3, 6, 5).status().code() == absl::StatusCode::kInvalidArgument);
-  CHECK(PqCodebook::Train(keys.data(), 100, 64, 2, 9, 5).status().code() == absl::StatusCode::kInvalidArgument);
-  CHECK(PqCodebook::Train(keys.data(), 100, 64, 2, 8, 5).status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(PqCodebook::Train(keys.data(), 100, 64, 3, 6, 5).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(PqCodebook::Train(keys.data(), 100, 64, 2, 9, 5).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(PqCodebook::Train(keys.data(), 100, 64, 2, 8, 5).status().code() ==
+        absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

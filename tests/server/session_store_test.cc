@@ -47,8 +47,10 @@ TEST_CASE("SessionStore rejects a duplicate session id", "[server]") {
 
 TEST_CASE("SessionStore rejects bad ids and configs", "[server]") {
   auto store = NewStore();
-  CHECK(store->CreateSession("has space", SmallConfig()).status().code() == absl::StatusCode::kInvalidArgument);
-  CHECK(store->CreateSession(std::string(129, 'x'), SmallConfig()).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(store->CreateSession("has space", SmallConfig()).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  CHECK(store->CreateSession(std::string(129, 'x'), SmallConfig()).status().code() ==
+        absl::StatusCode::kInvalidArgument);
   SessionConfig config = SmallConfig();
   SECTION("zero layers") { config.shape.num_layers = 0; }
   SECTION("query heads not a multiple of kv heads") {
@@ -56,6 +58,11 @@ TEST_CASE("SessionStore rejects bad ids and configs", "[server]") {
     config.shape.num_query_heads = 3;
   }
   SECTION("zero head dim") { config.shape.head_dim = 0; }
+  SECTION("more (layer, kv head) pairs than a session may hold") {
+    config.shape.num_layers = 1024;
+    config.shape.num_kv_heads = 128;
+    config.shape.num_query_heads = 128;
+  }
   SECTION("sub-spaces that do not divide the head dim") { config.index.subspaces = 3; }
   SECTION("bits out of range") { config.index.bits = 9; }
   SECTION("a row larger than a page") { config.shape.head_dim = 4096; }
