@@ -2,27 +2,70 @@
 
 #include <cmath>
 
+#include "kernels/gqa_scoring.h"
 #include "kernels/gqa_softmax.h"
 #include "kernels/pq_scan.h"
+#include "kernels/radix_select.h"
 #include "kernels/top_k.h"
 
 namespace pqkv {
+namespace {
+
+size_t NumEncoded(const HeadKeys& keys) { return keys.codes ? keys.codes->size() : 0; }
+
+// Keys of the tokens without codes as fp32 [n - encoded][head_dim].
+std::vector<float> ExactKeys(const HeadKeys& keys) {
+  const size_t encoded = NumEncoded(keys);
+  std::vector<float> out((keys.num_tokens - encoded) * keys.head_dim);
+  for (size_t t = encoded; t < keys.num_tokens; ++t) {
+    kernels::ToFloat(keys.dtype, keys.rows->Row(t), keys.head_dim,
+                     out.data() + (t - encoded) * keys.head_dim);
+  }
+  return out;
+}
+
+HeadSelection Select(const std::vector<float>& scores, uint32_t begin, uint32_t end, uint32_t k,
+                     bool plain) {
+  HeadSelection selection;
+  selection.positions.resize(k);
+  if (plain) {
+    kernels::TopK(scores.data(), begin, end, k, selection.positions.data());
+  } else {
+    kernels::SelectTopK(scores.data(), begin, end, k, selection.positions.data());
+  }
+  selection.scores.reserve(k);
+  for (uint32_t position : selection.positions) selection.scores.push_back(scores[position]);
+  return selection;
+}
+
+}  // namespace
 
 HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, int group_size,
                              uint32_t candidate_begin, uint32_t candidate_end, uint32_t k) {
+  const std::vector<float> exact_keys = ExactKeys(keys);
+  kernels::GqaScoringInput input;
+  input.head_dim = keys.head_dim;
+  if (keys.codes != nullptr && keys.codes->size() > 0) {
+    input.centroids = keys.codebook->centroids().data();
+    input.codes = keys.codes;
+  }
+  input.exact_keys = exact_keys.data();
+  input.num_exact = keys.num_tokens - NumEncoded(keys);
+  input.group_queries = group_queries;
+  input.group_size = group_size;
+  std::vector<float> scores(keys.num_tokens);
+  kernels::ScoreGqa(input, scores.data());
+  return Select(scores, candidate_begin, candidate_end, k, /*plain=*/false);
+}
+
+HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queries, int group_size,
+                                  uint32_t candidate_begin, uint32_t candidate_end, uint32_t k) {
   const size_t n = keys.num_tokens;
   const int dim = keys.head_dim;
-  const size_t encoded = keys.codebook ? keys.num_encoded : 0;
-  const size_t exact = n - encoded;
-
-  // Tokens without codes are converted to fp32 once per kv head, not per query head.
-  std::vector<float> exact_keys(exact * dim);
-  for (size_t t = 0; t < exact; ++t) {
-    kernels::ToFloat(keys.dtype, keys.rows->Row(encoded + t), dim, exact_keys.data() + t * dim);
-  }
-
+  const size_t encoded = NumEncoded(keys);
+  const std::vector<float> exact_keys = ExactKeys(keys);
   std::vector<float> table;
-  if (keys.codebook) {
+  if (encoded > 0) {
     const kernels::PqShape& shape = keys.codebook->shape();
     table.resize(static_cast<size_t>(shape.subspaces) * shape.centroids_per_subspace);
   }
@@ -35,18 +78,12 @@ HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, i
       const kernels::PqShape& shape = keys.codebook->shape();
       kernels::ComputeInnerProductTable(shape, query, keys.codebook->centroids().data(),
                                         table.data());
-      kernels::AdcScan(shape, table.data(), keys.codes, encoded, logits.data());
+      kernels::AdcScan(shape, table.data(), keys.codes->codes(), encoded, logits.data());
     }
-    kernels::ExactScores(query, exact_keys.data(), exact, dim, logits.data() + encoded);
+    kernels::ExactScores(query, exact_keys.data(), n - encoded, dim, logits.data() + encoded);
     kernels::AccumulateSoftmax(logits.data(), n, scale, combined.data());
   }
-
-  HeadSelection selection;
-  selection.positions.resize(k);
-  kernels::TopK(combined.data(), candidate_begin, candidate_end, k, selection.positions.data());
-  selection.scores.reserve(k);
-  for (uint32_t position : selection.positions) selection.scores.push_back(combined[position]);
-  return selection;
+  return Select(combined, candidate_begin, candidate_end, k, /*plain=*/true);
 }
 
 }  // namespace pqkv

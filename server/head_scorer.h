@@ -1,10 +1,12 @@
 // ScoreAndSelect: PQCache's retrieval for one (layer, kv head). Per query head of the
-// kv head's GQA group: approximate logits (ADC over PQ codes for encoded tokens, exact
-// dot products for tokens not yet encoded), softmax(logit / sqrt(head_dim)) over all
+// kv head's GQA group: approximate logits (PQ codes for encoded tokens, exact dot
+// products for tokens not yet encoded), softmax(logit / sqrt(head_dim)) over all
 // tokens, summed over the group; then top-k among the candidate positions.
 //
-// This is the plain CPU path. Faster kernels replace the calls into kernels/ behind the
-// same function. Thread-safe given that the inputs are not mutated during the call.
+// ScoreAndSelect runs the fast kernels (kernels/gqa_scoring.h, kernels/radix_select.h);
+// ScoreAndSelectPlain the foundation's plain kernels, kept as the reference they are
+// tested and benchmarked against. Thread-safe given that the inputs are not mutated
+// during the call.
 #ifndef PQKV_SERVER_HEAD_SCORER_H_
 #define PQKV_SERVER_HEAD_SCORER_H_
 
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "kernels/dtype_convert.h"
+#include "kernels/pq_code_store.h"
 #include "server/paged_rows.h"
 #include "server/pq_codebook.h"
 
@@ -29,15 +32,18 @@ struct HeadKeys {
   size_t num_tokens = 0;
   kernels::ElementType dtype = kernels::ElementType::kFp16;
   int head_dim = 0;
-  const PqCodebook* codebook = nullptr;  // null: every token is scored exactly
-  const uint8_t* codes = nullptr;        // uint8 [num_encoded][M], tokens [0, num_encoded)
-  size_t num_encoded = 0;
+  // Codebook and codes of tokens [0, codes->size()); both null: every token is exact.
+  const PqCodebook* codebook = nullptr;
+  const kernels::PqCodeStore* codes = nullptr;
 };
 
 // group_queries: fp32 [group_size][head_dim]. Candidates are [candidate_begin,
 // candidate_end); requires 1 <= k <= candidate_end - candidate_begin <= num_tokens.
 HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, int group_size,
                              uint32_t candidate_begin, uint32_t candidate_end, uint32_t k);
+
+HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queries, int group_size,
+                                  uint32_t candidate_begin, uint32_t candidate_end, uint32_t k);
 
 }  // namespace pqkv
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/dtype_convert.h"
+#include "server/parallel_for.h"
 #include "server/server_logger.h"
 
 namespace pqkv {
@@ -109,7 +110,7 @@ void LayerStore::BuildIndex() {
   const ModelShape& shape = config_.shape;
   const IndexOptions& options = config_.index;
   std::vector<PqCodebook> codebooks;
-  std::vector<std::vector<uint8_t>> codes(shape.num_kv_heads);
+  std::vector<kernels::PqCodeStore> codes;
   size_t snapshot_tokens = 0;
   absl::Status status;
   for (uint32_t h = 0; h < shape.num_kv_heads && status.ok(); ++h) {
@@ -126,8 +127,10 @@ void LayerStore::BuildIndex() {
       status = codebook.status();
       break;
     }
-    codes[h].resize(snapshot_tokens * options.subspaces);
-    codebook->Encode(keys.data(), snapshot_tokens, codes[h].data());
+    std::vector<uint8_t> head_codes(snapshot_tokens * options.subspaces);
+    codebook->Encode(keys.data(), snapshot_tokens, head_codes.data());
+    codes.emplace_back(options.subspaces, options.bits);
+    codes.back().Append(head_codes.data(), snapshot_tokens);
     codebooks.push_back(*std::move(codebook));
   }
 
@@ -135,26 +138,24 @@ void LayerStore::BuildIndex() {
   if (!status.ok()) {
     ServerLogger().error("layer {} index build failed, scoring exactly: {}", layer_,
                          status.ToString());
-    SettleIndex(IndexState::kFailed, {}, {}, 0, build_ms);
+    SettleIndex(IndexState::kFailed, {}, {}, build_ms);
     return;
   }
-  SettleIndex(IndexState::kReady, std::move(codebooks), std::move(codes), snapshot_tokens,
-              build_ms);
+  SettleIndex(IndexState::kReady, std::move(codebooks), std::move(codes), build_ms);
 }
 
-void LayerStore::AbandonBuild() { SettleIndex(IndexState::kFailed, {}, {}, 0, 0); }
+void LayerStore::AbandonBuild() { SettleIndex(IndexState::kFailed, {}, {}, 0); }
 
 void LayerStore::SettleIndex(IndexState state, std::vector<PqCodebook> codebooks,
-                             std::vector<std::vector<uint8_t>> codes, uint64_t encoded,
-                             double build_ms) {
+                             std::vector<kernels::PqCodeStore> codes, double build_ms) {
   std::vector<absl::AnyInvocable<void() &&>> waiters;
   {
     absl::MutexLock lock(&mu_);
     index_build_ms_ = build_ms;
     if (state == IndexState::kReady) {
       codebooks_ = std::move(codebooks);
+      num_encoded_ = codes.empty() ? 0 : codes[0].size();
       codes_ = std::move(codes);
-      num_encoded_ = encoded;
       EncodeTailLocked();  // tokens appended while training
     }
     index_state_ = state;
@@ -177,14 +178,16 @@ void LayerStore::EncodeTailLocked() {
   const uint32_t M = config_.index.subspaces;
   for (uint32_t h = 0; h < config_.shape.num_kv_heads; ++h) {
     const std::vector<float> keys = KeysAsFloatLocked(h, begin, end);
-    codes_[h].resize(end * M);
-    codebooks_[h].Encode(keys.data(), end - begin, codes_[h].data() + begin * M);
+    std::vector<uint8_t> codes((end - begin) * M);
+    codebooks_[h].Encode(keys.data(), end - begin, codes.data());
+    codes_[h].Append(codes.data(), end - begin);
   }
   num_encoded_ = end;
 }
 
 absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> query, uint32_t k,
-                                                    absl::Time deadline) const {
+                                                    absl::Time deadline, ThreadPool* pool,
+                                                    bool plain) const {
   const ModelShape& shape = config_.shape;
   const size_t expected = static_cast<size_t>(shape.num_query_heads) * shape.head_dim;
   if (query.size() != expected) {
@@ -230,23 +233,26 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
   selection.num_tokens = n;
   const bool use_codes = index_state_ == IndexState::kReady;
   selection.num_encoded = use_codes ? num_encoded_ : 0;
-  for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
-    HeadKeys keys;
-    keys.rows = keys_[h].get();
-    keys.num_tokens = n;
-    keys.dtype = shape.dtype;
-    keys.head_dim = static_cast<int>(shape.head_dim);
-    if (use_codes) {
-      keys.codebook = &codebooks_[h];
-      keys.codes = codes_[h].data();
-      keys.num_encoded = num_encoded_;
-    }
-    const float* group_queries =
-        query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
-    selection.heads.push_back(ScoreAndSelect(
-        keys, group_queries, static_cast<int>(shape.group_size()),
-        static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k));
-  }
+  selection.heads.resize(shape.num_kv_heads);
+  // The caller's shared lock covers the helpers: it is held until every head is done.
+  ParallelFor(
+      pool, static_cast<int>(shape.num_kv_heads), [&](int h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        HeadKeys keys;
+        keys.rows = keys_[h].get();
+        keys.num_tokens = n;
+        keys.dtype = shape.dtype;
+        keys.head_dim = static_cast<int>(shape.head_dim);
+        if (use_codes) {
+          keys.codebook = &codebooks_[h];
+          keys.codes = &codes_[h];
+        }
+        const float* group_queries =
+            query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
+        const auto score = plain ? ScoreAndSelectPlain : ScoreAndSelect;
+        selection.heads[h] =
+            score(keys, group_queries, static_cast<int>(shape.group_size()),
+                  static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k);
+      });
   return selection;
 }
 

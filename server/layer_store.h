@@ -20,11 +20,13 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "kernels/pq_code_store.h"
 #include "server/head_scorer.h"
 #include "server/page_arena.h"
 #include "server/paged_rows.h"
 #include "server/pq_codebook.h"
 #include "server/session_config.h"
+#include "server/thread_pool.h"
 
 namespace pqkv {
 
@@ -80,8 +82,11 @@ class LayerStore {
 
   // Scores every token against `query` (fp32 [query_head][head_dim]) and selects the top
   // k candidates per kv head. Waits, until `deadline`, while the index is building.
+  // The kv heads are scored in parallel on `pool` and the calling thread (pool may be
+  // null). `plain` runs the foundation's plain kernels instead of the fast ones.
   absl::StatusOr<LayerSelection> Retrieve(absl::Span<const float> query, uint32_t k,
-                                          absl::Time deadline) const;
+                                          absl::Time deadline, ThreadPool* pool = nullptr,
+                                          bool plain = false) const;
 
   // Copies the K and V rows of `positions` for `kv_head` into keys_out and values_out,
   // each positions.size() * row_bytes bytes, in the order given.
@@ -93,7 +98,7 @@ class LayerStore {
  private:
   // Leaves the building state; runs what DeferUntilIndexSettled kept.
   void SettleIndex(IndexState state, std::vector<PqCodebook> codebooks,
-                   std::vector<std::vector<uint8_t>> codes, uint64_t encoded, double build_ms);
+                   std::vector<kernels::PqCodeStore> codes, double build_ms);
   // Encodes tokens [num_encoded_, num_tokens_) with the installed codebooks.
   void EncodeTailLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies kv head h's keys [0, n) as fp32 [n][head_dim].
@@ -111,7 +116,7 @@ class LayerStore {
   std::vector<std::unique_ptr<PagedRows>> values_ ABSL_GUARDED_BY(mu_);
   IndexState index_state_ ABSL_GUARDED_BY(mu_) = IndexState::kOpen;
   std::vector<PqCodebook> codebooks_ ABSL_GUARDED_BY(mu_);        // per kv head once ready
-  std::vector<std::vector<uint8_t>> codes_ ABSL_GUARDED_BY(mu_);  // per kv head, [token][M]
+  std::vector<kernels::PqCodeStore> codes_ ABSL_GUARDED_BY(mu_);  // per kv head once ready
   uint64_t num_encoded_ ABSL_GUARDED_BY(mu_) = 0;
   double index_build_ms_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<absl::AnyInvocable<void() &&>> settle_waiters_ ABSL_GUARDED_BY(mu_);

@@ -77,7 +77,7 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer) {
       absl::Now() > deadline_
           ? absl::DeadlineExceededError("the layer's index was still building at the deadline")
           : layer.Retrieve(absl::MakeConstSpan(item.query().data(), item.query_size()), item.k(),
-                           deadline_);
+                           deadline_, compute_pool_);
   if (!selection.ok()) {
     SetItemError(i, selection.status());
     return;

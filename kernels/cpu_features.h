@@ -1,0 +1,16 @@
+// Which SIMD kernels this CPU can run, detected once at start.
+#ifndef PQKV_KERNELS_CPU_FEATURES_H_
+#define PQKV_KERNELS_CPU_FEATURES_H_
+
+namespace pqkv::kernels {
+
+// True when the CPU has AVX2 and FMA (the *_avx2.cc kernels). PQKV_DISABLE_SIMD=1 in the
+// environment forces the portable kernels, for testing and comparison.
+bool UseAvx2();
+
+// "avx2" or "portable": what UseAvx2() chose, for logs and benchmark headers.
+const char* SimdLevelName();
+
+}  // namespace pqkv::kernels
+
+#endif  // PQKV_KERNELS_CPU_FEATURES_H_

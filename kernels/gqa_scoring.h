@@ -1,0 +1,51 @@
+// ScoreGqa: the fast per-kv-head scoring of PQCache's retrieval. For every token, the
+// sum over the kv head's query heads of softmax(logit / sqrt(d)) over all tokens, where
+// a token's logit comes from its PQ codes (encoded tokens) or from its raw key (the
+// tokens after them that have no codes yet).
+//
+// Three scan paths, chosen by the code layout (ChooseScanPath):
+//  - joined (M * bits <= 12, PQCache's M = 2 x 6 bits): a token's logit depends only on
+//    its joined code, so tables, exponentials and normalisers are computed once per
+//    distinct code (4096 for 12 bits) with the code histogram, and the scan is a single
+//    table lookup per token. Same scores as the plain path up to float rounding.
+//  - fast-scan (bits == 4, M even): uint8 tables, vpshufb lookups, uint16 sums, and one
+//    exponential per distinct sum. Scores carry the tables' 8-bit quantisation error.
+//  - generic (other shapes, e.g. M = 4 x 8 bits): one pass over the codes for all query
+//    heads, vectorised exponentials. Same scores as the plain path up to float rounding.
+//
+// Thread-safe; uses per-thread scratch memory, no locks.
+#ifndef PQKV_KERNELS_GQA_SCORING_H_
+#define PQKV_KERNELS_GQA_SCORING_H_
+
+#include <cstddef>
+
+#include "kernels/pq_code_store.h"
+#include "kernels/pq_scan.h"
+
+namespace pqkv::kernels {
+
+enum class ScanPath { kJoined, kFastScan, kGeneric, kExactOnly };
+const char* ScanPathName(ScanPath path);
+// The path ScoreGqa takes for these codes (null: no codes, exact only).
+ScanPath ChooseScanPath(const PqCodeStore* codes);
+
+struct GqaScoringInput {
+  int head_dim = 0;
+  // Codebook fp32 [M][2^bits][head_dim / M] and the codes of tokens [0, codes->size());
+  // both null when no token has codes.
+  const float* centroids = nullptr;
+  const PqCodeStore* codes = nullptr;
+  // Raw keys of the tokens after the encoded ones, fp32 [num_exact][head_dim].
+  const float* exact_keys = nullptr;
+  size_t num_exact = 0;
+  // The kv head's query heads, fp32 [group_size][head_dim].
+  const float* group_queries = nullptr;
+  int group_size = 0;
+};
+
+// Writes the score of every token, fp32 [codes->size() + num_exact], to `scores`.
+void ScoreGqa(const GqaScoringInput& input, float* scores);
+
+}  // namespace pqkv::kernels
+
+#endif  // PQKV_KERNELS_GQA_SCORING_H_

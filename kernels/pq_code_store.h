@@ -1,0 +1,60 @@
+// PqCodeStore: the PQ codes of one (layer, kv head), kept in the layouts the scan
+// kernels read:
+//  - bytes: uint8 [token][M], always (the plain kernels and the generic scan);
+//  - joined: when M * bits <= 12, one uint16 code per token, code = sum_m c_m << (m * bits),
+//    and a histogram of those codes, so that scoring works per distinct code;
+//  - fast-scan: when bits == 4 and M is even, blocks of 32 tokens, each block M / 2 rows
+//    of 32 bytes; byte j of row p holds token j's codes for sub-spaces 2p (low nibble)
+//    and 2p + 1 (high nibble).
+//
+// Not thread-safe: one writer, and no reader during a write (LayerStore's lock).
+#ifndef PQKV_KERNELS_PQ_CODE_STORE_H_
+#define PQKV_KERNELS_PQ_CODE_STORE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace pqkv::kernels {
+
+class PqCodeStore {
+ public:
+  static constexpr int kMaxJoinedBits = 12;
+  static constexpr size_t kBlockTokens = 32;
+
+  PqCodeStore(int subspaces, int bits);
+
+  // Appends n tokens' codes, uint8 [n][M].
+  void Append(const uint8_t* codes, size_t n);
+
+  size_t size() const { return size_; }
+  int subspaces() const { return subspaces_; }
+  int bits() const { return bits_; }
+  const uint8_t* codes() const { return codes_.data(); }
+
+  bool has_joined() const { return subspaces_ * bits_ <= kMaxJoinedBits; }
+  // Number of distinct joined codes, 2^(M * bits).
+  size_t joined_size() const { return size_t{1} << (subspaces_ * bits_); }
+  const uint16_t* joined_codes() const { return joined_.data(); }
+  // Tokens per joined code, joined_size() entries.
+  const uint32_t* joined_histogram() const { return histogram_.data(); }
+
+  bool has_fast_scan() const { return bits_ == 4 && subspaces_ % 2 == 0 && subspaces_ <= 256; }
+  // Blocks of 32 tokens, 16 * M bytes each; the last block is padded with code 0.
+  const uint8_t* fast_scan_blocks() const { return blocks_.data(); }
+  size_t num_blocks() const { return (size_ + kBlockTokens - 1) / kBlockTokens; }
+  size_t block_bytes() const { return kBlockTokens * subspaces_ / 2; }
+
+ private:
+  const int subspaces_;
+  const int bits_;
+  size_t size_ = 0;
+  std::vector<uint8_t> codes_;
+  std::vector<uint16_t> joined_;
+  std::vector<uint32_t> histogram_;
+  std::vector<uint8_t> blocks_;
+};
+
+}  // namespace pqkv::kernels
+
+#endif  // PQKV_KERNELS_PQ_CODE_STORE_H_

@@ -1,0 +1,19 @@
+// Top-k selection in O(n) by radix select on the scores' bit patterns, then a stable
+// radix sort of the k winners. Same contract as TopK in top_k.h (its test oracle):
+// the k largest scores among positions [begin, end), best first, equal scores ordered
+// by lower position. Scores must not be NaN.
+//
+// Portable code; thread-safe; allocates scratch proportional to k.
+#ifndef PQKV_KERNELS_RADIX_SELECT_H_
+#define PQKV_KERNELS_RADIX_SELECT_H_
+
+#include <cstdint>
+
+namespace pqkv::kernels {
+
+void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
+                uint32_t* positions_out);
+
+}  // namespace pqkv::kernels
+
+#endif  // PQKV_KERNELS_RADIX_SELECT_H_

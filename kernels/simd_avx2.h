@@ -1,0 +1,20 @@
+// Declarations of the AVX2 kernels, defined in *_avx2.cc files compiled with -mavx2
+// -mfma. Call them only when UseAvx2() is true; the public headers dispatch.
+#ifndef PQKV_KERNELS_SIMD_AVX2_H_
+#define PQKV_KERNELS_SIMD_AVX2_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pqkv::kernels::avx2 {
+
+double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out);
+float MaxOf(const float* x, size_t n);
+
+// See FastScanAccumulate in fast_scan.h.
+void FastScanAccumulate(const uint8_t* blocks, size_t num_blocks, int subspaces,
+                        const uint8_t* tables, int num_tables, uint16_t* out, size_t out_stride);
+
+}  // namespace pqkv::kernels::avx2
+
+#endif  // PQKV_KERNELS_SIMD_AVX2_H_

@@ -1,0 +1,33 @@
+#include "kernels/vector_exp.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/cpu_features.h"
+#include "kernels/simd_avx2.h"
+
+namespace pqkv::kernels {
+
+double ExpAndSumPortable(const float* x, size_t n, float scale, float shift, float* out) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = std::exp(scale * x[i] - shift);
+    sum += out[i];
+  }
+  return sum;
+}
+
+double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out) {
+  if (UseAvx2()) return avx2::ExpAndSum(x, n, scale, shift, out);
+  return ExpAndSumPortable(x, n, scale, shift, out);
+}
+
+float MaxOf(const float* x, size_t n) {
+  if (UseAvx2()) return avx2::MaxOf(x, n);
+  float max = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < n; ++i) max = std::max(max, x[i]);
+  return max;
+}
+
+}  // namespace pqkv::kernels

@@ -1,0 +1,24 @@
+// Vectorised exponentials for softmax: out[i] = exp(scale * x[i] - shift).
+//
+// AVX2 where available (Cephes-style polynomial, relative error about 2e-7, results for
+// arguments below -87 flush towards 0), std::exp otherwise. Pure, thread-safe.
+#ifndef PQKV_KERNELS_VECTOR_EXP_H_
+#define PQKV_KERNELS_VECTOR_EXP_H_
+
+#include <cstddef>
+
+namespace pqkv::kernels {
+
+// Writes out[i] = exp(scale * x[i] - shift) for i in [0, n) and returns their sum.
+// `out` may equal `x`.
+double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out);
+
+// The same with the portable code, whatever the CPU; the AVX2 version's test oracle.
+double ExpAndSumPortable(const float* x, size_t n, float scale, float shift, float* out);
+
+// Largest of x[0, n); -inf for n == 0.
+float MaxOf(const float* x, size_t n);
+
+}  // namespace pqkv::kernels
+
+#endif  // PQKV_KERNELS_VECTOR_EXP_H_

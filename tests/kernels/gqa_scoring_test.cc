@@ -1,0 +1,106 @@
+#include "kernels/gqa_scoring.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "catch2/catch.hpp"
+#include "kernels/fast_scan.h"
+#include "kernels/gqa_softmax.h"
+
+namespace pqkv::kernels {
+namespace {
+
+struct Case {
+  int M, bits, dim, group;
+  size_t encoded, exact;
+};
+
+// Plain reference: per query head, logits from `tables` (float [M][ksub] per head) or raw
+// keys, AccumulateSoftmax over all tokens.
+std::vector<float> Reference(const Case& c, const std::vector<float>& tables,
+                             const std::vector<uint8_t>& codes, const std::vector<float>& keys,
+                             const std::vector<float>& queries) {
+  const size_t n = c.encoded + c.exact;
+  const int ksub = 1 << c.bits;
+  std::vector<float> logits(n), scores(n, 0.0f);
+  for (int g = 0; g < c.group; ++g) {
+    const float* table = tables.data() + static_cast<size_t>(g) * c.M * ksub;
+    for (size_t t = 0; t < c.encoded; ++t) {
+      float sum = 0;
+      for (int m = 0; m < c.M; ++m) sum += table[m * ksub + codes[t * c.M + m]];
+      logits[t] = sum;
+    }
+    ExactScores(queries.data() + g * c.dim, keys.data(), c.exact, c.dim, logits.data() + c.encoded);
+    AccumulateSoftmax(logits.data(), n, 1.0f / std::sqrt(float(c.dim)), scores.data());
+  }
+  return scores;
+}
+
+TEST_CASE("ScoreGqa equals the plain softmax-sum on every scan path", "[kernels]") {
+  const Case c =
+      GENERATE(Case{2, 6, 32, 4, 5000, 0}, Case{2, 6, 32, 4, 3000, 17}, Case{3, 4, 24, 1, 777, 3},
+               Case{4, 8, 32, 4, 2001, 5}, Case{16, 4, 32, 4, 1000, 9}, Case{2, 4, 16, 5, 0, 300});
+  const int ksub = 1 << c.bits;
+  const PqShape shape{c.M, ksub, c.dim / c.M};
+  std::mt19937 rng(c.M * 100 + c.bits + c.encoded);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> code(0, ksub - 1);
+  std::vector<float> centroids(static_cast<size_t>(c.M) * ksub * shape.subspace_dim);
+  for (float& v : centroids) v = normal(rng);
+  std::vector<uint8_t> codes(c.encoded * c.M);
+  for (uint8_t& v : codes) v = static_cast<uint8_t>(code(rng));
+  std::vector<float> keys(c.exact * c.dim), queries(static_cast<size_t>(c.group) * c.dim);
+  for (float& v : keys) v = normal(rng);
+  for (float& v : queries) v = 3 * normal(rng);
+  PqCodeStore store(c.M, c.bits);
+  store.Append(codes.data(), c.encoded);
+
+  GqaScoringInput input;
+  input.head_dim = c.dim;
+  if (c.encoded > 0) {
+    input.centroids = centroids.data();
+    input.codes = &store;
+  }
+  input.exact_keys = keys.data();
+  input.num_exact = c.exact;
+  input.group_queries = queries.data();
+  input.group_size = c.group;
+  std::vector<float> got(c.encoded + c.exact);
+  ScoreGqa(input, got.data());
+
+  // The reference uses the tables the path itself scores with: float tables, or for
+  // fast-scan the dequantised uint8 tables (its one approximation, tested in fast_scan_test).
+  const bool fast_scan = ChooseScanPath(input.codes) == ScanPath::kFastScan;
+  std::vector<float> tables(static_cast<size_t>(c.group) * c.M * ksub);
+  for (int g = 0; g < c.group; ++g) {
+    float* table = tables.data() + static_cast<size_t>(g) * c.M * ksub;
+    ComputeInnerProductTable(shape, queries.data() + g * c.dim, centroids.data(), table);
+    if (fast_scan) {
+      std::vector<uint8_t> q(c.M * 16);
+      const QuantizedTable p = QuantizeTable(table, c.M, q.data());
+      for (int m = 0; m < c.M; ++m) {
+        for (int j = 0; j < 16; ++j) table[m * 16 + j] = p.offset / c.M + p.scale * q[m * 16 + j];
+      }
+    }
+  }
+  const std::vector<float> expected = Reference(c, tables, codes, keys, queries);
+  for (size_t t = 0; t < got.size(); ++t) {
+    REQUIRE(got[t] == Approx(expected[t]).epsilon(1e-3).margin(1e-7));
+  }
+}
+
+TEST_CASE("ChooseScanPath picks the layout's path", "[kernels]") {
+  PqCodeStore joined(2, 6), fast(16, 4), generic(4, 8);
+  const uint8_t zeros[16] = {0};
+  joined.Append(zeros, 1);
+  fast.Append(zeros, 1);
+  generic.Append(zeros, 1);
+  CHECK(ChooseScanPath(&joined) == ScanPath::kJoined);
+  CHECK(ChooseScanPath(&fast) == ScanPath::kFastScan);
+  CHECK(ChooseScanPath(&generic) == ScanPath::kGeneric);
+  CHECK(ChooseScanPath(nullptr) == ScanPath::kExactOnly);
+}
+
+}  // namespace
+}  // namespace pqkv::kernels

@@ -1,0 +1,58 @@
+#include "kernels/pq_code_store.h"
+
+#include <random>
+#include <vector>
+
+#include "catch2/catch.hpp"
+
+namespace pqkv::kernels {
+namespace {
+
+std::vector<uint8_t> RandomCodes(size_t n, int M, int bits, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
+  std::vector<uint8_t> codes(n * M);
+  for (uint8_t& c : codes) c = static_cast<uint8_t>(code(rng));
+  return codes;
+}
+
+TEST_CASE("PqCodeStore keeps every layout consistent across appends", "[kernels]") {
+  const auto [M, bits] = GENERATE(std::make_pair(2, 6), std::make_pair(3, 4), std::make_pair(4, 4),
+                                  std::make_pair(16, 4), std::make_pair(4, 8));
+  const std::vector<uint8_t> codes = RandomCodes(100, M, bits, M * 10 + bits);
+  PqCodeStore store(M, bits);
+  // Uneven appends, including single tokens that land in a partial fast-scan block.
+  size_t at = 0;
+  for (size_t count : {1, 30, 2, 1, 66}) {
+    store.Append(codes.data() + at * M, count);
+    at += count;
+  }
+  REQUIRE(store.size() == 100);
+  CHECK(std::vector<uint8_t>(store.codes(), store.codes() + 100 * M) == codes);
+  if (store.has_joined()) {
+    std::vector<uint32_t> histogram(store.joined_size(), 0);
+    for (size_t t = 0; t < 100; ++t) {
+      uint32_t joined = 0;
+      for (int m = 0; m < M; ++m) joined |= uint32_t{codes[t * M + m]} << (m * bits);
+      REQUIRE(store.joined_codes()[t] == joined);
+      ++histogram[joined];
+    }
+    CHECK(std::vector<uint32_t>(store.joined_histogram(),
+                                store.joined_histogram() + store.joined_size()) == histogram);
+  }
+  if (store.has_fast_scan()) {
+    REQUIRE(store.num_blocks() == 4);
+    for (size_t t = 0; t < 100; ++t) {
+      const uint8_t* block = store.fast_scan_blocks() + t / 32 * store.block_bytes();
+      for (int m = 0; m < M; ++m) {
+        const uint8_t byte = block[(m / 2) * 32 + t % 32];
+        REQUIRE(((m % 2 == 0) ? (byte & 0xf) : (byte >> 4)) == codes[t * M + m]);
+      }
+    }
+  }
+  CHECK(store.has_joined() == (M * bits <= 12));
+  CHECK(store.has_fast_scan() == (bits == 4 && M % 2 == 0));
+}
+
+}  // namespace
+}  // namespace pqkv::kernels
