@@ -1,6 +1,7 @@
 #include "kernels/radix_select.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -17,75 +18,134 @@ inline uint32_t OrderedKey(float f) {
 
 constexpr int kDigitBits = 11;  // 3 passes over 32 bits: 11 + 11 + 10
 constexpr uint32_t kBuckets = 1u << kDigitBits;
+constexpr uint32_t kSamples = 1024;
+
+struct Scratch {
+  std::vector<uint32_t> keys, positions, boundary, histogram, winners, winner_keys, sorted,
+      sorted_keys;
+};
+thread_local Scratch scratch;
+
+// The k-th largest of keys[0, count): returns T and sets `need` to how many keys equal
+// to T belong to the top k (the others are all > T). Requires 1 <= k <= count.
+uint32_t KthLargestKey(const uint32_t* keys, size_t count, uint32_t k, uint32_t* need) {
+  std::vector<uint32_t>& histogram = scratch.histogram;
+  std::vector<uint32_t>& boundary = scratch.boundary;  // indices into keys
+  histogram.resize(kBuckets);
+  uint32_t prefix = 0;
+  uint32_t remaining = k;
+  bool first = true;
+  for (int shift = 32 - kDigitBits; shift > -kDigitBits; shift -= kDigitBits) {
+    const int low = std::max(shift, 0);
+    const uint32_t digit_mask = (1u << (shift >= 0 ? kDigitBits : kDigitBits + shift)) - 1;
+    const uint32_t prefix_mask = low == 0 ? 0xffffffffu : ~((1u << low) - 1);
+    std::fill(histogram.begin(), histogram.end(), 0);
+    if (first) {
+      for (size_t i = 0; i < count; ++i) ++histogram[keys[i] >> low];
+    } else {
+      for (uint32_t i : boundary) ++histogram[(keys[i] >> low) & digit_mask];
+    }
+    uint32_t digit = digit_mask;
+    uint32_t above = 0;
+    while (above + histogram[digit] < remaining) above += histogram[digit--];
+    remaining -= above;
+    prefix |= digit << low;
+    if (low == 0) break;
+    // Keep only the keys that share the prefix found so far.
+    size_t kept = 0;
+    if (first) {
+      boundary.resize(histogram[digit]);
+      for (size_t i = 0; i < count; ++i) {
+        if ((keys[i] & prefix_mask) == prefix) boundary[kept++] = static_cast<uint32_t>(i);
+      }
+    } else {
+      for (uint32_t i : boundary) {
+        if ((keys[i] & prefix_mask) == prefix) boundary[kept++] = i;
+      }
+    }
+    boundary.resize(kept);
+    first = false;
+  }
+  *need = remaining;
+  return prefix;
+}
 
 }  // namespace
 
 void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
                 uint32_t* positions_out) {
   if (k == 0) return;
-  // Find the k-th largest key T digit by digit from the top: after the passes,
-  // `above` keys are > T and `take_equal` of the keys == T complete the k.
-  std::vector<uint32_t> histogram(kBuckets);
-  std::vector<uint32_t> boundary;  // positions whose key matches the prefix found so far
-  uint32_t prefix = 0;
-  uint32_t above = 0;
-  uint32_t need = k;
-  for (int shift = 32 - kDigitBits; shift > -kDigitBits; shift -= kDigitBits) {
-    const int bits_here = shift >= 0 ? kDigitBits : kDigitBits + shift;
-    const int low = std::max(shift, 0);
-    const uint32_t digit_mask = (1u << bits_here) - 1;
-    std::fill(histogram.begin(), histogram.end(), 0);
-    if (shift == 32 - kDigitBits) {
-      for (uint32_t t = begin; t < end; ++t) ++histogram[OrderedKey(scores[t]) >> low];
-    } else {
-      for (uint32_t t : boundary) ++histogram[(OrderedKey(scores[t]) >> low) & digit_mask];
+  const uint32_t n = end - begin;
+  std::vector<uint32_t>& keys = scratch.keys;
+  std::vector<uint32_t>& positions = scratch.positions;
+  keys.resize(n);
+  positions.resize(n);
+
+  // Shortlist: a strided sample estimates a key that somewhat more than k candidates
+  // reach; one pass keeps those. When the estimate falls short (or sampling cannot pay
+  // off) every candidate is kept. Either way the selection below is exact.
+  size_t count = 0;
+  bool shortlisted = false;
+  if (n >= 8 * kSamples && k <= n / 4) {
+    uint32_t sample[kSamples];
+    for (uint32_t i = 0; i < kSamples; ++i) {
+      sample[i] = OrderedKey(scores[begin + static_cast<uint64_t>(i) * n / kSamples]);
     }
-    uint32_t digit = digit_mask;
-    uint32_t count_above = 0;
-    while (count_above + histogram[digit] < need) count_above += histogram[digit--];
-    need -= count_above;
-    above += count_above;
-    prefix |= digit << low;
-    const uint32_t prefix_mask = ~((1u << low) - 1) | (low == 0 ? 0xffffffffu : 0u);
-    std::vector<uint32_t> next;
-    if (shift == 32 - kDigitBits) {
-      for (uint32_t t = begin; t < end; ++t) {
-        if ((OrderedKey(scores[t]) & prefix_mask) == prefix) next.push_back(t);
-      }
-    } else {
-      for (uint32_t t : boundary) {
-        if ((OrderedKey(scores[t]) & prefix_mask) == prefix) next.push_back(t);
-      }
+    const double expected_rank = static_cast<double>(k) * kSamples / n;
+    const uint32_t rank = std::min<uint32_t>(
+        kSamples - 1, static_cast<uint32_t>(expected_rank + 4 * std::sqrt(expected_rank) + 8));
+    std::nth_element(sample, sample + rank, sample + kSamples, std::greater<uint32_t>());
+    const uint32_t cut = sample[rank];
+    for (uint32_t t = begin; t < end; ++t) {
+      const uint32_t key = OrderedKey(scores[t]);
+      keys[count] = key;
+      positions[count] = t;
+      count += key >= cut;
     }
-    boundary.swap(next);
-    if (low == 0) break;
+    shortlisted = count >= k;
   }
-  const uint32_t threshold = prefix;
+  if (!shortlisted) {
+    for (uint32_t t = begin; t < end; ++t) {
+      keys[t - begin] = OrderedKey(scores[t]);
+      positions[t - begin] = t;
+    }
+    count = n;
+  }
+
+  uint32_t need = 0;
+  const uint32_t threshold = KthLargestKey(keys.data(), count, k, &need);
 
   // Winners in position order: every key above T, and the first `need` equal to T.
-  std::vector<uint32_t> winners;
-  winners.reserve(k);
-  uint32_t equal_taken = 0;
-  for (uint32_t t = begin; t < end && winners.size() < k; ++t) {
-    const uint32_t key = OrderedKey(scores[t]);
-    if (key > threshold || (key == threshold && equal_taken++ < need)) winners.push_back(t);
+  std::vector<uint32_t>& winners = scratch.winners;
+  std::vector<uint32_t>& winner_keys = scratch.winner_keys;
+  winners.resize(k);
+  winner_keys.resize(k);
+  uint32_t taken = 0, equal_taken = 0;
+  for (size_t i = 0; i < count && taken < k; ++i) {
+    const uint32_t key = keys[i];
+    if (key > threshold || (key == threshold && equal_taken++ < need)) {
+      winners[taken] = positions[i];
+      winner_keys[taken++] = ~key;  // ascending order of ~key is best first
+    }
   }
 
-  // Best first: stable LSD radix sort on the inverted key keeps ties in position order.
-  std::vector<uint32_t> keys(k), other(k), other_keys(k);
-  for (uint32_t i = 0; i < k; ++i) keys[i] = ~OrderedKey(scores[winners[i]]);
+  // Best first: a stable LSD radix sort keeps ties in position order.
+  std::vector<uint32_t>& sorted = scratch.sorted;
+  std::vector<uint32_t>& sorted_keys = scratch.sorted_keys;
+  sorted.resize(k);
+  sorted_keys.resize(k);
   for (int shift = 0; shift < 32; shift += 8) {
     uint32_t counts[257] = {0};
-    for (uint32_t i = 0; i < k; ++i) ++counts[((keys[i] >> shift) & 0xff) + 1];
-    if (counts[((keys[0] >> shift) & 0xff) + 1] == k) continue;  // all share this digit
+    for (uint32_t i = 0; i < k; ++i) ++counts[((winner_keys[i] >> shift) & 0xff) + 1];
+    if (counts[((winner_keys[0] >> shift) & 0xff) + 1] == k) continue;  // one digit value
     for (int b = 0; b < 256; ++b) counts[b + 1] += counts[b];
     for (uint32_t i = 0; i < k; ++i) {
-      const uint32_t slot = counts[(keys[i] >> shift) & 0xff]++;
-      other[slot] = winners[i];
-      other_keys[slot] = keys[i];
+      const uint32_t slot = counts[(winner_keys[i] >> shift) & 0xff]++;
+      sorted[slot] = winners[i];
+      sorted_keys[slot] = winner_keys[i];
     }
-    winners.swap(other);
-    keys.swap(other_keys);
+    winners.swap(sorted);
+    winner_keys.swap(sorted_keys);
   }
   std::copy(winners.begin(), winners.end(), positions_out);
 }

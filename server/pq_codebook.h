@@ -7,10 +7,15 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/pq_scan.h"
+
+namespace faiss {
+struct ProductQuantizer;
+}  // namespace faiss
 
 namespace pqkv {
 
@@ -22,7 +27,8 @@ class PqCodebook {
   static absl::StatusOr<PqCodebook> Train(const float* keys, size_t n, int dim, int subspaces,
                                           int bits, int iterations);
 
-  // Writes the nearest centroid of each sub-space of each key: codes uint8 [n][M].
+  // Writes the nearest centroid (L2) of each sub-space of each key: codes uint8 [n][M].
+  // FAISS's encoder (BLAS for large n); exact ties go to the lower centroid.
   void Encode(const float* keys, size_t n, uint8_t* codes) const;
 
   const kernels::PqShape& shape() const { return shape_; }
@@ -30,11 +36,13 @@ class PqCodebook {
   const std::vector<float>& centroids() const { return centroids_; }
 
  private:
-  PqCodebook(kernels::PqShape shape, std::vector<float> centroids)
-      : shape_(shape), centroids_(std::move(centroids)) {}
+  PqCodebook(kernels::PqShape shape, std::vector<float> centroids,
+             std::shared_ptr<const faiss::ProductQuantizer> pq)
+      : shape_(shape), centroids_(std::move(centroids)), pq_(std::move(pq)) {}
 
   kernels::PqShape shape_;
   std::vector<float> centroids_;
+  std::shared_ptr<const faiss::ProductQuantizer> pq_;  // the trained quantizer, for encoding
 };
 
 }  // namespace pqkv

@@ -1,0 +1,368 @@
+// retrieval_bench: one layer's retrieval (all kv heads) on generated keys, timed for
+// every method on the same data in the same run.
+//
+//   bazel run -c opt //bench:retrieval_bench -- --tokens=131072 --kv-heads=8 \
+//       --query-heads=32 --head-dim=128 --subspaces=2 --bits=6 --k=4096 --repeats=20
+//
+// Methods:
+//   pqkv           the server's retrieval (LayerStore::Retrieve, fast kernels), kv heads
+//                  split over all cores
+//   pqkv-1core     the same on the calling thread only
+//   plain          the foundation's plain kernels (scalar ADC, double exp, nth_element)
+//   faiss-indexpq  FAISS IndexPQ with the same codebooks, METRIC_INNER_PRODUCT, search
+//                  with the same k for every query head; a kv head's selection merges
+//                  its query heads' lists by rank
+//   exact          fp32 keys, BLAS (sgemm) logits, softmax-sum, radix top-k; kv heads
+//                  split over all cores
+// Prints median and p99 microseconds, the ratio to pqkv, recall@k against the exact
+// top-k (GQA softmax-sum of exact logits), the index build rate, and the floor: the
+// code bytes the pqkv scan reads divided by a memory bandwidth measured here.
+// --json prints one JSON object per method instead of the table.
+#include <faiss/IndexPQ.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "kernels/cpu_features.h"
+#include "kernels/dtype_convert.h"
+#include "kernels/gqa_scoring.h"
+#include "kernels/radix_select.h"
+#include "kernels/vector_exp.h"
+#include "server/layer_store.h"
+#include "server/parallel_for.h"
+#include "server/thread_pool.h"
+#include "workload/planted_kv.h"
+
+extern "C" {
+void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                 const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
+void openblas_set_num_threads(int threads);
+char* openblas_get_config(void);
+}
+
+ABSL_FLAG(uint32_t, tokens, 131072, "Tokens in the layer.");
+ABSL_FLAG(uint32_t, kv_heads, 8, "KV heads.");
+ABSL_FLAG(uint32_t, query_heads, 32, "Query heads (GQA).");
+ABSL_FLAG(uint32_t, head_dim, 128, "Head dimension.");
+ABSL_FLAG(uint32_t, subspaces, 2, "PQ sub-spaces M.");
+ABSL_FLAG(uint32_t, bits, 6, "Bits per sub-space code.");
+ABSL_FLAG(uint32_t, k, 4096, "Tokens selected per kv head.");
+ABSL_FLAG(uint32_t, repeats, 20, "Timed runs per method.");
+ABSL_FLAG(uint32_t, kmeans_iterations, 10, "k-means iterations for the index.");
+ABSL_FLAG(bool, json, false, "One JSON object per method instead of the table.");
+ABSL_FLAG(std::string, methods, "pqkv,pqkv-1core,plain,faiss-indexpq,exact",
+          "Comma-separated methods to run (pqkv always runs: it is the baseline).");
+
+namespace pqkv {
+namespace {
+
+constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
+
+struct Timing {
+  std::string method;
+  double median_us = 0, p99_us = 0, recall = 0;
+};
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+// Runs fn `repeats` times after one warm-up; returns per-run microseconds.
+template <typename Fn>
+std::vector<double> Time(uint32_t repeats, Fn&& fn) {
+  fn();
+  std::vector<double> us;
+  for (uint32_t r = 0; r < repeats; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+  }
+  return us;
+}
+
+// Read bandwidth of this machine, all cores: sums a 1 GiB buffer, best of 3, bytes/s.
+double MeasureReadBandwidth(int threads) {
+  const size_t words = (size_t{1} << 30) / sizeof(uint64_t);
+  std::vector<uint64_t> buffer(words);
+  for (size_t i = 0; i < words; ++i) buffer[i] = i;
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<uint64_t> sums(threads);
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        const size_t begin = words * t / threads, end = words * (t + 1) / threads;
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = begin; i + 4 <= end; i += 4) {
+          a += buffer[i];
+          b += buffer[i + 1];
+          c += buffer[i + 2];
+          d += buffer[i + 3];
+        }
+        sums[t] = a + b + c + d;
+      });
+    }
+    for (auto& th : pool) th.join();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (std::accumulate(sums.begin(), sums.end(), uint64_t{0}) == 42) std::puts("");  // keep sums
+    best = std::max(best, words * sizeof(uint64_t) / s);
+  }
+  return best;
+}
+
+std::string Commit() {
+  const char* dir = std::getenv("BUILD_WORKSPACE_DIRECTORY");
+  std::string cmd = absl::StrFormat("git -C '%s' rev-parse --short HEAD 2>/dev/null", dir ? dir : ".");
+  FILE* pipe = popen(cmd.c_str(), "r");
+  char buf[64] = {0};
+  if (pipe) {
+    if (fgets(buf, sizeof buf, pipe) == nullptr) buf[0] = 0;
+    pclose(pipe);
+  }
+  std::string s(buf);
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s.empty() ? "unknown" : s;
+}
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+double Recall(const std::vector<std::vector<uint32_t>>& got,
+              const std::vector<std::vector<uint32_t>>& exact) {
+  double sum = 0;
+  for (size_t h = 0; h < exact.size(); ++h) sum += workload::Recall(got[h], exact[h]);
+  return sum / exact.size();
+}
+
+std::vector<std::vector<uint32_t>> Positions(const LayerSelection& selection) {
+  std::vector<std::vector<uint32_t>> out;
+  for (const HeadSelection& h : selection.heads) out.push_back(h.positions);
+  return out;
+}
+
+int Run() {
+  const uint32_t n = absl::GetFlag(FLAGS_tokens), H = absl::GetFlag(FLAGS_kv_heads),
+                 Q = absl::GetFlag(FLAGS_query_heads), d = absl::GetFlag(FLAGS_head_dim),
+                 M = absl::GetFlag(FLAGS_subspaces), bits = absl::GetFlag(FLAGS_bits),
+                 k = absl::GetFlag(FLAGS_k), repeats = absl::GetFlag(FLAGS_repeats);
+  const bool json = absl::GetFlag(FLAGS_json);
+  const std::string methods = "," + absl::GetFlag(FLAGS_methods) + ",";
+  const auto wanted = [&](const char* m) { return methods.find(absl::StrCat(",", m, ",")) != std::string::npos; };
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const uint32_t G = Q / H;
+  FILE* info = json ? stderr : stdout;  // the table and the setup; JSON alone on stdout
+
+  std::fprintf(info, "Setup: commit %s; CPU %s, %d cores, SIMD %s; FAISS %d.%d.%d; %s\n",
+               Commit().c_str(), CpuModel().c_str(), cores, kernels::SimdLevelName(),
+               FAISS_VERSION_MAJOR, FAISS_VERSION_MINOR, FAISS_VERSION_PATCH, openblas_get_config());
+  std::fprintf(info, "Shape: %u tokens, %u kv heads, %u query heads, head dim %u, M=%u x %u bits, k=%u, %u repeats\n",
+               n, H, Q, d, M, bits, k, repeats);
+
+  // The layer, stored as the server stores it: fp16 pages, sinks 32, recent 64.
+  SessionConfig config;
+  config.shape = {1, H, Q, d, kernels::ElementType::kFp16};
+  config.index.subspaces = M;
+  config.index.bits = bits;
+  config.index.kmeans_iterations = absl::GetFlag(FLAGS_kmeans_iterations);
+  if (absl::Status s = ValidateSessionConfig(config, 64 << 10); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 2;
+  }
+  workload::PlantedKvSpec spec{H, Q, d, n};
+  spec.seed = 7;
+  const workload::LayerData data = workload::GeneratePlantedLayer(spec, 0);
+  const std::vector<uint16_t> key_bits = workload::ToHalf(data.keys), value_bits = workload::ToHalf(data.values);
+  auto arena = PageArena::Create(size_t{3} * H * n * d * 2 + (size_t{64} << 20), 64 << 10).value();
+  LayerStore layer(0, config, arena.get());
+  const absl::string_view kb(reinterpret_cast<const char*>(key_bits.data()), key_bits.size() * 2);
+  const absl::string_view vb(reinterpret_cast<const char*>(value_bits.data()), value_bits.size() * 2);
+  if (absl::Status s = layer.Append(0, n, kb, vb); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 2;
+  }
+  layer.SealPrefill();
+  const absl::Time build_start = absl::Now();
+  layer.BuildIndex();
+  const double build_s = absl::ToDoubleSeconds(absl::Now() - build_start);
+  const LayerStatus status = layer.Status();
+  std::fprintf(info, "Index build: %.2f s for %u tokens x %u kv heads (%.0f tokens/s per layer), state %s\n",
+               build_s, n, H, n / build_s, IndexStateName(status.index_state));
+
+  const uint32_t cand_begin = spec.sinks, cand_end = n - spec.recent;
+  const absl::Time far = absl::InfiniteFuture();
+  ThreadPool pool("bench", cores - 1);
+
+  // Exact top-k per kv head: the reference every recall is measured against.
+  std::vector<std::vector<uint32_t>> exact_top(H);
+  for (uint32_t h = 0; h < H; ++h) {
+    const std::vector<float> scores = workload::ExactGqaScores(
+        data.keys.data() + size_t{h} * n * d, n, data.query.data() + size_t{h} * G * d, G, d);
+    exact_top[h].resize(k);
+    kernels::SelectTopK(scores.data(), cand_begin, cand_end, k, exact_top[h].data());
+  }
+
+  std::vector<Timing> results;
+  LayerSelection selection;
+  const auto run_store = [&](const char* name, ThreadPool* p, bool plain) {
+    Timing t{name};
+    const std::vector<double> us = Time(repeats, [&] { selection = layer.Retrieve(data.query, k, far, p, plain).value(); });
+    t.median_us = Percentile(us, 0.5);
+    t.p99_us = Percentile(us, 0.99);
+    t.recall = Recall(Positions(selection), exact_top);
+    results.push_back(t);
+  };
+  run_store("pqkv", &pool, false);
+  if (wanted("pqkv-1core")) run_store("pqkv-1core", nullptr, false);
+  if (wanted("plain")) run_store("plain", nullptr, true);
+
+  if (wanted("faiss-indexpq")) {
+    // IndexPQ per kv head with the server's own codebook: train once through LayerStore,
+    // then copy the centroids (FAISS encodes by nearest centroid too, so codes match).
+    std::vector<std::unique_ptr<faiss::IndexPQ>> indexes;
+    for (uint32_t h = 0; h < H; ++h) {
+      auto codebook = PqCodebook::Train(data.keys.data() + size_t{h} * n * d, n, d, M, bits,
+                                        config.index.kmeans_iterations).value();
+      auto index = std::make_unique<faiss::IndexPQ>(d, M, bits, faiss::METRIC_INNER_PRODUCT);
+      index->pq.centroids = codebook.centroids();
+      index->is_trained = true;
+      index->add(n, data.keys.data() + size_t{h} * n * d);
+      indexes.push_back(std::move(index));
+    }
+    std::vector<float> distances(size_t{G} * k);
+    std::vector<faiss::Index::idx_t> labels(size_t{G} * k);
+    std::vector<std::vector<uint32_t>> faiss_selection(H);
+    Timing t{"faiss-indexpq"};
+    const std::vector<double> us = Time(repeats, [&] {
+      for (uint32_t h = 0; h < H; ++h) {
+        indexes[h]->search(G, data.query.data() + size_t{h} * G * d, k, distances.data(), labels.data());
+        // Merge the group's lists by rank, skipping duplicates, to k positions.
+        std::vector<uint32_t>& out = faiss_selection[h];
+        out.clear();
+        std::vector<bool> seen(n, false);
+        for (uint32_t rank = 0; rank < k && out.size() < k; ++rank) {
+          for (uint32_t g = 0; g < G && out.size() < k; ++g) {
+            const auto label = labels[size_t{g} * k + rank];
+            if (label >= 0 && !seen[label]) {
+              seen[label] = true;
+              out.push_back(static_cast<uint32_t>(label));
+            }
+          }
+        }
+      }
+    });
+    t.median_us = Percentile(us, 0.5);
+    t.p99_us = Percentile(us, 0.99);
+    t.recall = Recall(faiss_selection, exact_top);
+    results.push_back(t);
+  }
+
+  if (wanted("exact")) {
+    openblas_set_num_threads(1);  // kv heads are split over the cores instead
+    std::vector<std::vector<float>> logits(H, std::vector<float>(size_t{n} * G));
+    std::vector<std::vector<float>> scores(H, std::vector<float>(n));
+    std::vector<std::vector<uint32_t>> top(H, std::vector<uint32_t>(k));
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    Timing t{"exact"};
+    const std::vector<double> us = Time(repeats, [&] {
+      ParallelFor(&pool, H, [&](int h) {
+        // logits [n][G] = keys [n][d] x queries^T [d][G]
+        cblas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, n, G, d, 1.0f,
+                    data.keys.data() + size_t(h) * n * d, d, data.query.data() + size_t(h) * G * d, d,
+                    0.0f, logits[h].data(), G);
+        std::fill(scores[h].begin(), scores[h].end(), 0.0f);
+        std::vector<float> column(n);
+        for (uint32_t g = 0; g < G; ++g) {
+          for (uint32_t t2 = 0; t2 < n; ++t2) column[t2] = logits[h][size_t{t2} * G + g];
+          const float max = kernels::MaxOf(column.data(), n);
+          const double z = kernels::ExpAndSum(column.data(), n, scale, scale * max, column.data());
+          const float inv = static_cast<float>(1.0 / z);
+          for (uint32_t t2 = 0; t2 < n; ++t2) scores[h][t2] += column[t2] * inv;
+        }
+        kernels::SelectTopK(scores[h].data(), cand_begin, cand_end, k, top[h].data());
+      });
+    });
+    t.median_us = Percentile(us, 0.5);
+    t.p99_us = Percentile(us, 0.99);
+    t.recall = Recall(top, exact_top);
+    results.push_back(t);
+  }
+
+  // Floor: bytes of codes the pqkv scan reads for the layer / measured bandwidth.
+  kernels::PqCodeStore probe(M, bits);
+  const std::vector<uint8_t> one_code(M, 0);
+  probe.Append(one_code.data(), 1);
+  const kernels::ScanPath path = kernels::ChooseScanPath(&probe);
+  double code_bytes_per_token = M;  // generic: one byte per sub-space
+  if (probe.has_joined()) code_bytes_per_token = 2;
+  else if (probe.has_fast_scan()) code_bytes_per_token = M / 2.0;
+  const double code_bytes = code_bytes_per_token * n * H;
+  const double bandwidth = MeasureReadBandwidth(cores);
+  const double floor_us = code_bytes / bandwidth * 1e6;
+  const double pqkv_us = results[0].median_us;
+
+  if (json) {
+    for (const Timing& t : results) {
+      std::printf("{\"method\": \"%s\", \"tokens\": %u, \"kv_heads\": %u, \"query_heads\": %u, "
+                  "\"head_dim\": %u, \"subspaces\": %u, \"bits\": %u, \"k\": %u, \"median_us\": %.1f, "
+                  "\"p99_us\": %.1f, \"ratio_vs_pqkv\": %.2f, \"recall_at_k\": %.4f, \"scan_path\": \"%s\", "
+                  "\"floor_us\": %.1f, \"index_build_tokens_per_s\": %.0f}\n",
+                  t.method.c_str(), n, H, Q, d, M, bits, k, t.median_us, t.p99_us,
+                  t.median_us / pqkv_us, t.recall, kernels::ScanPathName(path), floor_us, n / build_s);
+    }
+    return 0;
+  }
+  std::printf("\n%-14s %12s %12s %14s %10s\n", "method", "median_us", "p99_us", "ratio_vs_pqkv", "recall@k");
+  for (const Timing& t : results) {
+    std::printf("%-14s %12.1f %12.1f %14.2f %10.4f\n", t.method.c_str(), t.median_us, t.p99_us,
+                t.median_us / pqkv_us, t.recall);
+  }
+  std::printf("\nscan path %s; floor %.1f us (%.1f MiB of codes at %.1f GB/s measured read bandwidth); "
+              "pqkv is %.2fx the floor\n",
+              kernels::ScanPathName(path), floor_us, code_bytes / (1 << 20), bandwidth / 1e9,
+              pqkv_us / floor_us);
+  return 0;
+}
+
+}  // namespace
+}  // namespace pqkv
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("retrieval_bench: time one layer's retrieval for every method");
+  // The flags are documented with dashes (--kv-heads); absl spells them with underscores.
+  std::vector<std::string> args(argv, argv + argc);
+  std::vector<char*> argv2;
+  for (std::string& arg : args) {
+    if (arg.rfind("--", 0) == 0) {
+      const size_t eq = arg.find('=');
+      std::string name = arg.substr(0, eq);
+      arg = absl::StrReplaceAll(name, {{"-", "_"}}).replace(0, 2, "--") +
+            (eq == std::string::npos ? "" : arg.substr(eq));
+    }
+    argv2.push_back(arg.data());
+  }
+  absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
+  return pqkv::Run();
+}
