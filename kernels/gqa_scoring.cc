@@ -23,6 +23,7 @@ struct ScratchSpace {
   std::vector<float> logits, table, joined, combined, lut;
   std::vector<uint16_t> sums;
   std::vector<uint8_t> quantized;
+  std::vector<uint32_t> histogram;
 };
 thread_local ScratchSpace scratch;
 
@@ -99,10 +100,16 @@ void ScoreFastScan(const GqaScoringInput& in, float scale, float* scores) {
   }
   FastScanAccumulate(codes.fast_scan_blocks(), codes.num_blocks(), M, quantized, G, sums, padded);
 
+  // Per query head, the histogram of its uint16 sums gives both the largest logit and
+  // the softmax normaliser with one exponential per level instead of one per token.
   std::fill(scores + n, scores + n + in.num_exact, 0.0f);
+  uint32_t* histogram = Scratch(scratch.histogram, levels);
   for (int g = 0; g < G; ++g) {
     const uint16_t* s = sums + g * padded;
-    const uint16_t top = n > 0 ? *std::max_element(s, s + n) : 0;
+    std::fill(histogram, histogram + levels, 0u);
+    for (size_t t = 0; t < n; ++t) ++histogram[s[t]];
+    size_t top = levels - 1;
+    while (top > 0 && histogram[top] == 0) --top;
     TailLogits(in, in.group_queries + static_cast<size_t>(g) * in.head_dim, tail);
     const float max = std::max(params[g].offset + params[g].scale * top, MaxOf(tail, in.num_exact));
     // lut[v] = exp(scale * logit(v) - scale * max), logit(v) = offset + step * v.
@@ -110,10 +117,16 @@ void ScoreFastScan(const GqaScoringInput& in, float scale, float* scores) {
     for (size_t v = 0; v < levels; ++v) l[v] = params[g].offset + params[g].scale * v;
     ExpAndSum(l, levels, scale, scale * max, l);
     double z = ExpAndSum(tail, in.num_exact, scale, scale * max, tail);
-    for (size_t t = 0; t < n; ++t) z += l[s[t]];
+    for (size_t v = 0; v <= top; ++v) z += static_cast<double>(histogram[v]) * l[v];
     const float inv_z = static_cast<float>(1.0 / z);
     for (size_t v = 0; v < levels; ++v) l[v] *= inv_z;
     for (size_t t = 0; t < in.num_exact; ++t) scores[n + t] += tail[t] * inv_z;
+  }
+  if (G == 4) {  // the common GQA group: an unrolled combine
+    const float *l0 = lut, *l1 = lut + levels, *l2 = lut + 2 * levels, *l3 = lut + 3 * levels;
+    const uint16_t *s0 = sums, *s1 = sums + padded, *s2 = sums + 2 * padded, *s3 = sums + 3 * padded;
+    for (size_t t = 0; t < n; ++t) scores[t] = (l0[s0[t]] + l1[s1[t]]) + (l2[s2[t]] + l3[s3[t]]);
+    return;
   }
   for (size_t t = 0; t < n; ++t) {
     float score = 0;
@@ -122,43 +135,114 @@ void ScoreFastScan(const GqaScoringInput& in, float scale, float* scores) {
   }
 }
 
-// Generic and exact-only: materialise every query head's logits, then softmax-sum.
+// Generic and exact-only. The group's tables are interleaved, [m][code][query head], so
+// one token's logits for every query head come from M contiguous rows; logits are
+// computed in L1-sized chunks of [token][query head], twice: once for each query head's
+// max and normaliser (online softmax), once to write the scores. No per-query-head
+// array of n logits travels through memory.
+constexpr size_t kChunkTokens = 512;
+
+// Logits of tokens [begin, end) from codes: out[(t - begin) * G + g]. kM, kG > 0 fix
+// the sub-space count and group size at compile time so the loops unroll and vectorise.
+template <int kM, int kG>
+void CodeLogits(const uint8_t* codes, int M, int ksub, const float* tables, int G, size_t begin,
+                size_t end, float* out) {
+  const int subspaces = kM > 0 ? kM : M;
+  const int group = kG > 0 ? kG : G;
+  for (size_t t = begin; t < end; ++t) {
+    const uint8_t* code = codes + t * subspaces;
+    float* dst = out + (t - begin) * group;
+    for (int g = 0; g < group; ++g) dst[g] = 0;
+    for (int m = 0; m < subspaces; ++m) {
+      const float* row = tables + (static_cast<size_t>(m) * ksub + code[m]) * group;
+      for (int g = 0; g < group; ++g) dst[g] += row[g];
+    }
+  }
+}
+
+template <int kG>
+void CodeLogitsForGroup(const uint8_t* codes, int M, int ksub, const float* tables, int G,
+                        size_t begin, size_t end, float* out) {
+  switch (M) {
+    case 2: return CodeLogits<2, kG>(codes, M, ksub, tables, G, begin, end, out);
+    case 4: return CodeLogits<4, kG>(codes, M, ksub, tables, G, begin, end, out);
+    case 8: return CodeLogits<8, kG>(codes, M, ksub, tables, G, begin, end, out);
+    default: return CodeLogits<0, kG>(codes, M, ksub, tables, G, begin, end, out);
+  }
+}
+
+// Logits of tokens [begin, end) for every query head, [token][query head].
+void ChunkLogits(const GqaScoringInput& in, const float* tables, size_t begin, size_t end,
+                 float* out) {
+  const size_t encoded = in.codes ? in.codes->size() : 0;
+  const int G = in.group_size;
+  const size_t code_end = std::min(end, encoded);
+  if (begin < code_end) {
+    const int M = in.codes->subspaces();
+    const int ksub = 1 << in.codes->bits();
+    const uint8_t* codes = in.codes->codes();
+    switch (G) {
+      case 4: CodeLogitsForGroup<4>(codes, M, ksub, tables, G, begin, code_end, out); break;
+      case 8: CodeLogitsForGroup<8>(codes, M, ksub, tables, G, begin, code_end, out); break;
+      default: CodeLogitsForGroup<0>(codes, M, ksub, tables, G, begin, code_end, out); break;
+    }
+  }
+  for (size_t t = std::max(begin, encoded); t < end; ++t) {
+    const float* key = in.exact_keys + (t - encoded) * in.head_dim;
+    for (int g = 0; g < G; ++g) {
+      ExactScores(in.group_queries + static_cast<size_t>(g) * in.head_dim, key, 1, in.head_dim,
+                  out + (t - begin) * G + g);
+    }
+  }
+}
+
 void ScoreByLogits(const GqaScoringInput& in, float scale, float* scores) {
   const size_t encoded = in.codes ? in.codes->size() : 0;
   const size_t n = encoded + in.num_exact;
   const int G = in.group_size;
-  float* logits = Scratch(scratch.logits, static_cast<size_t>(G) * n);
+  float* tables = nullptr;
   if (encoded > 0) {
     const PqShape shape = ShapeOf(in);
-    const int M = shape.subspaces;
-    const size_t table_size = static_cast<size_t>(M) * shape.centroids_per_subspace;
-    float* tables = Scratch(scratch.table, G * table_size);
+    const size_t table_size = static_cast<size_t>(shape.subspaces) * shape.centroids_per_subspace;
+    float* table = Scratch(scratch.table, table_size);
+    tables = Scratch(scratch.joined, G * table_size);
     for (int g = 0; g < G; ++g) {
       ComputeInnerProductTable(shape, in.group_queries + static_cast<size_t>(g) * in.head_dim,
-                               in.centroids, tables + g * table_size);
+                               in.centroids, table);
+      for (size_t e = 0; e < table_size; ++e) tables[e * G + g] = table[e];
     }
-    // One pass over the codes for all query heads.
-    const uint8_t* codes = in.codes->codes();
-    for (size_t t = 0; t < encoded; ++t) {
-      const uint8_t* code = codes + t * M;
-      for (int g = 0; g < G; ++g) {
-        const float* table = tables + g * table_size;
-        float sum = 0;
-        for (int m = 0; m < M; ++m) sum += table[m * shape.centroids_per_subspace + code[m]];
-        logits[g * n + t] = sum;
+  }
+  float* chunk = Scratch(scratch.logits, G * kChunkTokens);
+  std::vector<float> max(G, -std::numeric_limits<float>::infinity()), shift(G);
+  std::vector<double> z(G, 0.0);
+  for (size_t begin = 0; begin < n; begin += kChunkTokens) {
+    const size_t len = std::min(kChunkTokens, n - begin);
+    ChunkLogits(in, tables, begin, begin + len, chunk);
+    std::vector<float> chunk_max(G, -std::numeric_limits<float>::infinity());
+    for (size_t i = 0; i < len; ++i) {
+      for (int g = 0; g < G; ++g) chunk_max[g] = std::max(chunk_max[g], chunk[i * G + g]);
+    }
+    for (int g = 0; g < G; ++g) {
+      if (chunk_max[g] > max[g]) {
+        if (z[g] > 0) z[g] *= std::exp(static_cast<double>(scale) * (max[g] - chunk_max[g]));
+        max[g] = chunk_max[g];
       }
+      shift[g] = scale * max[g];
     }
+    ExpAndSumGrouped(chunk, len, G, scale, shift.data(), chunk, z.data());
   }
-  for (int g = 0; g < G; ++g) {
-    TailLogits(in, in.group_queries + static_cast<size_t>(g) * in.head_dim,
-               logits + g * n + encoded);
-  }
-  std::fill(scores, scores + n, 0.0f);
-  for (int g = 0; g < G; ++g) {
-    float* l = logits + g * n;
-    const float max = MaxOf(l, n);
-    const float inv_z = static_cast<float>(1.0 / ExpAndSum(l, n, scale, scale * max, l));
-    for (size_t t = 0; t < n; ++t) scores[t] += l[t] * inv_z;
+  std::vector<float> inv_z(G);
+  for (int g = 0; g < G; ++g) inv_z[g] = static_cast<float>(1.0 / z[g]);
+  std::vector<double> unused(G);
+  for (size_t begin = 0; begin < n; begin += kChunkTokens) {
+    const size_t len = std::min(kChunkTokens, n - begin);
+    ChunkLogits(in, tables, begin, begin + len, chunk);
+    ExpAndSumGrouped(chunk, len, G, scale, shift.data(), chunk, unused.data());
+    for (size_t i = 0; i < len; ++i) {
+      float score = 0;
+      for (int g = 0; g < G; ++g) score += chunk[i * G + g] * inv_z[g];
+      scores[begin + i] = score;
+    }
   }
 }
 

@@ -10,6 +10,9 @@ namespace pqkv::kernels::avx2 {
 
 double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out);
 float MaxOf(const float* x, size_t n);
+// See ExpAndSumGrouped in vector_exp.h; requires 8 % group == 0.
+void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
+                      float* out, double* sums);
 
 // See FastScanAccumulate in fast_scan.h.
 void FastScanAccumulate(const uint8_t* blocks, size_t num_blocks, int subspaces,

@@ -23,6 +23,21 @@ double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out)
   return ExpAndSumPortable(x, n, scale, shift, out);
 }
 
+void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
+                      float* out, double* sums) {
+  if (UseAvx2() && 8 % group == 0) {
+    avx2::ExpAndSumGrouped(x, count, group, scale, shifts, out, sums);
+    return;
+  }
+  for (size_t r = 0; r < count; ++r) {
+    for (int g = 0; g < group; ++g) {
+      const size_t i = r * group + g;
+      out[i] = std::exp(scale * x[i] - shifts[g]);
+      sums[g] += out[i];
+    }
+  }
+}
+
 float MaxOf(const float* x, size_t n) {
   if (UseAvx2()) return avx2::MaxOf(x, n);
   float max = -std::numeric_limits<float>::infinity();

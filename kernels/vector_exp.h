@@ -16,6 +16,12 @@ double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out)
 // The same with the portable code, whatever the CPU; the AVX2 version's test oracle.
 double ExpAndSumPortable(const float* x, size_t n, float scale, float shift, float* out);
 
+// Interleaved groups: x holds `count` rows of `group` values ([row][group]). Writes
+// out[r * group + g] = exp(scale * x[r * group + g] - shifts[g]) and adds each column's
+// sum to sums[g]. `out` may equal `x`. AVX2 when 8 % group == 0.
+void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
+                      float* out, double* sums);
+
 // Largest of x[0, n); -inf for n == 0.
 float MaxOf(const float* x, size_t n);
 

@@ -58,6 +58,30 @@ double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out)
   return sum;
 }
 
+void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
+                      float* out, double* sums) {
+  // Lane i of a 256-bit vector always holds column i % group, as 8 % group == 0.
+  alignas(32) float lane_shift[8];
+  for (int i = 0; i < 8; ++i) lane_shift[i] = shifts[i % group];
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const __m256 vshift = _mm256_load_ps(lane_shift);
+  const size_t n = count * group;
+  __m256 acc = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = Exp(_mm256_fmsub_ps(_mm256_loadu_ps(x + i), vscale, vshift));
+    _mm256_storeu_ps(out + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  for (int l = 0; l < 8; ++l) sums[l % group] += lanes[l];
+  for (; i < n; ++i) {
+    out[i] = std::exp(scale * x[i] - shifts[i % group]);
+    sums[i % group] += out[i];
+  }
+}
+
 float MaxOf(const float* x, size_t n) {
   __m256 m0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), m1 = m0;
   size_t i = 0;
