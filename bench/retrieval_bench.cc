@@ -68,7 +68,7 @@ ABSL_FLAG(bool, json, false, "One JSON object per method instead of the table.")
 ABSL_FLAG(std::string, methods, "pqkv,pqkv-1core,plain,faiss-indexpq,exact",
           "Comma-separated methods to run (pqkv always runs: it is the baseline).");
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
@@ -91,7 +91,8 @@ std::vector<double> Time(uint32_t repeats, Fn&& fn) {
   for (uint32_t r = 0; r < repeats; ++r) {
     const auto start = std::chrono::steady_clock::now();
     fn();
-    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+                     .count());
   }
   return us;
 }
@@ -120,7 +121,8 @@ double MeasureReadBandwidth(int threads) {
       });
     }
     for (auto& th : pool) th.join();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (std::accumulate(sums.begin(), sums.end(), uint64_t{0}) == 42) std::puts("");  // keep sums
     best = std::max(best, words * sizeof(uint64_t) / s);
   }
@@ -129,7 +131,8 @@ double MeasureReadBandwidth(int threads) {
 
 std::string Commit() {
   const char* dir = std::getenv("BUILD_WORKSPACE_DIRECTORY");
-  std::string cmd = absl::StrFormat("git -C '%s' rev-parse --short HEAD 2>/dev/null", dir ? dir : ".");
+  std::string cmd =
+      absl::StrFormat("git -C '%s' rev-parse --short HEAD 2>/dev/null", dir ? dir : ".");
   FILE* pipe = popen(cmd.c_str(), "r");
   char buf[64] = {0};
   if (pipe) {
@@ -170,15 +173,20 @@ int Run() {
                  k = absl::GetFlag(FLAGS_k), repeats = absl::GetFlag(FLAGS_repeats);
   const bool json = absl::GetFlag(FLAGS_json);
   const std::string methods = "," + absl::GetFlag(FLAGS_methods) + ",";
-  const auto wanted = [&](const char* m) { return methods.find(absl::StrCat(",", m, ",")) != std::string::npos; };
+  const auto wanted = [&](const char* m) {
+    return methods.find(absl::StrCat(",", m, ",")) != std::string::npos;
+  };
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const uint32_t G = Q / H;
   FILE* info = json ? stderr : stdout;  // the table and the setup; JSON alone on stdout
 
   std::fprintf(info, "Setup: commit %s; CPU %s, %d cores, SIMD %s; FAISS %d.%d.%d; %s\n",
                Commit().c_str(), CpuModel().c_str(), cores, kernels::SimdLevelName(),
-               FAISS_VERSION_MAJOR, FAISS_VERSION_MINOR, FAISS_VERSION_PATCH, openblas_get_config());
-  std::fprintf(info, "Shape: %u tokens, %u kv heads, %u query heads, head dim %u, M=%u x %u bits, k=%u, %u repeats\n",
+               FAISS_VERSION_MAJOR, FAISS_VERSION_MINOR, FAISS_VERSION_PATCH,
+               openblas_get_config());
+  std::fprintf(info,
+               "Shape: %u tokens, %u kv heads, %u query heads, head dim %u, M=%u x %u bits, k=%u, "
+               "%u repeats\n",
                n, H, Q, d, M, bits, k, repeats);
 
   // The layer, stored as the server stores it: fp16 pages, sinks 32, recent 64.
@@ -194,11 +202,13 @@ int Run() {
   workload::PlantedKvSpec spec{H, Q, d, n};
   spec.seed = 7;
   const workload::LayerData data = workload::GeneratePlantedLayer(spec, 0);
-  const std::vector<uint16_t> key_bits = workload::ToHalf(data.keys), value_bits = workload::ToHalf(data.values);
+  const std::vector<uint16_t> key_bits = workload::ToHalf(data.keys),
+                              value_bits = workload::ToHalf(data.values);
   auto arena = PageArena::Create(size_t{3} * H * n * d * 2 + (size_t{64} << 20), 64 << 10).value();
   LayerStore layer(0, config, arena.get());
   const absl::string_view kb(reinterpret_cast<const char*>(key_bits.data()), key_bits.size() * 2);
-  const absl::string_view vb(reinterpret_cast<const char*>(value_bits.data()), value_bits.size() * 2);
+  const absl::string_view vb(reinterpret_cast<const char*>(value_bits.data()),
+                             value_bits.size() * 2);
   if (absl::Status s = layer.Append(0, n, kb, vb); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 2;
@@ -208,8 +218,9 @@ int Run() {
   layer.BuildIndex();
   const double build_s = absl::ToDoubleSeconds(absl::Now() - build_start);
   const LayerStatus status = layer.Status();
-  std::fprintf(info, "Index build: %.2f s for %u tokens x %u kv heads (%.0f tokens/s per layer), state %s\n",
-               build_s, n, H, n / build_s, IndexStateName(status.index_state));
+  std::fprintf(
+      info, "Index build: %.2f s for %u tokens x %u kv heads (%.0f tokens/s per layer), state %s\n",
+      build_s, n, H, n / build_s, IndexStateName(status.index_state));
 
   const uint32_t cand_begin = spec.sinks, cand_end = n - spec.recent;
   const absl::Time far = absl::InfiniteFuture();
@@ -228,7 +239,8 @@ int Run() {
   LayerSelection selection;
   const auto run_store = [&](const char* name, ThreadPool* p, bool plain) {
     Timing t{name};
-    const std::vector<double> us = Time(repeats, [&] { selection = layer.Retrieve(data.query, k, far, p, plain).value(); });
+    const std::vector<double> us =
+        Time(repeats, [&] { selection = layer.Retrieve(data.query, k, far, p, plain).value(); });
     t.median_us = Percentile(us, 0.5);
     t.p99_us = Percentile(us, 0.99);
     t.recall = Recall(Positions(selection), exact_top);
@@ -244,7 +256,8 @@ int Run() {
     std::vector<std::unique_ptr<faiss::IndexPQ>> indexes;
     for (uint32_t h = 0; h < H; ++h) {
       auto codebook = PqCodebook::Train(data.keys.data() + size_t{h} * n * d, n, d, M, bits,
-                                        config.index.kmeans_iterations).value();
+                                        config.index.kmeans_iterations)
+                          .value();
       auto index = std::make_unique<faiss::IndexPQ>(d, M, bits, faiss::METRIC_INNER_PRODUCT);
       index->pq.centroids = codebook.centroids();
       index->is_trained = true;
@@ -257,7 +270,8 @@ int Run() {
     Timing t{"faiss-indexpq"};
     const std::vector<double> us = Time(repeats, [&] {
       for (uint32_t h = 0; h < H; ++h) {
-        indexes[h]->search(G, data.query.data() + size_t{h} * G * d, k, distances.data(), labels.data());
+        indexes[h]->search(G, data.query.data() + size_t{h} * G * d, k, distances.data(),
+                           labels.data());
         // Merge the group's lists by rank, skipping duplicates, to k positions.
         std::vector<uint32_t>& out = faiss_selection[h];
         out.clear();
@@ -290,8 +304,8 @@ int Run() {
       ParallelFor(&pool, H, [&](int h) {
         // logits [n][G] = keys [n][d] x queries^T [d][G]
         cblas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, n, G, d, 1.0f,
-                    data.keys.data() + size_t(h) * n * d, d, data.query.data() + size_t(h) * G * d, d,
-                    0.0f, logits[h].data(), G);
+                    data.keys.data() + size_t(h) * n * d, d, data.query.data() + size_t(h) * G * d,
+                    d, 0.0f, logits[h].data(), G);
         std::fill(scores[h].begin(), scores[h].end(), 0.0f);
         std::vector<float> column(n);
         for (uint32_t g = 0; g < G; ++g) {
@@ -316,8 +330,10 @@ int Run() {
   probe.Append(one_code.data(), 1);
   const kernels::ScanPath path = kernels::ChooseScanPath(&probe);
   double code_bytes_per_token = M;  // generic: one byte per sub-space
-  if (probe.has_joined()) code_bytes_per_token = 2;
-  else if (probe.has_fast_scan()) code_bytes_per_token = M / 2.0;
+  if (probe.has_joined())
+    code_bytes_per_token = 2;
+  else if (probe.has_fast_scan())
+    code_bytes_per_token = M / 2.0;
   const double code_bytes = code_bytes_per_token * n * H;
   const double bandwidth = MeasureReadBandwidth(cores);
   const double floor_us = code_bytes / bandwidth * 1e6;
@@ -325,29 +341,33 @@ int Run() {
 
   if (json) {
     for (const Timing& t : results) {
-      std::printf("{\"method\": \"%s\", \"tokens\": %u, \"kv_heads\": %u, \"query_heads\": %u, "
-                  "\"head_dim\": %u, \"subspaces\": %u, \"bits\": %u, \"k\": %u, \"median_us\": %.1f, "
-                  "\"p99_us\": %.1f, \"ratio_vs_pqkv\": %.2f, \"recall_at_k\": %.4f, \"scan_path\": \"%s\", "
-                  "\"floor_us\": %.1f, \"index_build_tokens_per_s\": %.0f}\n",
-                  t.method.c_str(), n, H, Q, d, M, bits, k, t.median_us, t.p99_us,
-                  t.median_us / pqkv_us, t.recall, kernels::ScanPathName(path), floor_us, n / build_s);
+      std::printf(
+          "{\"method\": \"%s\", \"tokens\": %u, \"kv_heads\": %u, \"query_heads\": %u, "
+          "\"head_dim\": %u, \"subspaces\": %u, \"bits\": %u, \"k\": %u, \"median_us\": %.1f, "
+          "\"p99_us\": %.1f, \"ratio_vs_pqkv\": %.2f, \"recall_at_k\": %.4f, \"scan_path\": "
+          "\"%s\", "
+          "\"floor_us\": %.1f, \"index_build_tokens_per_s\": %.0f}\n",
+          t.method.c_str(), n, H, Q, d, M, bits, k, t.median_us, t.p99_us, t.median_us / pqkv_us,
+          t.recall, kernels::ScanPathName(path), floor_us, n / build_s);
     }
     return 0;
   }
-  std::printf("\n%-14s %12s %12s %14s %10s\n", "method", "median_us", "p99_us", "ratio_vs_pqkv", "recall@k");
+  std::printf("\n%-14s %12s %12s %14s %10s\n", "method", "median_us", "p99_us", "ratio_vs_pqkv",
+              "recall@k");
   for (const Timing& t : results) {
     std::printf("%-14s %12.1f %12.1f %14.2f %10.4f\n", t.method.c_str(), t.median_us, t.p99_us,
                 t.median_us / pqkv_us, t.recall);
   }
-  std::printf("\nscan path %s; floor %.1f us (%.1f MiB of codes at %.1f GB/s measured read bandwidth); "
-              "pqkv is %.2fx the floor\n",
-              kernels::ScanPathName(path), floor_us, code_bytes / (1 << 20), bandwidth / 1e9,
-              pqkv_us / floor_us);
+  std::printf(
+      "\nscan path %s; floor %.1f us (%.1f MiB of codes at %.1f GB/s measured read bandwidth); "
+      "pqkv is %.2fx the floor\n",
+      kernels::ScanPathName(path), floor_us, code_bytes / (1 << 20), bandwidth / 1e9,
+      pqkv_us / floor_us);
   return 0;
 }
 
 }  // namespace
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("retrieval_bench: time one layer's retrieval for every method");
@@ -364,5 +384,5 @@ int main(int argc, char** argv) {
     argv2.push_back(arg.data());
   }
   absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
-  return pqkv::Run();
+  return pqkv::server::Run();
 }

@@ -172,11 +172,12 @@ class Client {
 
   // Uploads tokens [token_begin, token_begin + num_tokens) of one layer. keys and values:
   // [kv_head][token][head_dim], num_kv_heads * num_tokens * head_dim elements each.
-  // end_of_prefill: this completes the layer's prefill, so the server builds its index.
-  // Any size: it is sent in chunks of about upload_chunk_bytes on one stream.
+  // end_of_prefill: this call completes the layer's prefill, so the server builds its
+  // index now (pass false for all but the last call of a chunked prefill; a layer never
+  // completed is scored exactly). Any size: sent in chunks of about upload_chunk_bytes.
   absl::Status UploadPrefill(const std::string& session_id, uint32_t layer, uint64_t token_begin,
                              uint32_t num_tokens, const void* keys, const void* values,
-                             bool end_of_prefill = true);
+                             bool end_of_prefill);
 
   // Appends one decoded token at `position` to every layer. keys and values:
   // [layer][kv_head][head_dim].

@@ -28,8 +28,11 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
   }
   if (response.request_id() != request.request_id() ||
       response.results_size() != request.items_size()) {
+    // Out of step with the server: nothing later on this stream can be trusted.
+    Close().IgnoreError();
     return absl::InternalError(absl::StrCat("Retrieve response ", response.request_id(),
-                                            " does not answer request ", request.request_id()));
+                                            " does not answer request ", request.request_id(),
+                                            "; the stream is closed"));
   }
   std::vector<RetrieveResult> results(response.results_size());
   for (int i = 0; i < response.results_size(); ++i) {

@@ -13,6 +13,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 // For per-item status codes carried inside messages (google.rpc.Code numbering).
 absl::Status StatusFromCode(int code, const std::string& message);
+int CodeOf(const absl::Status& status);
 
 }  // namespace pqkv
 

@@ -37,7 +37,7 @@ void TailLogits(const GqaScoringInput& in, const float* q, float* out) {
   ExactScores(q, in.exact_keys, in.num_exact, in.head_dim, out);
 }
 
-void ScoreJoined(const GqaScoringInput& in, float scale, float* scores) {
+bool ScoreJoined(const GqaScoringInput& in, float scale, float* scores) {
   const PqCodeStore& codes = *in.codes;
   const PqShape shape = ShapeOf(in);
   const size_t n = codes.size();
@@ -68,6 +68,7 @@ void ScoreJoined(const GqaScoringInput& in, float scale, float* scores) {
     for (size_t c = 0; c < distinct; ++c) {
       if (histogram[c] > 0) max = std::max(max, joined[c]);
     }
+    if (!std::isfinite(max)) return false;
     ExpAndSum(joined, distinct, scale, scale * max, joined);
     double z = ExpAndSum(tail, in.num_exact, scale, scale * max, tail);
     for (size_t c = 0; c < distinct; ++c) z += static_cast<double>(histogram[c]) * joined[c];
@@ -77,9 +78,10 @@ void ScoreJoined(const GqaScoringInput& in, float scale, float* scores) {
   }
   const uint16_t* joined_codes = codes.joined_codes();
   for (size_t t = 0; t < n; ++t) scores[t] = combined[joined_codes[t]];
+  return true;
 }
 
-void ScoreFastScan(const GqaScoringInput& in, float scale, float* scores) {
+bool ScoreFastScan(const GqaScoringInput& in, float scale, float* scores) {
   const PqCodeStore& codes = *in.codes;
   const PqShape shape = ShapeOf(in);
   const int M = shape.subspaces;
@@ -112,6 +114,7 @@ void ScoreFastScan(const GqaScoringInput& in, float scale, float* scores) {
     while (top > 0 && histogram[top] == 0) --top;
     TailLogits(in, in.group_queries + static_cast<size_t>(g) * in.head_dim, tail);
     const float max = std::max(params[g].offset + params[g].scale * top, MaxOf(tail, in.num_exact));
+    if (!std::isfinite(max) || !std::isfinite(params[g].scale)) return false;
     // lut[v] = exp(scale * logit(v) - scale * max), logit(v) = offset + step * v.
     float* l = lut + g * levels;
     for (size_t v = 0; v < levels; ++v) l[v] = params[g].offset + params[g].scale * v;
@@ -124,15 +127,17 @@ void ScoreFastScan(const GqaScoringInput& in, float scale, float* scores) {
   }
   if (G == 4) {  // the common GQA group: an unrolled combine
     const float *l0 = lut, *l1 = lut + levels, *l2 = lut + 2 * levels, *l3 = lut + 3 * levels;
-    const uint16_t *s0 = sums, *s1 = sums + padded, *s2 = sums + 2 * padded, *s3 = sums + 3 * padded;
+    const uint16_t *s0 = sums, *s1 = sums + padded, *s2 = sums + 2 * padded,
+                   *s3 = sums + 3 * padded;
     for (size_t t = 0; t < n; ++t) scores[t] = (l0[s0[t]] + l1[s1[t]]) + (l2[s2[t]] + l3[s3[t]]);
-    return;
+    return true;
   }
   for (size_t t = 0; t < n; ++t) {
     float score = 0;
     for (int g = 0; g < G; ++g) score += lut[g * levels + sums[g * padded + t]];
     scores[t] = score;
   }
+  return true;
 }
 
 // Generic and exact-only. The group's tables are interleaved, [m][code][query head], so
@@ -164,10 +169,14 @@ template <int kG>
 void CodeLogitsForGroup(const uint8_t* codes, int M, int ksub, const float* tables, int G,
                         size_t begin, size_t end, float* out) {
   switch (M) {
-    case 2: return CodeLogits<2, kG>(codes, M, ksub, tables, G, begin, end, out);
-    case 4: return CodeLogits<4, kG>(codes, M, ksub, tables, G, begin, end, out);
-    case 8: return CodeLogits<8, kG>(codes, M, ksub, tables, G, begin, end, out);
-    default: return CodeLogits<0, kG>(codes, M, ksub, tables, G, begin, end, out);
+    case 2:
+      return CodeLogits<2, kG>(codes, M, ksub, tables, G, begin, end, out);
+    case 4:
+      return CodeLogits<4, kG>(codes, M, ksub, tables, G, begin, end, out);
+    case 8:
+      return CodeLogits<8, kG>(codes, M, ksub, tables, G, begin, end, out);
+    default:
+      return CodeLogits<0, kG>(codes, M, ksub, tables, G, begin, end, out);
   }
 }
 
@@ -182,9 +191,15 @@ void ChunkLogits(const GqaScoringInput& in, const float* tables, size_t begin, s
     const int ksub = 1 << in.codes->bits();
     const uint8_t* codes = in.codes->codes();
     switch (G) {
-      case 4: CodeLogitsForGroup<4>(codes, M, ksub, tables, G, begin, code_end, out); break;
-      case 8: CodeLogitsForGroup<8>(codes, M, ksub, tables, G, begin, code_end, out); break;
-      default: CodeLogitsForGroup<0>(codes, M, ksub, tables, G, begin, code_end, out); break;
+      case 4:
+        CodeLogitsForGroup<4>(codes, M, ksub, tables, G, begin, code_end, out);
+        break;
+      case 8:
+        CodeLogitsForGroup<8>(codes, M, ksub, tables, G, begin, code_end, out);
+        break;
+      default:
+        CodeLogitsForGroup<0>(codes, M, ksub, tables, G, begin, code_end, out);
+        break;
     }
   }
   for (size_t t = std::max(begin, encoded); t < end; ++t) {
@@ -196,7 +211,7 @@ void ChunkLogits(const GqaScoringInput& in, const float* tables, size_t begin, s
   }
 }
 
-void ScoreByLogits(const GqaScoringInput& in, float scale, float* scores) {
+bool ScoreByLogits(const GqaScoringInput& in, float scale, float* scores) {
   const size_t encoded = in.codes ? in.codes->size() : 0;
   const size_t n = encoded + in.num_exact;
   const int G = in.group_size;
@@ -231,6 +246,9 @@ void ScoreByLogits(const GqaScoringInput& in, float scale, float* scores) {
     }
     ExpAndSumGrouped(chunk, len, G, scale, shift.data(), chunk, z.data());
   }
+  for (int g = 0; g < G; ++g) {
+    if (!std::isfinite(max[g])) return false;
+  }
   std::vector<float> inv_z(G);
   for (int g = 0; g < G; ++g) inv_z[g] = static_cast<float>(1.0 / z[g]);
   std::vector<double> unused(G);
@@ -244,6 +262,7 @@ void ScoreByLogits(const GqaScoringInput& in, float scale, float* scores) {
       scores[begin + i] = score;
     }
   }
+  return true;
 }
 
 }  // namespace
@@ -269,7 +288,7 @@ ScanPath ChooseScanPath(const PqCodeStore* codes) {
   return ScanPath::kGeneric;
 }
 
-void ScoreGqa(const GqaScoringInput& input, float* scores) {
+bool ScoreGqa(const GqaScoringInput& input, float* scores) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(input.head_dim));
   switch (ChooseScanPath(input.codes)) {
     case ScanPath::kJoined:
@@ -280,6 +299,7 @@ void ScoreGqa(const GqaScoringInput& input, float* scores) {
     case ScanPath::kExactOnly:
       return ScoreByLogits(input, scale, scores);
   }
+  return false;
 }
 
 }  // namespace pqkv::kernels

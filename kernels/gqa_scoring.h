@@ -44,7 +44,9 @@ struct GqaScoringInput {
 };
 
 // Writes the score of every token, fp32 [codes->size() + num_exact], to `scores`.
-void ScoreGqa(const GqaScoringInput& input, float* scores);
+// Returns false, with scores undefined, when a logit is not finite (finite queries and
+// keys can still overflow fp32).
+bool ScoreGqa(const GqaScoringInput& input, float* scores);
 
 }  // namespace pqkv::kernels
 

@@ -6,7 +6,7 @@
 #include "server/proto_convert.h"
 #include "server/server_logger.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 AppendKvReactor::AppendKvReactor(SessionStore* store, ThreadPool* compute_pool,
                                  v1::AppendKvResponse* response)
@@ -23,7 +23,10 @@ void AppendKvReactor::OnReadDone(bool ok) {
     absl::Status status = Apply(chunk_);
     if (!status.ok()) {
       ServerLogger().debug("AppendKv rejected a chunk: {}", status.ToString());
-      Finish(ToGrpcStatus(status));
+      // The response message is not sent with an error: say in the message what stays.
+      Finish(ToGrpcStatus(absl::Status(
+          status.code(), absl::StrCat(status.message(), " (this stream applied ",
+                                      response_->chunks_applied(), " chunks before it)"))));
       return;
     }
     StartRead(&chunk_);
@@ -31,25 +34,22 @@ void AppendKvReactor::OnReadDone(bool ok) {
 }
 
 absl::Status AppendKvReactor::Apply(const v1::AppendKvRequest& chunk) {
-  if (!session_ || session_->id() != chunk.session_id()) {
-    ASSIGN_OR_RETURN(session_, store_->Get(chunk.session_id()));
-  }
-  if (session_->closed()) {
-    return absl::NotFoundError(absl::StrCat("session \"", chunk.session_id(), "\" was closed"));
-  }
+  // Looked up per chunk (one map lookup), so that a stream never keeps a closed
+  // session's memory alive.
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session, store_->Get(chunk.session_id()));
   ASSIGN_OR_RETURN(kernels::ElementType dtype, ElementTypeFromProto(chunk.dtype()));
-  if (dtype != session_->config().shape.dtype) {
+  if (dtype != session->config().shape.dtype) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "chunk dtype ", v1::DType_Name(chunk.dtype()), " does not match session \"", session_->id(),
-        "\"'s ", v1::DType_Name(ElementTypeToProto(session_->config().shape.dtype))));
+        "chunk dtype ", v1::DType_Name(chunk.dtype()), " does not match session \"", session->id(),
+        "\"'s ", v1::DType_Name(ElementTypeToProto(session->config().shape.dtype))));
   }
-  ASSIGN_OR_RETURN(LayerStore * layer, session_->layer(chunk.layer()));
+  ASSIGN_OR_RETURN(LayerStore * layer, session->layer(chunk.layer()));
   RETURN_IF_ERROR(
       layer->Append(chunk.token_begin(), chunk.num_tokens(), chunk.keys(), chunk.values()));
-  if (chunk.end_of_prefill()) store_->SealPrefill(session_, chunk.layer());
+  if (chunk.end_of_prefill()) store_->SealPrefill(session, chunk.layer());
   response_->set_chunks_applied(response_->chunks_applied() + 1);
   response_->set_tokens_applied(response_->tokens_applied() + chunk.num_tokens());
   return absl::OkStatus();
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -13,7 +13,7 @@
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest> {
  public:
@@ -29,10 +29,8 @@ class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest
   ThreadPool* const compute_pool_;
   v1::AppendKvResponse* const response_;
   v1::AppendKvRequest chunk_;
-  // The session of the previous chunk: a stream usually carries one session.
-  std::shared_ptr<Session> session_;
 };
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_APPEND_KV_REACTOR_H_

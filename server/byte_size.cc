@@ -4,7 +4,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 absl::StatusOr<size_t> ParseByteSize(absl::string_view text) {
   text = absl::StripAsciiWhitespace(text);
@@ -31,4 +31,4 @@ absl::StatusOr<size_t> ParseByteSize(absl::string_view text) {
   return static_cast<size_t>(number << shift);
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -7,10 +7,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 absl::StatusOr<size_t> ParseByteSize(absl::string_view text);
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_BYTE_SIZE_H_

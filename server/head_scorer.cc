@@ -8,7 +8,7 @@
 #include "kernels/radix_select.h"
 #include "kernels/top_k.h"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 size_t NumEncoded(const HeadKeys& keys) { return keys.codes ? keys.codes->size() : 0; }
@@ -54,7 +54,7 @@ HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, i
   input.group_queries = group_queries;
   input.group_size = group_size;
   std::vector<float> scores(keys.num_tokens);
-  kernels::ScoreGqa(input, scores.data());
+  if (!kernels::ScoreGqa(input, scores.data())) return HeadSelection{{}, {}, /*overflow=*/true};
   return Select(scores, candidate_begin, candidate_end, k, /*plain=*/false);
 }
 
@@ -83,7 +83,10 @@ HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queri
     kernels::ExactScores(query, exact_keys.data(), n - encoded, dim, logits.data() + encoded);
     kernels::AccumulateSoftmax(logits.data(), n, scale, combined.data());
   }
+  for (float score : combined) {
+    if (!std::isfinite(score)) return HeadSelection{{}, {}, /*overflow=*/true};
+  }
   return Select(combined, candidate_begin, candidate_end, k, /*plain=*/true);
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -19,11 +19,12 @@
 #include "server/paged_rows.h"
 #include "server/pq_codebook.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 struct HeadSelection {
   std::vector<uint32_t> positions;  // best first
   std::vector<float> scores;        // GQA softmax-sum of each position
+  bool overflow = false;            // a logit was not finite: positions mean nothing
 };
 
 // Everything ScoreAndSelect reads about one kv head's keys.
@@ -45,6 +46,6 @@ HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, i
 HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queries, int group_size,
                                   uint32_t candidate_begin, uint32_t candidate_end, uint32_t k);
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_HEAD_SCORER_H_

@@ -9,7 +9,7 @@
 #include "server/parallel_for.h"
 #include "server/server_logger.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 const char* IndexStateName(IndexState state) {
   switch (state) {
@@ -253,6 +253,14 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
             score(keys, group_queries, static_cast<int>(shape.group_size()),
                   static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k);
       });
+  // Finite queries and keys can still overflow fp32 logits (values near 1e19); the
+  // selection is then meaningless, so say so instead of returning it.
+  for (const HeadSelection& head : selection.heads) {
+    if (head.overflow) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", layer_, ": query x key logits overflow fp32; check the query and key scale"));
+    }
+  }
   return selection;
 }
 
@@ -289,4 +297,4 @@ LayerStatus LayerStore::Status() const {
   return status;
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -28,7 +28,7 @@
 #include "server/session_config.h"
 #include "server/thread_pool.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 enum class IndexState {
   kOpen,      // prefill not complete: every token scored exactly
@@ -124,6 +124,6 @@ class LayerStore {
 
 const char* IndexStateName(IndexState state);
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_LAYER_STORE_H_

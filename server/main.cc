@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 #include <thread>
 
@@ -29,6 +30,8 @@ ABSL_FLAG(std::string, memory_budget, "",
           "Bytes of K/V the server may hold (e.g. 16GiB); default half of physical memory.");
 ABSL_FLAG(std::string, page_size, "64KiB", "K/V arena page size (a multiple of 4KiB).");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
+ABSL_FLAG(double, max_index_wait_seconds, 60,
+          "Longest a Retrieve item waits for its layer's index to finish building.");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "On SIGTERM/SIGINT, time in-flight calls get.");
 
 namespace {
@@ -40,7 +43,7 @@ size_t DefaultMemoryBudget() {
 }
 
 int Fail(const absl::Status& status) {
-  pqkv::ServerLogger().critical("{}", status.ToString());
+  pqkv::server::ServerLogger().critical("{}", status.ToString());
   spdlog::shutdown();
   return 1;
 }
@@ -50,43 +53,51 @@ int Fail(const absl::Status& status) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("pqkv-server: PQ-indexed KV cache retrieval service");
   absl::ParseCommandLine(argc, argv);
-  pqkv::InstallServerLogger(absl::GetFlag(FLAGS_log_level));
-  spdlog::logger& log = pqkv::ServerLogger();
-
-  // Signals are taken by sigwait below, not by whatever thread they land on.
+  // Signals are taken by sigwait below, not by whatever thread they land on: block them
+  // before any thread (the logger's first) starts, as threads inherit the mask.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  pqkv::SessionStoreOptions store_options;
+  if (absl::Status status = pqkv::server::InstallServerLogger(absl::GetFlag(FLAGS_log_level));
+      !status.ok()) {
+    std::fprintf(stderr, "pqkv-server: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  spdlog::logger& log = pqkv::server::ServerLogger();
+
+  pqkv::server::SessionStoreOptions store_options;
   store_options.index_threads = absl::GetFlag(FLAGS_index_threads);
   if (absl::GetFlag(FLAGS_memory_budget).empty()) {
     store_options.memory_budget_bytes = DefaultMemoryBudget();
   } else {
-    absl::StatusOr<size_t> budget = pqkv::ParseByteSize(absl::GetFlag(FLAGS_memory_budget));
+    absl::StatusOr<size_t> budget = pqkv::server::ParseByteSize(absl::GetFlag(FLAGS_memory_budget));
     if (!budget.ok()) return Fail(budget.status());
     store_options.memory_budget_bytes = *budget;
   }
-  absl::StatusOr<size_t> page_bytes = pqkv::ParseByteSize(absl::GetFlag(FLAGS_page_size));
+  absl::StatusOr<size_t> page_bytes = pqkv::server::ParseByteSize(absl::GetFlag(FLAGS_page_size));
   if (!page_bytes.ok()) return Fail(page_bytes.status());
   store_options.page_bytes = *page_bytes;
-  absl::StatusOr<std::unique_ptr<pqkv::SessionStore>> store =
-      pqkv::SessionStore::Create(store_options);
-  if (!store.ok()) return Fail(store.status());
-
+  // The compute pool outlives the store: index builds finishing during shutdown hand
+  // parked retrievals to it.
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  pqkv::ThreadPool compute_pool("pqkv-compute", threads);
-  pqkv::PqkvService service(store->get(), &compute_pool, pqkv::ServiceOptions{});
+  pqkv::server::ThreadPool compute_pool("pqkv-compute", threads);
+  absl::StatusOr<std::unique_ptr<pqkv::server::SessionStore>> store =
+      pqkv::server::SessionStore::Create(store_options);
+  if (!store.ok()) return Fail(store.status());
+  pqkv::server::ServiceOptions service_options;
+  service_options.max_index_wait = absl::Seconds(absl::GetFlag(FLAGS_max_index_wait_seconds));
+  pqkv::server::PqkvService service(store->get(), &compute_pool, service_options);
 
   const std::string address =
       absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
   int bound_port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
-  builder.SetMaxReceiveMessageSize(pqkv::kMaxReceiveMessageBytes);
+  builder.SetMaxReceiveMessageSize(pqkv::server::kMaxReceiveMessageBytes);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || bound_port == 0) {
@@ -101,8 +112,8 @@ int main(int argc, char** argv) {
   log.info(
       "pqkv-server {} listening on {}:{}; backend cpu, {} compute threads, {} index "
       "threads, memory budget {} bytes in {}-byte pages",
-      pqkv::kVersion, absl::GetFlag(FLAGS_host), bound_port, threads, store_options.index_threads,
-      (*store)->Stats().bytes_capacity, store_options.page_bytes);
+      pqkv::server::kVersion, absl::GetFlag(FLAGS_host), bound_port, threads,
+      store_options.index_threads, (*store)->Stats().bytes_capacity, store_options.page_bytes);
   log.flush();
 
   int signal_number = 0;

@@ -9,7 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 absl::StatusOr<std::unique_ptr<PageArena>> PageArena::Create(size_t capacity_bytes,
                                                              size_t page_bytes) {
@@ -67,4 +67,4 @@ size_t PageArena::bytes_in_use() const {
   return (next_fresh_ - free_list_.size()) * page_bytes_;
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -16,7 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 class PageArena {
  public:
@@ -55,6 +55,6 @@ class PageArena {
   std::vector<uint32_t> free_list_ ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_PAGE_ARENA_H_

@@ -3,7 +3,7 @@
 #include <cassert>
 #include <cstring>
 
-namespace pqkv {
+namespace pqkv::server {
 
 PagedRows::PagedRows(PageArena* arena, size_t row_bytes)
     : arena_(arena), row_bytes_(row_bytes), rows_per_page_(arena->page_bytes() / row_bytes) {
@@ -36,4 +36,4 @@ void PagedRows::Append(const char* src, size_t count) {
   }
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

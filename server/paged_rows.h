@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "server/page_arena.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 class PagedRows {
  public:
@@ -47,6 +47,6 @@ class PagedRows {
   size_t num_rows_ = 0;
 };
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_PAGED_ROWS_H_

@@ -5,7 +5,7 @@
 
 #include "absl/synchronization/mutex.h"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 struct SharedLoop {
@@ -49,4 +49,4 @@ void ParallelFor(ThreadPool* pool, int n, const std::function<void(int)>& fn) {
       +[](SharedLoop* l) ABSL_NO_THREAD_SAFETY_ANALYSIS { return l->done == l->n; }, loop.get()));
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

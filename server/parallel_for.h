@@ -10,11 +10,11 @@
 
 #include "server/thread_pool.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 // pool may be null (everything runs on the caller).
 void ParallelFor(ThreadPool* pool, int n, const std::function<void(int)>& fn);
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_PARALLEL_FOR_H_

@@ -2,7 +2,6 @@
 
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/ProductQuantizer.h>
-
 #include <omp.h>
 
 #include <mutex>
@@ -12,7 +11,7 @@
 
 extern "C" void openblas_set_num_threads(int threads);
 
-namespace pqkv {
+namespace pqkv::server {
 
 absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int dim, int subspaces,
                                              int bits, int iterations) {
@@ -60,4 +59,4 @@ void PqCodebook::Encode(const float* keys, size_t n, uint8_t* codes) const {
   }
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

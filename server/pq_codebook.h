@@ -17,7 +17,7 @@ namespace faiss {
 struct ProductQuantizer;
 }  // namespace faiss
 
-namespace pqkv {
+namespace pqkv::server {
 
 class PqCodebook {
  public:
@@ -45,6 +45,6 @@ class PqCodebook {
   std::shared_ptr<const faiss::ProductQuantizer> pq_;  // the trained quantizer, for encoding
 };
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_PQ_CODEBOOK_H_

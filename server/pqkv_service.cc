@@ -7,7 +7,7 @@
 #include "server/retrieve_reactor.h"
 #include "server/version.h"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 absl::Status FillFetch(const Session& session, const v1::FetchKvRequest& request,
@@ -69,11 +69,11 @@ grpc::ServerReadReactor<v1::AppendKvRequest>* PqkvService::AppendKv(
 
 grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* PqkvService::Retrieve(
     grpc::CallbackServerContext* context) {
-  absl::Time deadline = absl::Now() + options_.max_index_wait;
-  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
-    deadline = std::min(deadline, absl::FromChrono(context->deadline()));
-  }
-  return new RetrieveReactor(store_, compute_pool_, deadline, &retrieve_items_);
+  const absl::Time deadline = context->deadline() == std::chrono::system_clock::time_point::max()
+                                  ? absl::InfiniteFuture()
+                                  : absl::FromChrono(context->deadline());
+  return new RetrieveReactor(store_, compute_pool_, deadline, options_.max_index_wait,
+                             &retrieve_items_);
 }
 
 grpc::ServerUnaryReactor* PqkvService::FetchKv(grpc::CallbackServerContext* context,
@@ -94,13 +94,17 @@ grpc::ServerUnaryReactor* PqkvService::FetchKv(grpc::CallbackServerContext* cont
   return reactor;
 }
 
+// Close, GetSession and ListSessions take every layer's lock (and Close may free
+// thousands of pages), so they run on the compute pool, not in the reaction.
 grpc::ServerUnaryReactor* PqkvService::CloseSession(grpc::CallbackServerContext* context,
                                                     const v1::CloseSessionRequest* request,
                                                     v1::CloseSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<size_t> bytes = store_->Close(request->session_id());
-  if (bytes.ok()) response->set_bytes_released(*bytes);
-  reactor->Finish(ToGrpcStatus(bytes.status()));
+  compute_pool_->Schedule([this, reactor, request, response] {
+    absl::StatusOr<size_t> bytes = store_->Close(request->session_id());
+    if (bytes.ok()) response->set_bytes_released(*bytes);
+    reactor->Finish(ToGrpcStatus(bytes.status()));
+  });
   return reactor;
 }
 
@@ -108,10 +112,13 @@ grpc::ServerUnaryReactor* PqkvService::GetSession(grpc::CallbackServerContext* c
                                                   const v1::GetSessionRequest* request,
                                                   v1::GetSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(request->session_id());
-  if (session.ok())
-    SessionInfoToProto(**session, /*with_layers=*/true, response->mutable_session());
-  reactor->Finish(ToGrpcStatus(session.status()));
+  compute_pool_->Schedule([this, reactor, request, response] {
+    absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(request->session_id());
+    if (session.ok()) {
+      SessionInfoToProto(**session, /*with_layers=*/true, response->mutable_session());
+    }
+    reactor->Finish(ToGrpcStatus(session.status()));
+  });
   return reactor;
 }
 
@@ -119,10 +126,12 @@ grpc::ServerUnaryReactor* PqkvService::ListSessions(grpc::CallbackServerContext*
                                                     const v1::ListSessionsRequest* request,
                                                     v1::ListSessionsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  for (const std::shared_ptr<Session>& session : store_->List()) {
-    SessionInfoToProto(*session, /*with_layers=*/false, response->add_sessions());
-  }
-  reactor->Finish(grpc::Status::OK);
+  compute_pool_->Schedule([this, reactor, response] {
+    for (const std::shared_ptr<Session>& session : store_->List()) {
+      SessionInfoToProto(*session, /*with_layers=*/false, response->add_sessions());
+    }
+    reactor->Finish(grpc::Status::OK);
+  });
   return reactor;
 }
 
@@ -144,4 +153,4 @@ grpc::ServerUnaryReactor* PqkvService::GetServerStats(grpc::CallbackServerContex
   return reactor;
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -13,11 +13,12 @@
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 struct ServiceOptions {
-  // Longest a Retrieve waits for a building index when its call has no deadline.
-  absl::Duration max_index_wait = absl::Seconds(300);
+  // Longest a Retrieve item waits for a building index after its request arrived
+  // (less when the call's deadline comes first).
+  absl::Duration max_index_wait = absl::Seconds(60);
 };
 
 // Largest FetchKv response; bigger fetches must be split.
@@ -59,6 +60,6 @@ class PqkvService final : public v1::Pqkv::CallbackService {
   std::atomic<uint64_t> retrieve_items_{0};
 };
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_PQKV_SERVICE_H_

@@ -3,7 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 absl::StatusOr<kernels::ElementType> ElementTypeFromProto(v1::DType dtype) {
   switch (dtype) {
@@ -103,4 +103,4 @@ void SessionInfoToProto(const Session& session, bool with_layers, v1::SessionInf
   out->set_bytes_held(bytes);
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -8,7 +8,7 @@
 #include "server/session.h"
 #include "server/session_config.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 // Fills PQCache's defaults for unset index options. INVALID_ARGUMENT for an unset or
 // unknown dtype; the rest is checked by ValidateSessionConfig.
@@ -20,6 +20,6 @@ void IndexOptionsToProto(const IndexOptions& options, v1::IndexOptions* out);
 // Fills `out` with the session's description; per-layer detail when with_layers.
 void SessionInfoToProto(const Session& session, bool with_layers, v1::SessionInfo* out);
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_PROTO_CONVERT_H_

@@ -1,15 +1,19 @@
 #include "server/retrieve_reactor.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/grpc_status.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
-RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, absl::Time deadline,
+RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool,
+                                 absl::Time call_deadline, absl::Duration max_index_wait,
                                  std::atomic<uint64_t>* items_counter)
     : store_(store),
       compute_pool_(compute_pool),
-      deadline_(deadline),
+      call_deadline_(call_deadline),
+      max_index_wait_(max_index_wait),
       items_counter_(items_counter) {
   StartRead(&request_);
 }
@@ -25,6 +29,7 @@ void RetrieveReactor::OnReadDone(bool ok) {
     absl::MutexLock lock(&mu_);
     processing_ = true;
   }
+  wait_until_ = std::min(call_deadline_, absl::Now() + max_index_wait_);
   response_ = std::make_unique<v1::RetrieveResponse>();
   response_->set_request_id(request_.request_id());
   response_->set_layer(request_.layer());
@@ -52,12 +57,12 @@ void RetrieveReactor::StartItem(int i) {
   // While the layer's index builds, park the item instead of holding a pool thread.
   absl::AnyInvocable<void()&&> score_later = [this, i, session = *session, layer = *layer] {
     compute_pool_->Schedule([this, i, session, layer] {
-      ScoreItem(i, *layer);
+      ScoreItem(i, *layer, /*parked=*/true);
       ItemDone();
     });
   };
   if ((*layer)->DeferUntilIndexSettled(score_later)) return;
-  ScoreItem(i, **layer);
+  ScoreItem(i, **layer, /*parked=*/false);
   ItemDone();
 }
 
@@ -67,17 +72,22 @@ void RetrieveReactor::ItemDone() {
 
 void RetrieveReactor::SetItemError(int i, const absl::Status& status) {
   v1::RetrieveResult* result = response_->mutable_results(i);
-  result->set_status_code(static_cast<int>(status.code()));
+  result->set_status_code(CodeOf(status));
   result->set_error_message(std::string(status.message()));
 }
 
-void RetrieveReactor::ScoreItem(int i, const LayerStore& layer) {
+void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
   const v1::RetrieveItem& item = request_.items(i);
+  // A parked item is answered when the build ends; if that was past its bound, it says so.
   absl::StatusOr<LayerSelection> selection =
-      absl::Now() > deadline_
-          ? absl::DeadlineExceededError("the layer's index was still building at the deadline")
+      parked && absl::Now() > wait_until_
+          ? absl::DeadlineExceededError(absl::StrCat(
+                "layer ", request_.layer(),
+                "'s index was still building when the wait bound passed (the call's deadline "
+                "or the server's max index wait of ",
+                absl::FormatDuration(max_index_wait_), ")"))
           : layer.Retrieve(absl::MakeConstSpan(item.query().data(), item.query_size()), item.k(),
-                           deadline_, compute_pool_);
+                           wait_until_, compute_pool_);
   if (!selection.ok()) {
     SetItemError(i, selection.status());
     return;
@@ -94,6 +104,7 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer) {
 }
 
 void RetrieveReactor::CompleteRequest() {
+  bool read_now;
   {
     absl::MutexLock lock(&mu_);
     processing_ = false;
@@ -102,27 +113,37 @@ void RetrieveReactor::CompleteRequest() {
       writing_ = true;
       StartWrite(outbox_.front().get());
     }
+    read_now = outbox_.size() < kMaxQueuedResponses;
+    read_deferred_ = !read_now;
   }
-  StartRead(&request_);
+  if (read_now) StartRead(&request_);
 }
 
 void RetrieveReactor::OnWriteDone(bool ok) {
-  absl::MutexLock lock(&mu_);
-  outbox_.pop_front();
-  writing_ = false;
-  if (!ok) outbox_.clear();  // the client is gone; nobody will read the rest
-  if (!outbox_.empty()) {
-    writing_ = true;
-    StartWrite(outbox_.front().get());
-    return;
+  bool read_now = false;
+  {
+    absl::MutexLock lock(&mu_);
+    outbox_.pop_front();
+    writing_ = false;
+    if (!ok) outbox_.clear();  // the client is gone; nobody will read the rest
+    if (!outbox_.empty()) {
+      writing_ = true;
+      StartWrite(outbox_.front().get());
+    }
+    if (read_deferred_ && outbox_.size() < kMaxQueuedResponses) {
+      read_deferred_ = false;
+      read_now = true;
+    } else {
+      MaybeFinishLocked();
+    }
   }
-  MaybeFinishLocked();
+  if (read_now) StartRead(&request_);
 }
 
 void RetrieveReactor::MaybeFinishLocked() {
-  if (finished_ || !reads_done_ || processing_ || writing_) return;
+  if (finished_ || !reads_done_ || processing_ || writing_ || read_deferred_) return;
   finished_ = true;
   Finish(grpc::Status::OK);
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -6,7 +6,9 @@
 // drain behind it.
 //
 // Per-item errors (unknown session, bad layer, k, query) go into the item's result;
-// the stream itself only ends when the client ends it.
+// the stream itself only ends when the client ends it. The next request is read only
+// while fewer than kMaxQueuedResponses responses wait to be written, so a client that
+// does not read cannot make the server buffer without bound.
 //
 // Owned by gRPC; deletes itself in OnDone, which gRPC calls only after Finish, which is
 // only called once no pool task refers to the reactor.
@@ -25,14 +27,17 @@
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 
-namespace pqkv {
+namespace pqkv::server {
+
+inline constexpr size_t kMaxQueuedResponses = 2;
 
 class RetrieveReactor final
     : public grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse> {
  public:
-  // deadline bounds waits for building indexes; items_counter counts answered items.
-  RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, absl::Time deadline,
-                  std::atomic<uint64_t>* items_counter);
+  // An item parked on a building index waits at most until the call's deadline and at
+  // most max_index_wait after its request arrived; items_counter counts answered items.
+  RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, absl::Time call_deadline,
+                  absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -41,8 +46,8 @@ class RetrieveReactor final
  private:
   // Looks up item `i` of request_ and scores it now, or once its layer's index is built.
   void StartItem(int i);
-  // Scores item `i` into response_->results(i).
-  void ScoreItem(int i, const LayerStore& layer);
+  // Scores item `i` into response_->results(i); `parked` when it waited for the index.
+  void ScoreItem(int i, const LayerStore& layer, bool parked);
   void SetItemError(int i, const absl::Status& status);
   // Counts an item as answered; the last one completes the request.
   void ItemDone();
@@ -52,23 +57,28 @@ class RetrieveReactor final
 
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
-  const absl::Time deadline_;
+  const absl::Time call_deadline_;
+  const absl::Duration max_index_wait_;
   std::atomic<uint64_t>* const items_counter_;
 
   // The request being read or processed; untouched by reactions while processing.
   v1::RetrieveRequest request_;
   std::unique_ptr<v1::RetrieveResponse> response_;
   std::atomic<int> items_left_{0};
+  // Until when the current request's parked items may wait for a building index.
+  absl::Time wait_until_;
 
   absl::Mutex mu_;
   bool processing_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // A read is due but waits for the outbox to drain (backpressure on slow readers).
+  bool read_deferred_ ABSL_GUARDED_BY(mu_) = false;
   // Responses waiting to be written; the front one is in flight while writing_.
   std::deque<std::unique_ptr<v1::RetrieveResponse>> outbox_ ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_RETRIEVE_REACTOR_H_

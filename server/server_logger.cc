@@ -3,7 +3,7 @@
 #include "spdlog/async.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 spdlog::logger& ServerLogger() {
   static spdlog::logger* const logger = [] {
@@ -14,11 +14,18 @@ spdlog::logger& ServerLogger() {
   return *logger;
 }
 
-void InstallServerLogger(const std::string& level) {
+absl::Status InstallServerLogger(const std::string& level) {
+  // spdlog maps any unknown name to "off"; a typo must not silence the server.
+  const spdlog::level::level_enum parsed = spdlog::level::from_str(level);
+  if (parsed == spdlog::level::off && level != "off") {
+    return absl::InvalidArgumentError("unknown --log_level \"" + level +
+                                      "\"; use trace, debug, info, warn, error, critical or off");
+  }
   spdlog::init_thread_pool(8192, 1);
   auto logger = spdlog::stderr_color_mt<spdlog::async_factory>("server");
-  logger->set_level(spdlog::level::from_str(level));
+  logger->set_level(parsed);
   logger->flush_on(spdlog::level::warn);
+  return absl::OkStatus();
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -5,17 +5,19 @@
 
 #include <string>
 
+#include "absl/status/status.h"
 #include "spdlog/spdlog.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 // The "server" logger, created on first use if nobody installed one. Thread-safe.
 spdlog::logger& ServerLogger();
 
 // Installs the "server" logger with an asynchronous stderr sink at `level` ("trace",
-// "debug", "info", "warn", "error"). Call once, before the server starts.
-void InstallServerLogger(const std::string& level);
+// "debug", "info", "warn", "error", "critical", "off"). Call once, before the server
+// starts. INVALID_ARGUMENT for an unknown level.
+absl::Status InstallServerLogger(const std::string& level);
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_SERVER_LOGGER_H_

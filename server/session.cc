@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 Session::Session(std::string id, const SessionConfig& config, PageArena* arena)
     : id_(std::move(id)), config_(config), created_(absl::Now()) {
@@ -25,4 +25,4 @@ size_t Session::bytes_held() const {
   return bytes;
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

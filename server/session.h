@@ -17,7 +17,7 @@
 #include "server/page_arena.h"
 #include "server/session_config.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 class Session {
  public:
@@ -45,6 +45,6 @@ class Session {
   std::atomic<bool> closed_{false};
 };
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_SESSION_H_

@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 absl::Status ValidateSessionConfig(const SessionConfig& config, size_t page_bytes) {
   const ModelShape& s = config.shape;
@@ -50,4 +50,4 @@ absl::Status ValidateSessionConfig(const SessionConfig& config, size_t page_byte
   return absl::OkStatus();
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

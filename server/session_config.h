@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "kernels/dtype_convert.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 struct ModelShape {
   uint32_t num_layers = 0;
@@ -56,6 +56,6 @@ inline constexpr uint32_t kMaxLayerHeads = 1 << 16;
 // size: one K/V row must fit in a page.
 absl::Status ValidateSessionConfig(const SessionConfig& config, size_t page_bytes);
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_SESSION_CONFIG_H_

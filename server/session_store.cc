@@ -6,7 +6,7 @@
 #include "common/status_macros.h"
 #include "server/server_logger.h"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 absl::Status ValidateSessionId(const std::string& id) {
@@ -129,4 +129,4 @@ SessionStoreStats SessionStore::Stats() const {
   return stats;
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

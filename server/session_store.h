@@ -20,7 +20,7 @@
 #include "server/session_config.h"
 #include "server/thread_pool.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 struct SessionStoreOptions {
   size_t memory_budget_bytes = size_t{8} << 30;
@@ -69,6 +69,6 @@ class SessionStore {
   ThreadPool index_pool_;
 };
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_SESSION_STORE_H_

@@ -4,7 +4,7 @@
 
 #include <utility>
 
-namespace pqkv {
+namespace pqkv::server {
 
 ThreadPool::ThreadPool(std::string name, int num_threads) : name_(std::move(name)) {
   for (int i = 0; i < std::max(1, num_threads); ++i) {
@@ -53,4 +53,4 @@ void ThreadPool::WorkLoop() {
   }
 }
 
-}  // namespace pqkv
+}  // namespace pqkv::server

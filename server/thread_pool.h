@@ -13,7 +13,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 
-namespace pqkv {
+namespace pqkv::server {
 
 class ThreadPool {
  public:
@@ -39,6 +39,6 @@ class ThreadPool {
   std::vector<std::thread> threads_;
 };
 
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_THREAD_POOL_H_

@@ -2,8 +2,8 @@
 #ifndef PQKV_SERVER_VERSION_H_
 #define PQKV_SERVER_VERSION_H_
 
-namespace pqkv {
+namespace pqkv::server {
 inline constexpr char kVersion[] = "0.1.0";
-}  // namespace pqkv
+}  // namespace pqkv::server
 
 #endif  // PQKV_SERVER_VERSION_H_

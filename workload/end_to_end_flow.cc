@@ -62,8 +62,9 @@ absl::StatusOr<FlowReport> RunEndToEndFlow(Client& client, const FlowSpec& spec)
     uploaded_keys.push_back(ToHalf(layers.back().keys));
     uploaded_values.push_back(ToHalf(layers.back().values));
     const absl::Time start = absl::Now();
-    absl::Status status = client.UploadPrefill(*id, l, 0, n, uploaded_keys.back().data(),
-                                               uploaded_values.back().data());
+    absl::Status status =
+        client.UploadPrefill(*id, l, 0, n, uploaded_keys.back().data(),
+                             uploaded_values.back().data(), /*end_of_prefill=*/true);
     if (!status.ok()) return status;
     LayerReport layer_report;
     layer_report.layer = l;

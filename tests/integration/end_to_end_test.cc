@@ -2,9 +2,11 @@
 // SDK (and, for malformed input the SDK cannot produce, through the raw stub).
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <thread>
 
 #include "catch2/catch.hpp"
 #include "client/pqkv_client.h"
@@ -17,11 +19,24 @@ namespace {
 
 constexpr char kServer[] = "server/pqkv-server";
 
-std::unique_ptr<testing::ServerProcess> StartServer() {
-  auto server =
-      testing::ServerProcess::Start(kServer, {"--memory_budget=2GiB", "--log_level=warn"});
+std::unique_ptr<testing::ServerProcess> StartServer(std::vector<std::string> extra = {}) {
+  extra.insert(extra.end(), {"--memory_budget=2GiB", "--log_level=warn"});
+  auto server = testing::ServerProcess::Start(kServer, extra);
   REQUIRE(server.ok());
   return *std::move(server);
+}
+
+// Waits (polling GetSession) until no layer of the session is building its index.
+void WaitForIndexes(Client& client, const std::string& id) {
+  while (true) {
+    auto info = client.GetSession(id);
+    REQUIRE(info.ok());
+    if (std::none_of(info->layers.begin(), info->layers.end(),
+                     [](const LayerInfo& l) { return l.index_state == IndexState::kBuilding; })) {
+      return;
+    }
+    std::this_thread::yield();
+  }
 }
 
 std::unique_ptr<Client> Connect(const testing::ServerProcess& server) {
@@ -88,7 +103,7 @@ TEST_CASE("Every dtype round-trips bit for bit", "[integration]") {
   // Keep every key element finite: clear the top exponent bit of each element's high byte.
   const size_t elem = DTypeBytes(dtype);
   for (size_t i = elem - 1; i < bytes; i += elem) keys[i] &= 0x3f;
-  REQUIRE(client->UploadPrefill(id, 0, 0, n, keys.data(), values.data()).ok());
+  REQUIRE(client->UploadPrefill(id, 0, 0, n, keys.data(), values.data(), true).ok());
   std::vector<FetchHead> heads = {{2, {0, 699, 350}}, {0, {5}}};
   std::vector<uint8_t> k(4 * options.shape.row_bytes()), v(k.size());
   REQUIRE(client->FetchKv(id, 0, heads, k.data(), v.data(), k.size()).value() == k.size());
@@ -117,7 +132,7 @@ TEST_CASE("One Retrieve request serves several sessions, with per-item errors", 
     layers.push_back(workload::GeneratePlantedLayer(data, 0));
     ids.push_back(client->CreateSession(options).value());
     const auto k = workload::ToHalf(layers.back().keys), v = workload::ToHalf(layers.back().values);
-    REQUIRE(client->UploadPrefill(ids.back(), 0, 0, 2048, k.data(), v.data()).ok());
+    REQUIRE(client->UploadPrefill(ids.back(), 0, 0, 2048, k.data(), v.data(), true).ok());
   }
   std::vector<float> nan_query = layers[0].query;
   nan_query[0] = std::numeric_limits<float>::quiet_NaN();
@@ -158,13 +173,71 @@ TEST_CASE("A Retrieve right after the prefill waits for the layer's index", "[in
   options.shape = {1, 2, 8, 128, DType::kFp16};
   const std::string id = client->CreateSession(options).value();
   const auto k = workload::ToHalf(layer.keys), v = workload::ToHalf(layer.values);
-  REQUIRE(client->UploadPrefill(id, 0, 0, 8192, k.data(), v.data()).ok());
+  REQUIRE(client->UploadPrefill(id, 0, 0, 8192, k.data(), v.data(), true).ok());
   auto stream = client->OpenRetrievalStream().value();
   const RetrieveQuery query{id, layer.query, 64};
   auto results = stream->Retrieve(0, {&query, 1});
   REQUIRE(results.ok());
   REQUIRE((*results)[0].status.ok());
   CHECK((*results)[0].num_encoded == 8192);  // scored from codes, not before they existed
+}
+
+TEST_CASE("The index wait bound applies only to items that wait for an index", "[integration]") {
+  // A bound far below any build time: the first retrieval must wait and report it; once
+  // the index is ready, the same stream keeps serving, however long it has been open.
+  auto server = StartServer({"--max_index_wait_seconds=0.000001"});
+  auto client = Connect(*server);
+  workload::PlantedKvSpec data{2, 8, 128, 8192};
+  const workload::LayerData layer = workload::GeneratePlantedLayer(data, 0);
+  SessionOptions options;
+  options.shape = {1, 2, 8, 128, DType::kFp16};
+  const std::string id = client->CreateSession(options).value();
+  const auto k = workload::ToHalf(layer.keys), v = workload::ToHalf(layer.values);
+  REQUIRE(client->UploadPrefill(id, 0, 0, 8192, k.data(), v.data(), true).ok());
+  auto stream = client->OpenRetrievalStream().value();
+  const RetrieveQuery query{id, layer.query, 64};
+  auto first = stream->Retrieve(0, {&query, 1});
+  REQUIRE(first.ok());
+  const absl::StatusCode first_code = (*first)[0].status.code();
+  CHECK((first_code == absl::StatusCode::kDeadlineExceeded || first_code == absl::StatusCode::kOk));
+  WaitForIndexes(*client, id);
+  for (int i = 0; i < 3; ++i) {
+    auto later = stream->Retrieve(0, {&query, 1});
+    REQUIRE(later.ok());
+    CHECK((*later)[0].status.ok());
+    CHECK((*later)[0].num_encoded == 8192);
+  }
+}
+
+TEST_CASE("An open AppendKv stream does not keep a closed session's memory", "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  SessionOptions options;
+  options.session_id = "closing";
+  options.shape = {1, 1, 1, 64, DType::kFp16};
+  REQUIRE(client->CreateSession(options).ok());
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::Pqkv::NewStub(channel);
+  grpc::ClientContext context;
+  v1::AppendKvResponse response;
+  auto writer = stub->AppendKv(&context, &response);
+  v1::AppendKvRequest chunk;
+  chunk.set_session_id("closing");
+  chunk.set_num_tokens(1000);
+  chunk.set_dtype(v1::DTYPE_FP16);
+  chunk.set_keys(std::string(1000 * 128, '\0'));
+  chunk.set_values(std::string(1000 * 128, '\0'));
+  REQUIRE(writer->Write(chunk));
+  while (client->GetSession("closing")->layers[0].num_tokens == 0) std::this_thread::yield();
+  REQUIRE(client->CloseSession("closing").ok());
+  CHECK(client->GetServerStats()->bytes_held == 0);  // the stream is still open
+  // A new session under the same id works on the same stream.
+  REQUIRE(client->CreateSession(options).ok());
+  chunk.set_token_begin(0);
+  REQUIRE(writer->Write(chunk));
+  writer->WritesDone();
+  CHECK(writer->Finish().ok());
+  CHECK(client->GetSession("closing")->layers[0].num_tokens == 1000);
 }
 
 // Malformed uploads the SDK would never send, through the raw stub.

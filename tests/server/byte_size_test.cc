@@ -2,7 +2,7 @@
 
 #include "catch2/catch.hpp"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 TEST_CASE("ParseByteSize reads plain numbers and binary units", "[server]") {
@@ -22,4 +22,4 @@ TEST_CASE("ParseByteSize rejects what it cannot read", "[server]") {
 }
 
 }  // namespace
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -9,7 +9,7 @@
 #include "catch2/catch.hpp"
 #include "kernels/dtype_convert.h"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 struct Fixture {
@@ -154,4 +154,4 @@ TEST_CASE("ScoreAndSelect scores sum to the group size over all tokens", "[serve
 }
 
 }  // namespace
-}  // namespace pqkv
+}  // namespace pqkv::server

@@ -9,7 +9,7 @@
 #include "catch2/catch.hpp"
 #include "kernels/top_k.h"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 constexpr uint32_t kKvHeads = 2, kQueryHeads = 4, kDim = 16;
@@ -229,9 +229,9 @@ TEST_CASE("LayerStore fetches exactly the rows it was given", "[server]") {
 }
 
 }  // namespace
-}  // namespace pqkv
+}  // namespace pqkv::server
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 TEST_CASE("DeferUntilIndexSettled parks work until the build ends", "[server]") {
@@ -262,4 +262,21 @@ TEST_CASE("DeferUntilIndexSettled parks work until the build ends", "[server]") 
 }
 
 }  // namespace
-}  // namespace pqkv
+}  // namespace pqkv::server
+
+namespace pqkv::server {
+namespace {
+
+TEST_CASE("Logits that overflow fp32 are reported, not ranked", "[server]") {
+  Fixture f;
+  std::vector<float> huge(kKvHeads * 100 * kDim, 1e30f);
+  const std::string keys(reinterpret_cast<const char*>(huge.data()), huge.size() * sizeof(float));
+  REQUIRE(f.layer.Append(0, 100, keys, keys).ok());
+  const std::vector<float> query(kQueryHeads * kDim, 1e20f);
+  const absl::Status s = f.layer.Retrieve(query, 5, Soon()).status();
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(s.message()).find("overflow") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace pqkv::server

@@ -4,7 +4,7 @@
 
 #include "catch2/catch.hpp"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 TEST_CASE("PageArena hands out distinct pages and takes them back", "[server]") {
@@ -42,4 +42,4 @@ TEST_CASE("PageArena rejects bad page sizes and empty budgets", "[server]") {
 }
 
 }  // namespace
-}  // namespace pqkv
+}  // namespace pqkv::server

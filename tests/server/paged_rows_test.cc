@@ -5,7 +5,7 @@
 
 #include "catch2/catch.hpp"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 TEST_CASE("PagedRows stores rows across pages and reads them back", "[server]") {
@@ -42,4 +42,4 @@ TEST_CASE("PagedRows returns its pages to the arena", "[server]") {
 }
 
 }  // namespace
-}  // namespace pqkv
+}  // namespace pqkv::server

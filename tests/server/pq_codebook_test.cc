@@ -6,7 +6,7 @@
 
 #include "catch2/catch.hpp"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 std::vector<float> RandomKeys(size_t n, int dim, uint32_t seed) {
@@ -102,4 +102,4 @@ TEST_CASE("PqCodebook refuses shapes it cannot train", "[server]") {
 }
 
 }  // namespace
-}  // namespace pqkv
+}  // namespace pqkv::server

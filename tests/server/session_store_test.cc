@@ -4,7 +4,7 @@
 
 #include "catch2/catch.hpp"
 
-namespace pqkv {
+namespace pqkv::server {
 namespace {
 
 SessionConfig SmallConfig() {
@@ -110,4 +110,4 @@ TEST_CASE("SessionStore builds a sealed layer's index in the background", "[serv
 }
 
 }  // namespace
-}  // namespace pqkv
+}  // namespace pqkv::server
