@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up (Debian packages), builds and runs every test, then prints one line:
-# "N passed, N failed", counting Catch2 test cases from the JUnit results.
+# "N passed, N failed", counting Catch2 test cases from the JUnit results. Test cases
+# reported skipped (the CUDA tests on a machine without a GPU) are counted apart, in a
+# line "N skipped (...)" just before it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh || exit 1
@@ -11,6 +13,7 @@ bazel_status=$?
 python3 - "$bazel_status" <<'PY'
 import glob, sys, xml.etree.ElementTree as ET
 passed = failed = 0
+skipped = []
 for path in glob.glob("bazel-testlogs/**/test.xml", recursive=True):
     try:
         root = ET.parse(path).getroot()
@@ -22,12 +25,16 @@ for path in glob.glob("bazel-testlogs/**/test.xml", recursive=True):
         if case.find("failure") is not None or case.find("error") is not None:
             failed += 1
             print(f"FAILED: {path.split('/')[1:-1]} {case.get('name')}")
+        elif case.find("skipped") is not None:
+            reason = case.find("skipped").get("message") or "skipped"
+            skipped.append(f"{'/'.join(path.split('/')[1:-1])} {case.get('name')}: {reason}")
         else:
             passed += 1
 bazel_status = int(sys.argv[1])
 if bazel_status != 0 and failed == 0:
     failed = 1  # the build itself failed, or a test left no results
     print(f"bazel test exited with {bazel_status}")
+print(f"{len(skipped)} skipped ({'; '.join(skipped) if skipped else 'none'})")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY

@@ -1,0 +1,245 @@
+// cuda_timing: device time of the CUDA layer retrieval (CudaLayerRetriever::RetrieveLayer)
+// and of the K/V gather, as a table. Run by kernels/cuda/device_check.sh.
+//
+//   bazel run //kernels/cuda:cuda_timing -- [flags]
+//
+// Flags (defaults: one decode step of a Llama-3-8B-like layer at 128K context):
+//   --tokens=131072      tokens in the layer (n)
+//   --kv_heads=8         H
+//   --query_heads=32     H * G
+//   --head_dim=128       d
+//   --k=4096             positions selected per kv head
+//   --shapes=2x6,4x8     PQ shapes to time, M x bits
+//   --row_bytes=256      bytes of one gathered K or V row (d = 128 fp16)
+//   --iterations=20      timed runs per row (after 3 warm-up runs); medians are printed
+//   --device=0           CUDA device
+//   --commit=unknown     source revision, echoed in the Setup block
+//
+// Every retrieval row: median device time (cudaEvent) of each phase of one call (host
+// to device copy of queries, codebooks and codes; step 1; steps 2-3; step 4; copy of
+// the positions and scores back), their sum, and the median wall time of the whole call.
+// Gather rows: median kernel time packing H * k K rows and H * k V rows from device
+// memory into pinned host memory, or into device memory, and the bandwidth.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/status_macros.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/pq_retrieval_cuda.h"
+
+ABSL_FLAG(uint32_t, tokens, 131072, "tokens in the layer");
+ABSL_FLAG(int, kv_heads, 8, "kv heads");
+ABSL_FLAG(int, query_heads, 32, "query heads");
+ABSL_FLAG(int, head_dim, 128, "head dimension");
+ABSL_FLAG(uint32_t, k, 4096, "positions selected per kv head");
+ABSL_FLAG(std::string, shapes, "2x6,4x8", "PQ shapes to time, MxBITS, comma-separated");
+ABSL_FLAG(size_t, row_bytes, 256, "bytes of one gathered K or V row");
+ABSL_FLAG(int, iterations, 20, "timed runs per row");
+ABSL_FLAG(int, device, 0, "CUDA device");
+ABSL_FLAG(std::string, commit, "unknown", "source revision for the Setup block");
+
+namespace pqkv::kernels::cuda {
+namespace {
+
+constexpr int kWarmup = 3;
+
+float Median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0f : v[v.size() / 2];
+}
+
+// Device memory, freed on scope exit.
+struct DeviceMemory {
+  void* data = nullptr;
+  ~DeviceMemory() { cudaFree(data); }
+};
+
+// Pinned host memory, freed on scope exit.
+struct PinnedMemory {
+  void* data = nullptr;
+  ~PinnedMemory() { cudaFreeHost(data); }
+};
+
+absl::Status PrintSetup(int device) {
+  cudaDeviceProp prop;
+  RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device));
+  int runtime = 0, driver = 0;
+  RETURN_IF_CUDA_ERROR(cudaRuntimeGetVersion(&runtime));
+  RETURN_IF_CUDA_ERROR(cudaDriverGetVersion(&driver));
+  std::printf("Setup\n");
+  std::printf("  commit:   %s\n", absl::GetFlag(FLAGS_commit).c_str());
+  std::printf("  device:   %d: %s, sm_%d%d, %d SMs, %.1f GiB\n", device, prop.name, prop.major,
+              prop.minor, prop.multiProcessorCount,
+              static_cast<double>(prop.totalGlobalMem) / (1ull << 30));
+  std::printf("  CUDA:     runtime %d.%d (static), driver %d.%d\n", runtime / 1000,
+              (runtime % 1000) / 10, driver / 1000, (driver % 1000) / 10);
+  std::printf("  layer:    n = %u tokens, H = %d kv heads, %d query heads, d = %d, k = %u\n",
+              absl::GetFlag(FLAGS_tokens), absl::GetFlag(FLAGS_kv_heads),
+              absl::GetFlag(FLAGS_query_heads), absl::GetFlag(FLAGS_head_dim),
+              absl::GetFlag(FLAGS_k));
+  std::printf("  timing:   median of %d runs after %d warm-up runs, milliseconds\n\n",
+              absl::GetFlag(FLAGS_iterations), kWarmup);
+  return absl::OkStatus();
+}
+
+// Times RetrieveLayer for PQ shape M x bits; leaves the last selection in `positions`.
+absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits,
+                           std::vector<uint32_t>& positions) {
+  const int H = absl::GetFlag(FLAGS_kv_heads);
+  const int Q = absl::GetFlag(FLAGS_query_heads);
+  const int d = absl::GetFlag(FLAGS_head_dim);
+  const uint32_t n = absl::GetFlag(FLAGS_tokens);
+  const uint32_t k = absl::GetFlag(FLAGS_k);
+  if (M < 1 || d % M != 0 || bits < 1 || bits > 8) {
+    return absl::InvalidArgumentError("bad PQ shape in --shapes");
+  }
+  const int ksub = 1 << bits;
+  std::mt19937 rng(M * 16 + bits);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> code(0, ksub - 1);
+  std::vector<float> queries(static_cast<size_t>(Q) * d);
+  std::vector<float> centroids(static_cast<size_t>(H) * ksub * d);
+  std::vector<uint8_t> codes(static_cast<size_t>(H) * n * M);
+  for (float& v : queries) v = normal(rng);
+  for (float& v : centroids) v = normal(rng);
+  for (uint8_t& v : codes) v = static_cast<uint8_t>(code(rng));
+
+  LayerRetrievalInput in;
+  in.shape.kv_heads = H;
+  in.shape.query_heads = Q;
+  in.shape.pq = PqShape{M, ksub, d / M};
+  in.queries = queries.data();
+  in.centroids = centroids.data();
+  in.codes = codes.data();
+  in.num_tokens = n;
+  // PQCache's defaults: 32 sink tokens and a 64-token recent window are not candidates.
+  in.candidate_begin = std::min<uint32_t>(32, n);
+  in.candidate_end = std::max(in.candidate_begin, n > 64 ? n - 64 : n);
+  in.k = std::min(k, in.candidate_end - in.candidate_begin);
+  positions.assign(static_cast<size_t>(H) * in.k, 0);
+  std::vector<float> scores(positions.size());
+  LayerRetrievalOutput out;
+  out.positions = positions.data();
+  out.scores = scores.data();
+
+  std::vector<float> copy_in, table, scan, top_k, copy_out, kernels, total, wall;
+  const int iterations = absl::GetFlag(FLAGS_iterations);
+  for (int i = 0; i < kWarmup + iterations; ++i) {
+    LayerTimings t;
+    const auto start = std::chrono::steady_clock::now();
+    const absl::Status status = retriever.RetrieveLayer(in, out, &t);
+    const auto stop = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(status);
+    if (i < kWarmup) continue;
+    copy_in.push_back(t.copy_in_ms);
+    table.push_back(t.table_ms);
+    scan.push_back(t.scan_softmax_ms);
+    top_k.push_back(t.top_k_ms);
+    copy_out.push_back(t.copy_out_ms);
+    kernels.push_back(t.kernels_ms());
+    total.push_back(t.total_ms());
+    wall.push_back(std::chrono::duration<float, std::milli>(stop - start).count());
+  }
+  std::printf("%-12s %8.3f %8.3f %10.3f %8.3f %9.3f %9.3f %8.3f %8.3f\n",
+              (std::to_string(M) + " x " + std::to_string(bits) + " bits").c_str(), Median(copy_in),
+              Median(table), Median(scan), Median(top_k), Median(copy_out), Median(kernels),
+              Median(total), Median(wall));
+  return absl::OkStatus();
+}
+
+// Times the gather of the H * k selected K and V rows from device memory into `out`.
+absl::Status TimeGather(CudaLayerRetriever& retriever, const std::vector<uint32_t>& positions,
+                        const void* keys, const void* values, void* out, const char* label) {
+  GatherRequest request;
+  request.kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  request.num_tokens = absl::GetFlag(FLAGS_tokens);
+  request.row_bytes = absl::GetFlag(FLAGS_row_bytes);
+  request.keys = keys;
+  request.values = values;
+  request.positions = positions.data();
+  request.k = static_cast<uint32_t>(positions.size() / request.kv_heads);
+  request.out = out;
+  std::vector<float> ms;
+  const int iterations = absl::GetFlag(FLAGS_iterations);
+  for (int i = 0; i < kWarmup + iterations; ++i) {
+    float kernel_ms = 0;
+    const absl::Status status = retriever.Gather(request, &kernel_ms);
+    if (!status.ok()) return status;
+    if (i >= kWarmup) ms.push_back(kernel_ms);
+  }
+  const double bytes = 2.0 * positions.size() * request.row_bytes;
+  const float median = Median(ms);
+  std::printf("%-28s %6u rows x 2 x %4zu B = %7.2f MiB  %8.3f ms  %7.1f GB/s\n", label,
+              static_cast<unsigned>(positions.size()), request.row_bytes, bytes / (1 << 20), median,
+              median > 0 ? bytes / (median * 1e6) : 0.0);
+  return absl::OkStatus();
+}
+
+absl::Status Run() {
+  const int device = absl::GetFlag(FLAGS_device);
+  if (!CudaDeviceAvailable()) return absl::UnavailableError("no CUDA device");
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaLayerRetriever> retriever_owner,
+                   CudaLayerRetriever::Create(device));
+  CudaLayerRetriever& retriever = *retriever_owner;
+  RETURN_IF_ERROR(PrintSetup(device));
+
+  std::printf("%-12s %8s %8s %10s %8s %9s %9s %8s %8s\n", "PQ shape", "copy_in", "table",
+              "scan+smax", "top_k", "copy_out", "kernels", "total", "wall");
+  std::vector<uint32_t> positions;
+  for (absl::string_view shape : absl::StrSplit(absl::GetFlag(FLAGS_shapes), ',')) {
+    const std::vector<std::string> parts = absl::StrSplit(shape, 'x');
+    int M = 0, bits = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &M) ||
+        !absl::SimpleAtoi(parts[1], &bits)) {
+      return absl::InvalidArgumentError(std::string("bad --shapes entry: ") + std::string(shape));
+    }
+    RETURN_IF_ERROR(TimeRetrieval(retriever, M, bits, positions));
+  }
+  if (positions.empty()) return absl::OkStatus();
+
+  // K and V of the whole layer in device memory (contents do not matter for timing).
+  const size_t tensor_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_kv_heads)) *
+                              absl::GetFlag(FLAGS_tokens) * absl::GetFlag(FLAGS_row_bytes);
+  const size_t out_bytes = 2 * positions.size() * absl::GetFlag(FLAGS_row_bytes);
+  DeviceMemory keys, values, device_out;
+  PinnedMemory pinned_out;
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  RETURN_IF_CUDA_ERROR(cudaMalloc(&keys.data, tensor_bytes));
+  RETURN_IF_CUDA_ERROR(cudaMalloc(&values.data, tensor_bytes));
+  RETURN_IF_CUDA_ERROR(cudaMalloc(&device_out.data, out_bytes));
+  RETURN_IF_CUDA_ERROR(cudaHostAlloc(&pinned_out.data, out_bytes, cudaHostAllocDefault));
+  RETURN_IF_CUDA_ERROR(cudaMemset(keys.data, 1, tensor_bytes));
+  RETURN_IF_CUDA_ERROR(cudaMemset(values.data, 2, tensor_bytes));
+  RETURN_IF_CUDA_ERROR(cudaDeviceSynchronize());
+  std::printf("\nGather of the last selection (kernel time, positions copied in before)\n");
+  RETURN_IF_ERROR(TimeGather(retriever, positions, keys.data, values.data, pinned_out.data,
+                             "device -> pinned host"));
+  return TimeGather(retriever, positions, keys.data, values.data, device_out.data,
+                    "device -> device");
+}
+
+}  // namespace
+}  // namespace pqkv::kernels::cuda
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const absl::Status status = pqkv::kernels::cuda::Run();
+  if (!status.ok()) {
+    std::fprintf(stderr, "cuda_timing: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}

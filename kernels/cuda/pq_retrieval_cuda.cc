@@ -1,0 +1,375 @@
+#include "kernels/cuda/pq_retrieval_cuda.h"
+
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/retrieval_launchers.h"
+
+namespace pqkv::kernels::cuda {
+namespace {
+
+constexpr int kMaxGridY = 65535;
+constexpr uint64_t kMaxItems = std::numeric_limits<int32_t>::max();
+
+// A device allocation that grows on demand and is reused; freed on destruction (the
+// owner makes its device current first).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (data_ != nullptr) cudaFree(data_);
+  }
+
+  // Makes room for `bytes`; the contents are not kept. No work may be pending on it.
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= capacity_) return absl::OkStatus();
+    if (data_ != nullptr) cudaFree(data_);
+    data_ = nullptr;
+    capacity_ = 0;
+    const cudaError_t error = cudaMalloc(&data_, bytes);
+    if (error != cudaSuccess) {
+      cudaGetLastError();  // an allocation failure is not sticky: clear it
+      data_ = nullptr;
+      return CudaStatus(error, absl::StrCat("cudaMalloc of ", bytes, " bytes"));
+    }
+    capacity_ = bytes;
+    return absl::OkStatus();
+  }
+
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  size_t capacity() const { return capacity_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+bool IsPowerOfTwo(int v) { return v > 0 && (v & (v - 1)) == 0; }
+
+absl::Status ValidateShape(const CudaLayerShape& s) {
+  if (s.kv_heads < 1 || s.query_heads < s.kv_heads || s.query_heads % s.kv_heads != 0 ||
+      s.query_heads > kMaxGridY) {
+    return absl::InvalidArgumentError(absl::StrCat("query_heads (", s.query_heads,
+                                                   ") must be a positive multiple of kv_heads (",
+                                                   s.kv_heads, ") and at most ", kMaxGridY));
+  }
+  if (s.pq.subspaces < 1 || s.pq.subspaces > kMaxGridY || s.pq.subspace_dim < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad PQ shape: M = ", s.pq.subspaces, ", dsub = ", s.pq.subspace_dim));
+  }
+  if (!IsPowerOfTwo(s.pq.centroids_per_subspace) || s.pq.centroids_per_subspace > 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "centroids_per_subspace must be a power of two <= 256, got ", s.pq.centroids_per_subspace));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateTopK(int heads, uint32_t num_tokens, uint32_t begin, uint32_t end,
+                          uint32_t k) {
+  if (heads < 1) return absl::InvalidArgumentError("heads must be >= 1");
+  if (num_tokens < 1 || static_cast<uint64_t>(heads) * num_tokens > kMaxItems) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("heads * num_tokens must be in [1, 2^31), got ", heads, " * ", num_tokens));
+  }
+  if (begin > end || end > num_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("candidate range [", begin, ", ", end,
+                                                   ") is not within [0, ", num_tokens, ")"));
+  }
+  if (k > end - begin) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("k = ", k, " is larger than the ", end - begin, " candidates"));
+  }
+  return absl::OkStatus();
+}
+
+// The pointer the device uses for `p`: device memory of `device`, pinned (mapped) host
+// memory or managed memory; INVALID_ARGUMENT for pageable host memory.
+absl::StatusOr<void*> DevicePointer(const void* p, int device, const char* name) {
+  if (p == nullptr) return absl::InvalidArgumentError(absl::StrCat(name, " is null"));
+  cudaPointerAttributes attributes;
+  const cudaError_t error = cudaPointerGetAttributes(&attributes, p);
+  if (error != cudaSuccess) {
+    cudaGetLastError();
+    return CudaStatus(error, absl::StrCat("cudaPointerGetAttributes(", name, ")"));
+  }
+  switch (attributes.type) {
+    case cudaMemoryTypeDevice:
+      if (attributes.device != device) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, " is memory of device ", attributes.device, ", not ", device));
+      }
+      return attributes.devicePointer;
+    case cudaMemoryTypeHost:
+    case cudaMemoryTypeManaged:
+      if (attributes.devicePointer == nullptr) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, " is host memory not mapped into device ", device));
+      }
+      return attributes.devicePointer;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " is pageable host memory; use device memory or pinned host ",
+                       "memory (cudaHostAlloc / cudaHostRegister)"));
+  }
+}
+
+}  // namespace
+
+bool CudaDeviceAvailable() {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) cudaGetLastError();
+  return error == cudaSuccess && count > 0;
+}
+
+struct CudaLayerRetriever::Impl {
+  // Events that bracket the phases of one call (see LayerTimings).
+  enum Phase { kStart, kCopiedIn, kTables, kScores, kTopK, kCopiedOut, kPhases };
+
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  std::array<cudaEvent_t, kPhases> events{};
+
+  DeviceBuffer queries, centroids, codes, tables, logits, partial_max, partial_sum, max, inv_sum,
+      head_scores, top_k_scratch, positions, top_scores;
+
+  ~Impl() {
+    cudaSetDevice(device);
+    for (cudaEvent_t event : events) {
+      if (event != nullptr) cudaEventDestroy(event);
+    }
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  absl::Status Record(Phase phase, bool timed) {
+    if (!timed) return absl::OkStatus();
+    RETURN_IF_CUDA_ERROR(cudaEventRecord(events[phase], stream));
+    return absl::OkStatus();
+  }
+
+  float Elapsed(Phase from, Phase to) const {
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, events[from], events[to]) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return ms;
+  }
+
+  template <typename T>
+  absl::Status CopyIn(DeviceBuffer& buffer, const T* host, size_t count) {
+    RETURN_IF_ERROR(buffer.Reserve(count * sizeof(T)));
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(buffer.as<void>(), host, count * sizeof(T),
+                                         cudaMemcpyHostToDevice, stream));
+    return absl::OkStatus();
+  }
+
+  template <typename T>
+  absl::Status CopyOut(T* host, const DeviceBuffer& buffer, size_t count) {
+    if (host == nullptr || count == 0) return absl::OkStatus();
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(host, buffer.as<void>(), count * sizeof(T),
+                                         cudaMemcpyDeviceToHost, stream));
+    return absl::OkStatus();
+  }
+
+  // Step 4 on head_scores [heads][n] into positions and top_scores [heads][k].
+  absl::Status EnqueueTopK(int heads, uint32_t n, uint32_t begin, uint32_t end, uint32_t k) {
+    size_t scratch_bytes = 0;
+    RETURN_IF_CUDA_ERROR(TopKScratchBytes(heads, end - begin, &scratch_bytes));
+    RETURN_IF_ERROR(top_k_scratch.Reserve(scratch_bytes));
+    RETURN_IF_ERROR(positions.Reserve(static_cast<size_t>(heads) * k * sizeof(uint32_t)));
+    RETURN_IF_ERROR(top_scores.Reserve(static_cast<size_t>(heads) * k * sizeof(float)));
+    RETURN_IF_CUDA_ERROR(LaunchTopK(head_scores.as<float>(), heads, n, begin, end, k,
+                                    top_k_scratch.as<void>(), top_k_scratch.capacity(),
+                                    positions.as<uint32_t>(), top_scores.as<float>(), stream));
+    return absl::OkStatus();
+  }
+
+  absl::Status EnqueueRetrieval(const LayerRetrievalInput& in, const LayerRetrievalOutput& out,
+                                bool timed) {
+    const CudaLayerShape& s = in.shape;
+    const int H = s.kv_heads;
+    const int Q = s.query_heads;
+    const int G = s.group_size();
+    const int M = s.pq.subspaces;
+    const int ksub = s.pq.centroids_per_subspace;
+    const int dsub = s.pq.subspace_dim;
+    const size_t d = static_cast<size_t>(s.head_dim());
+    const uint32_t n = in.num_tokens;
+    const int blocks = ScanBlocks(n);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+
+    RETURN_IF_ERROR(Record(kStart, timed));
+    RETURN_IF_ERROR(CopyIn(queries, in.queries, Q * d));
+    RETURN_IF_ERROR(CopyIn(centroids, in.centroids, static_cast<size_t>(H) * M * ksub * dsub));
+    RETURN_IF_ERROR(CopyIn(codes, in.codes, static_cast<size_t>(H) * n * M));
+    RETURN_IF_ERROR(Record(kCopiedIn, timed));
+
+    RETURN_IF_ERROR(tables.Reserve(static_cast<size_t>(Q) * M * ksub * sizeof(float)));
+    RETURN_IF_CUDA_ERROR(LaunchInnerProductTables(queries.as<float>(), centroids.as<float>(), H, G,
+                                                  M, ksub, dsub, tables.as<float>(), stream));
+    RETURN_IF_ERROR(Record(kTables, timed));
+
+    RETURN_IF_ERROR(logits.Reserve(static_cast<size_t>(Q) * n * sizeof(float)));
+    RETURN_IF_ERROR(partial_max.Reserve(static_cast<size_t>(Q) * blocks * sizeof(float)));
+    RETURN_IF_ERROR(partial_sum.Reserve(static_cast<size_t>(Q) * blocks * sizeof(float)));
+    RETURN_IF_ERROR(max.Reserve(Q * sizeof(float)));
+    RETURN_IF_ERROR(inv_sum.Reserve(Q * sizeof(float)));
+    RETURN_IF_ERROR(head_scores.Reserve(static_cast<size_t>(H) * n * sizeof(float)));
+    RETURN_IF_CUDA_ERROR(LaunchAdcScan(tables.as<float>(), codes.as<uint8_t>(), H, G, M, ksub, n,
+                                       scale, logits.as<float>(), partial_max.as<float>(),
+                                       partial_sum.as<float>(), stream));
+    RETURN_IF_CUDA_ERROR(LaunchSoftmaxNormalizers(partial_max.as<float>(), partial_sum.as<float>(),
+                                                  Q, blocks, max.as<float>(), inv_sum.as<float>(),
+                                                  stream));
+    RETURN_IF_CUDA_ERROR(LaunchGqaScores(logits.as<float>(), max.as<float>(), inv_sum.as<float>(),
+                                         H, G, n, scale, head_scores.as<float>(), stream));
+    RETURN_IF_ERROR(Record(kScores, timed));
+
+    if (in.k > 0) {
+      RETURN_IF_ERROR(EnqueueTopK(H, n, in.candidate_begin, in.candidate_end, in.k));
+    }
+    RETURN_IF_ERROR(Record(kTopK, timed));
+
+    const size_t selected = static_cast<size_t>(H) * in.k;
+    RETURN_IF_ERROR(CopyOut(out.positions, positions, selected));
+    RETURN_IF_ERROR(CopyOut(out.scores, top_scores, selected));
+    RETURN_IF_ERROR(CopyOut(out.tables, tables, static_cast<size_t>(Q) * M * ksub));
+    RETURN_IF_ERROR(CopyOut(out.logits, logits, static_cast<size_t>(Q) * n));
+    RETURN_IF_ERROR(CopyOut(out.head_scores, head_scores, static_cast<size_t>(H) * n));
+    RETURN_IF_ERROR(Record(kCopiedOut, timed));
+    return absl::OkStatus();
+  }
+
+  // Waits for the stream whatever `enqueued` says, so that no copy into the caller's
+  // memory is still in flight when the call returns; the first error wins.
+  absl::Status Finish(const absl::Status& enqueued) {
+    const absl::Status synced = CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    return enqueued.ok() ? synced : enqueued;
+  }
+};
+
+CudaLayerRetriever::CudaLayerRetriever(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CudaLayerRetriever::~CudaLayerRetriever() = default;
+
+int CudaLayerRetriever::device() const { return impl_->device; }
+
+absl::StatusOr<std::unique_ptr<CudaLayerRetriever>> CudaLayerRetriever::Create(int device) {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    cudaGetLastError();
+    return absl::UnavailableError(
+        absl::StrCat("no CUDA device: ", cudaGetErrorName(error), ": ", cudaGetErrorString(error)));
+  }
+  if (count == 0) return absl::UnavailableError("no CUDA device");
+  if (device < 0 || device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA device ", device, " does not exist (", count, " devices)"));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->device = device;
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+  for (cudaEvent_t& event : impl->events) {
+    RETURN_IF_CUDA_ERROR(cudaEventCreate(&event));
+  }
+  return std::unique_ptr<CudaLayerRetriever>(new CudaLayerRetriever(std::move(impl)));
+}
+
+absl::Status CudaLayerRetriever::RetrieveLayer(const LayerRetrievalInput& in,
+                                               const LayerRetrievalOutput& out,
+                                               LayerTimings* timings) {
+  RETURN_IF_ERROR(ValidateShape(in.shape));
+  RETURN_IF_ERROR(
+      ValidateTopK(in.shape.kv_heads, in.num_tokens, in.candidate_begin, in.candidate_end, in.k));
+  if (in.queries == nullptr || in.centroids == nullptr || in.codes == nullptr) {
+    return absl::InvalidArgumentError("queries, centroids and codes are required");
+  }
+  if (in.k > 0 && (out.positions == nullptr || out.scores == nullptr)) {
+    return absl::InvalidArgumentError("positions and scores are required when k > 0");
+  }
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(impl_->device));
+  cudaGetLastError();  // clear a stale, non-sticky error of an earlier call
+  const bool timed = timings != nullptr;
+  RETURN_IF_ERROR(impl_->Finish(impl_->EnqueueRetrieval(in, out, timed)));
+  if (timed) {
+    timings->copy_in_ms = impl_->Elapsed(Impl::kStart, Impl::kCopiedIn);
+    timings->table_ms = impl_->Elapsed(Impl::kCopiedIn, Impl::kTables);
+    timings->scan_softmax_ms = impl_->Elapsed(Impl::kTables, Impl::kScores);
+    timings->top_k_ms = impl_->Elapsed(Impl::kScores, Impl::kTopK);
+    timings->copy_out_ms = impl_->Elapsed(Impl::kTopK, Impl::kCopiedOut);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaLayerRetriever::TopK(const float* scores, int heads, uint32_t num_tokens,
+                                      uint32_t begin, uint32_t end, uint32_t k, uint32_t* positions,
+                                      float* top_scores) {
+  RETURN_IF_ERROR(ValidateTopK(heads, num_tokens, begin, end, k));
+  if (k == 0) return absl::OkStatus();
+  if (scores == nullptr || positions == nullptr) {
+    return absl::InvalidArgumentError("scores and positions are required");
+  }
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(impl_->device));
+  cudaGetLastError();
+  Impl& impl = *impl_;
+  const auto enqueue = [&]() -> absl::Status {
+    RETURN_IF_ERROR(impl.CopyIn(impl.head_scores, scores, static_cast<size_t>(heads) * num_tokens));
+    RETURN_IF_ERROR(impl.EnqueueTopK(heads, num_tokens, begin, end, k));
+    RETURN_IF_ERROR(impl.CopyOut(positions, impl.positions, static_cast<size_t>(heads) * k));
+    return impl.CopyOut(top_scores, impl.top_scores, static_cast<size_t>(heads) * k);
+  };
+  return impl.Finish(enqueue());
+}
+
+absl::Status CudaLayerRetriever::Gather(const GatherRequest& request, float* kernel_ms) {
+  const GatherRequest& r = request;
+  if (r.kv_heads < 1 || r.num_tokens < 1 || r.row_bytes < 1) {
+    return absl::InvalidArgumentError("kv_heads, num_tokens and row_bytes must be positive");
+  }
+  if (r.k == 0) return absl::OkStatus();
+  if (r.positions == nullptr) return absl::InvalidArgumentError("positions is null");
+  const size_t selected = static_cast<size_t>(r.kv_heads) * r.k;
+  for (size_t i = 0; i < selected; ++i) {
+    if (r.positions[i] >= r.num_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("positions[", i / r.k, "][", i % r.k,
+                                                     "] = ", r.positions[i], " is not below ",
+                                                     r.num_tokens));
+    }
+  }
+  Impl& impl = *impl_;
+  RETURN_IF_CUDA_ERROR(cudaSetDevice(impl.device));
+  cudaGetLastError();
+  ASSIGN_OR_RETURN(void* keys, DevicePointer(r.keys, impl.device, "keys"));
+  ASSIGN_OR_RETURN(void* values, DevicePointer(r.values, impl.device, "values"));
+  ASSIGN_OR_RETURN(void* out, DevicePointer(r.out, impl.device, "out"));
+  const bool timed = kernel_ms != nullptr;
+  const auto enqueue = [&]() -> absl::Status {
+    RETURN_IF_ERROR(impl.CopyIn(impl.positions, r.positions, selected));
+    RETURN_IF_ERROR(impl.Record(Impl::kStart, timed));
+    RETURN_IF_CUDA_ERROR(LaunchGatherRows(keys, values, r.kv_heads, r.num_tokens, r.row_bytes,
+                                          impl.positions.as<uint32_t>(), r.k, out, impl.stream));
+    return impl.Record(Impl::kCopiedIn, timed);
+  };
+  RETURN_IF_ERROR(impl.Finish(enqueue()));
+  if (timed) *kernel_ms = impl.Elapsed(Impl::kStart, Impl::kCopiedIn);
+  return absl::OkStatus();
+}
+
+}  // namespace pqkv::kernels::cuda

@@ -1,0 +1,436 @@
+// CudaLayerRetriever against the plain kernels (kernels/pq_scan.h, gqa_softmax.h,
+// top_k.h): every step of a layer's retrieval on random inputs, several shapes (odd n,
+// M = 2 x 6 bits, M = 4 x 8 bits, tables too large for shared memory), ties from
+// integer-valued inputs, and the gather against memcpy into pinned host memory.
+//
+// Tolerances: on integer-valued inputs the tables and logits are exact (small integers
+// in fp32). On normal inputs the tables and logits get 1e-6 relative plus 1e-5
+// absolute (the kernels keep the reference's rounding order, so they are expected
+// bit-equal). Softmax scores get 2e-5 relative plus 1e-30 absolute (fp32 expf against
+// the reference's fp64 exp and normaliser). Top-k is exact: the GPU's selection equals
+// kernels::TopK on the GPU's own scores, ties included; against the all-CPU pipeline,
+// the selected scores agree rank by rank within 1e-4 (near-ties may swap between fp32
+// and fp64 exponentials).
+//
+// Runs only where a CUDA device exists; cuda_test_main.cc reports the binary skipped
+// elsewhere.
+#include "kernels/cuda/pq_retrieval_cuda.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+#include <vector>
+
+#include "catch2/catch.hpp"
+#include "kernels/gqa_softmax.h"
+#include "kernels/pq_scan.h"
+#include "kernels/top_k.h"
+
+namespace pqkv::kernels::cuda {
+namespace {
+
+// One retriever for the whole binary, so buffers are reused across shapes (large, then
+// smaller, then larger again) as in the service.
+CudaLayerRetriever& SharedRetriever() {
+  static absl::StatusOr<std::unique_ptr<CudaLayerRetriever>> created = CudaLayerRetriever::Create();
+  if (!created.ok()) FAIL("CudaLayerRetriever::Create: " << created.status());
+  return **created;
+}
+
+// Largest |got - want| - (rel * |want| + abs) over the arrays: <= 0 when all agree. The
+// index of the worst element goes to *worst.
+double WorstExcess(const float* got, const float* want, size_t n, double rel, double abs,
+                   size_t* worst) {
+  double excess = -1;
+  *worst = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double e = std::fabs(static_cast<double>(got[i]) - want[i]) -
+                     (rel * std::fabs(static_cast<double>(want[i])) + abs);
+    if (std::isnan(got[i]) || e > excess) {
+      excess = std::isnan(got[i]) ? 1e30 : e;
+      *worst = i;
+    }
+  }
+  return excess;
+}
+
+#define REQUIRE_CLOSE(what, got, want, n, rel, abs)                                   \
+  do {                                                                                \
+    size_t worst_;                                                                    \
+    const double excess_ = WorstExcess((got), (want), (n), (rel), (abs), &worst_);    \
+    INFO(what << ": worst element " << worst_ << " got " << (got)[worst_] << " want " \
+              << (want)[worst_]);                                                     \
+    REQUIRE(excess_ <= 0);                                                            \
+  } while (0)
+
+// Exact equality of got[0, n) and want, reporting the first difference (not the arrays).
+template <typename T>
+void RequireEqual(const char* what, const T* got, const std::vector<T>& want) {
+  size_t i = 0;
+  while (i < want.size() && got[i] == want[i]) ++i;
+  if (i == want.size()) return;
+  FAIL(what << ": first difference at rank " << i << " of " << want.size() << ": got " << got[i]
+            << ", want " << want[i]);
+}
+
+struct LayerCase {
+  int kv_heads, query_heads, head_dim, subspaces, bits;
+  uint32_t num_tokens;
+  bool integer;  // integer-valued queries and centroids: exact tables and logits, ties
+};
+
+std::ostream& operator<<(std::ostream& os, const LayerCase& c) {
+  return os << "H=" << c.kv_heads << " Q=" << c.query_heads << " d=" << c.head_dim
+            << " M=" << c.subspaces << " bits=" << c.bits << " n=" << c.num_tokens
+            << (c.integer ? " integer" : " normal");
+}
+
+struct LayerData {
+  CudaLayerShape shape;
+  std::vector<float> queries, centroids;
+  std::vector<uint8_t> codes;
+};
+
+LayerData MakeLayer(const LayerCase& c, uint32_t seed) {
+  LayerData data;
+  data.shape.kv_heads = c.kv_heads;
+  data.shape.query_heads = c.query_heads;
+  data.shape.pq = PqShape{c.subspaces, 1 << c.bits, c.head_dim / c.subspaces};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> small(-2, 2);
+  const auto value = [&](float normal_scale) {
+    return c.integer ? static_cast<float>(small(rng)) : normal_scale * normal(rng);
+  };
+  const size_t ksub = 1u << c.bits;
+  data.queries.resize(static_cast<size_t>(c.query_heads) * c.head_dim);
+  for (float& v : data.queries) v = value(3.0f);
+  data.centroids.resize(static_cast<size_t>(c.kv_heads) * ksub * c.head_dim);
+  for (float& v : data.centroids) v = value(1.0f);
+  std::uniform_int_distribution<int> code(0, static_cast<int>(ksub) - 1);
+  data.codes.resize(static_cast<size_t>(c.kv_heads) * c.num_tokens * c.subspaces);
+  for (uint8_t& v : data.codes) v = static_cast<uint8_t>(code(rng));
+  return data;
+}
+
+TEST_CASE("CudaLayerRetriever matches the plain kernels step by step", "[cuda]") {
+  const LayerCase c =
+      GENERATE(LayerCase{8, 32, 128, 2, 6, 131073, true},   // PQCache default, odd n, many ties
+               LayerCase{8, 32, 128, 4, 8, 131071, false},  // M = 4 x 8 bits
+               LayerCase{8, 32, 128, 4, 8, 20011, true}, LayerCase{2, 8, 64, 2, 6, 1001, false},
+               LayerCase{3, 9, 48, 3, 4, 4099, true},    // G = 3, three sub-spaces
+               LayerCase{1, 1, 8, 8, 1, 333, true},      // dsub = 1, two centroids
+               LayerCase{4, 4, 64, 16, 4, 777, false},   // G = 1
+               LayerCase{2, 4, 128, 64, 8, 517, false},  // table too large for shared memory
+               LayerCase{2, 12, 32, 2, 6, 7, true});     // fewer tokens than a warp
+  INFO(c);
+  const LayerData data = MakeLayer(c, c.num_tokens * 31 + c.bits);
+  const CudaLayerShape& shape = data.shape;
+  const int H = shape.kv_heads, Q = shape.query_heads, G = shape.group_size();
+  const int M = shape.pq.subspaces, ksub = shape.pq.centroids_per_subspace;
+  const int dsub = shape.pq.subspace_dim, d = shape.head_dim();
+  const uint32_t n = c.num_tokens;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+
+  // Candidates leave out a prefix (sinks) and a suffix (recent window) where n allows.
+  const uint32_t begin = n > 100 ? 32 : 0;
+  const uint32_t end = n > 100 ? n - 64 : n;
+  const uint32_t fifth = std::max<uint32_t>(1, (end - begin) / 5);
+  const uint32_t k = GENERATE_COPY(values<uint32_t>({1, fifth}));
+
+  LayerRetrievalInput in;
+  in.shape = shape;
+  in.queries = data.queries.data();
+  in.centroids = data.centroids.data();
+  in.codes = data.codes.data();
+  in.num_tokens = n;
+  in.candidate_begin = begin;
+  in.candidate_end = end;
+  in.k = k;
+  std::vector<uint32_t> positions(static_cast<size_t>(H) * k);
+  std::vector<float> top_scores(positions.size());
+  std::vector<float> tables(static_cast<size_t>(Q) * M * ksub);
+  std::vector<float> logits(static_cast<size_t>(Q) * n);
+  std::vector<float> head_scores(static_cast<size_t>(H) * n);
+  LayerRetrievalOutput out;
+  out.positions = positions.data();
+  out.scores = top_scores.data();
+  out.tables = tables.data();
+  out.logits = logits.data();
+  out.head_scores = head_scores.data();
+  LayerTimings timings;
+  const absl::Status status = SharedRetriever().RetrieveLayer(in, out, &timings);
+  INFO(status);
+  REQUIRE(status.ok());
+  CHECK(timings.total_ms() > 0);
+
+  // Exact on integer inputs; on normal inputs (values of magnitude 1-100) 1e-6 relative
+  // plus 1e-5 absolute for values that cancel to near zero.
+  const double exact_rel = c.integer ? 0.0 : 1e-6;
+  const double exact_abs = c.integer ? 0.0 : 1e-5;
+  const size_t table_size = static_cast<size_t>(M) * ksub;
+  std::vector<float> want_table(table_size), want_logits(n), want_scores(n);
+  std::vector<float> cpu_scores(static_cast<size_t>(H) * n, 0.0f);  // all-CPU pipeline
+  for (int h = 0; h < H; ++h) {
+    const float* centroids = data.centroids.data() + static_cast<size_t>(h) * table_size * dsub;
+    const uint8_t* codes = data.codes.data() + static_cast<size_t>(h) * n * M;
+    std::fill(want_scores.begin(), want_scores.end(), 0.0f);
+    for (int g = 0; g < G; ++g) {
+      const int q = h * G + g;
+      // Step 1 against the reference on the same query and codebook.
+      ComputeInnerProductTable(shape.pq, data.queries.data() + static_cast<size_t>(q) * d,
+                               centroids, want_table.data());
+      const float* table = tables.data() + q * table_size;
+      REQUIRE_CLOSE("table of query head " << q, table, want_table.data(), table_size, exact_rel,
+                    exact_abs);
+      // Step 2 on the GPU's table.
+      AdcScan(shape.pq, table, codes, n, want_logits.data());
+      const float* q_logits = logits.data() + static_cast<size_t>(q) * n;
+      REQUIRE_CLOSE("logits of query head " << q, q_logits, want_logits.data(), n, exact_rel,
+                    exact_abs);
+      // Step 3 on the GPU's logits.
+      AccumulateSoftmax(q_logits, n, scale, want_scores.data());
+      // The all-CPU pipeline, for the end-to-end comparison below.
+      AdcScan(shape.pq, want_table.data(), codes, n, want_logits.data());
+      AccumulateSoftmax(want_logits.data(), n, scale,
+                        cpu_scores.data() + static_cast<size_t>(h) * n);
+    }
+    const float* h_scores = head_scores.data() + static_cast<size_t>(h) * n;
+    REQUIRE_CLOSE("scores of kv head " << h, h_scores, want_scores.data(), n, 2e-5, 1e-30);
+
+    // Step 4 on the GPU's scores: exactly kernels::TopK, ties by lower position.
+    std::vector<uint32_t> want_positions(k);
+    TopK(h_scores, begin, end, k, want_positions.data());
+    const uint32_t* got = positions.data() + static_cast<size_t>(h) * k;
+    INFO("kv head " << h);
+    RequireEqual("positions vs kernels::TopK", got, want_positions);
+    std::vector<float> want_top(k);
+    for (uint32_t j = 0; j < k; ++j) want_top[j] = h_scores[got[j]];
+    RequireEqual("top scores", top_scores.data() + static_cast<size_t>(h) * k, want_top);
+
+    // End to end against the all-CPU pipeline: same scores, and rank by rank the same
+    // selected scores (positions may differ only among near-ties).
+    const float* cpu = cpu_scores.data() + static_cast<size_t>(h) * n;
+    REQUIRE_CLOSE("scores of kv head " << h << " vs all-CPU", h_scores, cpu, n, 1e-4, 1e-30);
+    std::vector<uint32_t> cpu_positions(k);
+    TopK(cpu, begin, end, k, cpu_positions.data());
+    std::vector<float> got_cpu_scores(k), want_cpu_scores(k);
+    for (uint32_t j = 0; j < k; ++j) {
+      got_cpu_scores[j] = cpu[got[j]];
+      want_cpu_scores[j] = cpu[cpu_positions[j]];
+    }
+    REQUIRE_CLOSE("selected scores of kv head " << h << " vs all-CPU", got_cpu_scores.data(),
+                  want_cpu_scores.data(), k, 1e-4, 1e-30);
+    REQUIRE(std::set<uint32_t>(got, got + k).size() == k);
+  }
+
+  if (c.integer && c.subspaces == 2 && c.num_tokens > 100000 && k > 1) {
+    // 4096 distinct codes over 131073 tokens: the selection runs through ties.
+    size_t ties = 0;
+    for (size_t i = 0; i + 1 < positions.size(); ++i) {
+      if ((i + 1) % k != 0 && top_scores[i] == top_scores[i + 1]) ++ties;
+    }
+    CHECK(ties > 100);
+  }
+}
+
+TEST_CASE("CudaLayerRetriever::TopK equals kernels::TopK, ties by lower position", "[cuda]") {
+  const int heads = GENERATE(1, 3, 8);
+  const uint32_t n = GENERATE(1u, 2u, 31u, 4099u, 131073u);
+  const int distinct = GENERATE(3, 1000000);  // few distinct values: many ties
+  INFO("heads=" << heads << " n=" << n << " distinct=" << distinct);
+  std::mt19937 rng(heads * 7919 + n + distinct);
+  std::uniform_int_distribution<int> value(0, distinct - 1);
+  std::vector<float> scores(static_cast<size_t>(heads) * n);
+  for (float& s : scores) s = static_cast<float>(value(rng) - distinct / 2);
+  // Signed zeros compare equal: ordered by position like any tie.
+  for (size_t i = 0; i < scores.size(); i += 5) {
+    if (scores[i] == 0.0f && i % 2 == 1) scores[i] = -0.0f;
+  }
+  const uint32_t begin = n / 10;
+  const uint32_t end = n - n / 7;
+  const uint32_t candidates = end - begin;
+  for (uint32_t k : {1u, candidates / 5, candidates / 2 + 1, candidates}) {
+    if (k == 0 || k > candidates) continue;
+    INFO("k=" << k);
+    std::vector<uint32_t> got(static_cast<size_t>(heads) * k);
+    std::vector<float> got_scores(got.size());
+    const absl::Status status = SharedRetriever().TopK(scores.data(), heads, n, begin, end, k,
+                                                       got.data(), got_scores.data());
+    INFO(status);
+    REQUIRE(status.ok());
+    for (int h = 0; h < heads; ++h) {
+      const float* row = scores.data() + static_cast<size_t>(h) * n;
+      std::vector<uint32_t> want(k);
+      TopK(row, begin, end, k, want.data());
+      INFO("head " << h);
+      RequireEqual("positions vs kernels::TopK", got.data() + static_cast<size_t>(h) * k, want);
+      std::vector<float> want_scores(k);
+      for (uint32_t j = 0; j < k; ++j) want_scores[j] = row[want[j]];
+      RequireEqual("top scores", got_scores.data() + static_cast<size_t>(h) * k, want_scores);
+    }
+  }
+}
+
+TEST_CASE("CudaLayerRetriever rejects bad layer arguments", "[cuda]") {
+  const LayerData data = MakeLayer(LayerCase{2, 8, 64, 2, 6, 100, true}, 1);
+  LayerRetrievalInput in;
+  in.shape = data.shape;
+  in.queries = data.queries.data();
+  in.centroids = data.centroids.data();
+  in.codes = data.codes.data();
+  in.num_tokens = 100;
+  in.candidate_begin = 10;
+  in.candidate_end = 20;
+  std::vector<uint32_t> positions(2 * 11);
+  std::vector<float> scores(2 * 11);
+  LayerRetrievalOutput out;
+  out.positions = positions.data();
+  out.scores = scores.data();
+  CudaLayerRetriever& retriever = SharedRetriever();
+
+  SECTION("k larger than the candidates") {
+    in.k = 11;
+    CHECK(retriever.RetrieveLayer(in, out).code() == absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("query heads not a multiple of kv heads") {
+    in.k = 1;
+    in.shape.query_heads = 7;
+    CHECK(retriever.RetrieveLayer(in, out).code() == absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("candidates past the end") {
+    in.k = 1;
+    in.candidate_end = 101;
+    CHECK(retriever.RetrieveLayer(in, out).code() == absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("ksub not a power of two") {
+    in.k = 1;
+    in.shape.pq.centroids_per_subspace = 48;
+    CHECK(retriever.RetrieveLayer(in, out).code() == absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("and still works afterwards") {
+    in.k = 10;
+    CHECK(retriever.RetrieveLayer(in, out).ok());
+  }
+}
+
+// Pinned host memory from cudaHostAlloc, freed on scope exit.
+struct PinnedBytes {
+  explicit PinnedBytes(size_t bytes) {
+    REQUIRE(cudaHostAlloc(&data, bytes > 0 ? bytes : 1, cudaHostAllocDefault) == cudaSuccess);
+  }
+  ~PinnedBytes() { cudaFreeHost(data); }
+  uint8_t* bytes() const { return static_cast<uint8_t*>(data); }
+  void* data = nullptr;
+};
+
+// Device memory holding a copy of `host`, freed on scope exit.
+struct DeviceBytes {
+  explicit DeviceBytes(const std::vector<uint8_t>& host) {
+    REQUIRE(cudaMalloc(&data, host.size()) == cudaSuccess);
+    REQUIRE(cudaMemcpy(data, host.data(), host.size(), cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  ~DeviceBytes() { cudaFree(data); }
+  void* data = nullptr;
+};
+
+struct GatherCase {
+  int kv_heads;
+  uint32_t num_tokens, k;
+  size_t row_bytes;
+};
+
+TEST_CASE("CudaLayerRetriever::Gather packs K then V rows like memcpy", "[cuda]") {
+  const GatherCase c = GENERATE(GatherCase{8, 4099, 820, 256},  // fp16, d = 128
+                                GatherCase{8, 1000, 200, 512},  // fp32, d = 128
+                                GatherCase{3, 777, 155, 132},   // fp32, d = 33
+                                GatherCase{2, 101, 21, 24},     // bf16, d = 12
+                                GatherCase{1, 1, 1, 14},        // fp16, d = 7
+                                GatherCase{4, 50, 50, 256});    // k = n
+  INFO("H=" << c.kv_heads << " n=" << c.num_tokens << " k=" << c.k << " row=" << c.row_bytes);
+  const size_t tensor_bytes = static_cast<size_t>(c.kv_heads) * c.num_tokens * c.row_bytes;
+  std::mt19937 rng(c.num_tokens + c.row_bytes);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::vector<uint8_t> keys(tensor_bytes), values(tensor_bytes);
+  for (uint8_t& b : keys) b = static_cast<uint8_t>(byte(rng));
+  for (uint8_t& b : values) b = static_cast<uint8_t>(byte(rng));
+  // Random positions with repeats, plus the first and last row.
+  std::uniform_int_distribution<uint32_t> position(0, c.num_tokens - 1);
+  std::vector<uint32_t> positions(static_cast<size_t>(c.kv_heads) * c.k);
+  for (uint32_t& p : positions) p = position(rng);
+  positions.front() = 0;
+  positions.back() = c.num_tokens - 1;
+
+  const size_t out_bytes = 2 * positions.size() * c.row_bytes;
+  std::vector<uint8_t> want(out_bytes);
+  for (size_t i = 0; i < positions.size(); ++i) {
+    const size_t h = i / c.k;
+    const size_t source = (h * c.num_tokens + positions[i]) * c.row_bytes;
+    std::memcpy(want.data() + i * c.row_bytes, keys.data() + source, c.row_bytes);
+    std::memcpy(want.data() + (positions.size() + i) * c.row_bytes, values.data() + source,
+                c.row_bytes);
+  }
+
+  GatherRequest request;
+  request.kv_heads = c.kv_heads;
+  request.num_tokens = c.num_tokens;
+  request.row_bytes = c.row_bytes;
+  request.positions = positions.data();
+  request.k = c.k;
+  // Output offset by `shift` bytes inside a pinned buffer: 0 takes the widest copies,
+  // 4 forces narrower ones.
+  const size_t shift = GENERATE(size_t{0}, size_t{4});
+  PinnedBytes out(out_bytes + shift);
+  std::memset(out.bytes(), 0xAB, out_bytes + shift);
+  request.out = out.bytes() + shift;
+  CudaLayerRetriever& retriever = SharedRetriever();
+
+  SECTION("rows in device memory") {
+    DeviceBytes device_keys(keys), device_values(values);
+    request.keys = device_keys.data;
+    request.values = device_values.data;
+    float kernel_ms = -1;
+    const absl::Status status = retriever.Gather(request, &kernel_ms);
+    INFO(status);
+    REQUIRE(status.ok());
+    CHECK(kernel_ms >= 0);
+    REQUIRE(std::memcmp(out.bytes() + shift, want.data(), out_bytes) == 0);
+  }
+  SECTION("rows in pinned host memory") {
+    PinnedBytes host_keys(tensor_bytes), host_values(tensor_bytes);
+    std::memcpy(host_keys.bytes(), keys.data(), tensor_bytes);
+    std::memcpy(host_values.bytes(), values.data(), tensor_bytes);
+    request.keys = host_keys.data;
+    request.values = host_values.data;
+    const absl::Status status = retriever.Gather(request);
+    INFO(status);
+    REQUIRE(status.ok());
+    REQUIRE(std::memcmp(out.bytes() + shift, want.data(), out_bytes) == 0);
+  }
+  SECTION("rejects pageable memory and positions past the end") {
+    DeviceBytes device_keys(keys), device_values(values);
+    request.keys = device_keys.data;
+    request.values = device_values.data;
+    std::vector<uint8_t> pageable(out_bytes);
+    GatherRequest bad = request;
+    bad.out = pageable.data();
+    CHECK(retriever.Gather(bad).code() == absl::StatusCode::kInvalidArgument);
+    bad = request;
+    bad.keys = keys.data();
+    CHECK(retriever.Gather(bad).code() == absl::StatusCode::kInvalidArgument);
+    std::vector<uint32_t> past_end = positions;
+    past_end.back() = c.num_tokens;
+    bad = request;
+    bad.positions = past_end.data();
+    CHECK(retriever.Gather(bad).code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+}  // namespace
+}  // namespace pqkv::kernels::cuda
