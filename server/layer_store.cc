@@ -27,8 +27,9 @@ const char* IndexStateName(IndexState state) {
   return "unknown";
 }
 
-LayerStore::LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena)
-    : layer_(layer), config_(config), arena_(arena) {
+LayerStore::LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena,
+                       GpuScorer* gpu)
+    : layer_(layer), config_(config), arena_(arena), gpu_(gpu) {
   absl::MutexLock lock(&mu_);
   for (uint32_t h = 0; h < config_.shape.num_kv_heads; ++h) {
     keys_.push_back(std::make_unique<PagedRows>(arena_, config_.shape.row_bytes()));
@@ -234,25 +235,38 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
   const bool use_codes = index_state_ == IndexState::kReady;
   selection.num_encoded = use_codes ? num_encoded_ : 0;
   selection.heads.resize(shape.num_kv_heads);
-  // The caller's shared lock covers the helpers: it is held until every head is done.
-  ParallelFor(
-      pool, static_cast<int>(shape.num_kv_heads), [&](int h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        HeadKeys keys;
-        keys.rows = keys_[h].get();
-        keys.num_tokens = n;
-        keys.dtype = shape.dtype;
-        keys.head_dim = static_cast<int>(shape.head_dim);
-        if (use_codes) {
-          keys.codebook = &codebooks_[h];
-          keys.codes = &codes_[h];
-        }
-        const float* group_queries =
-            query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
-        const auto score = plain ? ScoreAndSelectPlain : ScoreAndSelect;
-        selection.heads[h] =
-            score(keys, group_queries, static_cast<int>(shape.group_size()),
-                  static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k);
-      });
+  bool scored = false;
+  if (gpu_ != nullptr && !plain && use_codes && num_encoded_ == n) {
+    absl::StatusOr<std::vector<HeadSelection>> heads = RetrieveOnGpu(
+        query, static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k);
+    if (heads.ok()) {
+      selection.heads = *std::move(heads);
+      scored = true;
+    } else {
+      ServerLogger().warn("layer {}: GPU retrieval failed, scoring on the CPU: {}", layer_,
+                          heads.status().ToString());
+    }
+  }
+  if (!scored) {
+    ParallelFor(
+        pool, static_cast<int>(shape.num_kv_heads), [&](int h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          HeadKeys keys;
+          keys.rows = keys_[h].get();
+          keys.num_tokens = n;
+          keys.dtype = shape.dtype;
+          keys.head_dim = static_cast<int>(shape.head_dim);
+          if (use_codes) {
+            keys.codebook = &codebooks_[h];
+            keys.codes = &codes_[h];
+          }
+          const float* group_queries =
+              query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
+          const auto score = plain ? ScoreAndSelectPlain : ScoreAndSelect;
+          selection.heads[h] = score(keys, group_queries, static_cast<int>(shape.group_size()),
+                                     static_cast<uint32_t>(candidate_begin),
+                                     static_cast<uint32_t>(candidate_end), k);
+        });
+  }
   // Finite queries and keys can still overflow fp32 logits (values near 1e19); the
   // selection is then meaningless, so say so instead of returning it.
   for (const HeadSelection& head : selection.heads) {
@@ -262,6 +276,36 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
     }
   }
   return selection;
+}
+
+absl::StatusOr<std::vector<HeadSelection>> LayerStore::RetrieveOnGpu(absl::Span<const float> query,
+                                                                     uint32_t candidate_begin,
+                                                                     uint32_t candidate_end,
+                                                                     uint32_t k) const {
+  const ModelShape& shape = config_.shape;
+  const kernels::PqShape& pq = codebooks_[0].shape();
+  // The GPU takes every head's codebook and codes in one buffer each.
+  std::vector<float> centroids;
+  std::vector<uint8_t> codes;
+  centroids.reserve(codebooks_[0].centroids().size() * shape.num_kv_heads);
+  codes.reserve(num_tokens_ * pq.subspaces * shape.num_kv_heads);
+  for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
+    centroids.insert(centroids.end(), codebooks_[h].centroids().begin(),
+                     codebooks_[h].centroids().end());
+    codes.insert(codes.end(), codes_[h].codes(), codes_[h].codes() + num_tokens_ * pq.subspaces);
+  }
+  GpuLayerInput input;
+  input.kv_heads = static_cast<int>(shape.num_kv_heads);
+  input.query_heads = static_cast<int>(shape.num_query_heads);
+  input.pq = pq;
+  input.queries = query.data();
+  input.centroids = centroids.data();
+  input.codes = codes.data();
+  input.num_tokens = static_cast<uint32_t>(num_tokens_);
+  input.candidate_begin = candidate_begin;
+  input.candidate_end = candidate_end;
+  input.k = k;
+  return gpu_->ScoreLayer(input);
 }
 
 absl::Status LayerStore::Fetch(uint32_t kv_head, absl::Span<const uint32_t> positions,

@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "kernels/pq_code_store.h"
+#include "server/gpu_scorer.h"
 #include "server/head_scorer.h"
 #include "server/page_arena.h"
 #include "server/paged_rows.h"
@@ -54,7 +55,9 @@ struct LayerSelection {
 
 class LayerStore {
  public:
-  LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena);
+  // gpu: the CUDA backend, or null for the CPU one; must outlive the store.
+  LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena,
+             GpuScorer* gpu = nullptr);
 
   LayerStore(const LayerStore&) = delete;
   LayerStore& operator=(const LayerStore&) = delete;
@@ -82,8 +85,9 @@ class LayerStore {
 
   // Scores every token against `query` (fp32 [query_head][head_dim]) and selects the top
   // k candidates per kv head. Waits, until `deadline`, while the index is building.
-  // The kv heads are scored in parallel on `pool` and the calling thread (pool may be
-  // null). `plain` runs the foundation's plain kernels instead of the fast ones.
+  // A fully encoded layer is scored on the GPU when the store has one; otherwise the kv
+  // heads are scored in parallel on `pool` and the calling thread (pool may be null).
+  // `plain` runs the foundation's plain CPU kernels instead of the fast ones.
   absl::StatusOr<LayerSelection> Retrieve(absl::Span<const float> query, uint32_t k,
                                           absl::Time deadline, ThreadPool* pool = nullptr,
                                           bool plain = false) const;
@@ -105,9 +109,16 @@ class LayerStore {
   std::vector<float> KeysAsFloatLocked(uint32_t h, size_t begin, size_t end) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
+  // The CUDA retrieval of a fully encoded layer; an error falls back to the CPU.
+  absl::StatusOr<std::vector<HeadSelection>> RetrieveOnGpu(absl::Span<const float> query,
+                                                           uint32_t candidate_begin,
+                                                           uint32_t candidate_end, uint32_t k) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
   const uint32_t layer_;
   const SessionConfig config_;
   PageArena* const arena_;
+  GpuScorer* const gpu_;
 
   mutable absl::Mutex mu_;
   uint64_t num_tokens_ ABSL_GUARDED_BY(mu_) = 0;

@@ -14,7 +14,9 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "kernels/cpu_features.h"
 #include "server/byte_size.h"
+#include "server/gpu_scorer.h"
 #include "server/pqkv_service.h"
 #include "server/server_logger.h"
 #include "server/session_store.h"
@@ -32,6 +34,8 @@ ABSL_FLAG(std::string, page_size, "64KiB", "K/V arena page size (a multiple of 4
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
 ABSL_FLAG(double, max_index_wait_seconds, 60,
           "Longest a Retrieve item waits for its layer's index to finish building.");
+ABSL_FLAG(std::string, backend, "auto",
+          "Compute backend: auto (CUDA when a device is present, else CPU), cpu or cuda.");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "On SIGTERM/SIGINT, time in-flight calls get.");
 
 namespace {
@@ -68,7 +72,21 @@ int main(int argc, char** argv) {
   }
   spdlog::logger& log = pqkv::server::ServerLogger();
 
+  // The backend is chosen once, at start.
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (backend != "auto" && backend != "cpu" && backend != "cuda") {
+    return Fail(absl::InvalidArgumentError("--backend must be auto, cpu or cuda, got " + backend));
+  }
+  std::unique_ptr<pqkv::server::GpuScorer> gpu;
+  if (backend == "cuda" || (backend == "auto" && pqkv::server::GpuScorer::DeviceAvailable())) {
+    absl::StatusOr<std::unique_ptr<pqkv::server::GpuScorer>> created =
+        pqkv::server::GpuScorer::Create();
+    if (!created.ok()) return Fail(created.status());
+    gpu = *std::move(created);
+  }
+
   pqkv::server::SessionStoreOptions store_options;
+  store_options.gpu = gpu.get();
   store_options.index_threads = absl::GetFlag(FLAGS_index_threads);
   if (absl::GetFlag(FLAGS_memory_budget).empty()) {
     store_options.memory_budget_bytes = DefaultMemoryBudget();
@@ -90,6 +108,7 @@ int main(int argc, char** argv) {
   if (!store.ok()) return Fail(store.status());
   pqkv::server::ServiceOptions service_options;
   service_options.max_index_wait = absl::Seconds(absl::GetFlag(FLAGS_max_index_wait_seconds));
+  service_options.backend = gpu ? "cuda" : "cpu";
   pqkv::server::PqkvService service(store->get(), &compute_pool, service_options);
 
   const std::string address =
@@ -110,10 +129,11 @@ int main(int argc, char** argv) {
     std::rename(tmp.c_str(), path.c_str());  // readers never see a partial file
   }
   log.info(
-      "pqkv-server {} listening on {}:{}; backend cpu, {} compute threads, {} index "
-      "threads, memory budget {} bytes in {}-byte pages",
-      pqkv::server::kVersion, absl::GetFlag(FLAGS_host), bound_port, threads,
-      store_options.index_threads, (*store)->Stats().bytes_capacity, store_options.page_bytes);
+      "pqkv-server {} listening on {}:{}; backend {} (CPU kernels {}), {} compute threads, {} "
+      "index threads, memory budget {} bytes in {}-byte pages",
+      pqkv::server::kVersion, absl::GetFlag(FLAGS_host), bound_port, service_options.backend,
+      pqkv::kernels::SimdLevelName(), threads, store_options.index_threads,
+      (*store)->Stats().bytes_capacity, store_options.page_bytes);
   log.flush();
 
   int signal_number = 0;

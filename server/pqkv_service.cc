@@ -147,7 +147,7 @@ grpc::ServerUnaryReactor* PqkvService::GetServerStats(grpc::CallbackServerContex
   response->set_index_builds_pending(stats.index_builds_pending);
   response->set_index_builds_done(stats.index_builds_done);
   response->set_retrieve_items(retrieve_items_.load(std::memory_order_relaxed));
-  response->set_backend("cpu");
+  response->set_backend(options_.backend);
   response->set_version(kVersion);
   reactor->Finish(grpc::Status::OK);
   return reactor;

@@ -19,6 +19,8 @@ struct ServiceOptions {
   // Longest a Retrieve item waits for a building index after its request arrived
   // (less when the call's deadline comes first).
   absl::Duration max_index_wait = absl::Seconds(60);
+  // Compute backend in use, reported by GetServerStats: "cpu" or "cuda".
+  std::string backend = "cpu";
 };
 
 // Largest FetchKv response; bigger fetches must be split.

@@ -4,10 +4,10 @@
 
 namespace pqkv::server {
 
-Session::Session(std::string id, const SessionConfig& config, PageArena* arena)
+Session::Session(std::string id, const SessionConfig& config, PageArena* arena, GpuScorer* gpu)
     : id_(std::move(id)), config_(config), created_(absl::Now()) {
   for (uint32_t l = 0; l < config_.shape.num_layers; ++l) {
-    layers_.push_back(std::make_unique<LayerStore>(l, config_, arena));
+    layers_.push_back(std::make_unique<LayerStore>(l, config_, arena, gpu));
   }
 }
 

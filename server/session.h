@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/gpu_scorer.h"
 #include "server/layer_store.h"
 #include "server/page_arena.h"
 #include "server/session_config.h"
@@ -21,7 +22,8 @@ namespace pqkv::server {
 
 class Session {
  public:
-  Session(std::string id, const SessionConfig& config, PageArena* arena);
+  // gpu: the CUDA backend or null; must outlive the session.
+  Session(std::string id, const SessionConfig& config, PageArena* arena, GpuScorer* gpu = nullptr);
 
   const std::string& id() const { return id_; }
   const SessionConfig& config() const { return config_; }

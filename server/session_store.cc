@@ -31,11 +31,12 @@ absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(
     const SessionStoreOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<PageArena> arena,
                    PageArena::Create(options.memory_budget_bytes, options.page_bytes));
-  return std::unique_ptr<SessionStore>(new SessionStore(std::move(arena), options.index_threads));
+  return std::unique_ptr<SessionStore>(
+      new SessionStore(std::move(arena), options.index_threads, options.gpu));
 }
 
-SessionStore::SessionStore(std::unique_ptr<PageArena> arena, int index_threads)
-    : arena_(std::move(arena)), index_pool_("pqkv-index", index_threads) {}
+SessionStore::SessionStore(std::unique_ptr<PageArena> arena, int index_threads, GpuScorer* gpu)
+    : arena_(std::move(arena)), gpu_(gpu), index_pool_("pqkv-index", index_threads) {}
 
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
     const std::string& requested_id, const SessionConfig& config) {
@@ -51,7 +52,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
   } else if (sessions_.count(id) > 0) {
     return absl::AlreadyExistsError(absl::StrCat("session \"", id, "\" already exists"));
   }
-  auto session = std::make_shared<Session>(id, config, arena_.get());
+  auto session = std::make_shared<Session>(id, config, arena_.get(), gpu_);
   sessions_.emplace(id, session);
   ServerLogger().info(
       "session {} created: {} layers x {} kv heads x {} query heads x {} dims, "

@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/gpu_scorer.h"
 #include "server/page_arena.h"
 #include "server/session.h"
 #include "server/session_config.h"
@@ -26,6 +27,8 @@ struct SessionStoreOptions {
   size_t memory_budget_bytes = size_t{8} << 30;
   size_t page_bytes = size_t{64} << 10;
   int index_threads = 1;
+  // The CUDA backend, or null for the CPU one; must outlive the store.
+  GpuScorer* gpu = nullptr;
 };
 
 struct SessionStoreStats {
@@ -58,10 +61,11 @@ class SessionStore {
   SessionStoreStats Stats() const;
 
  private:
-  explicit SessionStore(std::unique_ptr<PageArena> arena, int index_threads);
+  SessionStore(std::unique_ptr<PageArena> arena, int index_threads, GpuScorer* gpu);
 
   // Declared first so that it is destroyed last, after every session's pages are freed.
   const std::unique_ptr<PageArena> arena_;
+  GpuScorer* const gpu_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   std::atomic<size_t> index_builds_done_{0};
