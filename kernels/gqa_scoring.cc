@@ -5,6 +5,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "kernels/fast_scan.h"
 #include "kernels/vector_exp.h"
 
@@ -24,6 +28,7 @@ struct ScratchSpace {
   std::vector<uint16_t> sums;
   std::vector<uint8_t> quantized;
   std::vector<uint32_t> histogram;
+  std::vector<float> group_max;
 };
 thread_local ScratchSpace scratch;
 
@@ -165,6 +170,24 @@ void CodeLogits(const uint8_t* codes, int M, int ksub, const float* tables, int 
   }
 }
 
+#if defined(__SSE2__)
+// The common GQA group of 4 query heads: one 128-bit row per sub-space (SSE is part of
+// x86-64 itself, so this needs no dispatch). Sums in the same order as the scalar loop.
+template <int kM>
+void CodeLogitsGroup4(const uint8_t* codes, int M, int ksub, const float* tables,
+                      size_t begin, size_t end, float* out) {
+  const int subspaces = kM > 0 ? kM : M;
+  for (size_t t = begin; t < end; ++t) {
+    const uint8_t* code = codes + t * subspaces;
+    __m128 acc = _mm_loadu_ps(tables + static_cast<size_t>(code[0]) * 4);
+    for (int m = 1; m < subspaces; ++m) {
+      acc = _mm_add_ps(acc, _mm_loadu_ps(tables + (static_cast<size_t>(m) * ksub + code[m]) * 4));
+    }
+    _mm_storeu_ps(out + (t - begin) * 4, acc);
+  }
+}
+#endif
+
 template <int kG>
 void CodeLogitsForGroup(const uint8_t* codes, int M, int ksub, const float* tables, int G,
                         size_t begin, size_t end, float* out) {
@@ -192,7 +215,16 @@ void ChunkLogits(const GqaScoringInput& in, const float* tables, size_t begin, s
     const uint8_t* codes = in.codes->codes();
     switch (G) {
       case 4:
+#if defined(__SSE2__)
+        switch (M) {
+          case 2: CodeLogitsGroup4<2>(codes, M, ksub, tables, begin, code_end, out); break;
+          case 4: CodeLogitsGroup4<4>(codes, M, ksub, tables, begin, code_end, out); break;
+          case 8: CodeLogitsGroup4<8>(codes, M, ksub, tables, begin, code_end, out); break;
+          default: CodeLogitsGroup4<0>(codes, M, ksub, tables, begin, code_end, out); break;
+        }
+#else
         CodeLogitsForGroup<4>(codes, M, ksub, tables, G, begin, code_end, out);
+#endif
         break;
       case 8:
         CodeLogitsForGroup<8>(codes, M, ksub, tables, G, begin, code_end, out);
@@ -233,9 +265,21 @@ bool ScoreByLogits(const GqaScoringInput& in, float scale, float* scores) {
   for (size_t begin = 0; begin < n; begin += kChunkTokens) {
     const size_t len = std::min(kChunkTokens, n - begin);
     ChunkLogits(in, tables, begin, begin + len, chunk);
-    std::vector<float> chunk_max(G, -std::numeric_limits<float>::infinity());
-    for (size_t i = 0; i < len; ++i) {
-      for (int g = 0; g < G; ++g) chunk_max[g] = std::max(chunk_max[g], chunk[i * G + g]);
+    std::vector<float>& chunk_max = scratch.group_max;
+    chunk_max.assign(G, -std::numeric_limits<float>::infinity());
+    if (G == 4) {  // the common group, unrolled
+      float m0 = chunk_max[0], m1 = m0, m2 = m0, m3 = m0;
+      for (size_t i = 0; i < len; ++i) {
+        m0 = std::max(m0, chunk[i * 4]);
+        m1 = std::max(m1, chunk[i * 4 + 1]);
+        m2 = std::max(m2, chunk[i * 4 + 2]);
+        m3 = std::max(m3, chunk[i * 4 + 3]);
+      }
+      chunk_max = {m0, m1, m2, m3};
+    } else {
+      for (size_t i = 0; i < len; ++i) {
+        for (int g = 0; g < G; ++g) chunk_max[g] = std::max(chunk_max[g], chunk[i * G + g]);
+      }
     }
     for (int g = 0; g < G; ++g) {
       if (chunk_max[g] > max[g]) {
@@ -256,10 +300,18 @@ bool ScoreByLogits(const GqaScoringInput& in, float scale, float* scores) {
     const size_t len = std::min(kChunkTokens, n - begin);
     ChunkLogits(in, tables, begin, begin + len, chunk);
     ExpAndSumGrouped(chunk, len, G, scale, shift.data(), chunk, unused.data());
-    for (size_t i = 0; i < len; ++i) {
-      float score = 0;
-      for (int g = 0; g < G; ++g) score += chunk[i * G + g] * inv_z[g];
-      scores[begin + i] = score;
+    if (G == 4) {  // the common group, unrolled
+      const float w0 = inv_z[0], w1 = inv_z[1], w2 = inv_z[2], w3 = inv_z[3];
+      for (size_t i = 0; i < len; ++i) {
+        const float* e = chunk + i * 4;
+        scores[begin + i] = (e[0] * w0 + e[1] * w1) + (e[2] * w2 + e[3] * w3);
+      }
+    } else {
+      for (size_t i = 0; i < len; ++i) {
+        float score = 0;
+        for (int g = 0; g < G; ++g) score += chunk[i * G + g] * inv_z[g];
+        scores[begin + i] = score;
+      }
     }
   }
   return true;
