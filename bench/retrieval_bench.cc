@@ -40,7 +40,10 @@
 #include "absl/time/clock.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dtype_convert.h"
+#include "kernels/fast_scan.h"
 #include "kernels/gqa_scoring.h"
+#include "kernels/pq_code_store.h"
+#include "kernels/pq_scan.h"
 #include "kernels/radix_select.h"
 #include "kernels/vector_exp.h"
 #include "server/layer_store.h"
@@ -324,6 +327,61 @@ int Run() {
     results.push_back(t);
   }
 
+  // Stages of the pqkv path on one core, all kv heads, on the same codebooks (trained
+  // again here, with the same seed): where the time goes.
+  std::string stages;
+  {
+    std::vector<PqCodebook> codebooks;
+    std::vector<kernels::PqCodeStore> stores;
+    for (uint32_t h = 0; h < H; ++h) {
+      const float* keys = data.keys.data() + size_t{h} * n * d;
+      codebooks.push_back(
+          PqCodebook::Train(keys, n, d, M, bits, config.index.kmeans_iterations).value());
+      std::vector<uint8_t> codes(size_t{n} * M);
+      codebooks.back().Encode(keys, n, codes.data());
+      stores.emplace_back(M, bits);
+      stores.back().Append(codes.data(), n);
+    }
+    std::vector<std::vector<float>> scores(H, std::vector<float>(n));
+    std::vector<uint32_t> top(k);
+    const std::vector<double> score_us = Time(repeats, [&] {
+      for (uint32_t h = 0; h < H; ++h) {
+        kernels::GqaScoringInput input;
+        input.head_dim = d;
+        input.centroids = codebooks[h].centroids().data();
+        input.codes = &stores[h];
+        input.group_queries = data.query.data() + size_t{h} * G * d;
+        input.group_size = G;
+        kernels::ScoreGqa(input, scores[h].data());
+      }
+    });
+    const std::vector<double> select_us = Time(repeats, [&] {
+      for (uint32_t h = 0; h < H; ++h)
+        kernels::SelectTopK(scores[h].data(), cand_begin, cand_end, k, top.data());
+    });
+    stages = absl::StrFormat("score %.0f us, top-k %.0f us", Percentile(score_us, 0.5),
+                             Percentile(select_us, 0.5));
+    if (stores[0].has_fast_scan()) {
+      // The vpshufb scan alone, with quantised tables, for every query head.
+      std::vector<uint8_t> tables(size_t{G} * M * 16);
+      std::vector<float> table(size_t{M} * 16);
+      std::vector<uint16_t> sums(size_t{G} * stores[0].num_blocks() * 32);
+      const std::vector<double> scan_us = Time(repeats, [&] {
+        for (uint32_t h = 0; h < H; ++h) {
+          for (uint32_t g = 0; g < G; ++g) {
+            kernels::ComputeInnerProductTable(codebooks[h].shape(),
+                                              data.query.data() + (size_t{h} * G + g) * d,
+                                              codebooks[h].centroids().data(), table.data());
+            kernels::QuantizeTable(table.data(), M, tables.data() + size_t{g} * M * 16);
+          }
+          kernels::FastScanAccumulate(stores[h].fast_scan_blocks(), stores[h].num_blocks(), M,
+                                      tables.data(), G, sums.data(), stores[h].num_blocks() * 32);
+        }
+      });
+      stages += absl::StrFormat(", of which the 4-bit scan %.0f us", Percentile(scan_us, 0.5));
+    }
+  }
+
   // Floor: bytes of codes the pqkv scan reads for the layer / measured bandwidth.
   kernels::PqCodeStore probe(M, bits);
   const std::vector<uint8_t> one_code(M, 0);
@@ -363,6 +421,7 @@ int Run() {
       "pqkv is %.2fx the floor\n",
       kernels::ScanPathName(path), floor_us, code_bytes / (1 << 20), bandwidth / 1e9,
       pqkv_us / floor_us);
+  std::printf("stages on one core, all kv heads (medians): %s\n", stages.c_str());
   return 0;
 }
 
