@@ -5,6 +5,9 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu_features.h"
+#include "kernels/simd_avx2.h"
+
 namespace pqkv::kernels {
 namespace {
 
@@ -96,11 +99,17 @@ void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
         kSamples - 1, static_cast<uint32_t>(expected_rank + 4 * std::sqrt(expected_rank) + 8));
     std::nth_element(sample, sample + rank, sample + kSamples, std::greater<uint32_t>());
     const uint32_t cut = sample[rank];
-    for (uint32_t t = begin; t < end; ++t) {
-      const uint32_t key = OrderedKey(scores[t]);
-      keys[count] = key;
-      positions[count] = t;
-      count += key >= cut;
+    if (UseAvx2()) {
+      keys.resize(n + 8);  // the vector stores write whole lanes
+      positions.resize(n + 8);
+      count = avx2::ShortlistKeys(scores, begin, end, cut, keys.data(), positions.data());
+    } else {
+      for (uint32_t t = begin; t < end; ++t) {
+        const uint32_t key = OrderedKey(scores[t]);
+        keys[count] = key;
+        positions[count] = t;
+        count += key >= cut;
+      }
     }
     shortlisted = count >= k;
   }

@@ -10,6 +10,11 @@ namespace pqkv::kernels::avx2 {
 
 double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out);
 float MaxOf(const float* x, size_t n);
+// Radix select's shortlist (radix_select.cc): for t in [begin, end) whose ordered key is
+// >= cut, appends the key and t to keys/positions (which need 8 slots of slack); returns
+// how many were appended.
+size_t ShortlistKeys(const float* scores, uint32_t begin, uint32_t end, uint32_t cut,
+                     uint32_t* keys, uint32_t* positions);
 // See ExpAndSumGrouped in vector_exp.h; requires 8 % group == 0.
 void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
                       float* out, double* sums);
