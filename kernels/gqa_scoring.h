@@ -10,8 +10,10 @@
 //    table lookup per token. Same scores as the plain path up to float rounding.
 //  - fast-scan (bits == 4, M even): uint8 tables, vpshufb lookups, uint16 sums, and one
 //    exponential per distinct sum. Scores carry the tables' 8-bit quantisation error.
-//  - generic (other shapes, e.g. M = 4 x 8 bits): one pass over the codes for all query
-//    heads, vectorised exponentials. Same scores as the plain path up to float rounding.
+//  - generic (other shapes, e.g. M = 4 x 8 bits): the group's tables interleaved so one
+//    token's logits for all its query heads are M row additions, computed in L1-sized
+//    chunks twice (online max and normaliser, then scores), vectorised exponentials.
+//    Same scores as the plain path up to float rounding.
 //
 // Thread-safe; uses per-thread scratch memory, no locks.
 #ifndef PQKV_KERNELS_GQA_SCORING_H_
