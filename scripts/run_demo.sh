@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 
-bazel build -c opt //server:pqkv-server //examples:pqkv_demo
+cuda_flags=()
+# Without the CUDA toolkit the server is built with the CPU backend only.
+[ -x /usr/local/cuda/bin/nvcc ] || cuda_flags=(--define=pqkv_cuda=off)
+bazel build -c opt "${cuda_flags[@]}" //server:pqkv-server //examples:pqkv_demo
 work=$(mktemp -d)
 server_pid=""
 cleanup() {

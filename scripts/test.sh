@@ -7,7 +7,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh || exit 1
 
-bazel test //... "$@"
+targets=(//...)
+if [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  # No CUDA toolkit: build the CPU backend only and leave the CUDA kernels out.
+  echo "test.sh: no /usr/local/cuda/bin/nvcc; building without CUDA (--define=pqkv_cuda=off)"
+  targets=(--define=pqkv_cuda=off -- //... -//kernels/cuda/... -//tests/kernels/cuda/... -//third_party/cuda:cudart)
+fi
+bazel test "$@" "${targets[@]}"
 bazel_status=$?
 
 python3 - "$bazel_status" <<'PY'
