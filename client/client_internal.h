@@ -17,6 +17,7 @@
 namespace pqkv {
 
 struct RetrievalStream::Impl {
+  Client::Impl* client = nullptr;  // for session shapes; outlives the stream
   std::unique_ptr<grpc::ClientContext> context;
   std::unique_ptr<grpc::ClientReaderWriter<v1::RetrieveRequest, v1::RetrieveResponse>> stream;
   uint64_t next_request_id = 1;

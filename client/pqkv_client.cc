@@ -163,6 +163,7 @@ absl::Status Client::AppendToken(const std::string& session_id, uint64_t positio
 
 absl::StatusOr<std::unique_ptr<RetrievalStream>> Client::OpenRetrievalStream() {
   auto impl = std::make_unique<RetrievalStream::Impl>();
+  impl->client = impl_.get();
   impl->context = std::make_unique<grpc::ClientContext>();
   impl->stream = impl_->stub->Retrieve(impl->context.get());
   if (!impl->stream) return absl::InternalError("cannot open a Retrieve stream");

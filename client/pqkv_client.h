@@ -104,6 +104,12 @@ struct RetrieveQuery {
   std::string session_id;
   absl::Span<const float> query;  // fp32 [query_head][head_dim]
   uint32_t k = 0;                 // tokens to select per kv head
+  // Optional: buffers of buffer_bytes each that receive the selected tokens' K and V
+  // rows in the same round trip, [kv_head][rank][head_dim] in the session's dtype
+  // (rank as in the result's positions). Null: indices only.
+  void* keys_out = nullptr;
+  void* values_out = nullptr;
+  size_t buffer_bytes = 0;
 };
 
 struct HeadSelection {
@@ -117,6 +123,7 @@ struct RetrieveResult {
   uint64_t num_tokens = 0;
   uint64_t num_encoded = 0;
   std::vector<HeadSelection> heads;  // one per kv head
+  size_t kv_bytes = 0;               // bytes written to each of keys_out / values_out
 };
 
 // Rows to fetch for one kv head.
@@ -134,7 +141,8 @@ struct ClientOptions {
   absl::Duration connect_timeout = absl::Seconds(10);
 };
 
-// A bidirectional Retrieve stream: one request per layer per decode step.
+// A bidirectional Retrieve stream: one request per layer per decode step. It must not
+// outlive the Client that opened it.
 class RetrievalStream {
  public:
   ~RetrievalStream();
@@ -202,6 +210,7 @@ class Client {
   absl::StatusOr<ServerStats> GetServerStats();
 
  private:
+  friend class RetrievalStream;  // reads session shapes from Impl
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

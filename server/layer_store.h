@@ -98,6 +98,8 @@ class LayerStore {
                      char* values_out) const;
 
   LayerStatus Status() const;
+  // Bytes of one K (or V) row of one kv head.
+  size_t row_bytes() const { return config_.shape.row_bytes(); }
 
  private:
   // Leaves the building state; runs what DeferUntilIndexSettled kept.

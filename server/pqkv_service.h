@@ -10,6 +10,7 @@
 
 #include "absl/time/time.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
+#include "server/fetch_limits.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 
@@ -22,11 +23,6 @@ struct ServiceOptions {
   // Compute backend in use, reported by GetServerStats: "cpu" or "cuda".
   std::string backend = "cpu";
 };
-
-// Largest FetchKv response; bigger fetches must be split.
-inline constexpr size_t kMaxFetchBytes = size_t{64} << 20;
-// Largest message the server accepts (AppendKv chunks, Retrieve batches).
-inline constexpr int kMaxReceiveMessageBytes = 64 << 20;
 
 class PqkvService final : public v1::Pqkv::CallbackService {
  public:

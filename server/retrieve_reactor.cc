@@ -4,6 +4,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/grpc_status.h"
+#include "server/fetch_limits.h"
 
 namespace pqkv::server {
 
@@ -100,7 +101,39 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
     out->mutable_positions()->Add(head.positions.begin(), head.positions.end());
     out->mutable_scores()->Add(head.scores.begin(), head.scores.end());
   }
+  if (item.with_kv()) {
+    absl::Status status = AddRows(layer, *selection, result);
+    if (!status.ok()) {
+      result->Clear();
+      result->set_session_id(item.session_id());
+      SetItemError(i, status);
+      return;
+    }
+  }
   items_counter_->fetch_add(1, std::memory_order_relaxed);
+}
+
+absl::Status RetrieveReactor::AddRows(const LayerStore& layer, const LayerSelection& selection,
+                                      v1::RetrieveResult* result) {
+  const size_t row_bytes = layer.row_bytes();
+  size_t rows = 0;
+  for (const HeadSelection& head : selection.heads) rows += head.positions.size();
+  if (2 * rows * row_bytes > kMaxFetchBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "with_kv would return ", 2 * rows * row_bytes, " bytes for one item, over the ",
+        kMaxFetchBytes, "-byte limit: lower k or fetch the rows with FetchKv"));
+  }
+  for (size_t h = 0; h < selection.heads.size(); ++h) {
+    const std::vector<uint32_t>& positions = selection.heads[h].positions;
+    v1::HeadRows* out = result->add_rows();
+    out->set_kv_head(static_cast<uint32_t>(h));
+    out->mutable_keys()->resize(positions.size() * row_bytes);
+    out->mutable_values()->resize(positions.size() * row_bytes);
+    absl::Status status = layer.Fetch(static_cast<uint32_t>(h), positions,
+                                      out->mutable_keys()->data(), out->mutable_values()->data());
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
 }
 
 void RetrieveReactor::CompleteRequest() {

@@ -49,6 +49,9 @@ class RetrieveReactor final
   // Scores item `i` into response_->results(i); `parked` when it waited for the index.
   void ScoreItem(int i, const LayerStore& layer, bool parked);
   void SetItemError(int i, const absl::Status& status);
+  // Adds the K and V rows of every selected position to `result` (with_kv).
+  static absl::Status AddRows(const LayerStore& layer, const LayerSelection& selection,
+                              v1::RetrieveResult* result);
   // Counts an item as answered; the last one completes the request.
   void ItemDone();
   // Called once the current request's last item is done.

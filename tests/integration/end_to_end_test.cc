@@ -118,6 +118,51 @@ TEST_CASE("Every dtype round-trips bit for bit", "[integration]") {
   }
 }
 
+TEST_CASE("Retrieve with_kv returns the selected rows in the same round trip", "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  const DType dtype = GENERATE(DType::kFp16, DType::kBf16, DType::kFp32);
+  SessionOptions options;
+  options.shape = {1, 2, 8, 64, dtype};
+  const std::string id = client->CreateSession(options).value();
+  const size_t n = 2048, row = options.shape.row_bytes(), bytes = 2 * n * row;
+  std::vector<uint8_t> keys(bytes), values(bytes);
+  for (size_t i = 0; i < bytes; ++i) {
+    keys[i] = static_cast<uint8_t>(i * 7 + 3);
+    values[i] = static_cast<uint8_t>(i * 13 + 1);
+  }
+  const size_t elem = DTypeBytes(dtype);
+  for (size_t i = elem - 1; i < bytes; i += elem) keys[i] &= 0x3f;  // finite keys
+  REQUIRE(client->UploadPrefill(id, 0, 0, n, keys.data(), values.data(), true).ok());
+  std::vector<float> query(8 * 64, 0.01f);
+  const uint32_t k = 100;
+  std::vector<uint8_t> k_out(2 * k * row), v_out(2 * k * row);
+  auto stream = client->OpenRetrievalStream().value();
+  RetrieveQuery q{id, query, k, k_out.data(), v_out.data(), k_out.size()};
+  auto results = stream->Retrieve(0, {&q, 1});
+  REQUIRE(results.ok());
+  REQUIRE((*results)[0].status.ok());
+  REQUIRE((*results)[0].kv_bytes == k_out.size());
+  for (uint32_t h = 0; h < 2; ++h) {
+    for (uint32_t r = 0; r < k; ++r) {
+      const uint32_t p = (*results)[0].heads[h].positions[r];
+      REQUIRE(std::memcmp(k_out.data() + (h * k + r) * row, keys.data() + (h * n + p) * row, row) ==
+              0);
+      REQUIRE(std::memcmp(v_out.data() + (h * k + r) * row, values.data() + (h * n + p) * row,
+                          row) == 0);
+    }
+  }
+  // A buffer one byte short is refused before anything is sent or written.
+  std::fill(k_out.begin(), k_out.end(), 0xAB);
+  q.buffer_bytes = k_out.size() - 1;
+  const absl::Status short_buffer = stream->Retrieve(0, {&q, 1}).status();
+  CHECK(short_buffer.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::all_of(k_out.begin(), k_out.end(), [](uint8_t b) { return b == 0xAB; }));
+  CHECK(stream->Retrieve(0, {&q, 1}).status().code() == absl::StatusCode::kInvalidArgument);
+  q.buffer_bytes = k_out.size();
+  CHECK(stream->Retrieve(0, {&q, 1}).ok());  // the stream is still good
+}
+
 TEST_CASE("One Retrieve request serves several sessions, with per-item errors", "[integration]") {
   auto server = StartServer();
   auto client = Connect(*server);
