@@ -137,6 +137,23 @@ absl::Status RetrieveReactor::AddRows(const LayerStore& layer, const LayerSelect
 }
 
 void RetrieveReactor::CompleteRequest() {
+  // Rows of many with_kv items could together pass what a client accepts in one
+  // message; drop rows from the last items first and say why in those items.
+  size_t rows_bytes = 0;
+  for (const v1::RetrieveResult& result : response_->results()) {
+    for (const v1::HeadRows& rows : result.rows()) rows_bytes += 2 * rows.keys().size();
+  }
+  for (int i = response_->results_size() - 1; i >= 0 && rows_bytes > kMaxFetchBytes; --i) {
+    v1::RetrieveResult* result = response_->mutable_results(i);
+    if (result->rows_size() == 0) continue;
+    for (const v1::HeadRows& rows : result->rows()) rows_bytes -= 2 * rows.keys().size();
+    const std::string session_id = result->session_id();
+    result->Clear();
+    result->set_session_id(session_id);
+    SetItemError(i, absl::ResourceExhaustedError(absl::StrCat(
+                        "the request's with_kv rows exceed ", kMaxFetchBytes,
+                        " bytes in one response: ask for fewer sessions' rows per request")));
+  }
   bool read_now;
   {
     absl::MutexLock lock(&mu_);
