@@ -1,7 +1,9 @@
 // pqkv-server: holds the K/V cache of long-context sessions and answers, per layer,
 // which tokens a decode step should attend to. Runs with no flags: port 50051, CPU
 // backend, in-memory store with half of the machine's memory as its budget.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -114,6 +116,10 @@ int main(int argc, char** argv) {
   const std::string address =
       absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
   int bound_port = 0;
+  // grpc.health.v1 (for Kubernetes probes and load balancers) and server reflection
+  // (grpcurl and friends).
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
   builder.SetMaxReceiveMessageSize(pqkv::server::kMaxReceiveMessageBytes);
@@ -136,8 +142,13 @@ int main(int argc, char** argv) {
       (*store)->Stats().bytes_capacity, store_options.page_bytes);
   log.flush();
 
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus(pqkv::v1::Pqkv::service_full_name(), true);
+
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  health->SetServingStatus(false);  // probes see NOT_SERVING while in-flight calls finish
   log.info("signal {}: shutting down, in-flight calls get {} s", signal_number,
            absl::GetFlag(FLAGS_shutdown_grace_seconds));
   server->Shutdown(std::chrono::system_clock::now() +

@@ -1,5 +1,6 @@
 // Starts the real pqkv-server binary on a free loopback port and drives it through the
 // SDK (and, for malformed input the SDK cannot produce, through the raw stub).
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <limits>
 #include <thread>
 
+#include "absl/synchronization/notification.h"
 #include "catch2/catch.hpp"
 #include "client/pqkv_client.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
@@ -283,6 +285,37 @@ TEST_CASE("An open AppendKv stream does not keep a closed session's memory", "[i
   writer->WritesDone();
   CHECK(writer->Finish().ok());
   CHECK(client->GetSession("closing")->layers[0].num_tokens == 1000);
+}
+
+TEST_CASE("The server answers gRPC health checks", "[integration]") {
+  auto server = StartServer();
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  // grpc.health.v1.HealthCheckRequest{service: ""} is the empty message; the response
+  // HealthCheckResponse{status: SERVING} is field 1 = 1, bytes 08 01.
+  for (const std::string service : {"", "pqkv.v1.Pqkv"}) {
+    INFO("service \"" << service << "\"");
+    std::string request;
+    if (!service.empty()) request = std::string("\x0a") + char(service.size()) + service;
+    grpc::Slice slice(request);
+    grpc::ByteBuffer request_buffer(&slice, 1), response_buffer;
+    grpc::ClientContext context;
+    absl::Notification done;
+    grpc::Status status;
+    stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
+                   &response_buffer, [&](grpc::Status s) {
+                     status = std::move(s);
+                     done.Notify();
+                   });
+    done.WaitForNotification();
+    REQUIRE(status.ok());
+    std::vector<grpc::Slice> slices;
+    REQUIRE(response_buffer.Dump(&slices).ok());
+    std::string response;
+    for (const grpc::Slice& s : slices)
+      response.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    CHECK(response == std::string("\x08\x01", 2));
+  }
 }
 
 // Malformed uploads the SDK would never send, through the raw stub.
