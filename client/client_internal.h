@@ -16,19 +16,36 @@
 
 namespace pqkv {
 
-struct RetrievalStream::Impl {
-  Client::Impl* client = nullptr;  // for session shapes; outlives the stream
+// One server's Retrieve stream, opened on first use and reopened after it breaks.
+struct ServerStream {
   std::unique_ptr<grpc::ClientContext> context;
   std::unique_ptr<grpc::ClientReaderWriter<v1::RetrieveRequest, v1::RetrieveResponse>> stream;
+};
+
+struct RetrievalStream::Impl {
+  Client::Impl* client = nullptr;     // for stubs and session shapes; outlives the stream
+  std::vector<ServerStream> servers;  // one per endpoint, in endpoint order
   uint64_t next_request_id = 1;
   bool closed = false;
   absl::Status final_status;
 };
 
-struct Client::Impl {
-  ClientOptions options;
+struct Endpoint {
+  std::string target;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Pqkv::Stub> stub;
+};
+
+struct Client::Impl {
+  ClientOptions options;
+  // The servers; a session lives on the one RendezvousPick chooses for its id.
+  std::vector<Endpoint> endpoints;
+  std::vector<std::string> targets;  // endpoints' targets, for RendezvousPick
+
+  size_t EndpointOf(const std::string& session_id) const;
+  v1::Pqkv::Stub* StubFor(const std::string& session_id) const {
+    return endpoints[EndpointOf(session_id)].stub.get();
+  }
   absl::Mutex mu;
   // Shapes of sessions this client has seen; needed to size chunks and fetches.
   std::map<std::string, ModelShape> shapes ABSL_GUARDED_BY(mu);

@@ -1,10 +1,21 @@
 #include "client/pqkv_client.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <cstring>
+#include <set>
 
+#include "absl/random/random.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "client/client_internal.h"
+#include "client/rendezvous.h"
 #include "common/grpc_status.h"
 
 namespace pqkv {
@@ -26,7 +37,7 @@ absl::StatusOr<ModelShape> Client::Impl::Shape(const std::string& session_id) {
   v1::GetSessionRequest request;
   request.set_session_id(session_id);
   v1::GetSessionResponse response;
-  grpc::Status status = stub->GetSession(UnaryContext().get(), request, &response);
+  grpc::Status status = StubFor(session_id)->GetSession(UnaryContext().get(), request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   ModelShape shape = ShapeFromProto(response.session().shape());
   absl::MutexLock lock(&mu);
@@ -45,19 +56,80 @@ std::unique_ptr<grpc::ClientContext> Client::Impl::UnaryContext() const {
   return context;
 }
 
+namespace {
+
+// "a:1, b:2" -> {"a:1", "b:2"}.
+std::vector<std::string> SplitTargets(const std::string& target) {
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(target, ',', absl::SkipWhitespace())) {
+    out.emplace_back(absl::StripAsciiWhitespace(part));
+  }
+  return out;
+}
+
+// "name:port" -> one "address:port" per address the name resolves to (a headless
+// Kubernetes Service, say), in a stable order.
+absl::StatusOr<std::vector<std::string>> ResolveAll(const std::string& target) {
+  const size_t colon = target.rfind(':');
+  if (colon == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", target, "\" has no :port"));
+  }
+  const std::string host = target.substr(0, colon), port = target.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (const int error = getaddrinfo(host.c_str(), port.c_str(), &hints, &found); error != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot resolve \"", host, "\": ", gai_strerror(error)));
+  }
+  std::set<std::string> addresses;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    char text[INET6_ADDRSTRLEN] = {0};
+    const void* raw =
+        a->ai_family == AF_INET6
+            ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr)
+            : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr);
+    if (inet_ntop(a->ai_family, raw, text, sizeof text) == nullptr) continue;
+    addresses.insert(a->ai_family == AF_INET6 ? absl::StrCat("[", text, "]:", port)
+                                              : absl::StrCat(text, ":", port));
+  }
+  freeaddrinfo(found);
+  return std::vector<std::string>(addresses.begin(), addresses.end());
+}
+
+}  // namespace
+
+size_t Client::Impl::EndpointOf(const std::string& session_id) const {
+  return endpoints.size() == 1 ? 0 : RendezvousPick(session_id, targets);
+}
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
                                                         const ClientOptions& options) {
+  std::vector<std::string> targets = SplitTargets(target);
+  if (targets.empty()) return absl::InvalidArgumentError("no server address given");
+  if (options.resolve_all_addresses && targets.size() == 1) {
+    absl::StatusOr<std::vector<std::string>> resolved = ResolveAll(targets[0]);
+    if (!resolved.ok()) return resolved.status();
+    targets = *std::move(resolved);
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
   args.SetMaxSendMessageSize(64 << 20);
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  impl->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  if (!impl->channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
-    return absl::UnavailableError(absl::StrCat("pqkv server at ", target, " not reachable within ",
-                                               absl::FormatDuration(options.connect_timeout)));
+  impl->targets = targets;
+  const auto deadline = absl::ToChronoTime(absl::Now() + options.connect_timeout);
+  for (const std::string& t : targets) {
+    Endpoint endpoint;
+    endpoint.target = t;
+    endpoint.channel = grpc::CreateCustomChannel(t, grpc::InsecureChannelCredentials(), args);
+    if (!endpoint.channel->WaitForConnected(deadline)) {
+      return absl::UnavailableError(absl::StrCat("pqkv server at ", t, " not reachable within ",
+                                                 absl::FormatDuration(options.connect_timeout)));
+    }
+    endpoint.stub = v1::Pqkv::NewStub(endpoint.channel);
+    impl->endpoints.push_back(std::move(endpoint));
   }
-  impl->stub = v1::Pqkv::NewStub(impl->channel);
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -66,7 +138,14 @@ Client::~Client() = default;
 
 absl::StatusOr<std::string> Client::CreateSession(const SessionOptions& options) {
   v1::CreateSessionRequest request;
-  request.set_session_id(options.session_id);
+  // With several servers the id decides the server, so the client picks one when the
+  // caller did not.
+  std::string id = options.session_id;
+  if (id.empty() && impl_->endpoints.size() > 1) {
+    absl::BitGen gen;
+    id = absl::StrFormat("s-%016x", absl::Uniform<uint64_t>(gen));
+  }
+  request.set_session_id(id);
   ShapeToProto(options.shape, request.mutable_shape());
   v1::IndexOptions* index = request.mutable_index();
   index->set_subspaces(options.index.subspaces);
@@ -75,7 +154,8 @@ absl::StatusOr<std::string> Client::CreateSession(const SessionOptions& options)
   if (options.index.sink_tokens) index->set_sink_tokens(*options.index.sink_tokens);
   if (options.index.recent_window) index->set_recent_window(*options.index.recent_window);
   v1::CreateSessionResponse response;
-  grpc::Status status = impl_->stub->CreateSession(impl_->UnaryContext().get(), request, &response);
+  grpc::Status status =
+      impl_->StubFor(id)->CreateSession(impl_->UnaryContext().get(), request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   absl::MutexLock lock(&impl_->mu);
   impl_->shapes[response.session_id()] = options.shape;
@@ -86,7 +166,8 @@ absl::Status Client::CloseSession(const std::string& session_id) {
   v1::CloseSessionRequest request;
   request.set_session_id(session_id);
   v1::CloseSessionResponse response;
-  grpc::Status status = impl_->stub->CloseSession(impl_->UnaryContext().get(), request, &response);
+  grpc::Status status =
+      impl_->StubFor(session_id)->CloseSession(impl_->UnaryContext().get(), request, &response);
   impl_->ForgetShape(session_id);
   return FromGrpcStatus(status);
 }
@@ -107,7 +188,7 @@ absl::Status Client::UploadPrefill(const std::string& session_id, uint32_t layer
   grpc::ClientContext context;
   v1::AppendKvResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::AppendKvRequest>> writer =
-      impl_->stub->AppendKv(&context, &response);
+      impl_->StubFor(session_id)->AppendKv(&context, &response);
   v1::AppendKvRequest chunk;
   chunk.set_session_id(session_id);
   chunk.set_layer(layer);
@@ -144,7 +225,7 @@ absl::Status Client::AppendToken(const std::string& session_id, uint64_t positio
   context.set_deadline(absl::ToChronoTime(absl::Now() + impl_->options.call_timeout));
   v1::AppendKvResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::AppendKvRequest>> writer =
-      impl_->stub->AppendKv(&context, &response);
+      impl_->StubFor(session_id)->AppendKv(&context, &response);
   v1::AppendKvRequest chunk;
   chunk.set_session_id(session_id);
   chunk.set_dtype(DTypeToProto(shape->dtype));
@@ -164,9 +245,7 @@ absl::Status Client::AppendToken(const std::string& session_id, uint64_t positio
 absl::StatusOr<std::unique_ptr<RetrievalStream>> Client::OpenRetrievalStream() {
   auto impl = std::make_unique<RetrievalStream::Impl>();
   impl->client = impl_.get();
-  impl->context = std::make_unique<grpc::ClientContext>();
-  impl->stream = impl_->stub->Retrieve(impl->context.get());
-  if (!impl->stream) return absl::InternalError("cannot open a Retrieve stream");
+  impl->servers.resize(impl_->endpoints.size());  // each opened on first use
   return std::unique_ptr<RetrievalStream>(new RetrievalStream(std::move(impl)));
 }
 
@@ -195,7 +274,8 @@ absl::StatusOr<size_t> Client::FetchKv(const std::string& session_id, uint32_t l
   const auto flush = [&]() -> absl::Status {
     if (rows_in_request == 0) return absl::OkStatus();
     v1::FetchKvResponse response;
-    grpc::Status status = impl_->stub->FetchKv(impl_->UnaryContext().get(), request, &response);
+    grpc::Status status =
+        impl_->StubFor(session_id)->FetchKv(impl_->UnaryContext().get(), request, &response);
     if (!status.ok()) return FromGrpcStatus(status);
     for (const v1::HeadRows& rows : response.heads()) {
       if (rows.keys().size() != rows.values().size() ||
@@ -245,39 +325,71 @@ absl::StatusOr<SessionInfo> Client::GetSession(const std::string& session_id) {
   v1::GetSessionRequest request;
   request.set_session_id(session_id);
   v1::GetSessionResponse response;
-  grpc::Status status = impl_->stub->GetSession(impl_->UnaryContext().get(), request, &response);
+  grpc::Status status =
+      impl_->StubFor(session_id)->GetSession(impl_->UnaryContext().get(), request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return SessionInfoFromProto(response.session());
 }
 
 absl::StatusOr<std::vector<SessionInfo>> Client::ListSessions() {
-  v1::ListSessionsResponse response;
-  grpc::Status status =
-      impl_->stub->ListSessions(impl_->UnaryContext().get(), v1::ListSessionsRequest(), &response);
-  if (!status.ok()) return FromGrpcStatus(status);
   std::vector<SessionInfo> sessions;
-  for (const v1::SessionInfo& info : response.sessions()) {
-    sessions.push_back(SessionInfoFromProto(info));
+  for (const Endpoint& endpoint : impl_->endpoints) {
+    v1::ListSessionsResponse response;
+    grpc::Status status = endpoint.stub->ListSessions(impl_->UnaryContext().get(),
+                                                      v1::ListSessionsRequest(), &response);
+    if (!status.ok()) return FromGrpcStatus(status);
+    for (const v1::SessionInfo& info : response.sessions()) {
+      sessions.push_back(SessionInfoFromProto(info));
+    }
   }
   return sessions;
 }
 
+absl::StatusOr<std::vector<ServerStats>> Client::GetEndpointStats() {
+  std::vector<ServerStats> all;
+  for (const Endpoint& endpoint : impl_->endpoints) {
+    v1::GetServerStatsResponse response;
+    grpc::Status status = endpoint.stub->GetServerStats(impl_->UnaryContext().get(),
+                                                        v1::GetServerStatsRequest(), &response);
+    if (!status.ok()) {
+      return absl::Status(FromGrpcStatus(status).code(),
+                          absl::StrCat(endpoint.target, ": ", status.error_message()));
+    }
+    ServerStats stats;
+    stats.endpoint = endpoint.target;
+    stats.num_sessions = response.num_sessions();
+    stats.bytes_held = response.bytes_held();
+    stats.bytes_capacity = response.bytes_capacity();
+    stats.page_bytes = response.page_bytes();
+    stats.index_builds_pending = response.index_builds_pending();
+    stats.index_builds_done = response.index_builds_done();
+    stats.retrieve_items = response.retrieve_items();
+    stats.backend = response.backend();
+    stats.version = response.version();
+    all.push_back(std::move(stats));
+  }
+  return all;
+}
+
 absl::StatusOr<ServerStats> Client::GetServerStats() {
-  v1::GetServerStatsResponse response;
-  grpc::Status status = impl_->stub->GetServerStats(impl_->UnaryContext().get(),
-                                                    v1::GetServerStatsRequest(), &response);
-  if (!status.ok()) return FromGrpcStatus(status);
-  ServerStats stats;
-  stats.num_sessions = response.num_sessions();
-  stats.bytes_held = response.bytes_held();
-  stats.bytes_capacity = response.bytes_capacity();
-  stats.page_bytes = response.page_bytes();
-  stats.index_builds_pending = response.index_builds_pending();
-  stats.index_builds_done = response.index_builds_done();
-  stats.retrieve_items = response.retrieve_items();
-  stats.backend = response.backend();
-  stats.version = response.version();
-  return stats;
+  absl::StatusOr<std::vector<ServerStats>> all = GetEndpointStats();
+  if (!all.ok()) return all.status();
+  ServerStats total = (*all)[0];
+  total.endpoint = absl::StrJoin(impl_->targets, ",");
+  for (size_t i = 1; i < all->size(); ++i) {
+    const ServerStats& s = (*all)[i];
+    total.num_sessions += s.num_sessions;
+    total.bytes_held += s.bytes_held;
+    total.bytes_capacity += s.bytes_capacity;
+    total.index_builds_pending += s.index_builds_pending;
+    total.index_builds_done += s.index_builds_done;
+    total.retrieve_items += s.retrieve_items;
+  }
+  return total;
+}
+
+std::string Client::EndpointFor(const std::string& session_id) const {
+  return impl_->endpoints[impl_->EndpointOf(session_id)].target;
 }
 
 }  // namespace pqkv

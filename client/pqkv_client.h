@@ -62,7 +62,7 @@ struct IndexOptions {
 };
 
 struct SessionOptions {
-  std::string session_id;  // empty: the server picks one
+  std::string session_id;  // empty: a random id (server-chosen with one server)
   ModelShape shape;
   IndexOptions index;
 };
@@ -88,6 +88,7 @@ struct SessionInfo {
 };
 
 struct ServerStats {
+  std::string endpoint;  // the server, or all of them (comma-separated) for totals
   uint64_t num_sessions = 0;
   uint64_t bytes_held = 0;
   uint64_t bytes_capacity = 0;
@@ -135,6 +136,9 @@ struct FetchHead {
 struct ClientOptions {
   // Target size of one AppendKv message.
   size_t upload_chunk_bytes = size_t{1} << 20;
+  // With one target "name:port", resolve the name to all its addresses and spread
+  // sessions over them (a headless Kubernetes Service); otherwise the name is one server.
+  bool resolve_all_addresses = false;
   // Deadline of unary calls (create, close, fetch, info).
   absl::Duration call_timeout = absl::Seconds(60);
   // How long Connect waits for the server to become reachable.
@@ -166,8 +170,12 @@ class RetrievalStream {
 
 class Client {
  public:
-  // Connects to `target` ("host:port" or any gRPC target) and waits until it is
-  // reachable. UNAVAILABLE when it is not within options.connect_timeout.
+  // Connects to `target`: one server ("host:port" or any gRPC target) or several,
+  // comma-separated ("a:50051,b:50051"; see also resolve_all_addresses). With several,
+  // each session lives on one server, chosen by rendezvous hashing of its id, and every
+  // call for it goes there; a server that is down fails only its own sessions
+  // (UNAVAILABLE). Waits until every server is reachable: UNAVAILABLE naming the first
+  // that is not within options.connect_timeout.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
                                                          const ClientOptions& options = {});
   ~Client();
@@ -206,8 +214,14 @@ class Client {
                                        void* values_out, size_t buffer_bytes);
 
   absl::StatusOr<SessionInfo> GetSession(const std::string& session_id);
+  // Sessions of every server.
   absl::StatusOr<std::vector<SessionInfo>> ListSessions();
+  // Totals over every server (backend and version of the first).
   absl::StatusOr<ServerStats> GetServerStats();
+  // One entry per server, in the order given to Connect.
+  absl::StatusOr<std::vector<ServerStats>> GetEndpointStats();
+  // The server that holds (or would hold) `session_id`.
+  std::string EndpointFor(const std::string& session_id) const;
 
  private:
   friend class RetrievalStream;  // reads session shapes from Impl

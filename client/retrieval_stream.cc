@@ -29,53 +29,92 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
           " kv heads need ", needed, " bytes per buffer, buffers hold ", query.buffer_bytes));
     }
   }
-  v1::RetrieveRequest request;
-  request.set_request_id(impl_->next_request_id++);
-  request.set_layer(layer);
-  for (const RetrieveQuery& query : queries) {
-    v1::RetrieveItem* item = request.add_items();
-    item->set_session_id(query.session_id);
-    item->mutable_query()->Add(query.query.begin(), query.query.end());
-    item->set_k(query.k);
-    item->set_with_kv(query.keys_out != nullptr);
+  // One request per server that holds some of the sessions, all written before any
+  // response is read, so the servers work in parallel.
+  const size_t servers = impl_->servers.size();
+  std::vector<std::vector<size_t>> by_server(servers);  // query indices per server
+  for (size_t q = 0; q < queries.size(); ++q) {
+    by_server[impl_->client->EndpointOf(queries[q].session_id)].push_back(q);
   }
-  v1::RetrieveResponse response;
-  if (!impl_->stream->Write(request) || !impl_->stream->Read(&response)) {
-    absl::Status status = Close();
-    return status.ok() ? absl::UnavailableError("the Retrieve stream ended") : status;
-  }
-  if (response.request_id() != request.request_id() ||
-      response.results_size() != request.items_size()) {
-    // Out of step with the server: nothing later on this stream can be trusted.
-    Close().IgnoreError();
-    return absl::InternalError(absl::StrCat("Retrieve response ", response.request_id(),
-                                            " does not answer request ", request.request_id(),
-                                            "; the stream is closed"));
-  }
-  std::vector<RetrieveResult> results(response.results_size());
-  for (int i = 0; i < response.results_size(); ++i) {
-    const v1::RetrieveResult& in = response.results(i);
-    RetrieveResult& out = results[i];
-    out.session_id = in.session_id();
-    out.status = StatusFromCode(in.status_code(), in.error_message());
-    out.num_tokens = in.num_tokens();
-    out.num_encoded = in.num_encoded();
-    for (const v1::HeadSelection& head : in.heads()) {
-      out.heads.push_back({std::vector<uint32_t>(head.positions().begin(), head.positions().end()),
-                           std::vector<float>(head.scores().begin(), head.scores().end())});
+  const uint64_t request_id = impl_->next_request_id++;
+  std::vector<RetrieveResult> results(queries.size());
+  std::vector<absl::Status> sent(servers);
+  for (size_t s = 0; s < servers; ++s) {
+    if (by_server[s].empty()) continue;
+    ServerStream& server = impl_->servers[s];
+    if (!server.stream) {  // first use, or reopening after a break
+      server.context = std::make_unique<grpc::ClientContext>();
+      server.stream = impl_->client->endpoints[s].stub->Retrieve(server.context.get());
     }
-    const RetrieveQuery& query = queries[i];
-    if (out.status.ok() && query.keys_out != nullptr) {
-      auto* keys = static_cast<char*>(query.keys_out);
-      auto* values = static_cast<char*>(query.values_out);
-      for (const v1::HeadRows& rows : in.rows()) {
-        if (rows.keys().size() != rows.values().size() ||
-            out.kv_bytes + rows.keys().size() > query.buffer_bytes) {
-          return absl::InternalError("Retrieve rows do not match the request");
+    v1::RetrieveRequest request;
+    request.set_request_id(request_id);
+    request.set_layer(layer);
+    for (size_t q : by_server[s]) {
+      const RetrieveQuery& query = queries[q];
+      v1::RetrieveItem* item = request.add_items();
+      item->set_session_id(query.session_id);
+      item->mutable_query()->Add(query.query.begin(), query.query.end());
+      item->set_k(query.k);
+      item->set_with_kv(query.keys_out != nullptr);
+    }
+    if (!server.stream->Write(request)) sent[s] = absl::UnavailableError("write failed");
+  }
+  for (size_t s = 0; s < servers; ++s) {
+    if (by_server[s].empty()) continue;
+    ServerStream& server = impl_->servers[s];
+    v1::RetrieveResponse response;
+    absl::Status status = sent[s];
+    if (status.ok() && !server.stream->Read(&response))
+      status = absl::UnavailableError("read failed");
+    if (status.ok() && (response.request_id() != request_id ||
+                        response.results_size() != static_cast<int>(by_server[s].size()))) {
+      status = absl::InternalError(absl::StrCat("response ", response.request_id(),
+                                                " does not answer request ", request_id));
+    }
+    if (!status.ok()) {
+      // This server's stream is broken or out of step: its sessions fail, the others'
+      // results stand, and the next call reopens it.
+      server.stream->WritesDone();
+      server.context->TryCancel();
+      const absl::Status final = FromGrpcStatus(server.stream->Finish());
+      server.stream.reset();
+      server.context.reset();
+      const std::string why = absl::StrCat(
+          "Retrieve stream to ", impl_->client->endpoints[s].target, " broke (", status.message(),
+          final.ok() ? "" : absl::StrCat("; ", final.message()), ")");
+      for (size_t q : by_server[s]) {
+        results[q].session_id = queries[q].session_id;
+        results[q].status = absl::UnavailableError(why);
+      }
+      continue;
+    }
+    for (size_t r = 0; r < by_server[s].size(); ++r) {
+      const size_t q = by_server[s][r];
+      const v1::RetrieveResult& in = response.results(static_cast<int>(r));
+      RetrieveResult& out = results[q];
+      out.session_id = in.session_id();
+      out.status = StatusFromCode(in.status_code(), in.error_message());
+      out.num_tokens = in.num_tokens();
+      out.num_encoded = in.num_encoded();
+      for (const v1::HeadSelection& head : in.heads()) {
+        out.heads.push_back(
+            {std::vector<uint32_t>(head.positions().begin(), head.positions().end()),
+             std::vector<float>(head.scores().begin(), head.scores().end())});
+      }
+      const RetrieveQuery& query = queries[q];
+      if (out.status.ok() && query.keys_out != nullptr) {
+        auto* keys = static_cast<char*>(query.keys_out);
+        auto* values = static_cast<char*>(query.values_out);
+        for (const v1::HeadRows& rows : in.rows()) {
+          if (rows.keys().size() != rows.values().size() ||
+              out.kv_bytes + rows.keys().size() > query.buffer_bytes) {
+            out.status = absl::InternalError("Retrieve rows do not match the request");
+            break;
+          }
+          std::memcpy(keys + out.kv_bytes, rows.keys().data(), rows.keys().size());
+          std::memcpy(values + out.kv_bytes, rows.values().data(), rows.values().size());
+          out.kv_bytes += rows.keys().size();
         }
-        std::memcpy(keys + out.kv_bytes, rows.keys().data(), rows.keys().size());
-        std::memcpy(values + out.kv_bytes, rows.values().data(), rows.values().size());
-        out.kv_bytes += rows.keys().size();
       }
     }
   }
@@ -85,12 +124,18 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
 absl::Status RetrievalStream::Close() {
   if (impl_->closed) return impl_->final_status;
   impl_->closed = true;
-  impl_->stream->WritesDone();
-  // Drain anything unread so that Finish can complete.
-  v1::RetrieveResponse unread;
-  while (impl_->stream->Read(&unread)) {
+  for (ServerStream& server : impl_->servers) {
+    if (!server.stream) continue;
+    server.stream->WritesDone();
+    // Drain anything unread so that Finish can complete.
+    v1::RetrieveResponse unread;
+    while (server.stream->Read(&unread)) {
+    }
+    const absl::Status status = FromGrpcStatus(server.stream->Finish());
+    if (impl_->final_status.ok()) impl_->final_status = status;
+    server.stream.reset();
+    server.context.reset();
   }
-  impl_->final_status = FromGrpcStatus(impl_->stream->Finish());
   return impl_->final_status;
 }
 

@@ -9,6 +9,7 @@
 #include <limits>
 #include <thread>
 
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "catch2/catch.hpp"
 #include "client/pqkv_client.h"
@@ -316,6 +317,76 @@ TEST_CASE("The server answers gRPC health checks", "[integration]") {
       response.append(reinterpret_cast<const char*>(s.begin()), s.size());
     CHECK(response == std::string("\x08\x01", 2));
   }
+}
+
+TEST_CASE("Sessions spread over three servers; one going away fails only its own",
+          "[integration]") {
+  std::vector<std::unique_ptr<testing::ServerProcess>> servers;
+  std::vector<std::string> targets;
+  for (int i = 0; i < 3; ++i) {
+    servers.push_back(StartServer({"--memory_budget=256MiB"}));
+    targets.push_back(servers.back()->address());
+  }
+  auto client = Client::Connect(absl::StrJoin(targets, ","));
+  REQUIRE(client.ok());
+  SessionOptions options;
+  options.shape = {1, 1, 2, 8, DType::kFp32};
+  options.index.sink_tokens = 0;
+  options.index.recent_window = 0;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 300; ++i) {
+    options.session_id = i % 2 == 0 ? "" : absl::StrCat("worker-7:seq-", i);
+    auto id = (*client)->CreateSession(options);
+    REQUIRE(id.ok());
+    ids.push_back(*id);
+  }
+  // Placement: each session is on the server EndpointFor names, and only there.
+  std::vector<std::unique_ptr<Client>> direct;
+  for (const std::string& t : targets) direct.push_back(Client::Connect(t).value());
+  for (const std::string& id : ids) {
+    for (size_t s = 0; s < 3; ++s) {
+      const bool here = direct[s]->GetSession(id).ok();
+      REQUIRE(here == (targets[s] == (*client)->EndpointFor(id)));
+    }
+  }
+  // Balance: 100 each, within 20%.
+  auto per_server = (*client)->GetEndpointStats();
+  REQUIRE(per_server.ok());
+  for (const ServerStats& stats : *per_server) {
+    INFO(stats.endpoint);
+    CHECK(stats.num_sessions >= 80);
+    CHECK(stats.num_sessions <= 120);
+  }
+  CHECK((*client)->GetServerStats()->num_sessions == 300);
+  CHECK((*client)->ListSessions()->size() == 300);
+
+  // Three sessions on three different servers get some tokens; one server goes away.
+  std::vector<std::string> picked(3);
+  for (const std::string& id : ids) {
+    for (size_t s = 0; s < 3; ++s) {
+      if (picked[s].empty() && (*client)->EndpointFor(id) == targets[s]) picked[s] = id;
+    }
+  }
+  std::vector<float> kv(200 * 8, 0.5f), query(2 * 8, 0.25f);
+  for (const std::string& id : picked) {
+    REQUIRE((*client)->UploadPrefill(id, 0, 0, 200, kv.data(), kv.data(), true).ok());
+  }
+  auto stream = (*client)->OpenRetrievalStream().value();
+  std::vector<RetrieveQuery> queries;
+  for (const std::string& id : picked) queries.push_back({id, query, 4});
+  auto before = stream->Retrieve(0, queries);
+  REQUIRE(before.ok());
+  for (const RetrieveResult& r : *before) CHECK(r.status.ok());
+
+  servers[1]->Stop();
+  auto after = stream->Retrieve(0, queries);
+  REQUIRE(after.ok());
+  CHECK((*after)[0].status.ok());
+  CHECK((*after)[1].status.code() == absl::StatusCode::kUnavailable);
+  CHECK((*after)[2].status.ok());
+  CHECK((*client)->GetSession(picked[1]).status().code() == absl::StatusCode::kUnavailable);
+  CHECK((*client)->GetSession(picked[0]).ok());
+  CHECK((*client)->UploadPrefill(picked[2], 0, 200, 1, kv.data(), kv.data(), false).ok());
 }
 
 // Malformed uploads the SDK would never send, through the raw stub.
