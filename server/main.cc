@@ -38,6 +38,8 @@ ABSL_FLAG(double, max_index_wait_seconds, 60,
           "Longest a Retrieve item waits for its layer's index to finish building.");
 ABSL_FLAG(std::string, backend, "auto",
           "Compute backend: auto (CUDA when a device is present, else CPU), cpu or cuda.");
+ABSL_FLAG(double, session_ttl_seconds, 3600,
+          "Sessions unused for this long are closed and their memory freed; 0: never.");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "On SIGTERM/SIGINT, time in-flight calls get.");
 
 namespace {
@@ -89,6 +91,7 @@ int main(int argc, char** argv) {
 
   pqkv::server::SessionStoreOptions store_options;
   store_options.gpu = gpu.get();
+  store_options.session_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_ttl_seconds));
   store_options.index_threads = absl::GetFlag(FLAGS_index_threads);
   if (absl::GetFlag(FLAGS_memory_budget).empty()) {
     store_options.memory_budget_bytes = DefaultMemoryBudget();

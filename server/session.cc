@@ -5,7 +5,10 @@
 namespace pqkv::server {
 
 Session::Session(std::string id, const SessionConfig& config, PageArena* arena, GpuScorer* gpu)
-    : id_(std::move(id)), config_(config), created_(absl::Now()) {
+    : id_(std::move(id)),
+      config_(config),
+      created_(absl::Now()),
+      last_used_ns_(absl::ToUnixNanos(created_)) {
   for (uint32_t l = 0; l < config_.shape.num_layers; ++l) {
     layers_.push_back(std::make_unique<LayerStore>(l, config_, arena, gpu));
   }

@@ -28,6 +28,13 @@ class Session {
   const std::string& id() const { return id_; }
   const SessionConfig& config() const { return config_; }
   absl::Time created() const { return created_; }
+  // Marks the session used at `at` (every call that names it does, through SessionStore).
+  void Touch(absl::Time at = absl::Now()) {
+    last_used_ns_.store(absl::ToUnixNanos(at), std::memory_order_relaxed);
+  }
+  absl::Time last_used() const {
+    return absl::FromUnixNanos(last_used_ns_.load(std::memory_order_relaxed));
+  }
 
   // The layer, or INVALID_ARGUMENT when out of range.
   absl::StatusOr<LayerStore*> layer(uint32_t layer) const;
@@ -45,6 +52,7 @@ class Session {
   const absl::Time created_;
   std::vector<std::unique_ptr<LayerStore>> layers_;
   std::atomic<bool> closed_{false};
+  std::atomic<int64_t> last_used_ns_;
 };
 
 }  // namespace pqkv::server

@@ -32,11 +32,58 @@ absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(
   ASSIGN_OR_RETURN(std::unique_ptr<PageArena> arena,
                    PageArena::Create(options.memory_budget_bytes, options.page_bytes));
   return std::unique_ptr<SessionStore>(
-      new SessionStore(std::move(arena), options.index_threads, options.gpu));
+      new SessionStore(std::move(arena), options.index_threads, options.gpu, options.session_ttl));
 }
 
-SessionStore::SessionStore(std::unique_ptr<PageArena> arena, int index_threads, GpuScorer* gpu)
-    : arena_(std::move(arena)), gpu_(gpu), index_pool_("pqkv-index", index_threads) {}
+SessionStore::SessionStore(std::unique_ptr<PageArena> arena, int index_threads, GpuScorer* gpu,
+                           absl::Duration session_ttl)
+    : arena_(std::move(arena)),
+      gpu_(gpu),
+      session_ttl_(session_ttl),
+      index_pool_("pqkv-index", index_threads) {
+  if (session_ttl_ > absl::ZeroDuration()) sweeper_ = std::thread([this] { SweepLoop(); });
+}
+
+SessionStore::~SessionStore() {
+  {
+    absl::MutexLock lock(&sweep_mu_);
+    stopping_ = true;
+  }
+  if (sweeper_.joinable()) sweeper_.join();
+}
+
+void SessionStore::SweepLoop() {
+  // Sweep a few times per TTL, at least every 10 s, so expiry is at most ~TTL/4 late.
+  const absl::Duration period =
+      std::max(absl::Milliseconds(10), std::min(session_ttl_ / 4, absl::Seconds(10)));
+  absl::MutexLock lock(&sweep_mu_);
+  while (!sweep_mu_.AwaitWithTimeout(absl::Condition(&stopping_), period)) {
+    sweep_mu_.Unlock();
+    ExpireIdleSessions(absl::Now(), session_ttl_);
+    sweep_mu_.Lock();
+  }
+}
+
+size_t SessionStore::ExpireIdleSessions(absl::Time now, absl::Duration ttl) {
+  std::vector<std::shared_ptr<Session>> expired;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      if (now - it->second->last_used() > ttl) {
+        expired.push_back(std::move(it->second));
+        it = sessions_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const std::shared_ptr<Session>& session : expired) {
+    session->MarkClosed();
+    ServerLogger().info("session {} expired after {} idle, releasing {} bytes", session->id(),
+                        absl::FormatDuration(now - session->last_used()), session->bytes_held());
+  }
+  return expired.size();
+}
 
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
     const std::string& requested_id, const SessionConfig& config) {
@@ -69,6 +116,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Get(const std::string& id
   if (it == sessions_.end()) {
     return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
   }
+  it->second->Touch();
   return it->second;
 }
 

@@ -10,11 +10,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "server/gpu_scorer.h"
 #include "server/page_arena.h"
 #include "server/session.h"
@@ -29,6 +31,8 @@ struct SessionStoreOptions {
   int index_threads = 1;
   // The CUDA backend, or null for the CPU one; must outlive the store.
   GpuScorer* gpu = nullptr;
+  // Sessions unused for this long are closed by a background sweep; zero: never.
+  absl::Duration session_ttl = absl::ZeroDuration();
 };
 
 struct SessionStoreStats {
@@ -48,7 +52,7 @@ class SessionStore {
   // ALREADY_EXISTS for a live id; INVALID_ARGUMENT for a bad id or config.
   absl::StatusOr<std::shared_ptr<Session>> CreateSession(const std::string& requested_id,
                                                          const SessionConfig& config);
-  // NOT_FOUND for an unknown id.
+  // NOT_FOUND for an unknown id. Marks the session used.
   absl::StatusOr<std::shared_ptr<Session>> Get(const std::string& id) const;
   // Removes the session; returns the bytes its K/V held. Storage is freed as soon as
   // calls in flight on the session finish.
@@ -60,8 +64,16 @@ class SessionStore {
 
   SessionStoreStats Stats() const;
 
+  // Closes every session last used before now - ttl; returns how many. The sweep thread
+  // calls it; tests call it with a chosen `now`.
+  size_t ExpireIdleSessions(absl::Time now, absl::Duration ttl);
+
+  ~SessionStore();
+
  private:
-  SessionStore(std::unique_ptr<PageArena> arena, int index_threads, GpuScorer* gpu);
+  SessionStore(std::unique_ptr<PageArena> arena, int index_threads, GpuScorer* gpu,
+               absl::Duration session_ttl);
+  void SweepLoop();
 
   // Declared first so that it is destroyed last, after every session's pages are freed.
   const std::unique_ptr<PageArena> arena_;
@@ -69,6 +81,10 @@ class SessionStore {
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   std::atomic<size_t> index_builds_done_{0};
+  const absl::Duration session_ttl_;
+  absl::Mutex sweep_mu_;
+  bool stopping_ ABSL_GUARDED_BY(sweep_mu_) = false;
+  std::thread sweeper_;  // runs SweepLoop when session_ttl_ > 0
   // Declared last so that it is destroyed first: queued builds finish before the rest.
   ThreadPool index_pool_;
 };

@@ -389,6 +389,20 @@ TEST_CASE("Sessions spread over three servers; one going away fails only its own
   CHECK((*client)->UploadPrefill(picked[2], 0, 200, 1, kv.data(), kv.data(), false).ok());
 }
 
+TEST_CASE("The server closes sessions idle past --session_ttl_seconds", "[integration]") {
+  auto server = StartServer({"--session_ttl_seconds=0.2"});
+  auto client = Connect(*server);
+  SessionOptions options;
+  options.shape = {1, 1, 1, 8, DType::kFp32};
+  REQUIRE(client->CreateSession(options).ok());
+  CHECK(client->GetServerStats()->num_sessions == 1);
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (client->GetServerStats()->num_sessions > 0 && absl::Now() < give_up) {
+    std::this_thread::yield();
+  }
+  CHECK(client->GetServerStats()->num_sessions == 0);
+}
+
 // Malformed uploads the SDK would never send, through the raw stub.
 TEST_CASE("The server rejects bad AppendKv chunks with a clear status", "[integration]") {
   auto server = StartServer();

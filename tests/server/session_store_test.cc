@@ -111,3 +111,29 @@ TEST_CASE("SessionStore builds a sealed layer's index in the background", "[serv
 
 }  // namespace
 }  // namespace pqkv::server
+
+namespace pqkv::server {
+namespace {
+
+TEST_CASE("Idle sessions expire after the TTL and free their memory", "[server]") {
+  auto store = NewStore();
+  auto idle = store->CreateSession("idle", SmallConfig()).value();
+  auto busy = store->CreateSession("busy", SmallConfig()).value();
+  const std::string bytes(1000 * 8 * 2, '\0');
+  REQUIRE((*idle->layer(0))->Append(0, 1000, bytes, bytes).ok());
+  idle.reset();
+  busy.reset();
+  const absl::Duration ttl = absl::Minutes(10);
+  // Nothing is idle for 10 minutes yet.
+  CHECK(store->ExpireIdleSessions(absl::Now(), ttl) == 0);
+  // Eleven minutes on, "busy" was used a minute ago, "idle" not since it was created.
+  const absl::Time later = absl::Now() + ttl + absl::Minutes(1);
+  store->Get("busy").value()->Touch(later - absl::Minutes(1));
+  CHECK(store->ExpireIdleSessions(later, ttl) == 1);
+  CHECK(store->Get("idle").status().code() == absl::StatusCode::kNotFound);
+  CHECK(store->Get("busy").ok());
+  CHECK(store->Stats().bytes_held == 0);
+}
+
+}  // namespace
+}  // namespace pqkv::server
