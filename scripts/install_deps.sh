@@ -11,6 +11,7 @@ packages=(
   libabsl-dev
   libfaiss-dev libopenblas-dev liblapack-dev   # PQ training (k-means)
   libspdlog-dev libfmt-dev
+  libcpp-httplib-dev     # the /metrics HTTP endpoint (Prometheus)
   catch2
   python3                # .ci/run and scripts/test.sh read the JUnit results with it
 )

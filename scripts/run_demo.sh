@@ -19,7 +19,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bazel-bin/server/pqkv-server --host=127.0.0.1 --port=0 --port_file="$work/port" \
+bazel-bin/server/pqkv-server --host=127.0.0.1 --port=0 --port_file="$work/port" --metrics_port=0 \
   2> "$work/server.log" &
 server_pid=$!
 for _ in $(seq 300); do

@@ -8,14 +8,15 @@
 
 namespace pqkv::server {
 
-AppendKvReactor::AppendKvReactor(SessionStore* store, ThreadPool* compute_pool,
+AppendKvReactor::AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                                  v1::AppendKvResponse* response)
-    : store_(store), compute_pool_(compute_pool), response_(response) {
+    : store_(store), compute_pool_(compute_pool), metrics_(metrics), response_(response) {
   StartRead(&chunk_);
 }
 
 void AppendKvReactor::OnReadDone(bool ok) {
   if (!ok) {  // client finished writing (or went away)
+    metrics_->RecordStatus("AppendKv", absl::OkStatus());
     Finish(grpc::Status::OK);
     return;
   }
@@ -23,6 +24,7 @@ void AppendKvReactor::OnReadDone(bool ok) {
     absl::Status status = Apply(chunk_);
     if (!status.ok()) {
       ServerLogger().debug("AppendKv rejected a chunk: {}", status.ToString());
+      metrics_->RecordStatus("AppendKv", status);
       // The response message is not sent with an error: say in the message what stays.
       Finish(ToGrpcStatus(absl::Status(
           status.code(), absl::StrCat(status.message(), " (this stream applied ",

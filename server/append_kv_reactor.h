@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "pqkv/v1/pqkv.grpc.pb.h"
+#include "server/metrics.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 
@@ -17,7 +18,8 @@ namespace pqkv::server {
 
 class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest> {
  public:
-  AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, v1::AppendKvResponse* response);
+  AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
+                  v1::AppendKvResponse* response);
 
   void OnReadDone(bool ok) override;
   void OnDone() override { delete this; }
@@ -27,6 +29,7 @@ class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest
 
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
+  Metrics* const metrics_;
   v1::AppendKvResponse* const response_;
   v1::AppendKvRequest chunk_;
 };

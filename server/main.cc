@@ -19,6 +19,8 @@
 #include "kernels/cpu_features.h"
 #include "server/byte_size.h"
 #include "server/gpu_scorer.h"
+#include "server/metrics.h"
+#include "server/metrics_http_server.h"
 #include "server/pqkv_service.h"
 #include "server/server_logger.h"
 #include "server/session_store.h"
@@ -40,6 +42,9 @@ ABSL_FLAG(std::string, backend, "auto",
           "Compute backend: auto (CUDA when a device is present, else CPU), cpu or cuda.");
 ABSL_FLAG(double, session_ttl_seconds, 3600,
           "Sessions unused for this long are closed and their memory freed; 0: never.");
+ABSL_FLAG(int, metrics_port, 9464,
+          "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 turns it off.");
+ABSL_FLAG(std::string, metrics_port_file, "", "If set, the bound metrics port is written here.");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "On SIGTERM/SIGINT, time in-flight calls get.");
 
 namespace {
@@ -48,6 +53,14 @@ size_t DefaultMemoryBudget() {
   const long pages = sysconf(_SC_PHYS_PAGES);
   const long page_size = sysconf(_SC_PAGE_SIZE);
   return static_cast<size_t>(pages) * static_cast<size_t>(page_size) / 2;
+}
+
+// Writes `port` to `path` (if set) atomically: readers never see a partial file.
+void WritePortFile(const std::string& path, int port) {
+  if (path.empty()) return;
+  const std::string tmp = path + ".tmp";
+  std::ofstream(tmp) << port << "\n";
+  std::rename(tmp.c_str(), path.c_str());
 }
 
 int Fail(const absl::Status& status) {
@@ -89,7 +102,9 @@ int main(int argc, char** argv) {
     gpu = *std::move(created);
   }
 
+  pqkv::server::Metrics metrics;
   pqkv::server::SessionStoreOptions store_options;
+  store_options.on_index_built = [&metrics](absl::Duration d) { metrics.RecordIndexBuild(d); };
   store_options.gpu = gpu.get();
   store_options.session_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_ttl_seconds));
   store_options.index_threads = absl::GetFlag(FLAGS_index_threads);
@@ -114,7 +129,7 @@ int main(int argc, char** argv) {
   pqkv::server::ServiceOptions service_options;
   service_options.max_index_wait = absl::Seconds(absl::GetFlag(FLAGS_max_index_wait_seconds));
   service_options.backend = gpu ? "cuda" : "cpu";
-  pqkv::server::PqkvService service(store->get(), &compute_pool, service_options);
+  pqkv::server::PqkvService service(store->get(), &compute_pool, &metrics, service_options);
 
   const std::string address =
       absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
@@ -131,12 +146,18 @@ int main(int argc, char** argv) {
   if (!server || bound_port == 0) {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", address)));
   }
-  if (!absl::GetFlag(FLAGS_port_file).empty()) {
-    const std::string path = absl::GetFlag(FLAGS_port_file);
-    const std::string tmp = path + ".tmp";
-    std::ofstream(tmp) << bound_port << "\n";
-    std::rename(tmp.c_str(), path.c_str());  // readers never see a partial file
+  std::unique_ptr<pqkv::server::MetricsHttpServer> metrics_http;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    absl::StatusOr<std::unique_ptr<pqkv::server::MetricsHttpServer>> started =
+        pqkv::server::MetricsHttpServer::Start(
+            absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port), &metrics, store->get());
+    if (!started.ok()) return Fail(started.status());
+    metrics_http = *std::move(started);
+    WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_http->port());
+    log.info("metrics at http://{}:{}/metrics", absl::GetFlag(FLAGS_host), metrics_http->port());
   }
+  // Last: a script waiting for this file may rely on everything above being up.
+  WritePortFile(absl::GetFlag(FLAGS_port_file), bound_port);
   log.info(
       "pqkv-server {} listening on {}:{}; backend {} (CPU kernels {}), {} compute threads, {} "
       "index threads, memory budget {} bytes in {}-byte pages",
@@ -157,6 +178,7 @@ int main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
   server->Wait();
+  if (metrics_http) metrics_http->Stop();
   log.info("stopped");
   spdlog::shutdown();
   return 0;

@@ -39,9 +39,15 @@ absl::Status FillFetch(const Session& session, const v1::FetchKvRequest& request
 
 }  // namespace
 
-PqkvService::PqkvService(SessionStore* store, ThreadPool* compute_pool,
+PqkvService::PqkvService(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                          const ServiceOptions& options)
-    : store_(store), compute_pool_(compute_pool), options_(options) {}
+    : store_(store), compute_pool_(compute_pool), metrics_(metrics), options_(options) {}
+
+void PqkvService::Done(grpc::ServerUnaryReactor* reactor, const char* rpc,
+                       const absl::Status& status) {
+  metrics_->RecordStatus(rpc, status);
+  reactor->Finish(ToGrpcStatus(status));
+}
 
 grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext* context,
                                                      const v1::CreateSessionRequest* request,
@@ -49,7 +55,7 @@ grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<SessionConfig> config = SessionConfigFromProto(request->shape(), request->index());
   if (!config.ok()) {
-    reactor->Finish(ToGrpcStatus(config.status()));
+    Done(reactor, "CreateSession", config.status());
     return reactor;
   }
   absl::StatusOr<std::shared_ptr<Session>> session =
@@ -58,13 +64,13 @@ grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext
     response->set_session_id((*session)->id());
     IndexOptionsToProto((*session)->config().index, response->mutable_index());
   }
-  reactor->Finish(ToGrpcStatus(session.status()));
+  Done(reactor, "CreateSession", session.status());
   return reactor;
 }
 
 grpc::ServerReadReactor<v1::AppendKvRequest>* PqkvService::AppendKv(
     grpc::CallbackServerContext* context, v1::AppendKvResponse* response) {
-  return new AppendKvReactor(store_, compute_pool_, response);
+  return new AppendKvReactor(store_, compute_pool_, metrics_, response);
 }
 
 grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* PqkvService::Retrieve(
@@ -72,7 +78,7 @@ grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* PqkvService:
   const absl::Time deadline = context->deadline() == std::chrono::system_clock::time_point::max()
                                   ? absl::InfiniteFuture()
                                   : absl::FromChrono(context->deadline());
-  return new RetrieveReactor(store_, compute_pool_, deadline, options_.max_index_wait,
+  return new RetrieveReactor(store_, compute_pool_, metrics_, deadline, options_.max_index_wait,
                              &retrieve_items_);
 }
 
@@ -82,14 +88,17 @@ grpc::ServerUnaryReactor* PqkvService::FetchKv(grpc::CallbackServerContext* cont
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(request->session_id());
   if (!session.ok()) {
-    reactor->Finish(ToGrpcStatus(session.status()));
+    Done(reactor, "FetchKv", session.status());
     return reactor;
   }
   // Copying up to 64 MiB of rows is too long for a reaction: do it on the compute pool.
-  compute_pool_->Schedule([reactor, request, response, session = *std::move(session)] {
+  compute_pool_->Schedule([this, reactor, request, response, session = *std::move(session)] {
     absl::Status status = FillFetch(*session, *request, response);
     if (!status.ok()) response->Clear();
-    reactor->Finish(ToGrpcStatus(status));
+    for (const v1::HeadRows& rows : response->heads()) {
+      metrics_->RecordBytesSent("grpc", rows.keys().size() + rows.values().size());
+    }
+    Done(reactor, "FetchKv", status);
   });
   return reactor;
 }
@@ -103,7 +112,7 @@ grpc::ServerUnaryReactor* PqkvService::CloseSession(grpc::CallbackServerContext*
   compute_pool_->Schedule([this, reactor, request, response] {
     absl::StatusOr<size_t> bytes = store_->Close(request->session_id());
     if (bytes.ok()) response->set_bytes_released(*bytes);
-    reactor->Finish(ToGrpcStatus(bytes.status()));
+    Done(reactor, "CloseSession", bytes.status());
   });
   return reactor;
 }
@@ -117,7 +126,7 @@ grpc::ServerUnaryReactor* PqkvService::GetSession(grpc::CallbackServerContext* c
     if (session.ok()) {
       SessionInfoToProto(**session, /*with_layers=*/true, response->mutable_session());
     }
-    reactor->Finish(ToGrpcStatus(session.status()));
+    Done(reactor, "GetSession", session.status());
   });
   return reactor;
 }
@@ -130,7 +139,7 @@ grpc::ServerUnaryReactor* PqkvService::ListSessions(grpc::CallbackServerContext*
     for (const std::shared_ptr<Session>& session : store_->List()) {
       SessionInfoToProto(*session, /*with_layers=*/false, response->add_sessions());
     }
-    reactor->Finish(grpc::Status::OK);
+    Done(reactor, "ListSessions", absl::OkStatus());
   });
   return reactor;
 }
@@ -149,7 +158,7 @@ grpc::ServerUnaryReactor* PqkvService::GetServerStats(grpc::CallbackServerContex
   response->set_retrieve_items(retrieve_items_.load(std::memory_order_relaxed));
   response->set_backend(options_.backend);
   response->set_version(kVersion);
-  reactor->Finish(grpc::Status::OK);
+  Done(reactor, "GetServerStats", absl::OkStatus());
   return reactor;
 }
 

@@ -11,6 +11,7 @@
 #include "absl/time/time.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "server/fetch_limits.h"
+#include "server/metrics.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 
@@ -26,7 +27,9 @@ struct ServiceOptions {
 
 class PqkvService final : public v1::Pqkv::CallbackService {
  public:
-  PqkvService(SessionStore* store, ThreadPool* compute_pool, const ServiceOptions& options);
+  // store, compute_pool and metrics must outlive the service.
+  PqkvService(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
+              const ServiceOptions& options);
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const v1::CreateSessionRequest* request,
@@ -52,8 +55,12 @@ class PqkvService final : public v1::Pqkv::CallbackService {
                                            v1::GetServerStatsResponse* response) override;
 
  private:
+  // Counts the status and finishes the call.
+  void Done(grpc::ServerUnaryReactor* reactor, const char* rpc, const absl::Status& status);
+
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
+  Metrics* const metrics_;
   const ServiceOptions options_;
   std::atomic<uint64_t> retrieve_items_{0};
 };

@@ -8,11 +8,12 @@
 
 namespace pqkv::server {
 
-RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool,
+RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                                  absl::Time call_deadline, absl::Duration max_index_wait,
                                  std::atomic<uint64_t>* items_counter)
     : store_(store),
       compute_pool_(compute_pool),
+      metrics_(metrics),
       call_deadline_(call_deadline),
       max_index_wait_(max_index_wait),
       items_counter_(items_counter) {
@@ -30,7 +31,8 @@ void RetrieveReactor::OnReadDone(bool ok) {
     absl::MutexLock lock(&mu_);
     processing_ = true;
   }
-  wait_until_ = std::min(call_deadline_, absl::Now() + max_index_wait_);
+  request_start_ = absl::Now();
+  wait_until_ = std::min(call_deadline_, request_start_ + max_index_wait_);
   response_ = std::make_unique<v1::RetrieveResponse>();
   response_->set_request_id(request_.request_id());
   response_->set_layer(request_.layer());
@@ -72,6 +74,7 @@ void RetrieveReactor::ItemDone() {
 }
 
 void RetrieveReactor::SetItemError(int i, const absl::Status& status) {
+  metrics_->RecordStatus("Retrieve", status);
   v1::RetrieveResult* result = response_->mutable_results(i);
   result->set_status_code(CodeOf(status));
   result->set_error_message(std::string(status.message()));
@@ -79,6 +82,7 @@ void RetrieveReactor::SetItemError(int i, const absl::Status& status) {
 
 void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
   const v1::RetrieveItem& item = request_.items(i);
+  const absl::Time scoring_start = absl::Now();
   // A parked item is answered when the build ends; if that was past its bound, it says so.
   absl::StatusOr<LayerSelection> selection =
       parked && absl::Now() > wait_until_
@@ -102,7 +106,7 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
     out->mutable_scores()->Add(head.scores.begin(), head.scores.end());
   }
   if (item.with_kv()) {
-    absl::Status status = AddRows(layer, *selection, result);
+    absl::Status status = AddRows(layer, *selection, metrics_, result);
     if (!status.ok()) {
       result->Clear();
       result->set_session_id(item.session_id());
@@ -111,10 +115,13 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
     }
   }
   items_counter_->fetch_add(1, std::memory_order_relaxed);
+  metrics_->RecordStatus("Retrieve", absl::OkStatus());
+  const absl::Time now = absl::Now();
+  metrics_->RecordRetrieveItem(now - request_start_, now - scoring_start);
 }
 
 absl::Status RetrieveReactor::AddRows(const LayerStore& layer, const LayerSelection& selection,
-                                      v1::RetrieveResult* result) {
+                                      Metrics* metrics, v1::RetrieveResult* result) {
   const size_t row_bytes = layer.row_bytes();
   size_t rows = 0;
   for (const HeadSelection& head : selection.heads) rows += head.positions.size();
@@ -132,6 +139,7 @@ absl::Status RetrieveReactor::AddRows(const LayerStore& layer, const LayerSelect
     absl::Status status = layer.Fetch(static_cast<uint32_t>(h), positions,
                                       out->mutable_keys()->data(), out->mutable_values()->data());
     if (!status.ok()) return status;
+    metrics->RecordBytesSent("grpc", 2 * positions.size() * row_bytes);
   }
   return absl::OkStatus();
 }

@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "server/layer_store.h"
+#include "server/metrics.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 
@@ -36,8 +37,9 @@ class RetrieveReactor final
  public:
   // An item parked on a building index waits at most until the call's deadline and at
   // most max_index_wait after its request arrived; items_counter counts answered items.
-  RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, absl::Time call_deadline,
-                  absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter);
+  RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
+                  absl::Time call_deadline, absl::Duration max_index_wait,
+                  std::atomic<uint64_t>* items_counter);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -51,7 +53,7 @@ class RetrieveReactor final
   void SetItemError(int i, const absl::Status& status);
   // Adds the K and V rows of every selected position to `result` (with_kv).
   static absl::Status AddRows(const LayerStore& layer, const LayerSelection& selection,
-                              v1::RetrieveResult* result);
+                              Metrics* metrics, v1::RetrieveResult* result);
   // Counts an item as answered; the last one completes the request.
   void ItemDone();
   // Called once the current request's last item is done.
@@ -60,6 +62,7 @@ class RetrieveReactor final
 
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
+  Metrics* const metrics_;
   const absl::Time call_deadline_;
   const absl::Duration max_index_wait_;
   std::atomic<uint64_t>* const items_counter_;
@@ -70,6 +73,7 @@ class RetrieveReactor final
   std::atomic<int> items_left_{0};
   // Until when the current request's parked items may wait for a building index.
   absl::Time wait_until_;
+  absl::Time request_start_;  // when the current request was read
 
   absl::Mutex mu_;
   bool processing_ ABSL_GUARDED_BY(mu_) = false;

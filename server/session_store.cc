@@ -31,16 +31,15 @@ absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(
     const SessionStoreOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<PageArena> arena,
                    PageArena::Create(options.memory_budget_bytes, options.page_bytes));
-  return std::unique_ptr<SessionStore>(
-      new SessionStore(std::move(arena), options.index_threads, options.gpu, options.session_ttl));
+  return std::unique_ptr<SessionStore>(new SessionStore(std::move(arena), options));
 }
 
-SessionStore::SessionStore(std::unique_ptr<PageArena> arena, int index_threads, GpuScorer* gpu,
-                           absl::Duration session_ttl)
+SessionStore::SessionStore(std::unique_ptr<PageArena> arena, const SessionStoreOptions& options)
     : arena_(std::move(arena)),
-      gpu_(gpu),
-      session_ttl_(session_ttl),
-      index_pool_("pqkv-index", index_threads) {
+      gpu_(options.gpu),
+      session_ttl_(options.session_ttl),
+      on_index_built_(options.on_index_built),
+      index_pool_("pqkv-index", options.index_threads) {
   if (session_ttl_ > absl::ZeroDuration()) sweeper_ = std::thread([this] { SweepLoop(); });
 }
 
@@ -159,6 +158,7 @@ void SessionStore::SealPrefill(const std::shared_ptr<Session>& session, uint32_t
       ServerLogger().info("session {} layer {}: index {} for {} tokens in {:.1f} ms", session->id(),
                           layer, IndexStateName(status.index_state), status.num_encoded,
                           status.index_build_ms);
+      if (on_index_built_) on_index_built_(absl::Milliseconds(status.index_build_ms));
     }
     index_builds_done_.fetch_add(1, std::memory_order_relaxed);
   });

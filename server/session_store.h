@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,6 +34,8 @@ struct SessionStoreOptions {
   GpuScorer* gpu = nullptr;
   // Sessions unused for this long are closed by a background sweep; zero: never.
   absl::Duration session_ttl = absl::ZeroDuration();
+  // Called on the index thread after each layer's index build, with its duration.
+  std::function<void(absl::Duration)> on_index_built;
 };
 
 struct SessionStoreStats {
@@ -71,8 +74,7 @@ class SessionStore {
   ~SessionStore();
 
  private:
-  SessionStore(std::unique_ptr<PageArena> arena, int index_threads, GpuScorer* gpu,
-               absl::Duration session_ttl);
+  SessionStore(std::unique_ptr<PageArena> arena, const SessionStoreOptions& options);
   void SweepLoop();
 
   // Declared first so that it is destroyed last, after every session's pages are freed.
@@ -82,6 +84,7 @@ class SessionStore {
   std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   std::atomic<size_t> index_builds_done_{0};
   const absl::Duration session_ttl_;
+  const std::function<void(absl::Duration)> on_index_built_;
   absl::Mutex sweep_mu_;
   bool stopping_ ABSL_GUARDED_BY(sweep_mu_) = false;
   std::thread sweeper_;  // runs SweepLoop when session_ttl_ > 0

@@ -2,6 +2,7 @@
 // SDK (and, for malformed input the SDK cannot produce, through the raw stub).
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -286,6 +287,37 @@ TEST_CASE("An open AppendKv stream does not keep a closed session's memory", "[i
   writer->WritesDone();
   CHECK(writer->Finish().ok());
   CHECK(client->GetSession("closing")->layers[0].num_tokens == 1000);
+}
+
+TEST_CASE("The server exports Prometheus metrics on /metrics", "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  SessionOptions options;
+  options.shape = {1, 1, 2, 8, DType::kFp32};
+  const std::string id = client->CreateSession(options).value();
+  std::vector<float> kv(300 * 8, 0.5f), query(2 * 8, 0.25f);
+  REQUIRE(client->UploadPrefill(id, 0, 0, 300, kv.data(), kv.data(), true).ok());
+  auto stream = client->OpenRetrievalStream().value();
+  const RetrieveQuery good{id, query, 8};
+  const RetrieveQuery bad{"missing", query, 8};
+  REQUIRE(stream->Retrieve(0, {good, bad}).ok());
+  CHECK(client->GetSession("missing").status().code() == absl::StatusCode::kNotFound);
+
+  httplib::Client http("127.0.0.1", server->metrics_port());
+  const httplib::Result result = http.Get("/metrics");
+  REQUIRE(result);
+  REQUIRE(result->status == 200);
+  const std::string& text = result->body;
+  INFO(text);
+  CHECK(text.find("pqkv_sessions 1\n") != std::string::npos);
+  CHECK(text.find("pqkv_kv_bytes_held ") != std::string::npos);
+  CHECK(text.find("pqkv_requests_total{rpc=\"Retrieve\",code=\"OK\"} 1\n") != std::string::npos);
+  CHECK(text.find("pqkv_requests_total{rpc=\"Retrieve\",code=\"NOT_FOUND\"} 1\n") !=
+        std::string::npos);
+  CHECK(text.find("pqkv_requests_total{rpc=\"GetSession\",code=\"NOT_FOUND\"} 1\n") !=
+        std::string::npos);
+  CHECK(text.find("pqkv_retrieve_item_seconds_count{stage=\"total\"} 1\n") != std::string::npos);
+  CHECK(text.find("pqkv_index_build_seconds_bucket{le=\"+Inf\"}") != std::string::npos);
 }
 
 TEST_CASE("The server answers gRPC health checks", "[integration]") {

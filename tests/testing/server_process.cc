@@ -19,8 +19,13 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   static int counter = 0;
   const std::string port_file =
       absl::StrCat(tmp ? tmp : "/tmp", "/pqkv-port-", getpid(), "-", counter++);
-  std::vector<std::string> args = {binary, "--host=127.0.0.1", "--port=0",
-                                   "--port_file=" + port_file};
+  const std::string metrics_port_file = port_file + "-metrics";
+  std::vector<std::string> args = {binary,
+                                   "--host=127.0.0.1",
+                                   "--port=0",
+                                   "--port_file=" + port_file,
+                                   "--metrics_port=0",
+                                   "--metrics_port_file=" + metrics_port_file};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
@@ -34,9 +39,11 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   // The server writes the port file atomically once it listens.
   const absl::Time give_up = absl::Now() + absl::Seconds(30);
   while (absl::Now() < give_up) {
-    int port = 0;
-    if (std::ifstream(port_file) >> port && port > 0) {
-      return std::unique_ptr<ServerProcess>(new ServerProcess(pid, port));
+    int port = 0, metrics_port = 0;
+    // The metrics port is written first, so both are there once the gRPC one is.
+    if (std::ifstream(port_file) >> port && port > 0 &&
+        std::ifstream(metrics_port_file) >> metrics_port) {
+      return std::unique_ptr<ServerProcess>(new ServerProcess(pid, port, metrics_port));
     }
     int status = 0;
     if (waitpid(pid, &status, WNOHANG) == pid) {

@@ -22,13 +22,17 @@ class ServerProcess {
   // "127.0.0.1:<port>".
   std::string address() const;
   int port() const { return port_; }
+  // Port of the server's /metrics endpoint.
+  int metrics_port() const { return metrics_port_; }
   // Sends SIGTERM and waits; returns the exit status (as from waitpid).
   int Stop();
 
  private:
-  ServerProcess(pid_t pid, int port) : pid_(pid), port_(port) {}
+  ServerProcess(pid_t pid, int port, int metrics_port)
+      : pid_(pid), port_(port), metrics_port_(metrics_port) {}
   pid_t pid_;
   int port_;
+  int metrics_port_;
   bool stopped_ = false;
   int exit_status_ = 0;
 };
