@@ -53,8 +53,10 @@ struct Client::Impl {
   // The session's shape, from the cache or from GetSession.
   absl::StatusOr<ModelShape> Shape(const std::string& session_id);
   void ForgetShape(const std::string& session_id);
-  // A context with options.call_timeout as its deadline.
+  // A context with options.call_timeout as its deadline, prepared as below.
   std::unique_ptr<grpc::ClientContext> UnaryContext() const;
+  // Adds the credentials every call carries.
+  void Prepare(grpc::ClientContext* context) const;
 };
 
 v1::DType DTypeToProto(DType dtype);

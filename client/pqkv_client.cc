@@ -50,8 +50,15 @@ void Client::Impl::ForgetShape(const std::string& session_id) {
   shapes.erase(session_id);
 }
 
+void Client::Impl::Prepare(grpc::ClientContext* context) const {
+  if (!options.auth_token.empty()) {
+    context->AddMetadata("authorization", "Bearer " + options.auth_token);
+  }
+}
+
 std::unique_ptr<grpc::ClientContext> Client::Impl::UnaryContext() const {
   auto context = std::make_unique<grpc::ClientContext>();
+  Prepare(context.get());
   context->set_deadline(absl::ToChronoTime(absl::Now() + options.call_timeout));
   return context;
 }
@@ -186,6 +193,7 @@ absl::Status Client::UploadPrefill(const std::string& session_id, uint32_t layer
   const auto* value_bytes = static_cast<const char*>(values);
 
   grpc::ClientContext context;
+  impl_->Prepare(&context);
   v1::AppendKvResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::AppendKvRequest>> writer =
       impl_->StubFor(session_id)->AppendKv(&context, &response);
@@ -222,6 +230,7 @@ absl::Status Client::AppendToken(const std::string& session_id, uint64_t positio
   if (!shape.ok()) return shape.status();
   const size_t layer_bytes = shape->row_bytes() * shape->num_kv_heads;
   grpc::ClientContext context;
+  impl_->Prepare(&context);
   context.set_deadline(absl::ToChronoTime(absl::Now() + impl_->options.call_timeout));
   v1::AppendKvResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::AppendKvRequest>> writer =

@@ -136,6 +136,9 @@ struct FetchHead {
 struct ClientOptions {
   // Target size of one AppendKv message.
   size_t upload_chunk_bytes = size_t{1} << 20;
+  // Sent as `authorization: Bearer <token>` on every call when not empty (servers
+  // started with --auth_tokens_file require one; sessions belong to their token).
+  std::string auth_token;
   // With one target "name:port", resolve the name to all its addresses and spread
   // sessions over them (a headless Kubernetes Service); otherwise the name is one server.
   bool resolve_all_addresses = false;

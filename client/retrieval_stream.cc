@@ -44,6 +44,7 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
     ServerStream& server = impl_->servers[s];
     if (!server.stream) {  // first use, or reopening after a break
       server.context = std::make_unique<grpc::ClientContext>();
+      impl_->client->Prepare(server.context.get());
       server.stream = impl_->client->endpoints[s].stub->Retrieve(server.context.get());
     }
     v1::RetrieveRequest request;
@@ -74,8 +75,10 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
     if (!status.ok()) {
       // This server's stream is broken or out of step: its sessions fail, the others'
       // results stand, and the next call reopens it.
+      // A stream the server ended carries its reason in Finish; one that is merely out
+      // of step is cancelled first.
+      if (status.code() == absl::StatusCode::kInternal) server.context->TryCancel();
       server.stream->WritesDone();
-      server.context->TryCancel();
       const absl::Status final = FromGrpcStatus(server.stream->Finish());
       server.stream.reset();
       server.context.reset();

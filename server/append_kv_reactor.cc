@@ -9,8 +9,18 @@
 namespace pqkv::server {
 
 AppendKvReactor::AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
+                                 absl::StatusOr<std::string> principal,
                                  v1::AppendKvResponse* response)
-    : store_(store), compute_pool_(compute_pool), metrics_(metrics), response_(response) {
+    : store_(store),
+      compute_pool_(compute_pool),
+      metrics_(metrics),
+      principal_(principal.ok() ? *principal : ""),
+      response_(response) {
+  if (!principal.ok()) {  // authentication failed: end the stream before reading
+    metrics_->RecordStatus("AppendKv", principal.status());
+    Finish(ToGrpcStatus(principal.status()));
+    return;
+  }
   StartRead(&chunk_);
 }
 
@@ -38,7 +48,7 @@ void AppendKvReactor::OnReadDone(bool ok) {
 absl::Status AppendKvReactor::Apply(const v1::AppendKvRequest& chunk) {
   // Looked up per chunk (one map lookup), so that a stream never keeps a closed
   // session's memory alive.
-  ASSIGN_OR_RETURN(std::shared_ptr<Session> session, store_->Get(chunk.session_id()));
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session, store_->Get(chunk.session_id(), principal_));
   ASSIGN_OR_RETURN(kernels::ElementType dtype, ElementTypeFromProto(chunk.dtype()));
   if (dtype != session->config().shape.dtype) {
     return absl::InvalidArgumentError(absl::StrCat(

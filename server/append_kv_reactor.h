@@ -18,8 +18,10 @@ namespace pqkv::server {
 
 class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest> {
  public:
+  // principal: the caller, or the authentication error that ends the stream at once.
+  // principal: the caller, or the authentication error that ends the stream at once.
   AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
-                  v1::AppendKvResponse* response);
+                  absl::StatusOr<std::string> principal, v1::AppendKvResponse* response);
 
   void OnReadDone(bool ok) override;
   void OnDone() override { delete this; }
@@ -30,6 +32,7 @@ class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
   Metrics* const metrics_;
+  const std::string principal_;
   v1::AppendKvResponse* const response_;
   v1::AppendKvRequest chunk_;
 };

@@ -25,6 +25,7 @@
 #include "server/server_logger.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
+#include "server/token_authenticator.h"
 #include "server/version.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
@@ -45,6 +46,9 @@ ABSL_FLAG(double, session_ttl_seconds, 3600,
 ABSL_FLAG(int, metrics_port, 9464,
           "Port of the Prometheus /metrics endpoint; 0 picks a free one, -1 turns it off.");
 ABSL_FLAG(std::string, metrics_port_file, "", "If set, the bound metrics port is written here.");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "Bearer tokens, one name:token per line; when set, every call must carry one and "
+          "a session belongs to the token that created it.");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "On SIGTERM/SIGINT, time in-flight calls get.");
 
 namespace {
@@ -129,6 +133,15 @@ int main(int argc, char** argv) {
   pqkv::server::ServiceOptions service_options;
   service_options.max_index_wait = absl::Seconds(absl::GetFlag(FLAGS_max_index_wait_seconds));
   service_options.backend = gpu ? "cuda" : "cpu";
+  std::unique_ptr<pqkv::server::TokenAuthenticator> auth;
+  if (!absl::GetFlag(FLAGS_auth_tokens_file).empty()) {
+    absl::StatusOr<std::unique_ptr<pqkv::server::TokenAuthenticator>> loaded =
+        pqkv::server::TokenAuthenticator::FromFile(absl::GetFlag(FLAGS_auth_tokens_file));
+    if (!loaded.ok()) return Fail(loaded.status());
+    auth = *std::move(loaded);
+    service_options.auth = auth.get();
+    log.info("bearer-token authentication on, {} tokens", auth->size());
+  }
   pqkv::server::PqkvService service(store->get(), &compute_pool, &metrics, service_options);
 
   const std::string address =

@@ -53,13 +53,18 @@ grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext
                                                      const v1::CreateSessionRequest* request,
                                                      v1::CreateSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
+  if (!principal.ok()) {
+    Done(reactor, "CreateSession", principal.status());
+    return reactor;
+  }
   absl::StatusOr<SessionConfig> config = SessionConfigFromProto(request->shape(), request->index());
   if (!config.ok()) {
     Done(reactor, "CreateSession", config.status());
     return reactor;
   }
   absl::StatusOr<std::shared_ptr<Session>> session =
-      store_->CreateSession(request->session_id(), *config);
+      store_->CreateSession(request->session_id(), *config, *principal);
   if (session.ok()) {
     response->set_session_id((*session)->id());
     IndexOptionsToProto((*session)->config().index, response->mutable_index());
@@ -70,7 +75,8 @@ grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext
 
 grpc::ServerReadReactor<v1::AppendKvRequest>* PqkvService::AppendKv(
     grpc::CallbackServerContext* context, v1::AppendKvResponse* response) {
-  return new AppendKvReactor(store_, compute_pool_, metrics_, response);
+  return new AppendKvReactor(store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context),
+                             response);
 }
 
 grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* PqkvService::Retrieve(
@@ -78,15 +84,20 @@ grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* PqkvService:
   const absl::Time deadline = context->deadline() == std::chrono::system_clock::time_point::max()
                                   ? absl::InfiniteFuture()
                                   : absl::FromChrono(context->deadline());
-  return new RetrieveReactor(store_, compute_pool_, metrics_, deadline, options_.max_index_wait,
-                             &retrieve_items_);
+  return new RetrieveReactor(store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context),
+                             deadline, options_.max_index_wait, &retrieve_items_);
 }
 
 grpc::ServerUnaryReactor* PqkvService::FetchKv(grpc::CallbackServerContext* context,
                                                const v1::FetchKvRequest* request,
                                                v1::FetchKvResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(request->session_id());
+  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
+  if (!principal.ok()) {
+    Done(reactor, "FetchKv", principal.status());
+    return reactor;
+  }
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(request->session_id(), *principal);
   if (!session.ok()) {
     Done(reactor, "FetchKv", session.status());
     return reactor;
@@ -109,8 +120,13 @@ grpc::ServerUnaryReactor* PqkvService::CloseSession(grpc::CallbackServerContext*
                                                     const v1::CloseSessionRequest* request,
                                                     v1::CloseSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  compute_pool_->Schedule([this, reactor, request, response] {
-    absl::StatusOr<size_t> bytes = store_->Close(request->session_id());
+  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
+  if (!principal.ok()) {
+    Done(reactor, "CloseSession", principal.status());
+    return reactor;
+  }
+  compute_pool_->Schedule([this, reactor, request, response, principal = *principal] {
+    absl::StatusOr<size_t> bytes = store_->Close(request->session_id(), principal);
     if (bytes.ok()) response->set_bytes_released(*bytes);
     Done(reactor, "CloseSession", bytes.status());
   });
@@ -121,8 +137,14 @@ grpc::ServerUnaryReactor* PqkvService::GetSession(grpc::CallbackServerContext* c
                                                   const v1::GetSessionRequest* request,
                                                   v1::GetSessionResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  compute_pool_->Schedule([this, reactor, request, response] {
-    absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(request->session_id());
+  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
+  if (!principal.ok()) {
+    Done(reactor, "GetSession", principal.status());
+    return reactor;
+  }
+  compute_pool_->Schedule([this, reactor, request, response, principal = *principal] {
+    absl::StatusOr<std::shared_ptr<Session>> session =
+        store_->Get(request->session_id(), principal);
     if (session.ok()) {
       SessionInfoToProto(**session, /*with_layers=*/true, response->mutable_session());
     }
@@ -135,8 +157,13 @@ grpc::ServerUnaryReactor* PqkvService::ListSessions(grpc::CallbackServerContext*
                                                     const v1::ListSessionsRequest* request,
                                                     v1::ListSessionsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  compute_pool_->Schedule([this, reactor, response] {
-    for (const std::shared_ptr<Session>& session : store_->List()) {
+  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
+  if (!principal.ok()) {
+    Done(reactor, "ListSessions", principal.status());
+    return reactor;
+  }
+  compute_pool_->Schedule([this, reactor, response, principal = *principal] {
+    for (const std::shared_ptr<Session>& session : store_->List(principal)) {
       SessionInfoToProto(*session, /*with_layers=*/false, response->add_sessions());
     }
     Done(reactor, "ListSessions", absl::OkStatus());
@@ -148,6 +175,11 @@ grpc::ServerUnaryReactor* PqkvService::GetServerStats(grpc::CallbackServerContex
                                                       const v1::GetServerStatsRequest* request,
                                                       v1::GetServerStatsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
+  if (!principal.ok()) {
+    Done(reactor, "GetServerStats", principal.status());
+    return reactor;
+  }
   const SessionStoreStats stats = store_->Stats();
   response->set_num_sessions(stats.num_sessions);
   response->set_bytes_held(stats.bytes_held);

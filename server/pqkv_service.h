@@ -14,6 +14,7 @@
 #include "server/metrics.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
+#include "server/token_authenticator.h"
 
 namespace pqkv::server {
 
@@ -23,6 +24,8 @@ struct ServiceOptions {
   absl::Duration max_index_wait = absl::Seconds(60);
   // Compute backend in use, reported by GetServerStats: "cpu" or "cuda".
   std::string backend = "cpu";
+  // Bearer-token authentication, or null: no authentication, every caller is "".
+  const TokenAuthenticator* auth = nullptr;
 };
 
 class PqkvService final : public v1::Pqkv::CallbackService {

@@ -9,14 +9,23 @@
 namespace pqkv::server {
 
 RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
-                                 absl::Time call_deadline, absl::Duration max_index_wait,
+                                 absl::StatusOr<std::string> principal, absl::Time call_deadline,
+                                 absl::Duration max_index_wait,
                                  std::atomic<uint64_t>* items_counter)
     : store_(store),
       compute_pool_(compute_pool),
       metrics_(metrics),
+      principal_(principal.ok() ? *principal : ""),
       call_deadline_(call_deadline),
       max_index_wait_(max_index_wait),
       items_counter_(items_counter) {
+  if (!principal.ok()) {
+    metrics_->RecordStatus("Retrieve", principal.status());
+    absl::MutexLock lock(&mu_);
+    finished_ = true;
+    Finish(ToGrpcStatus(principal.status()));
+    return;
+  }
   StartRead(&request_);
 }
 
@@ -49,7 +58,7 @@ void RetrieveReactor::OnReadDone(bool ok) {
 void RetrieveReactor::StartItem(int i) {
   const v1::RetrieveItem& item = request_.items(i);
   response_->mutable_results(i)->set_session_id(item.session_id());
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(item.session_id());
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(item.session_id(), principal_);
   absl::StatusOr<LayerStore*> layer =
       session.ok() ? (*session)->layer(request_.layer()) : session.status();
   if (!layer.ok()) {

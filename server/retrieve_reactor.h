@@ -37,9 +37,11 @@ class RetrieveReactor final
  public:
   // An item parked on a building index waits at most until the call's deadline and at
   // most max_index_wait after its request arrived; items_counter counts answered items.
+  // principal: the caller, or the authentication error that ends the stream at once.
+  // principal: the caller, or the authentication error that ends the stream at once.
   RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
-                  absl::Time call_deadline, absl::Duration max_index_wait,
-                  std::atomic<uint64_t>* items_counter);
+                  absl::StatusOr<std::string> principal, absl::Time call_deadline,
+                  absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -63,6 +65,7 @@ class RetrieveReactor final
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
   Metrics* const metrics_;
+  const std::string principal_;
   const absl::Time call_deadline_;
   const absl::Duration max_index_wait_;
   std::atomic<uint64_t>* const items_counter_;

@@ -4,8 +4,10 @@
 
 namespace pqkv::server {
 
-Session::Session(std::string id, const SessionConfig& config, PageArena* arena, GpuScorer* gpu)
+Session::Session(std::string id, const SessionConfig& config, PageArena* arena, GpuScorer* gpu,
+                 std::string owner)
     : id_(std::move(id)),
+      owner_(std::move(owner)),
       config_(config),
       created_(absl::Now()),
       last_used_ns_(absl::ToUnixNanos(created_)) {

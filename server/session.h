@@ -22,10 +22,13 @@ namespace pqkv::server {
 
 class Session {
  public:
-  // gpu: the CUDA backend or null; must outlive the session.
-  Session(std::string id, const SessionConfig& config, PageArena* arena, GpuScorer* gpu = nullptr);
+  // gpu: the CUDA backend or null; must outlive the session. owner: the principal that
+  // created it ("" without authentication).
+  Session(std::string id, const SessionConfig& config, PageArena* arena, GpuScorer* gpu = nullptr,
+          std::string owner = "");
 
   const std::string& id() const { return id_; }
+  const std::string& owner() const { return owner_; }
   const SessionConfig& config() const { return config_; }
   absl::Time created() const { return created_; }
   // Marks the session used at `at` (every call that names it does, through SessionStore).
@@ -48,6 +51,7 @@ class Session {
 
  private:
   const std::string id_;
+  const std::string owner_;
   const SessionConfig config_;
   const absl::Time created_;
   std::vector<std::unique_ptr<LayerStore>> layers_;

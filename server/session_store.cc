@@ -85,7 +85,7 @@ size_t SessionStore::ExpireIdleSessions(absl::Time now, absl::Duration ttl) {
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
-    const std::string& requested_id, const SessionConfig& config) {
+    const std::string& requested_id, const SessionConfig& config, const std::string& owner) {
   RETURN_IF_ERROR(ValidateSessionConfig(config, arena_->page_bytes()));
   if (!requested_id.empty()) RETURN_IF_ERROR(ValidateSessionId(requested_id));
   absl::MutexLock lock(&mu_);
@@ -98,7 +98,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
   } else if (sessions_.count(id) > 0) {
     return absl::AlreadyExistsError(absl::StrCat("session \"", id, "\" already exists"));
   }
-  auto session = std::make_shared<Session>(id, config, arena_.get(), gpu_);
+  auto session = std::make_shared<Session>(id, config, arena_.get(), gpu_, owner);
   sessions_.emplace(id, session);
   ServerLogger().info(
       "session {} created: {} layers x {} kv heads x {} query heads x {} dims, "
@@ -109,22 +109,24 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
   return session;
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionStore::Get(const std::string& id) const {
+absl::StatusOr<std::shared_ptr<Session>> SessionStore::Get(const std::string& id,
+                                                           const std::string& principal) const {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) {
+  // Another principal's session is reported exactly like a missing one.
+  if (it == sessions_.end() || it->second->owner() != principal) {
     return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
   }
   it->second->Touch();
   return it->second;
 }
 
-absl::StatusOr<size_t> SessionStore::Close(const std::string& id) {
+absl::StatusOr<size_t> SessionStore::Close(const std::string& id, const std::string& principal) {
   std::shared_ptr<Session> session;
   {
     absl::MutexLock lock(&mu_);
     auto it = sessions_.find(id);
-    if (it == sessions_.end()) {
+    if (it == sessions_.end() || it->second->owner() != principal) {
       return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
     }
     session = std::move(it->second);
@@ -136,10 +138,12 @@ absl::StatusOr<size_t> SessionStore::Close(const std::string& id) {
   return bytes;
 }
 
-std::vector<std::shared_ptr<Session>> SessionStore::List() const {
+std::vector<std::shared_ptr<Session>> SessionStore::List(const std::string& principal) const {
   absl::MutexLock lock(&mu_);
   std::vector<std::shared_ptr<Session>> sessions;
-  for (const auto& [id, session] : sessions_) sessions.push_back(session);
+  for (const auto& [id, session] : sessions_) {
+    if (session->owner() == principal) sessions.push_back(session);
+  }
   return sessions;
 }
 

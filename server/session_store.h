@@ -54,13 +54,17 @@ class SessionStore {
   // Creates a session under `requested_id`, or a fresh id when it is empty.
   // ALREADY_EXISTS for a live id; INVALID_ARGUMENT for a bad id or config.
   absl::StatusOr<std::shared_ptr<Session>> CreateSession(const std::string& requested_id,
-                                                         const SessionConfig& config);
-  // NOT_FOUND for an unknown id. Marks the session used.
-  absl::StatusOr<std::shared_ptr<Session>> Get(const std::string& id) const;
+                                                         const SessionConfig& config,
+                                                         const std::string& owner = "");
+  // NOT_FOUND for an unknown id or one `principal` does not own (sessions belong to the
+  // principal that created them; "" without authentication). Marks the session used.
+  absl::StatusOr<std::shared_ptr<Session>> Get(const std::string& id,
+                                               const std::string& principal = "") const;
   // Removes the session; returns the bytes its K/V held. Storage is freed as soon as
   // calls in flight on the session finish.
-  absl::StatusOr<size_t> Close(const std::string& id);
-  std::vector<std::shared_ptr<Session>> List() const;
+  absl::StatusOr<size_t> Close(const std::string& id, const std::string& principal = "");
+  // The sessions `principal` owns.
+  std::vector<std::shared_ptr<Session>> List(const std::string& principal = "") const;
 
   // Marks the layer's prefill complete and queues its index build when it needs one.
   void SealPrefill(const std::shared_ptr<Session>& session, uint32_t layer);

@@ -6,10 +6,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "catch2/catch.hpp"
@@ -433,6 +436,60 @@ TEST_CASE("The server closes sessions idle past --session_ttl_seconds", "[integr
     std::this_thread::yield();
   }
   CHECK(client->GetServerStats()->num_sessions == 0);
+}
+
+TEST_CASE("Bearer tokens: wrong or missing ones are refused, sessions belong to theirs",
+          "[integration]") {
+  const std::string tokens = std::string(std::getenv("TEST_TMPDIR")) + "/tokens";
+  std::ofstream(tokens) << "# name:token\nalice:token-a\nbob:token-b\n";
+  auto server = StartServer({"--auth_tokens_file=" + tokens});
+  const auto connect_as = [&](const std::string& token) {
+    ClientOptions options;
+    options.auth_token = token;
+    return Client::Connect(server->address(), options).value();
+  };
+  auto alice = connect_as("token-a");
+  auto bob = connect_as("token-b");
+  SessionOptions options;
+  options.session_id = "alice-1";
+  options.shape = {1, 1, 2, 8, DType::kFp32};
+  REQUIRE(alice->CreateSession(options).ok());
+  std::vector<float> kv(200 * 8, 0.5f), query(2 * 8, 0.25f);
+  REQUIRE(alice->UploadPrefill("alice-1", 0, 0, 200, kv.data(), kv.data(), true).ok());
+
+  SECTION("another token sees nothing") {
+    CHECK(bob->GetSession("alice-1").status().code() == absl::StatusCode::kNotFound);
+    CHECK(bob->CloseSession("alice-1").code() == absl::StatusCode::kNotFound);
+    CHECK(bob->ListSessions()->empty());
+    std::vector<uint8_t> buffer(64);
+    CHECK(bob->FetchKv("alice-1", 0, {{{0, {0}}}}, buffer.data(), buffer.data(), 64)
+              .status()
+              .code() == absl::StatusCode::kNotFound);
+    auto stream = bob->OpenRetrievalStream().value();
+    const RetrieveQuery q{"alice-1", query, 4};
+    auto results = stream->Retrieve(0, {&q, 1});
+    REQUIRE(results.ok());
+    CHECK((*results)[0].status.code() == absl::StatusCode::kNotFound);
+    CHECK(alice->GetSession("alice-1").ok());  // still there
+  }
+  SECTION("a wrong or missing token is UNAUTHENTICATED") {
+    for (const std::string token : {"token-c", ""}) {
+      auto stranger = connect_as(token);
+      CHECK(stranger->GetServerStats().status().code() == absl::StatusCode::kUnauthenticated);
+      CHECK(stranger->CreateSession(options).status().code() == absl::StatusCode::kUnauthenticated);
+      CHECK(stranger->UploadPrefill("alice-1", 0, 200, 1, kv.data(), kv.data(), false).code() ==
+            absl::StatusCode::kUnauthenticated);
+      auto stream = stranger->OpenRetrievalStream().value();
+      const RetrieveQuery q{"alice-1", query, 4};
+      auto results = stream->Retrieve(0, {&q, 1});
+      REQUIRE(results.ok());
+      CHECK((*results)[0].status.code() == absl::StatusCode::kUnavailable);
+      // The stream was refused; the message carries the server's reason.
+      const std::string why((*results)[0].status.message());
+      CHECK((absl::StrContains(why, "unknown token") || absl::StrContains(why, "missing")));
+    }
+    CHECK(alice->GetSession("alice-1")->layers[0].num_tokens == 200);  // nothing appended
+  }
 }
 
 // Malformed uploads the SDK would never send, through the raw stub.

@@ -1,0 +1,42 @@
+// TokenAuthenticator: bearer-token authentication of calls. Each call must carry
+// `authorization: Bearer <token>` metadata with a token from the server's tokens file;
+// the token's name is the caller's principal, and a session belongs to the principal
+// that created it (others get NOT_FOUND for it, as if it did not exist).
+//
+// Tokens file: one `name:token` per line; blank lines and lines starting with # are
+// ignored. Immutable after loading; thread-safe.
+#ifndef PQKV_SERVER_TOKEN_AUTHENTICATOR_H_
+#define PQKV_SERVER_TOKEN_AUTHENTICATOR_H_
+
+#include <grpcpp/server_context.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace pqkv::server {
+
+class TokenAuthenticator {
+ public:
+  static absl::StatusOr<std::unique_ptr<TokenAuthenticator>> FromFile(const std::string& path);
+
+  // The principal of the call, or UNAUTHENTICATED saying what is missing or wrong.
+  absl::StatusOr<std::string> Authenticate(const grpc::ServerContextBase& context) const;
+
+  size_t size() const { return principals_.size(); }
+
+ private:
+  explicit TokenAuthenticator(std::map<std::string, std::string> principals)
+      : principals_(std::move(principals)) {}
+  std::map<std::string, std::string> principals_;  // token -> name
+};
+
+// The caller's principal: from `auth`, or "" (everyone shares sessions) without one.
+absl::StatusOr<std::string> PrincipalOf(const TokenAuthenticator* auth,
+                                        const grpc::ServerContextBase& context);
+
+}  // namespace pqkv::server
+
+#endif  // PQKV_SERVER_TOKEN_AUTHENTICATOR_H_
