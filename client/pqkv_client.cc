@@ -118,6 +118,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
     absl::StatusOr<std::vector<std::string>> resolved = ResolveAll(targets[0]);
     if (!resolved.ok()) return resolved.status();
     targets = *std::move(resolved);
+    if (targets.empty()) {
+      return absl::UnavailableError(absl::StrCat("\"", target, "\" resolves to no address"));
+    }
   }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);

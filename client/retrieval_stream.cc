@@ -85,9 +85,15 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
       const std::string why = absl::StrCat(
           "Retrieve stream to ", impl_->client->endpoints[s].target, " broke (", status.message(),
           final.ok() ? "" : absl::StrCat("; ", final.message()), ")");
+      // The server's own code when it ended the stream (UNAUTHENTICATED, say), so that
+      // callers do not retry what will not work; UNAVAILABLE when the server went away.
+      const absl::StatusCode code = !final.ok() && final.code() != absl::StatusCode::kCancelled &&
+                                            final.code() != absl::StatusCode::kUnavailable
+                                        ? final.code()
+                                        : absl::StatusCode::kUnavailable;
       for (size_t q : by_server[s]) {
         results[q].session_id = queries[q].session_id;
-        results[q].status = absl::UnavailableError(why);
+        results[q].status = absl::Status(code, why);
       }
       continue;
     }

@@ -19,7 +19,6 @@ namespace pqkv::server {
 class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest> {
  public:
   // principal: the caller, or the authentication error that ends the stream at once.
-  // principal: the caller, or the authentication error that ends the stream at once.
   AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                   absl::StatusOr<std::string> principal, v1::AppendKvResponse* response);
 

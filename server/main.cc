@@ -69,7 +69,9 @@ void WritePortFile(const std::string& path, int port) {
 
 int Fail(const absl::Status& status) {
   pqkv::server::ServerLogger().critical("{}", status.ToString());
-  spdlog::shutdown();
+  // No spdlog::shutdown(): objects still alive may log while they are destroyed; the
+  // registry flushes the asynchronous sink at exit.
+  pqkv::server::ServerLogger().flush();
   return 1;
 }
 
@@ -193,6 +195,6 @@ int main(int argc, char** argv) {
   server->Wait();
   if (metrics_http) metrics_http->Stop();
   log.info("stopped");
-  spdlog::shutdown();
+  log.flush();  // the rest (destructors that log) is flushed by the registry at exit
   return 0;
 }

@@ -2,6 +2,9 @@
 
 #include <httplib.h>
 
+#include <atomic>
+#include <memory>
+
 #include "absl/strings/str_cat.h"
 
 namespace pqkv::server {
@@ -18,7 +21,14 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::UnavailableError(absl::StrCat("cannot listen for /metrics on ", host, ":", port));
   }
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer(std::move(http), bound));
-  server->thread_ = std::thread([raw = server->http_.get()] { raw->listen_after_bind(); });
+  auto listening_done = std::make_shared<std::atomic<bool>>(false);
+  server->thread_ = std::thread([raw = server->http_.get(), listening_done] {
+    raw->listen_after_bind();
+    listening_done->store(true);
+  });
+  // httplib's stop() is a no-op until the listener runs; a Stop() before that would
+  // leave join() waiting forever, so wait for it here.
+  while (!server->http_->is_running() && !listening_done->load()) std::this_thread::yield();
   return server;
 }
 

@@ -38,7 +38,6 @@ class RetrieveReactor final
   // An item parked on a building index waits at most until the call's deadline and at
   // most max_index_wait after its request arrived; items_counter counts answered items.
   // principal: the caller, or the authentication error that ends the stream at once.
-  // principal: the caller, or the authentication error that ends the stream at once.
   RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                   absl::StatusOr<std::string> principal, absl::Time call_deadline,
                   absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter);

@@ -9,6 +9,11 @@
 namespace pqkv::server {
 namespace {
 
+// The map key: principals have separate id spaces (ids cannot contain '\n').
+std::string Key(const std::string& principal, const std::string& id) {
+  return absl::StrCat(principal, "\n", id);
+}
+
 absl::Status ValidateSessionId(const std::string& id) {
   if (id.empty() || id.size() > 128) {
     return absl::InvalidArgumentError(
@@ -94,12 +99,12 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
     absl::BitGen gen;
     do {
       id = absl::StrFormat("s-%016x", absl::Uniform<uint64_t>(gen));
-    } while (sessions_.count(id) > 0);
-  } else if (sessions_.count(id) > 0) {
+    } while (sessions_.count(Key(owner, id)) > 0);
+  } else if (sessions_.count(Key(owner, id)) > 0) {
     return absl::AlreadyExistsError(absl::StrCat("session \"", id, "\" already exists"));
   }
   auto session = std::make_shared<Session>(id, config, arena_.get(), gpu_, owner);
-  sessions_.emplace(id, session);
+  sessions_.emplace(Key(owner, id), session);
   ServerLogger().info(
       "session {} created: {} layers x {} kv heads x {} query heads x {} dims, "
       "M={} b={} S={} W={}",
@@ -112,9 +117,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
 absl::StatusOr<std::shared_ptr<Session>> SessionStore::Get(const std::string& id,
                                                            const std::string& principal) const {
   absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(id);
-  // Another principal's session is reported exactly like a missing one.
-  if (it == sessions_.end() || it->second->owner() != principal) {
+  // Each principal has its own id space: another's session is not even found.
+  auto it = sessions_.find(Key(principal, id));
+  if (it == sessions_.end()) {
     return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
   }
   it->second->Touch();
@@ -125,8 +130,8 @@ absl::StatusOr<size_t> SessionStore::Close(const std::string& id, const std::str
   std::shared_ptr<Session> session;
   {
     absl::MutexLock lock(&mu_);
-    auto it = sessions_.find(id);
-    if (it == sessions_.end() || it->second->owner() != principal) {
+    auto it = sessions_.find(Key(principal, id));
+    if (it == sessions_.end()) {
       return absl::NotFoundError(absl::StrCat("no session \"", id, "\""));
     }
     session = std::move(it->second);

@@ -85,6 +85,7 @@ class SessionStore {
   const std::unique_ptr<PageArena> arena_;
   GpuScorer* const gpu_;
   mutable absl::Mutex mu_;
+  // Keyed by (owner, id): each principal has its own id space.
   std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   std::atomic<size_t> index_builds_done_{0};
   const absl::Duration session_ttl_;

@@ -1,7 +1,8 @@
 // TokenAuthenticator: bearer-token authentication of calls. Each call must carry
 // `authorization: Bearer <token>` metadata with a token from the server's tokens file;
 // the token's name is the caller's principal, and a session belongs to the principal
-// that created it (others get NOT_FOUND for it, as if it did not exist).
+// that created it: each principal has its own session-id space, so others get NOT_FOUND
+// for it and can create their own session under the same id.
 //
 // Tokens file: one `name:token` per line; blank lines and lines starting with # are
 // ignored. Immutable after loading; thread-safe.

@@ -471,6 +471,10 @@ TEST_CASE("Bearer tokens: wrong or missing ones are refused, sessions belong to 
     REQUIRE(results.ok());
     CHECK((*results)[0].status.code() == absl::StatusCode::kNotFound);
     CHECK(alice->GetSession("alice-1").ok());  // still there
+    // Ids are per token: bob may use the same id, which tells him nothing about alice's.
+    CHECK(bob->CreateSession(options).ok());
+    CHECK(bob->GetSession("alice-1")->layers[0].num_tokens == 0);
+    CHECK(alice->GetSession("alice-1")->layers[0].num_tokens == 200);
   }
   SECTION("a wrong or missing token is UNAUTHENTICATED") {
     for (const std::string token : {"token-c", ""}) {
@@ -483,8 +487,8 @@ TEST_CASE("Bearer tokens: wrong or missing ones are refused, sessions belong to 
       const RetrieveQuery q{"alice-1", query, 4};
       auto results = stream->Retrieve(0, {&q, 1});
       REQUIRE(results.ok());
-      CHECK((*results)[0].status.code() == absl::StatusCode::kUnavailable);
-      // The stream was refused; the message carries the server's reason.
+      // The stream was refused: the item carries the server's code and reason.
+      CHECK((*results)[0].status.code() == absl::StatusCode::kUnauthenticated);
       const std::string why((*results)[0].status.message());
       CHECK((absl::StrContains(why, "unknown token") || absl::StrContains(why, "missing")));
     }
