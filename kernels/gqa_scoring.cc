@@ -174,8 +174,8 @@ void CodeLogits(const uint8_t* codes, int M, int ksub, const float* tables, int 
 // The common GQA group of 4 query heads: one 128-bit row per sub-space (SSE is part of
 // x86-64 itself, so this needs no dispatch). Sums in the same order as the scalar loop.
 template <int kM>
-void CodeLogitsGroup4(const uint8_t* codes, int M, int ksub, const float* tables,
-                      size_t begin, size_t end, float* out) {
+void CodeLogitsGroup4(const uint8_t* codes, int M, int ksub, const float* tables, size_t begin,
+                      size_t end, float* out) {
   const int subspaces = kM > 0 ? kM : M;
   for (size_t t = begin; t < end; ++t) {
     const uint8_t* code = codes + t * subspaces;
@@ -217,10 +217,18 @@ void ChunkLogits(const GqaScoringInput& in, const float* tables, size_t begin, s
       case 4:
 #if defined(__SSE2__)
         switch (M) {
-          case 2: CodeLogitsGroup4<2>(codes, M, ksub, tables, begin, code_end, out); break;
-          case 4: CodeLogitsGroup4<4>(codes, M, ksub, tables, begin, code_end, out); break;
-          case 8: CodeLogitsGroup4<8>(codes, M, ksub, tables, begin, code_end, out); break;
-          default: CodeLogitsGroup4<0>(codes, M, ksub, tables, begin, code_end, out); break;
+          case 2:
+            CodeLogitsGroup4<2>(codes, M, ksub, tables, begin, code_end, out);
+            break;
+          case 4:
+            CodeLogitsGroup4<4>(codes, M, ksub, tables, begin, code_end, out);
+            break;
+          case 8:
+            CodeLogitsGroup4<8>(codes, M, ksub, tables, begin, code_end, out);
+            break;
+          default:
+            CodeLogitsGroup4<0>(codes, M, ksub, tables, begin, code_end, out);
+            break;
         }
 #else
         CodeLogitsForGroup<4>(codes, M, ksub, tables, G, begin, code_end, out);

@@ -6,18 +6,11 @@
 #include <vector>
 
 #include "kernels/cpu_features.h"
+#include "kernels/ordered_key.h"
 #include "kernels/simd_avx2.h"
 
 namespace pqkv::kernels {
 namespace {
-
-// Maps a float to an unsigned key with the same order (negative values reversed).
-inline uint32_t OrderedKey(float f) {
-  if (f == 0.0f) f = 0.0f;  // -0 and +0 compare equal, so they must share a key
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
 
 constexpr int kDigitBits = 11;  // 3 passes over 32 bits: 11 + 11 + 10
 constexpr uint32_t kBuckets = 1u << kDigitBits;

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstring>
 
+#include "kernels/ordered_key.h"
 #include "kernels/simd_avx2.h"
 
 namespace pqkv::kernels::avx2 {
@@ -22,13 +23,6 @@ std::array<std::array<int32_t, 8>, 256> MakeCompressTable() {
   return table;
 }
 const std::array<std::array<int32_t, 8>, 256> kCompress = MakeCompressTable();
-
-inline uint32_t OrderedKey(float f) {
-  if (f == 0.0f) f = 0.0f;
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
 
 }  // namespace
 

@@ -53,7 +53,9 @@ HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, i
   input.num_exact = keys.num_tokens - NumEncoded(keys);
   input.group_queries = group_queries;
   input.group_size = group_size;
-  std::vector<float> scores(keys.num_tokens);
+  // Reused per thread: a fresh n-float array per head and call costs page faults.
+  thread_local std::vector<float> scores;
+  if (scores.size() < keys.num_tokens) scores.resize(keys.num_tokens);
   if (!kernels::ScoreGqa(input, scores.data())) return HeadSelection{{}, {}, /*overflow=*/true};
   return Select(scores, candidate_begin, candidate_end, k, /*plain=*/false);
 }
