@@ -12,6 +12,7 @@ packages=(
   libfaiss-dev libopenblas-dev liblapack-dev   # PQ training (k-means)
   libspdlog-dev libfmt-dev
   libcpp-httplib-dev     # the /metrics HTTP endpoint (Prometheus)
+  libucx-dev             # the UCX data plane (rows into clients' registered buffers)
   docker-compose         # validates deploy/docker-compose.yml in the tests (no engine needed)
   catch2
   python3                # .ci/run and scripts/test.sh read the JUnit results with it

@@ -3,12 +3,19 @@
 #define PQKV_SERVER_FETCH_LIMITS_H_
 
 #include <cstddef>
+#include <cstdint>
+
+#include "absl/time/time.h"
 
 namespace pqkv::server {
 
 // Largest K+V payload of one FetchKv response or one Retrieve item with_kv; bigger ones
 // must be split (the C++ SDK splits fetches).
 inline constexpr size_t kMaxFetchBytes = size_t{64} << 20;
+// Most row cache slots per kv head a Retrieve item may name (delta transfer).
+inline constexpr uint32_t kMaxCacheSlots = uint32_t{1} << 20;
+// Longest the server waits for a UCX put of one item's rows to reach the client.
+inline constexpr absl::Duration kLandingTimeout = absl::Seconds(10);
 // Largest message the server accepts (AppendKv chunks, Retrieve batches).
 inline constexpr int kMaxReceiveMessageBytes = 64 << 20;
 

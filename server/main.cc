@@ -26,6 +26,7 @@
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 #include "server/token_authenticator.h"
+#include "server/ucx_data_plane.h"
 #include "server/version.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
@@ -49,6 +50,10 @@ ABSL_FLAG(std::string, metrics_port_file, "", "If set, the bound metrics port is
 ABSL_FLAG(std::string, auth_tokens_file, "",
           "Bearer tokens, one name:token per line; when set, every call must carry one and "
           "a session belongs to the token that created it.");
+ABSL_FLAG(bool, ucx, true,
+          "Offer the UCX data plane (rows written into clients' registered buffers); when "
+          "off or when UCX cannot start, rows travel in gRPC responses. UCX_* environment "
+          "variables (UCX_TLS, UCX_NET_DEVICES, ...) pass through to UCX.");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "On SIGTERM/SIGINT, time in-flight calls get.");
 
 namespace {
@@ -124,6 +129,19 @@ int main(int argc, char** argv) {
   absl::StatusOr<size_t> page_bytes = pqkv::server::ParseByteSize(absl::GetFlag(FLAGS_page_size));
   if (!page_bytes.ok()) return Fail(page_bytes.status());
   store_options.page_bytes = *page_bytes;
+  // The data plane outlives the compute pool, where streams' endpoints are closed.
+  std::unique_ptr<pqkv::server::UcxDataPlane> data_plane;
+  std::string data_plane_error = "turned off with --noucx";
+  if (absl::GetFlag(FLAGS_ucx)) {
+    absl::StatusOr<std::unique_ptr<pqkv::server::UcxDataPlane>> created =
+        pqkv::server::UcxDataPlane::Create();
+    if (created.ok()) {
+      data_plane = *std::move(created);
+    } else {
+      data_plane_error = std::string(created.status().message());
+      log.warn("UCX data plane unavailable ({}); rows travel in gRPC responses", data_plane_error);
+    }
+  }
   // The compute pool outlives the store: index builds finishing during shutdown hand
   // parked retrievals to it.
   int threads = absl::GetFlag(FLAGS_threads);
@@ -135,6 +153,8 @@ int main(int argc, char** argv) {
   pqkv::server::ServiceOptions service_options;
   service_options.max_index_wait = absl::Seconds(absl::GetFlag(FLAGS_max_index_wait_seconds));
   service_options.backend = gpu ? "cuda" : "cpu";
+  service_options.data_plane = data_plane.get();
+  service_options.data_plane_error = data_plane_error;
   std::unique_ptr<pqkv::server::TokenAuthenticator> auth;
   if (!absl::GetFlag(FLAGS_auth_tokens_file).empty()) {
     absl::StatusOr<std::unique_ptr<pqkv::server::TokenAuthenticator>> loaded =
@@ -175,10 +195,11 @@ int main(int argc, char** argv) {
   WritePortFile(absl::GetFlag(FLAGS_port_file), bound_port);
   log.info(
       "pqkv-server {} listening on {}:{}; backend {} (CPU kernels {}), {} compute threads, {} "
-      "index threads, memory budget {} bytes in {}-byte pages",
+      "index threads, memory budget {} bytes in {}-byte pages, data plane {}",
       pqkv::server::kVersion, absl::GetFlag(FLAGS_host), bound_port, service_options.backend,
       pqkv::kernels::SimdLevelName(), threads, store_options.index_threads,
-      (*store)->Stats().bytes_capacity, store_options.page_bytes);
+      (*store)->Stats().bytes_capacity, store_options.page_bytes,
+      data_plane ? "UCX + gRPC" : "gRPC");
   log.flush();
 
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();

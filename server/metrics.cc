@@ -1,6 +1,7 @@
 #include "server/metrics.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -69,9 +70,14 @@ void Metrics::RecordStatus(const char* rpc, const absl::Status& status) {
 }
 
 void Metrics::RecordBytesSent(const char* transport, uint64_t bytes) {
-  // One path today; the counter carries the label so that others can join it.
-  (void)transport;
-  grpc_bytes_sent_.fetch_add(bytes, std::memory_order_relaxed);
+  std::atomic<uint64_t>* counter = &grpc_bytes_sent_;
+  if (std::strcmp(transport, "ucx-shm") == 0) counter = &ucx_shm_bytes_sent_;
+  if (std::strcmp(transport, "ucx-put") == 0) counter = &ucx_put_bytes_sent_;
+  counter->fetch_add(bytes, std::memory_order_relaxed);
+}
+
+void Metrics::RecordCacheSavedBytes(uint64_t bytes) {
+  cache_saved_bytes_.fetch_add(bytes, std::memory_order_relaxed);
 }
 
 std::string Metrics::Render(const SessionStore& store) const {
@@ -104,7 +110,17 @@ std::string Metrics::Render(const SessionStore& store) const {
                   "# HELP pqkv_kv_bytes_sent_total K/V bytes sent to clients, by transport.\n"
                   "# TYPE pqkv_kv_bytes_sent_total counter\n"
                   "pqkv_kv_bytes_sent_total{transport=\"grpc\"} ",
-                  grpc_bytes_sent_.load(std::memory_order_relaxed), "\n");
+                  grpc_bytes_sent_.load(std::memory_order_relaxed), "\n",
+                  "pqkv_kv_bytes_sent_total{transport=\"ucx-shm\"} ",
+                  ucx_shm_bytes_sent_.load(std::memory_order_relaxed), "\n",
+                  "pqkv_kv_bytes_sent_total{transport=\"ucx-put\"} ",
+                  ucx_put_bytes_sent_.load(std::memory_order_relaxed), "\n");
+  absl::StrAppend(&out,
+                  "# HELP pqkv_kv_bytes_saved_by_cache_total K/V bytes not sent because the "
+                  "client's row cache held them.\n"
+                  "# TYPE pqkv_kv_bytes_saved_by_cache_total counter\n"
+                  "pqkv_kv_bytes_saved_by_cache_total ",
+                  cache_saved_bytes_.load(std::memory_order_relaxed), "\n");
   absl::StrAppend(&out,
                   "# HELP pqkv_requests_total Calls and Retrieve items, by RPC and status code.\n"
                   "# TYPE pqkv_requests_total counter\n");

@@ -45,7 +45,10 @@ class Metrics {
   // A call or item that ended with `status` (OK ones count too, by code "OK").
   void RecordStatus(const char* rpc, const absl::Status& status);
   // K/V bytes sent back, by path ("grpc": FetchKv and Retrieve with_kv).
+  // transport: "grpc", "ucx-shm" or "ucx-put".
   void RecordBytesSent(const char* transport, uint64_t bytes);
+  // K/V bytes a client's row cache made unnecessary (delta transfer).
+  void RecordCacheSavedBytes(uint64_t bytes);
 
   // The exposition text, with gauges read from `store`.
   std::string Render(const SessionStore& store) const;
@@ -55,6 +58,9 @@ class Metrics {
   LatencyHistogram retrieve_scoring_;
   LatencyHistogram index_build_;
   std::atomic<uint64_t> grpc_bytes_sent_{0};
+  std::atomic<uint64_t> ucx_shm_bytes_sent_{0};
+  std::atomic<uint64_t> ucx_put_bytes_sent_{0};
+  std::atomic<uint64_t> cache_saved_bytes_{0};
   mutable absl::Mutex mu_;
   // (rpc, code) -> count
   std::vector<std::pair<std::string, uint64_t>> statuses_ ABSL_GUARDED_BY(mu_);

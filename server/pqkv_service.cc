@@ -85,7 +85,8 @@ grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* PqkvService:
                                   ? absl::InfiniteFuture()
                                   : absl::FromChrono(context->deadline());
   return new RetrieveReactor(store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context),
-                             deadline, options_.max_index_wait, &retrieve_items_);
+                             deadline, options_.max_index_wait, &retrieve_items_,
+                             options_.data_plane, options_.data_plane_error);
 }
 
 grpc::ServerUnaryReactor* PqkvService::FetchKv(grpc::CallbackServerContext* context,
@@ -189,6 +190,8 @@ grpc::ServerUnaryReactor* PqkvService::GetServerStats(grpc::CallbackServerContex
   response->set_index_builds_done(stats.index_builds_done);
   response->set_retrieve_items(retrieve_items_.load(std::memory_order_relaxed));
   response->set_backend(options_.backend);
+  response->set_ucx_available(options_.data_plane != nullptr);
+  if (options_.data_plane == nullptr) response->set_ucx_error(options_.data_plane_error);
   response->set_version(kVersion);
   Done(reactor, "GetServerStats", absl::OkStatus());
   return reactor;

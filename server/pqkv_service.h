@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
 
 #include "absl/time/time.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
@@ -15,6 +16,7 @@
 #include "server/session_store.h"
 #include "server/thread_pool.h"
 #include "server/token_authenticator.h"
+#include "server/ucx_data_plane.h"
 
 namespace pqkv::server {
 
@@ -26,6 +28,10 @@ struct ServiceOptions {
   std::string backend = "cpu";
   // Bearer-token authentication, or null: no authentication, every caller is "".
   const TokenAuthenticator* auth = nullptr;
+  // The UCX data plane, or null (data_plane_error says why): rows then travel in
+  // gRPC responses only.
+  UcxDataPlane* data_plane = nullptr;
+  std::string data_plane_error = "disabled";
 };
 
 class PqkvService final : public v1::Pqkv::CallbackService {

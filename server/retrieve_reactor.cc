@@ -11,14 +11,17 @@ namespace pqkv::server {
 RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                                  absl::StatusOr<std::string> principal, absl::Time call_deadline,
                                  absl::Duration max_index_wait,
-                                 std::atomic<uint64_t>* items_counter)
+                                 std::atomic<uint64_t>* items_counter, UcxDataPlane* data_plane,
+                                 std::string data_plane_error)
     : store_(store),
       compute_pool_(compute_pool),
       metrics_(metrics),
       principal_(principal.ok() ? *principal : ""),
       call_deadline_(call_deadline),
       max_index_wait_(max_index_wait),
-      items_counter_(items_counter) {
+      items_counter_(items_counter),
+      data_plane_(data_plane),
+      data_plane_error_(std::move(data_plane_error)) {
   if (!principal.ok()) {
     metrics_->RecordStatus("Retrieve", principal.status());
     absl::MutexLock lock(&mu_);
@@ -47,12 +50,52 @@ void RetrieveReactor::OnReadDone(bool ok) {
   response_->set_layer(request_.layer());
   const int items = request_.items_size();
   for (int i = 0; i < items; ++i) response_->add_results();
+  if (request_.has_open_data_plane()) {
+    compute_pool_->Schedule([this] {
+      OpenDataPlane();
+      StartItems();
+    });
+    return;
+  }
+  StartItems();
+}
+
+void RetrieveReactor::StartItems() {
+  const int items = request_.items_size();
   if (items == 0) {
     CompleteRequest();
     return;
   }
   items_left_.store(items, std::memory_order_relaxed);
   for (int i = 0; i < items; ++i) compute_pool_->Schedule([this, i] { StartItem(i); });
+}
+
+void RetrieveReactor::OpenDataPlane() {
+  const v1::DataPlaneOffer& offer = request_.open_data_plane();
+  peer_.reset();
+  absl::StatusOr<std::unique_ptr<UcxPeer>> peer =
+      data_plane_ == nullptr ? absl::FailedPreconditionError(absl::StrCat(
+                                   "this server has no UCX data plane: ", data_plane_error_))
+                             : data_plane_->Connect(offer.worker_address(), offer.buffer_address(),
+                                                    offer.buffer_bytes(), offer.rkey());
+  v1::DataPlaneStatus* status = response_->mutable_data_plane();
+  if (!peer.ok()) {
+    metrics_->RecordStatus("Retrieve", peer.status());
+    peer_error_ = std::string(peer.status().message());
+    status->set_status_code(CodeOf(peer.status()));
+    status->set_error_message(peer_error_);
+    return;
+  }
+  peer_ = *std::move(peer);
+  status->set_method(peer_->method());
+}
+
+void RetrieveReactor::OnDone() {
+  // Nothing else refers to the reactor now; the endpoint closes on the pool.
+  if (peer_ != nullptr) {
+    compute_pool_->Schedule([peer = std::move(peer_)]() mutable { peer.reset(); });
+  }
+  delete this;
 }
 
 void RetrieveReactor::StartItem(int i) {
@@ -115,8 +158,16 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
     out->mutable_scores()->Add(head.scores.begin(), head.scores.end());
   }
   if (item.with_kv()) {
-    absl::Status status = AddRows(layer, *selection, metrics_, result);
+    absl::StatusOr<std::vector<std::vector<uint32_t>>> rows =
+        RowsToSend(item, *selection, layer.row_bytes(), result);
+    absl::Status status = rows.status();
+    if (status.ok()) {
+      status = item.has_landing() ? LandRows(layer, *rows, item.landing(), result)
+                                  : AddRows(layer, *rows, metrics_, result);
+    }
     if (!status.ok()) {
+      // The client will not store these rows: its cache directory must not claim them.
+      if (item.cache_slots() > 0 && rows.ok()) ResetRowCache(item.session_id());
       result->Clear();
       result->set_session_id(item.session_id());
       SetItemError(i, status);
@@ -129,18 +180,115 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
   metrics_->RecordRetrieveItem(now - request_start_, now - scoring_start);
 }
 
-absl::Status RetrieveReactor::AddRows(const LayerStore& layer, const LayerSelection& selection,
+absl::StatusOr<std::vector<std::vector<uint32_t>>> RetrieveReactor::RowsToSend(
+    const v1::RetrieveItem& item, const LayerSelection& selection, size_t row_bytes,
+    v1::RetrieveResult* result) {
+  std::vector<std::vector<uint32_t>> rows(selection.heads.size());
+  const uint32_t slots = item.cache_slots();
+  if (slots == 0) {
+    for (size_t h = 0; h < rows.size(); ++h) rows[h] = selection.heads[h].positions;
+    return rows;
+  }
+  if (slots < item.k() || slots > kMaxCacheSlots) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cache_slots = ", slots, " must be 0 or in [k = ", item.k(), ", ", kMaxCacheSlots, "]"));
+  }
+  absl::MutexLock lock(&cache_mu_);
+  std::vector<RowCacheDirectory>& directories =
+      row_caches_[std::make_pair(item.session_id(), request_.layer())];
+  if (directories.size() != rows.size() || directories[0].slots() != slots) {
+    directories.assign(rows.size(), RowCacheDirectory(slots));
+  }
+  uint64_t saved_rows = 0;
+  for (size_t h = 0; h < rows.size(); ++h) {
+    const std::vector<uint32_t>& positions = selection.heads[h].positions;
+    RowCacheDirectory::Placement placement = directories[h].Place(positions);
+    v1::HeadSelection* head = result->mutable_heads(static_cast<int>(h));
+    head->mutable_slots()->Add(placement.slots.begin(), placement.slots.end());
+    head->mutable_sent()->Add(placement.sent.begin(), placement.sent.end());
+    rows[h].reserve(placement.sent.size());
+    for (uint32_t index : placement.sent) rows[h].push_back(positions[index]);
+    saved_rows += positions.size() - placement.sent.size();
+  }
+  result->set_cache_saved_bytes(saved_rows * 2 * row_bytes);
+  metrics_->RecordCacheSavedBytes(saved_rows * 2 * row_bytes);
+  return rows;
+}
+
+void RetrieveReactor::ResetRowCache(const std::string& session_id) {
+  absl::MutexLock lock(&cache_mu_);
+  row_caches_.erase(std::make_pair(session_id, request_.layer()));
+}
+
+absl::Status RetrieveReactor::LandRows(const LayerStore& layer,
+                                       const std::vector<std::vector<uint32_t>>& rows,
+                                       const v1::KvLanding& landing, v1::RetrieveResult* result) {
+  if (peer_ == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the item names a landing but this stream has no open UCX data plane",
+        peer_error_.empty() ? " (send open_data_plane first)" : absl::StrCat(": ", peer_error_),
+        "; omit the landing to get the rows in the response"));
+  }
+  const size_t row_bytes = layer.row_bytes();
+  size_t total_rows = 0;
+  for (const std::vector<uint32_t>& head : rows) total_rows += head.size();
+  const uint64_t bytes = total_rows * row_bytes;
+  for (uint64_t offset : {landing.keys_offset(), landing.values_offset()}) {
+    absl::Status status = peer_->CheckBounds(offset, bytes);
+    if (!status.ok()) return absl::InvalidArgumentError(status.message());
+  }
+  const uint64_t lo = std::min(landing.keys_offset(), landing.values_offset());
+  const uint64_t hi = std::max(landing.keys_offset(), landing.values_offset());
+  if (bytes > 0 && hi - lo < bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the keys (offset ", landing.keys_offset(),
+                                                   ") and values (offset ", landing.values_offset(),
+                                                   ") landings of ", bytes, " bytes overlap"));
+  }
+  // Same host: gather from the pages straight into the client's buffer. Otherwise
+  // gather into a staging buffer and put it.
+  std::vector<char> staging;
+  char* keys_out;
+  char* values_out;
+  if (peer_->mapped() != nullptr) {
+    keys_out = peer_->mapped() + landing.keys_offset();
+    values_out = peer_->mapped() + landing.values_offset();
+  } else {
+    staging.resize(2 * bytes);
+    keys_out = staging.data();
+    values_out = staging.data() + bytes;
+  }
+  size_t offset = 0;
+  for (size_t h = 0; h < rows.size(); ++h) {
+    absl::Status status =
+        layer.Fetch(static_cast<uint32_t>(h), rows[h], keys_out + offset, values_out + offset);
+    if (!status.ok()) return status;
+    offset += rows[h].size() * row_bytes;
+  }
+  if (peer_->mapped() == nullptr) {
+    const UcxPeer::Chunk chunks[] = {{landing.keys_offset(), keys_out, bytes},
+                                     {landing.values_offset(), values_out, bytes}};
+    absl::Status status = peer_->Write(chunks, kLandingTimeout);
+    if (!status.ok()) return status;
+  }
+  result->set_landed_bytes(bytes);
+  result->set_landed_by(peer_->method());
+  metrics_->RecordBytesSent(peer_->method(), 2 * bytes);
+  return absl::OkStatus();
+}
+
+absl::Status RetrieveReactor::AddRows(const LayerStore& layer,
+                                      const std::vector<std::vector<uint32_t>>& rows,
                                       Metrics* metrics, v1::RetrieveResult* result) {
   const size_t row_bytes = layer.row_bytes();
-  size_t rows = 0;
-  for (const HeadSelection& head : selection.heads) rows += head.positions.size();
-  if (2 * rows * row_bytes > kMaxFetchBytes) {
+  size_t total_rows = 0;
+  for (const std::vector<uint32_t>& head : rows) total_rows += head.size();
+  if (2 * total_rows * row_bytes > kMaxFetchBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "with_kv would return ", 2 * rows * row_bytes, " bytes for one item, over the ",
-        kMaxFetchBytes, "-byte limit: lower k or fetch the rows with FetchKv"));
+        "with_kv would return ", 2 * total_rows * row_bytes, " bytes for one item, over the ",
+        kMaxFetchBytes, "-byte limit: lower k, open the UCX data plane or fetch with FetchKv"));
   }
-  for (size_t h = 0; h < selection.heads.size(); ++h) {
-    const std::vector<uint32_t>& positions = selection.heads[h].positions;
+  for (size_t h = 0; h < rows.size(); ++h) {
+    const std::vector<uint32_t>& positions = rows[h];
     v1::HeadRows* out = result->add_rows();
     out->set_kv_head(static_cast<uint32_t>(h));
     out->mutable_keys()->resize(positions.size() * row_bytes);
@@ -165,6 +313,7 @@ void RetrieveReactor::CompleteRequest() {
     if (result->rows_size() == 0) continue;
     for (const v1::HeadRows& rows : result->rows()) rows_bytes -= 2 * rows.keys().size();
     const std::string session_id = result->session_id();
+    if (request_.items(i).cache_slots() > 0) ResetRowCache(session_id);
     result->Clear();
     result->set_session_id(session_id);
     SetItemError(i, absl::ResourceExhaustedError(absl::StrCat(

@@ -5,6 +5,12 @@
 // and starts the next read, so one request is in processing at a time while responses
 // drain behind it.
 //
+// A request may open the stream's UCX data plane (open_data_plane); with_kv items that
+// name a landing then have their rows written into the client's registered buffer before
+// the response is sent, and the stream's UcxPeer is released when the stream ends.
+// Items with cache_slots use the stream's row cache directories (delta transfer): only
+// rows the client's cache misses are sent.
+//
 // Per-item errors (unknown session, bad layer, k, query) go into the item's result;
 // the stream itself only ends when the client ends it. The next request is read only
 // while fewer than kMaxQueuedResponses responses wait to be written, so a client that
@@ -18,15 +24,21 @@
 #include <atomic>
 #include <deque>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "server/layer_store.h"
 #include "server/metrics.h"
+#include "server/row_cache_directory.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
+#include "server/ucx_data_plane.h"
 
 namespace pqkv::server {
 
@@ -38,23 +50,42 @@ class RetrieveReactor final
   // An item parked on a building index waits at most until the call's deadline and at
   // most max_index_wait after its request arrived; items_counter counts answered items.
   // principal: the caller, or the authentication error that ends the stream at once.
+  // data_plane: the server's UCX end, or null (data_plane_error says why) when UCX is off.
   RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                   absl::StatusOr<std::string> principal, absl::Time call_deadline,
-                  absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter);
+                  absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter,
+                  UcxDataPlane* data_plane, std::string data_plane_error);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
-  void OnDone() override { delete this; }
+  // Closing a UCX endpoint may wait for the transport: done on the pool, not here.
+  void OnDone() override;
 
  private:
+  // Opens the data plane the current request offers; the result goes in the response.
+  void OpenDataPlane();
+  // Schedules every item of the current request.
+  void StartItems();
   // Looks up item `i` of request_ and scores it now, or once its layer's index is built.
   void StartItem(int i);
   // Scores item `i` into response_->results(i); `parked` when it waited for the index.
   void ScoreItem(int i, const LayerStore& layer, bool parked);
   void SetItemError(int i, const absl::Status& status);
-  // Adds the K and V rows of every selected position to `result` (with_kv).
-  static absl::Status AddRows(const LayerStore& layer, const LayerSelection& selection,
-                              Metrics* metrics, v1::RetrieveResult* result);
+  // The rows to send for `item` (every selected row, or with a row cache those it
+  // misses); fills the heads' slots and sent lists of `result`.
+  absl::StatusOr<std::vector<std::vector<uint32_t>>> RowsToSend(const v1::RetrieveItem& item,
+                                                                const LayerSelection& selection,
+                                                                size_t row_bytes,
+                                                                v1::RetrieveResult* result);
+  // Forgets the row cache directory of (session, layer): the next selection sends all.
+  void ResetRowCache(const std::string& session_id);
+  // Adds the K and V rows of `rows` (per kv head) to `result` (with_kv, no landing).
+  static absl::Status AddRows(const LayerStore& layer,
+                              const std::vector<std::vector<uint32_t>>& rows, Metrics* metrics,
+                              v1::RetrieveResult* result);
+  // Writes the K and V rows of `rows` into the client's buffer at `landing`.
+  absl::Status LandRows(const LayerStore& layer, const std::vector<std::vector<uint32_t>>& rows,
+                        const v1::KvLanding& landing, v1::RetrieveResult* result);
   // Counts an item as answered; the last one completes the request.
   void ItemDone();
   // Called once the current request's last item is done.
@@ -68,6 +99,17 @@ class RetrieveReactor final
   const absl::Time call_deadline_;
   const absl::Duration max_index_wait_;
   std::atomic<uint64_t>* const items_counter_;
+  UcxDataPlane* const data_plane_;
+  const std::string data_plane_error_;
+
+  // The open data plane; replaced only between requests, read by the items' tasks.
+  std::unique_ptr<UcxPeer> peer_;
+  std::string peer_error_;  // why peer_ is null after an offer
+
+  // Row cache directories per (session, layer), one per kv head.
+  absl::Mutex cache_mu_;
+  absl::flat_hash_map<std::pair<std::string, uint32_t>, std::vector<RowCacheDirectory>> row_caches_
+      ABSL_GUARDED_BY(cache_mu_);
 
   // The request being read or processed; untouched by reactions while processing.
   v1::RetrieveRequest request_;

@@ -1,0 +1,134 @@
+// UcxDataPlane: the server's end of the UCX data plane. It owns one UCX context and one
+// worker, and connects to clients' receive buffers (UcxPeer) to write selected K/V rows
+// into them. The server never maps or packs memory of its own for remote access: a
+// client can receive, never read.
+//
+// How a peer is written, the fastest that measured here (docs/benchmarks.md):
+// - "ucx-shm": the client's buffer is UCX shared memory on this host (sysv/posix), so
+//   ucp_rkey_ptr maps it into the server and rows are gathered straight into it: one copy.
+// - "ucx-put": otherwise (another host, or UCX_TLS without shared memory) rows are
+//   gathered into a staging buffer and written with ucp_put_nbx over the transport UCX
+//   picks (tcp, rc/dc verbs), then the endpoint is flushed, so the rows are in the
+//   client's buffer when Write returns. Endpoints use UCP_ERR_HANDLING_MODE_PEER so a
+//   client that disappears fails its own writes, not the server.
+//
+// UCX settings pass through its environment (UCX_TLS, UCX_NET_DEVICES, ...).
+//
+// UCX 1.13 trusts the worker addresses and remote keys it is given (malformed or stale
+// ones end the process), so Connect checks offers first (ucx_offer_check.h). That stops
+// corrupt, foreign and stale offers, not a peer that crafts a well-framed bad one:
+// expose the data plane to authenticated workers only (--auth_tokens_file).
+//
+// Thread-safe: the worker is created UCS_THREAD_MODE_SERIALIZED and every call on it
+// takes worker_mu_. A UcxPeer must be destroyed before its UcxDataPlane.
+#ifndef PQKV_SERVER_UCX_DATA_PLANE_H_
+#define PQKV_SERVER_UCX_DATA_PLANE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+// UCX handles, kept opaque so that users of this header need not include UCX.
+struct ucp_context;
+struct ucp_worker;
+struct ucp_ep;
+struct ucp_rkey;
+
+namespace pqkv::server {
+
+class UcxDataPlane;
+
+// One client's registered receive buffer, reached through one endpoint.
+class UcxPeer {
+ public:
+  ~UcxPeer();
+  UcxPeer(const UcxPeer&) = delete;
+  UcxPeer& operator=(const UcxPeer&) = delete;
+
+  // "ucx-shm" or "ucx-put" (see the file comment).
+  const char* method() const { return mapped_ != nullptr ? "ucx-shm" : "ucx-put"; }
+  uint64_t buffer_bytes() const { return buffer_bytes_; }
+  // With "ucx-shm": the client's buffer mapped into this process, buffer_bytes long;
+  // otherwise null.
+  char* mapped() const { return mapped_; }
+
+  // One contiguous write: `bytes` from `src` to `offset` in the client's buffer.
+  struct Chunk {
+    uint64_t offset;
+    const void* src;
+    size_t bytes;
+  };
+  // Writes every chunk and waits until they are in the client's buffer or `timeout`
+  // passes. OUT_OF_RANGE (nothing written) when a chunk leaves the registered buffer;
+  // UNAVAILABLE when the client is gone or does not take the data in time.
+  absl::Status Write(absl::Span<const Chunk> chunks, absl::Duration timeout);
+
+  // Checks [offset, offset + bytes) against the registered buffer.
+  absl::Status CheckBounds(uint64_t offset, uint64_t bytes) const;
+
+  // Called by the endpoint's error handler, with the worker lock held: the client is gone.
+  void MarkFailed(const char* reason);
+
+ private:
+  friend class UcxDataPlane;
+  UcxPeer(UcxDataPlane* plane, uint64_t remote_address, uint64_t buffer_bytes)
+      : plane_(plane), remote_address_(remote_address), buffer_bytes_(buffer_bytes) {}
+  UcxDataPlane* const plane_;
+  const uint64_t remote_address_;
+  const uint64_t buffer_bytes_;
+  ucp_ep* ep_ = nullptr;
+  ucp_rkey* rkey_ = nullptr;
+  char* mapped_ = nullptr;
+  uint32_t shmid_ = 0;  // the System V segment mapped_ points into
+  // Set by the endpoint error handler (under the worker lock): the client is gone.
+  bool failed_ = false;
+  std::string failure_;
+  // Flushes that timed out; completed and freed when the endpoint closes.
+  std::vector<void*> abandoned_;
+};
+
+class UcxDataPlane {
+ public:
+  // Opens the UCX context and worker; an error when UCX cannot start here (the server
+  // then serves rows in gRPC responses only).
+  static absl::StatusOr<std::unique_ptr<UcxDataPlane>> Create();
+  ~UcxDataPlane();
+  UcxDataPlane(const UcxDataPlane&) = delete;
+  UcxDataPlane& operator=(const UcxDataPlane&) = delete;
+
+  // Connects to a client's buffer from its DataPlaneOffer. INVALID_ARGUMENT for an
+  // address or rkey UCX cannot use.
+  absl::StatusOr<std::unique_ptr<UcxPeer>> Connect(const std::string& worker_address,
+                                                   uint64_t buffer_address, uint64_t buffer_bytes,
+                                                   const std::string& rkey);
+
+ private:
+  friend class UcxPeer;
+  UcxDataPlane() = default;
+  // Progresses the worker until `request` (a UCX request pointer or status) completes
+  // or `deadline` passes; frees the request.
+  absl::Status WaitLocked(void* request, absl::Time deadline, UcxPeer* peer)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker_mu_);
+
+  ucp_context* context_ = nullptr;
+  uint8_t address_version_ = 0;  // format version of this UCX's worker addresses
+  absl::Mutex worker_mu_;
+  ucp_worker* worker_ ABSL_GUARDED_BY(worker_mu_) = nullptr;
+  // Segments mapped by live peers: one stream per client buffer.
+  absl::Mutex segments_mu_;
+  absl::flat_hash_set<uint32_t> mapped_segments_ ABSL_GUARDED_BY(segments_mu_);
+};
+
+}  // namespace pqkv::server
+
+#endif  // PQKV_SERVER_UCX_DATA_PLANE_H_
