@@ -7,11 +7,13 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "client/pqkv_client.h"
+#include "client/ucx_receiver.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 
 namespace pqkv {
@@ -20,14 +22,26 @@ namespace pqkv {
 struct ServerStream {
   std::unique_ptr<grpc::ClientContext> context;
   std::unique_ptr<grpc::ClientReaderWriter<v1::RetrieveRequest, v1::RetrieveResponse>> stream;
+  // The server's answer to the stream's data plane offer (made when the stream opens,
+  // if the stream has a receive buffer); ucx_open says the server writes into it.
+  bool ucx_open = false;
+  absl::Status ucx_status = absl::FailedPreconditionError("no UCX receive buffer");
 };
 
 struct RetrievalStream::Impl {
-  Client::Impl* client = nullptr;     // for stubs and session shapes; outlives the stream
-  std::vector<ServerStream> servers;  // one per endpoint, in endpoint order
+  Client::Impl* client = nullptr;  // for stubs and session shapes; outlives the stream
+  StreamOptions options;
+  std::unique_ptr<UcxReceiver> receiver;  // null without UCX
+  std::string receiver_error;             // why receiver is null
+  std::vector<ServerStream> servers;      // one per endpoint, in endpoint order
   uint64_t next_request_id = 1;
   bool closed = false;
   absl::Status final_status;
+
+  // Opens the stream to server `s`, offering the receive buffer first if there is one.
+  absl::Status OpenServer(size_t s);
+  // Offsets of [data, data + bytes) in the receive buffer, if it lies inside.
+  std::optional<uint64_t> OffsetInBuffer(const void* data, size_t bytes) const;
 };
 
 struct Endpoint {

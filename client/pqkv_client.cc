@@ -254,9 +254,24 @@ absl::Status Client::AppendToken(const std::string& session_id, uint64_t positio
   return FromGrpcStatus(writer->Finish());
 }
 
-absl::StatusOr<std::unique_ptr<RetrievalStream>> Client::OpenRetrievalStream() {
+absl::StatusOr<std::unique_ptr<RetrievalStream>> Client::OpenRetrievalStream(
+    const StreamOptions& options) {
   auto impl = std::make_unique<RetrievalStream::Impl>();
   impl->client = impl_.get();
+  impl->options = options;
+  if (options.data_path == DataPath::kGrpc) {
+    impl->receiver_error = "the stream was opened with DataPath::kGrpc";
+  } else {
+    absl::StatusOr<std::unique_ptr<UcxReceiver>> receiver =
+        UcxReceiver::Create(options.receive_buffer_bytes);
+    if (receiver.ok()) {
+      impl->receiver = *std::move(receiver);
+    } else if (options.data_path == DataPath::kUcx) {
+      return receiver.status();
+    } else {
+      impl->receiver_error = std::string(receiver.status().message());
+    }
+  }
   impl->servers.resize(impl_->endpoints.size());  // each opened on first use
   return std::unique_ptr<RetrievalStream>(new RetrievalStream(std::move(impl)));
 }

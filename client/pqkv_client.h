@@ -8,8 +8,11 @@
 //   auto stream = client->OpenRetrievalStream().value();
 //   for (step ...) {
 //     for (layer ...) {
-//       auto results = stream->Retrieve(layer, {{id, query, k}}).value();
-//       client->FetchSelected(id, layer, results[0], k_buf, v_buf, buf_bytes);
+//       // Indices and K/V rows in one round trip, written by the server (UCX) into
+//       // the stream's page-locked receive buffer.
+//       auto* rows = static_cast<char*>(stream->receive_buffer());
+//       auto results = stream->Retrieve(layer, {{.session_id = id, .query = query, .k = k,
+//           .keys_out = rows, .values_out = rows + half, .buffer_bytes = half}}).value();
 //     }
 //     client->AppendToken(id, position, new_k, new_v);
 //   }
@@ -107,15 +110,30 @@ struct RetrieveQuery {
   uint32_t k = 0;                 // tokens to select per kv head
   // Optional: buffers of buffer_bytes each that receive the selected tokens' K and V
   // rows in the same round trip, [kv_head][rank][head_dim] in the session's dtype
-  // (rank as in the result's positions). Null: indices only.
+  // (rank as in the result's positions). Null: indices only. When both lie inside the
+  // stream's receive buffer (RetrievalStream::receive_buffer) the server writes the
+  // rows there itself over UCX; anywhere else they arrive in the gRPC response and are
+  // copied in.
   void* keys_out = nullptr;
   void* values_out = nullptr;
   size_t buffer_bytes = 0;
+  // Delta transfer: the caller keeps a row cache of cache_slots slots per kv head for
+  // this session and layer (at least k; 0: no cache). The server then sends only the
+  // rows that cache misses: keys_out/values_out receive, kv head by kv head, the rows of
+  // heads[h].sent in that order ([kv_head][sent][head_dim]; the buffers must still hold
+  // k rows per head), and heads[h].slots says which slot holds every selected position.
+  // The caller copies row j of head h into slot heads[h].slots[heads[h].sent[j]]. The
+  // server's record of the cache lives as long as the stream: a new stream starts cold.
+  uint32_t cache_slots = 0;
 };
 
 struct HeadSelection {
   std::vector<uint32_t> positions;  // best first
   std::vector<float> scores;        // GQA sum of softmax attention, per position
+  // With cache_slots: the cache slot of each position, and the indices into positions
+  // of the rows sent with this result (the misses), in the order they were written.
+  std::vector<uint32_t> slots;
+  std::vector<uint32_t> sent;
 };
 
 struct RetrieveResult {
@@ -125,6 +143,25 @@ struct RetrieveResult {
   uint64_t num_encoded = 0;
   std::vector<HeadSelection> heads;  // one per kv head
   size_t kv_bytes = 0;               // bytes written to each of keys_out / values_out
+  // How the rows arrived: "ucx-shm" (the server, on this host, wrote them into the
+  // receive buffer), "ucx-put" (UCX puts over the network), "grpc" (in the response);
+  // empty without rows.
+  std::string data_path;
+  uint64_t cache_saved_bytes = 0;  // K+V bytes the row cache made unnecessary
+};
+
+// How a RetrievalStream receives K/V rows.
+enum class DataPath {
+  kAuto,  // UCX when it starts here and the server offers it, else gRPC responses
+  kUcx,   // UCX or fail: OpenRetrievalStream and Retrieve report why it cannot be used
+  kGrpc,  // rows always travel in gRPC responses
+};
+
+struct StreamOptions {
+  DataPath data_path = DataPath::kAuto;
+  // Bytes of the stream's receive buffer (UCX): page-locked host memory, registered
+  // with UCX and, where a CUDA device is present, with CUDA.
+  size_t receive_buffer_bytes = size_t{64} << 20;
 };
 
 // Rows to fetch for one kv head.
@@ -163,6 +200,13 @@ class RetrievalStream {
                                                        absl::Span<const RetrieveQuery> queries);
   // Ends the stream; returns its final status. Called by the destructor if needed.
   absl::Status Close();
+
+  // The receive buffer servers write rows into (UCX), or null with DataPath::kGrpc or
+  // when UCX could not start under kAuto (receive_buffer_error says why). Place
+  // keys_out / values_out inside it to take rows without a copy.
+  void* receive_buffer() const;
+  size_t receive_buffer_bytes() const;
+  const std::string& receive_buffer_error() const;
 
  private:
   friend class Client;
@@ -203,7 +247,8 @@ class Client {
   absl::Status AppendToken(const std::string& session_id, uint64_t position, const void* keys,
                            const void* values);
 
-  absl::StatusOr<std::unique_ptr<RetrievalStream>> OpenRetrievalStream();
+  absl::StatusOr<std::unique_ptr<RetrievalStream>> OpenRetrievalStream(
+      const StreamOptions& options = {});
 
   // Fetches K and V rows into caller buffers of `buffer_bytes` each: the heads in the
   // order given, each head's rows in its positions' order, [row][head_dim] in dtype.

@@ -11,6 +11,54 @@ RetrievalStream::RetrievalStream(std::unique_ptr<Impl> impl) : impl_(std::move(i
 
 RetrievalStream::~RetrievalStream() { Close().IgnoreError(); }
 
+void* RetrievalStream::receive_buffer() const {
+  return impl_->receiver ? impl_->receiver->data() : nullptr;
+}
+size_t RetrievalStream::receive_buffer_bytes() const {
+  return impl_->receiver ? impl_->receiver->size() : 0;
+}
+const std::string& RetrievalStream::receive_buffer_error() const { return impl_->receiver_error; }
+
+std::optional<uint64_t> RetrievalStream::Impl::OffsetInBuffer(const void* data,
+                                                              size_t bytes) const {
+  if (!receiver) return std::nullopt;
+  const auto begin = reinterpret_cast<uintptr_t>(receiver->data());
+  const auto at = reinterpret_cast<uintptr_t>(data);
+  if (at < begin || at - begin > receiver->size() || bytes > receiver->size() - (at - begin)) {
+    return std::nullopt;
+  }
+  return at - begin;
+}
+
+absl::Status RetrievalStream::Impl::OpenServer(size_t s) {
+  ServerStream& server = servers[s];
+  server.context = std::make_unique<grpc::ClientContext>();
+  client->Prepare(server.context.get());
+  server.stream = client->endpoints[s].stub->Retrieve(server.context.get());
+  server.ucx_open = false;
+  if (!receiver) {
+    server.ucx_status =
+        absl::FailedPreconditionError(absl::StrCat("no UCX receive buffer: ", receiver_error));
+    return absl::OkStatus();
+  }
+  // The offer goes alone, so that the server's answer decides how items are sent.
+  v1::RetrieveRequest offer;
+  offer.set_request_id(0);
+  v1::DataPlaneOffer* plane = offer.mutable_open_data_plane();
+  plane->set_worker_address(receiver->worker_address());
+  plane->set_buffer_address(reinterpret_cast<uintptr_t>(receiver->data()));
+  plane->set_buffer_bytes(receiver->size());
+  plane->set_rkey(receiver->rkey());
+  v1::RetrieveResponse answer;
+  if (!server.stream->Write(offer) || !server.stream->Read(&answer)) {
+    return absl::UnavailableError("the stream broke while opening the UCX data plane");
+  }
+  server.ucx_status =
+      StatusFromCode(answer.data_plane().status_code(), answer.data_plane().error_message());
+  server.ucx_open = server.ucx_status.ok();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
     uint32_t layer, absl::Span<const RetrieveQuery> queries) {
   if (impl_->closed) return absl::FailedPreconditionError("the retrieval stream is closed");
@@ -43,9 +91,8 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
     if (by_server[s].empty()) continue;
     ServerStream& server = impl_->servers[s];
     if (!server.stream) {  // first use, or reopening after a break
-      server.context = std::make_unique<grpc::ClientContext>();
-      impl_->client->Prepare(server.context.get());
-      server.stream = impl_->client->endpoints[s].stub->Retrieve(server.context.get());
+      sent[s] = impl_->OpenServer(s);
+      if (!sent[s].ok()) continue;
     }
     v1::RetrieveRequest request;
     request.set_request_id(request_id);
@@ -57,6 +104,26 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
       item->mutable_query()->Add(query.query.begin(), query.query.end());
       item->set_k(query.k);
       item->set_with_kv(query.keys_out != nullptr);
+      item->set_cache_slots(query.cache_slots);
+      if (query.keys_out == nullptr) continue;
+      const std::optional<uint64_t> keys =
+          impl_->OffsetInBuffer(query.keys_out, query.buffer_bytes);
+      const std::optional<uint64_t> values =
+          impl_->OffsetInBuffer(query.values_out, query.buffer_bytes);
+      if (server.ucx_open && keys && values) {
+        item->mutable_landing()->set_keys_offset(*keys);
+        item->mutable_landing()->set_values_offset(*values);
+      } else if (impl_->options.data_path == DataPath::kUcx) {
+        // UCX or nothing: ask for the indices only and say why the rows did not come.
+        item->set_with_kv(false);
+        item->set_cache_slots(0);
+        results[q].status =
+            !server.ucx_open
+                ? absl::FailedPreconditionError(absl::StrCat(
+                      "the server did not open the UCX data plane: ", server.ucx_status.message()))
+                : absl::InvalidArgumentError(
+                      "DataPath::kUcx needs keys_out and values_out inside the receive buffer");
+      }
     }
     if (!server.stream->Write(request)) sent[s] = absl::UnavailableError("write failed");
   }
@@ -102,16 +169,24 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
       const v1::RetrieveResult& in = response.results(static_cast<int>(r));
       RetrieveResult& out = results[q];
       out.session_id = in.session_id();
+      if (!out.status.ok()) continue;  // refused before sending (DataPath::kUcx)
       out.status = StatusFromCode(in.status_code(), in.error_message());
       out.num_tokens = in.num_tokens();
       out.num_encoded = in.num_encoded();
       for (const v1::HeadSelection& head : in.heads()) {
         out.heads.push_back(
             {std::vector<uint32_t>(head.positions().begin(), head.positions().end()),
-             std::vector<float>(head.scores().begin(), head.scores().end())});
+             std::vector<float>(head.scores().begin(), head.scores().end()),
+             std::vector<uint32_t>(head.slots().begin(), head.slots().end()),
+             std::vector<uint32_t>(head.sent().begin(), head.sent().end())});
       }
+      out.cache_saved_bytes = in.cache_saved_bytes();
       const RetrieveQuery& query = queries[q];
-      if (out.status.ok() && query.keys_out != nullptr) {
+      if (out.status.ok() && !in.landed_by().empty()) {
+        out.data_path = in.landed_by();
+        out.kv_bytes = in.landed_bytes();
+      } else if (out.status.ok() && query.keys_out != nullptr) {
+        out.data_path = "grpc";
         auto* keys = static_cast<char*>(query.keys_out);
         auto* values = static_cast<char*>(query.values_out);
         for (const v1::HeadRows& rows : in.rows()) {
