@@ -16,6 +16,7 @@ packages=(
   docker-compose         # validates deploy/docker-compose.yml in the tests (no engine needed)
   catch2
   python3                # .ci/run and scripts/test.sh read the JUnit results with it
+  iproute2               # the two-host test makes network namespaces (ip netns, veth)
 )
 
 missing=()
