@@ -38,6 +38,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "bench/bench_setup.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dtype_convert.h"
 #include "kernels/fast_scan.h"
@@ -74,31 +75,17 @@ ABSL_FLAG(std::string, methods, "pqkv,pqkv-1core,plain,faiss-indexpq,exact",
 namespace pqkv::server {
 namespace {
 
+using bench::Commit;
+using bench::CpuModel;
+using bench::Percentile;
+using bench::Time;
+
 constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
 
 struct Timing {
   std::string method;
   double median_us = 0, p99_us = 0, recall = 0;
 };
-
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
-}
-
-// Runs fn `repeats` times after one warm-up; returns per-run microseconds.
-template <typename Fn>
-std::vector<double> Time(uint32_t repeats, Fn&& fn) {
-  fn();
-  std::vector<double> us;
-  for (uint32_t r = 0; r < repeats; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
-                     .count());
-  }
-  return us;
-}
 
 // Read bandwidth of this machine, all cores: sums a 1 GiB buffer, best of 3, bytes/s.
 double MeasureReadBandwidth(int threads) {
@@ -130,30 +117,6 @@ double MeasureReadBandwidth(int threads) {
     best = std::max(best, words * sizeof(uint64_t) / s);
   }
   return best;
-}
-
-std::string Commit() {
-  const char* dir = std::getenv("BUILD_WORKSPACE_DIRECTORY");
-  std::string cmd =
-      absl::StrFormat("git -C '%s' rev-parse --short HEAD 2>/dev/null", dir ? dir : ".");
-  FILE* pipe = popen(cmd.c_str(), "r");
-  char buf[64] = {0};
-  if (pipe) {
-    if (fgets(buf, sizeof buf, pipe) == nullptr) buf[0] = 0;
-    pclose(pipe);
-  }
-  std::string s(buf);
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s.empty() ? "unknown" : s;
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
 }
 
 double Recall(const std::vector<std::vector<uint32_t>>& got,

@@ -16,6 +16,8 @@ inline constexpr size_t kMaxFetchBytes = size_t{64} << 20;
 inline constexpr uint32_t kMaxCacheSlots = uint32_t{1} << 20;
 // Longest the server waits for a UCX put of one item's rows to reach the client.
 inline constexpr absl::Duration kLandingTimeout = absl::Seconds(10);
+// Gathers of at least this many K+V bytes are split over the compute pool by kv head.
+inline constexpr size_t kParallelGatherBytes = size_t{1} << 20;
 // Largest message the server accepts (AppendKv chunks, Retrieve batches).
 inline constexpr int kMaxReceiveMessageBytes = 64 << 20;
 

@@ -5,6 +5,7 @@
 #include "absl/types/span.h"
 #include "common/grpc_status.h"
 #include "server/fetch_limits.h"
+#include "server/parallel_for.h"
 
 namespace pqkv::server {
 
@@ -150,6 +151,8 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
     return;
   }
   v1::RetrieveResult* result = response_->mutable_results(i);
+  const absl::Time rows_start = absl::Now();
+  result->set_score_us(absl::ToDoubleMicroseconds(rows_start - scoring_start));
   result->set_num_tokens(selection->num_tokens);
   result->set_num_encoded(selection->num_encoded);
   for (const HeadSelection& head : selection->heads) {
@@ -163,7 +166,7 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
     absl::Status status = rows.status();
     if (status.ok()) {
       status = item.has_landing() ? LandRows(layer, *rows, item.landing(), result)
-                                  : AddRows(layer, *rows, metrics_, result);
+                                  : AddRows(layer, *rows, metrics_, compute_pool_, result);
     }
     if (!status.ok()) {
       // The client will not store these rows: its cache directory must not claim them.
@@ -174,6 +177,7 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
       return;
     }
   }
+  if (item.with_kv()) result->set_rows_us(absl::ToDoubleMicroseconds(absl::Now() - rows_start));
   items_counter_->fetch_add(1, std::memory_order_relaxed);
   metrics_->RecordStatus("Retrieve", absl::OkStatus());
   const absl::Time now = absl::Now();
@@ -257,13 +261,8 @@ absl::Status RetrieveReactor::LandRows(const LayerStore& layer,
     keys_out = staging.data();
     values_out = staging.data() + bytes;
   }
-  size_t offset = 0;
-  for (size_t h = 0; h < rows.size(); ++h) {
-    absl::Status status =
-        layer.Fetch(static_cast<uint32_t>(h), rows[h], keys_out + offset, values_out + offset);
-    if (!status.ok()) return status;
-    offset += rows[h].size() * row_bytes;
-  }
+  absl::Status gathered = GatherRows(layer, rows, keys_out, values_out, compute_pool_);
+  if (!gathered.ok()) return gathered;
   if (peer_->mapped() == nullptr) {
     const UcxPeer::Chunk chunks[] = {{landing.keys_offset(), keys_out, bytes},
                                      {landing.values_offset(), values_out, bytes}};
@@ -278,7 +277,8 @@ absl::Status RetrieveReactor::LandRows(const LayerStore& layer,
 
 absl::Status RetrieveReactor::AddRows(const LayerStore& layer,
                                       const std::vector<std::vector<uint32_t>>& rows,
-                                      Metrics* metrics, v1::RetrieveResult* result) {
+                                      Metrics* metrics, ThreadPool* pool,
+                                      v1::RetrieveResult* result) {
   const size_t row_bytes = layer.row_bytes();
   size_t total_rows = 0;
   for (const std::vector<uint32_t>& head : rows) total_rows += head.size();
@@ -287,16 +287,48 @@ absl::Status RetrieveReactor::AddRows(const LayerStore& layer,
         "with_kv would return ", 2 * total_rows * row_bytes, " bytes for one item, over the ",
         kMaxFetchBytes, "-byte limit: lower k, open the UCX data plane or fetch with FetchKv"));
   }
+  std::vector<char*> keys_out(rows.size()), values_out(rows.size());
   for (size_t h = 0; h < rows.size(); ++h) {
-    const std::vector<uint32_t>& positions = rows[h];
     v1::HeadRows* out = result->add_rows();
     out->set_kv_head(static_cast<uint32_t>(h));
-    out->mutable_keys()->resize(positions.size() * row_bytes);
-    out->mutable_values()->resize(positions.size() * row_bytes);
-    absl::Status status = layer.Fetch(static_cast<uint32_t>(h), positions,
-                                      out->mutable_keys()->data(), out->mutable_values()->data());
-    if (!status.ok()) return status;
-    metrics->RecordBytesSent("grpc", 2 * positions.size() * row_bytes);
+    out->mutable_keys()->resize(rows[h].size() * row_bytes);
+    out->mutable_values()->resize(rows[h].size() * row_bytes);
+    keys_out[h] = out->mutable_keys()->data();
+    values_out[h] = out->mutable_values()->data();
+  }
+  absl::Status status = GatherHeads(layer, rows, keys_out, values_out, pool);
+  if (!status.ok()) return status;
+  metrics->RecordBytesSent("grpc", 2 * total_rows * row_bytes);
+  return absl::OkStatus();
+}
+
+absl::Status RetrieveReactor::GatherRows(const LayerStore& layer,
+                                         const std::vector<std::vector<uint32_t>>& rows,
+                                         char* keys_out, char* values_out, ThreadPool* pool) {
+  std::vector<char*> keys(rows.size()), values(rows.size());
+  size_t offset = 0;
+  for (size_t h = 0; h < rows.size(); ++h) {
+    keys[h] = keys_out + offset;
+    values[h] = values_out + offset;
+    offset += rows[h].size() * layer.row_bytes();
+  }
+  return GatherHeads(layer, rows, keys, values, pool);
+}
+
+absl::Status RetrieveReactor::GatherHeads(const LayerStore& layer,
+                                          const std::vector<std::vector<uint32_t>>& rows,
+                                          const std::vector<char*>& keys_out,
+                                          const std::vector<char*>& values_out, ThreadPool* pool) {
+  size_t total_rows = 0;
+  for (const std::vector<uint32_t>& head : rows) total_rows += head.size();
+  // Copies of a few hundred KiB are done before another thread could join in.
+  const bool parallel = 2 * total_rows * layer.row_bytes() >= kParallelGatherBytes;
+  std::vector<absl::Status> status(rows.size());
+  ParallelFor(parallel ? pool : nullptr, static_cast<int>(rows.size()), [&](int h) {
+    status[h] = layer.Fetch(static_cast<uint32_t>(h), rows[h], keys_out[h], values_out[h]);
+  });
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
   }
   return absl::OkStatus();
 }

@@ -82,7 +82,17 @@ class RetrieveReactor final
   // Adds the K and V rows of `rows` (per kv head) to `result` (with_kv, no landing).
   static absl::Status AddRows(const LayerStore& layer,
                               const std::vector<std::vector<uint32_t>>& rows, Metrics* metrics,
-                              v1::RetrieveResult* result);
+                              ThreadPool* pool, v1::RetrieveResult* result);
+  // Copies the K and V rows of `rows` kv head by kv head into keys_out / values_out
+  // (each head's rows after the previous head's), the heads in parallel on `pool`.
+  static absl::Status GatherRows(const LayerStore& layer,
+                                 const std::vector<std::vector<uint32_t>>& rows, char* keys_out,
+                                 char* values_out, ThreadPool* pool);
+  // The same into one destination per head.
+  static absl::Status GatherHeads(const LayerStore& layer,
+                                  const std::vector<std::vector<uint32_t>>& rows,
+                                  const std::vector<char*>& keys_out,
+                                  const std::vector<char*>& values_out, ThreadPool* pool);
   // Writes the K and V rows of `rows` into the client's buffer at `landing`.
   absl::Status LandRows(const LayerStore& layer, const std::vector<std::vector<uint32_t>>& rows,
                         const v1::KvLanding& landing, v1::RetrieveResult* result);

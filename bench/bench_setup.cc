@@ -1,0 +1,41 @@
+#include "bench/bench_setup.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "absl/strings/str_format.h"
+
+namespace pqkv::bench {
+
+std::string Commit() {
+  const char* dir = std::getenv("BUILD_WORKSPACE_DIRECTORY");
+  std::string cmd =
+      absl::StrFormat("git -C '%s' rev-parse --short HEAD 2>/dev/null", dir ? dir : ".");
+  FILE* pipe = popen(cmd.c_str(), "r");
+  char buf[64] = {0};
+  if (pipe) {
+    if (fgets(buf, sizeof buf, pipe) == nullptr) buf[0] = 0;
+    pclose(pipe);
+  }
+  std::string s(buf);
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s.empty() ? "unknown" : s;
+}
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+}  // namespace pqkv::bench

@@ -1,0 +1,36 @@
+// What every benchmark prints and computes alike: the Setup line's facts (commit, CPU),
+// percentiles of timings, and a timing loop.
+#ifndef PQKV_BENCH_BENCH_SETUP_H_
+#define PQKV_BENCH_BENCH_SETUP_H_
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pqkv::bench {
+
+// The checkout's short commit (bazel run sets BUILD_WORKSPACE_DIRECTORY), or "unknown".
+std::string Commit();
+// /proc/cpuinfo's model name, or "unknown".
+std::string CpuModel();
+// The p-quantile (0..1) of v, nearest rank.
+double Percentile(std::vector<double> v, double p);
+
+// Runs fn `repeats` times after one warm-up; returns per-run microseconds.
+template <typename Fn>
+std::vector<double> Time(uint32_t repeats, Fn&& fn) {
+  fn();
+  std::vector<double> us;
+  for (uint32_t r = 0; r < repeats; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+                     .count());
+  }
+  return us;
+}
+
+}  // namespace pqkv::bench
+
+#endif  // PQKV_BENCH_BENCH_SETUP_H_
