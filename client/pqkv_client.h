@@ -148,6 +148,9 @@ struct RetrieveResult {
   // empty without rows.
   std::string data_path;
   uint64_t cache_saved_bytes = 0;  // K+V bytes the row cache made unnecessary
+  // Server time on this item, microseconds: scoring and top-k; gathering and writing rows.
+  double server_score_us = 0;
+  double server_rows_us = 0;
 };
 
 // How a RetrievalStream receives K/V rows.

@@ -70,15 +70,18 @@ int main(int argc, char** argv) {
   }
   std::printf("session %s\n\n", report->session_id.c_str());
   std::printf(
-      "layer  upload_ms  index  build_ms  retrieve_us  fetch_us  planted_recall  "
-      "recall@k  mass_vs_exact  rows_ok\n");
+      "layer  upload_ms  index  build_ms  retrieve_us  fetch_us  with_rows_us  rows_by  "
+      "planted_recall  recall@k  mass_vs_exact  rows_ok\n");
   uint64_t mismatched = 0;
   for (const pqkv::workload::LayerReport& l : report->layers) {
-    std::printf("%5u  %9.1f  %-5s  %8.1f  %11.0f  %8.0f  %14.3f  %8.3f  %13.3f  %llu/%llu\n",
-                l.layer, l.upload_ms, l.index_state.c_str(), l.index_build_ms, l.retrieve_median_us,
-                l.fetch_median_us, l.planted_recall, l.topk_recall, l.mass_ratio,
-                static_cast<unsigned long long>(l.rows_fetched - l.rows_mismatched),
-                static_cast<unsigned long long>(l.rows_fetched));
+    const uint64_t rows = l.rows_fetched + l.rows_landed;
+    std::printf(
+        "%5u  %9.1f  %-5s  %8.1f  %11.0f  %8.0f  %12.0f  %-7s  %14.3f  %8.3f  %13.3f  "
+        "%llu/%llu\n",
+        l.layer, l.upload_ms, l.index_state.c_str(), l.index_build_ms, l.retrieve_median_us,
+        l.fetch_median_us, l.retrieve_with_rows_median_us, l.data_path.c_str(), l.planted_recall,
+        l.topk_recall, l.mass_ratio, static_cast<unsigned long long>(rows - l.rows_mismatched),
+        static_cast<unsigned long long>(rows));
     mismatched += l.rows_mismatched;
   }
   std::printf("\nlayer 0, kv head 0, best positions: %s ...\n",
@@ -93,7 +96,9 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(report->decode_planted_expected));
   std::printf(
       "latencies are medians of %u calls over loopback; retrieve_us is one layer, all "
-      "kv heads; quality is against exact fp32 attention on the same data\n",
+      "kv heads, indices only; fetch_us a FetchKv of the selection; with_rows_us one "
+      "Retrieve that also lands the rows (rows_by: ucx-shm, ucx-put or grpc); quality is "
+      "against exact fp32 attention on the same data\n",
       spec.retrieve_repeats);
   if (mismatched > 0) {
     std::printf("FAILED: %llu fetched rows differ from the upload\n",

@@ -74,10 +74,20 @@ absl::StatusOr<FlowReport> RunEndToEndFlow(Client& client, const FlowSpec& spec)
   absl::StatusOr<SessionInfo> info = WaitForIndexes(client, *id);
   if (!info.ok()) return info.status();
 
-  absl::StatusOr<std::unique_ptr<RetrievalStream>> stream = client.OpenRetrievalStream();
-  if (!stream.ok()) return stream.status();
   const size_t buffer_bytes = static_cast<size_t>(d.num_kv_heads) * spec.k * row_bytes;
+  // Rows in the same round trip land in the stream's receive buffer (UCX), or come in
+  // the response where UCX is not available.
+  absl::StatusOr<std::unique_ptr<RetrievalStream>> stream =
+      client.OpenRetrievalStream({.receive_buffer_bytes = 2 * buffer_bytes});
+  if (!stream.ok()) return stream.status();
   std::vector<char> fetched_keys(buffer_bytes), fetched_values(buffer_bytes);
+  std::vector<char> own_landing;
+  char* landed_keys = static_cast<char*>((*stream)->receive_buffer());
+  if (landed_keys == nullptr) {
+    own_landing.resize(2 * buffer_bytes);
+    landed_keys = own_landing.data();
+  }
+  char* landed_values = landed_keys + buffer_bytes;
 
   for (uint32_t l = 0; l < spec.num_layers; ++l) {
     LayerReport& lr = report.layers[l];
@@ -100,8 +110,23 @@ absl::StatusOr<FlowReport> RunEndToEndFlow(Client& client, const FlowSpec& spec)
       fetch_us.push_back(MicrosSince(fetch_start));
       if (!bytes.ok()) return bytes.status();
     }
+    // Indices and rows in one round trip.
+    const RetrieveQuery with_rows{*id,         data.query,    spec.k,
+                                  landed_keys, landed_values, buffer_bytes};
+    std::vector<double> with_rows_us;
+    RetrieveResult rows_result;
+    for (uint32_t r = 0; r < std::max(1u, spec.retrieve_repeats); ++r) {
+      const absl::Time start = absl::Now();
+      absl::StatusOr<std::vector<RetrieveResult>> results = (*stream)->Retrieve(l, {&with_rows, 1});
+      with_rows_us.push_back(MicrosSince(start));
+      if (!results.ok()) return results.status();
+      rows_result = std::move((*results)[0]);
+      if (!rows_result.status.ok()) return rows_result.status;
+    }
     lr.retrieve_median_us = Median(retrieve_us);
     lr.fetch_median_us = Median(fetch_us);
+    lr.retrieve_with_rows_median_us = Median(with_rows_us);
+    lr.data_path = rows_result.data_path;
     lr.num_encoded = result.num_encoded;
 
     const uint32_t candidate_end = n - d.recent;
@@ -115,6 +140,17 @@ absl::StatusOr<FlowReport> RunEndToEndFlow(Client& client, const FlowSpec& spec)
             std::memcmp(fetched_keys.data() + dst, &uploaded_keys[l][src], row_bytes) == 0 &&
             std::memcmp(fetched_values.data() + dst, &uploaded_values[l][src], row_bytes) == 0;
         ++lr.rows_fetched;
+        if (!same) ++lr.rows_mismatched;
+      }
+      // And of what landed with the indices (the same query, so the same selection).
+      const std::vector<uint32_t>& landed = rows_result.heads[h].positions;
+      for (size_t i = 0; i < landed.size(); ++i) {
+        const size_t src = (static_cast<size_t>(h) * n + landed[i]) * dim;
+        const size_t dst = (static_cast<size_t>(h) * spec.k + i) * row_bytes;
+        const bool same =
+            std::memcmp(landed_keys + dst, &uploaded_keys[l][src], row_bytes) == 0 &&
+            std::memcmp(landed_values + dst, &uploaded_values[l][src], row_bytes) == 0;
+        ++lr.rows_landed;
         if (!same) ++lr.rows_mismatched;
       }
       const std::vector<float> exact =

@@ -1,6 +1,7 @@
 // The whole worker flow against a live server through the SDK, on planted data:
 // create a session, upload every layer's prefill, retrieve on every layer, fetch the
-// selection and compare it bit for bit with what was uploaded, measure quality against
+// selection (FetchKv, and with the Retrieve into the stream's UCX receive buffer) and
+// compare it bit for bit with what was uploaded, measure quality against
 // exact attention, then append decode tokens (some planted) and retrieve again.
 //
 // It measures and reports; callers decide what is good enough (the demo prints, the
@@ -40,8 +41,13 @@ struct LayerReport {
   double planted_recall = 0;  // planted tokens found, mean over kv heads
   double topk_recall = 0;     // |selected ∩ exact top-k| / k, mean over kv heads
   double mass_ratio = 0;      // attention mass of selected / of exact top-k, mean over heads
-  uint64_t rows_fetched = 0;
-  uint64_t rows_mismatched = 0;                 // rows whose fetched bytes differ from the upload
+  // Indices and rows in one Retrieve round trip, and how the rows came ("ucx-shm",
+  // "ucx-put" or "grpc").
+  double retrieve_with_rows_median_us = 0;
+  std::string data_path;
+  uint64_t rows_fetched = 0;     // by FetchKv
+  uint64_t rows_landed = 0;      // with the Retrieve
+  uint64_t rows_mismatched = 0;  // rows (fetched or landed) whose bytes differ from the upload
   std::vector<uint32_t> head0_first_positions;  // first selections of kv head 0, for display
 };
 

@@ -72,6 +72,8 @@ TEST_CASE("A worker uploads, retrieves every layer, fetches exact bytes and deco
     CHECK(layer.index_state == "ready");
     CHECK(layer.num_encoded == 8192);
     CHECK(layer.rows_fetched == 2 * 512);
+    CHECK(layer.rows_landed == 2 * 512);
+    CHECK(layer.data_path == "ucx-shm");
     CHECK(layer.rows_mismatched == 0);
     CHECK(layer.mass_ratio >= 0.9);
     CHECK(layer.planted_recall >= 0.9);
