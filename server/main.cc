@@ -54,6 +54,9 @@ ABSL_FLAG(bool, ucx, true,
           "Offer the UCX data plane (rows written into clients' registered buffers); when "
           "off or when UCX cannot start, rows travel in gRPC responses. UCX_* environment "
           "variables (UCX_TLS, UCX_NET_DEVICES, ...) pass through to UCX.");
+ABSL_FLAG(int, ucx_workers, 1,
+          "UCX workers of the data plane; streams are spread over them, and puts on different "
+          "workers run in parallel (the same-host path needs none: it copies directly).");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "On SIGTERM/SIGINT, time in-flight calls get.");
 
 namespace {
@@ -134,7 +137,7 @@ int main(int argc, char** argv) {
   std::string data_plane_error = "turned off with --noucx";
   if (absl::GetFlag(FLAGS_ucx)) {
     absl::StatusOr<std::unique_ptr<pqkv::server::UcxDataPlane>> created =
-        pqkv::server::UcxDataPlane::Create();
+        pqkv::server::UcxDataPlane::Create(absl::GetFlag(FLAGS_ucx_workers));
     if (created.ok()) {
       data_plane = *std::move(created);
     } else {

@@ -4,15 +4,16 @@
 
 namespace pqkv::server {
 
-Session::Session(std::string id, const SessionConfig& config, PageArena* arena, GpuScorer* gpu,
-                 std::string owner)
+Session::Session(std::string id, const SessionConfig& config, std::shared_ptr<PageArena> arena,
+                 GpuScorer* gpu, std::string owner)
     : id_(std::move(id)),
       owner_(std::move(owner)),
       config_(config),
       created_(absl::Now()),
+      arena_(std::move(arena)),
       last_used_ns_(absl::ToUnixNanos(created_)) {
   for (uint32_t l = 0; l < config_.shape.num_layers; ++l) {
-    layers_.push_back(std::make_unique<LayerStore>(l, config_, arena, gpu));
+    layers_.push_back(std::make_unique<LayerStore>(l, config_, arena_.get(), gpu));
   }
 }
 

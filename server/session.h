@@ -22,10 +22,12 @@ namespace pqkv::server {
 
 class Session {
  public:
-  // gpu: the CUDA backend or null; must outlive the session. owner: the principal that
-  // created it ("" without authentication).
-  Session(std::string id, const SessionConfig& config, PageArena* arena, GpuScorer* gpu = nullptr,
-          std::string owner = "");
+  // arena: shared, so that a session released by a task that outlives the store (at
+  // shutdown) still returns its pages to a live arena. gpu: the CUDA backend or null;
+  // must outlive the session. owner: the principal that created it ("" without
+  // authentication).
+  Session(std::string id, const SessionConfig& config, std::shared_ptr<PageArena> arena,
+          GpuScorer* gpu = nullptr, std::string owner = "");
 
   const std::string& id() const { return id_; }
   const std::string& owner() const { return owner_; }
@@ -54,6 +56,7 @@ class Session {
   const std::string owner_;
   const SessionConfig config_;
   const absl::Time created_;
+  const std::shared_ptr<PageArena> arena_;  // declared before layers_: outlives them
   std::vector<std::unique_ptr<LayerStore>> layers_;
   std::atomic<bool> closed_{false};
   std::atomic<int64_t> last_used_ns_;

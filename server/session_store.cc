@@ -103,7 +103,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
   } else if (sessions_.count(Key(owner, id)) > 0) {
     return absl::AlreadyExistsError(absl::StrCat("session \"", id, "\" already exists"));
   }
-  auto session = std::make_shared<Session>(id, config, arena_.get(), gpu_, owner);
+  auto session = std::make_shared<Session>(id, config, arena_, gpu_, owner);
   sessions_.emplace(Key(owner, id), session);
   ServerLogger().info(
       "session {} created: {} layers x {} kv heads x {} query heads x {} dims, "

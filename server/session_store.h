@@ -82,7 +82,8 @@ class SessionStore {
   void SweepLoop();
 
   // Declared first so that it is destroyed last, after every session's pages are freed.
-  const std::unique_ptr<PageArena> arena_;
+  // Shared with every session, which may outlive the store by a task's reference.
+  const std::shared_ptr<PageArena> arena_;
   GpuScorer* const gpu_;
   mutable absl::Mutex mu_;
   // Keyed by (owner, id): each principal has its own id space.

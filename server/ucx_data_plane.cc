@@ -23,7 +23,8 @@ void OnEndpointError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create() {
+absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create(int workers) {
+  if (workers < 1) return absl::InvalidArgumentError("the UCX data plane needs at least 1 worker");
   std::unique_ptr<UcxDataPlane> plane(new UcxDataPlane());
   ucp_config_t* config = nullptr;
   ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
@@ -35,34 +36,41 @@ absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create() {
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = UCP_FEATURE_RMA;
-  params.mt_workers_shared = 0;
+  params.mt_workers_shared = 1;  // several workers, each used by one thread at a time
   status = ucp_init(&params, config, &plane->context_);
   ucp_config_release(config);
   if (status != UCS_OK) return UcxError(absl::StatusCode::kUnavailable, "ucp_init", status);
-  ucp_worker_params_t worker_params{};
-  worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  worker_params.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // serialised by worker_mu_
-  absl::MutexLock lock(&plane->worker_mu_);
-  status = ucp_worker_create(plane->context_, &worker_params, &plane->worker_);
-  if (status != UCS_OK) {
-    plane->worker_ = nullptr;
-    return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_create", status);
+  for (int w = 0; w < workers; ++w) {
+    auto worker = std::make_unique<UcxWorker>();
+    ucp_worker_params_t worker_params{};
+    worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    worker_params.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // serialised by worker->mu
+    absl::MutexLock lock(&worker->mu);
+    status = ucp_worker_create(plane->context_, &worker_params, &worker->handle);
+    if (status != UCS_OK) {
+      worker->handle = nullptr;
+      return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_create", status);
+    }
+    if (w == 0) {
+      ucp_address_t* own = nullptr;
+      size_t own_bytes = 0;
+      status = ucp_worker_get_address(worker->handle, &own, &own_bytes);
+      if (status != UCS_OK) {
+        return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_get_address", status);
+      }
+      plane->address_version_ = *reinterpret_cast<const uint8_t*>(own) & 0xf;
+      ucp_worker_release_address(worker->handle, own);
+    }
+    plane->workers_.push_back(std::move(worker));
   }
-  ucp_address_t* own = nullptr;
-  size_t own_bytes = 0;
-  status = ucp_worker_get_address(plane->worker_, &own, &own_bytes);
-  if (status != UCS_OK)
-    return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_get_address", status);
-  plane->address_version_ = *reinterpret_cast<const uint8_t*>(own) & 0xf;
-  ucp_worker_release_address(plane->worker_, own);
   return plane;
 }
 
 UcxDataPlane::~UcxDataPlane() {
-  {
-    absl::MutexLock lock(&worker_mu_);
-    if (worker_ != nullptr) ucp_worker_destroy(worker_);
-    worker_ = nullptr;
+  for (const std::unique_ptr<UcxWorker>& worker : workers_) {
+    absl::MutexLock lock(&worker->mu);
+    if (worker->handle != nullptr) ucp_worker_destroy(worker->handle);
+    worker->handle = nullptr;
   }
   if (context_ != nullptr) ucp_cleanup(context_);
 }
@@ -87,8 +95,9 @@ absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const std::string
     if (!pin.ok()) return pin.status();
     pins.push_back(*std::move(pin));
   }
-  std::unique_ptr<UcxPeer> peer(new UcxPeer(this, buffer_address, buffer_bytes));
-  absl::MutexLock lock(&worker_mu_);
+  UcxWorker* worker = workers_[next_worker_.fetch_add(1) % workers_.size()].get();
+  std::unique_ptr<UcxPeer> peer(new UcxPeer(this, worker, buffer_address, buffer_bytes));
+  absl::MutexLock lock(&worker->mu);
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER;
@@ -96,7 +105,7 @@ absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const std::string
   params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
   params.err_handler.cb = OnEndpointError;
   params.err_handler.arg = peer.get();
-  ucs_status_t status = ucp_ep_create(worker_, &params, &peer->ep_);
+  ucs_status_t status = ucp_ep_create(worker->handle, &params, &peer->ep_);
   if (status != UCS_OK) {
     peer->ep_ = nullptr;
     return UcxError(absl::StatusCode::kInvalidArgument,
@@ -144,19 +153,20 @@ UcxPeer::~UcxPeer() {
     absl::MutexLock lock(&plane_->segments_mu_);
     plane_->mapped_segments_.erase(shmid_);
   }
-  absl::MutexLock lock(&plane_->worker_mu_);
+  absl::MutexLock lock(&worker_->mu);
   if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
   if (ep_ == nullptr) return;
   ucp_request_param_t params{};
   params.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   params.flags = UCP_EP_CLOSE_FLAG_FORCE;  // the client may be gone: do not wait for it
   void* request = ucp_ep_close_nbx(ep_, &params);
-  plane_->WaitLocked(request, absl::Now() + absl::Seconds(5), nullptr).IgnoreError();
+  UcxDataPlane::WaitLocked(*worker_, request, absl::Now() + absl::Seconds(5), nullptr)
+      .IgnoreError();
   // Writes given up on complete (with an error) once the endpoint is closed.
   for (void* abandoned : abandoned_) {
     const absl::Time deadline = absl::Now() + absl::Seconds(5);
     while (ucp_request_check_status(abandoned) == UCS_INPROGRESS && absl::Now() < deadline) {
-      ucp_worker_progress(plane_->worker_);
+      ucp_worker_progress(worker_->handle);
     }
     ucp_request_free(abandoned);
   }
@@ -188,7 +198,7 @@ absl::Status UcxPeer::Write(absl::Span<const Chunk> chunks, absl::Duration timeo
     return absl::OkStatus();
   }
   const absl::Time deadline = absl::Now() + timeout;
-  absl::MutexLock lock(&plane_->worker_mu_);
+  absl::MutexLock lock(&worker_->mu);
   if (failed_)
     return absl::UnavailableError(absl::StrCat("the client's UCX endpoint failed: ", failure_));
   absl::Status result;
@@ -203,10 +213,11 @@ absl::Status UcxPeer::Write(absl::Span<const Chunk> chunks, absl::Duration timeo
     }
     if (request != nullptr) ucp_request_free(request);
   }
-  return plane_->WaitLocked(ucp_ep_flush_nbx(ep_, &params), deadline, this);
+  return UcxDataPlane::WaitLocked(*worker_, ucp_ep_flush_nbx(ep_, &params), deadline, this);
 }
 
-absl::Status UcxDataPlane::WaitLocked(void* request, absl::Time deadline, UcxPeer* peer) {
+absl::Status UcxDataPlane::WaitLocked(UcxWorker& worker, void* request, absl::Time deadline,
+                                      UcxPeer* peer) {
   if (request == nullptr) return absl::OkStatus();
   if (UCS_PTR_IS_ERR(request)) {
     return UcxError(absl::StatusCode::kUnavailable, "UCX", UCS_PTR_STATUS(request));
@@ -214,7 +225,7 @@ absl::Status UcxDataPlane::WaitLocked(void* request, absl::Time deadline, UcxPee
   ucs_status_t status;
   uint64_t spins = 0;
   while ((status = ucp_request_check_status(request)) == UCS_INPROGRESS) {
-    ucp_worker_progress(worker_);
+    ucp_worker_progress(worker.handle);
     // Check the clock only now and then: progress calls are cheap.
     if ((++spins & 1023) == 0 && absl::Now() > deadline) break;
   }

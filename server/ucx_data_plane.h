@@ -19,11 +19,14 @@
 // corrupt, foreign and stale offers, not a peer that crafts a well-framed bad one:
 // expose the data plane to authenticated workers only (--auth_tokens_file).
 //
-// Thread-safe: the worker is created UCS_THREAD_MODE_SERIALIZED and every call on it
-// takes worker_mu_. A UcxPeer must be destroyed before its UcxDataPlane.
+// Thread-safe. The plane has a few UCX workers (--ucx_workers), each created
+// UCS_THREAD_MODE_SERIALIZED and used under its own lock, so puts of peers on different
+// workers run in parallel; peers are spread over them in turn. A UcxPeer must be
+// destroyed before its UcxDataPlane.
 #ifndef PQKV_SERVER_UCX_DATA_PLANE_H_
 #define PQKV_SERVER_UCX_DATA_PLANE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -47,6 +50,12 @@ struct ucp_rkey;
 namespace pqkv::server {
 
 class UcxDataPlane;
+
+// One UCX worker and the lock every call on it takes.
+struct UcxWorker {
+  absl::Mutex mu;
+  ucp_worker* handle ABSL_GUARDED_BY(mu) = nullptr;
+};
 
 // One client's registered receive buffer, reached through one endpoint.
 class UcxPeer {
@@ -81,16 +90,20 @@ class UcxPeer {
 
  private:
   friend class UcxDataPlane;
-  UcxPeer(UcxDataPlane* plane, uint64_t remote_address, uint64_t buffer_bytes)
-      : plane_(plane), remote_address_(remote_address), buffer_bytes_(buffer_bytes) {}
+  UcxPeer(UcxDataPlane* plane, UcxWorker* worker, uint64_t remote_address, uint64_t buffer_bytes)
+      : plane_(plane),
+        worker_(worker),
+        remote_address_(remote_address),
+        buffer_bytes_(buffer_bytes) {}
   UcxDataPlane* const plane_;
+  UcxWorker* const worker_;  // owned by plane_
   const uint64_t remote_address_;
   const uint64_t buffer_bytes_;
   ucp_ep* ep_ = nullptr;
   ucp_rkey* rkey_ = nullptr;
   char* mapped_ = nullptr;
   uint32_t shmid_ = 0;  // the System V segment mapped_ points into
-  // Set by the endpoint error handler (under the worker lock): the client is gone.
+  // Set by the endpoint error handler (under worker_->mu): the client is gone.
   bool failed_ = false;
   std::string failure_;
   // Flushes that timed out; completed and freed when the endpoint closes.
@@ -99,9 +112,9 @@ class UcxPeer {
 
 class UcxDataPlane {
  public:
-  // Opens the UCX context and worker; an error when UCX cannot start here (the server
-  // then serves rows in gRPC responses only).
-  static absl::StatusOr<std::unique_ptr<UcxDataPlane>> Create();
+  // Opens the UCX context and `workers` workers; an error when UCX cannot start here (the
+  // server then serves rows in gRPC responses only).
+  static absl::StatusOr<std::unique_ptr<UcxDataPlane>> Create(int workers = 1);
   ~UcxDataPlane();
   UcxDataPlane(const UcxDataPlane&) = delete;
   UcxDataPlane& operator=(const UcxDataPlane&) = delete;
@@ -115,15 +128,15 @@ class UcxDataPlane {
  private:
   friend class UcxPeer;
   UcxDataPlane() = default;
-  // Progresses the worker until `request` (a UCX request pointer or status) completes
-  // or `deadline` passes; frees the request.
-  absl::Status WaitLocked(void* request, absl::Time deadline, UcxPeer* peer)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker_mu_);
+  // Progresses `worker` until `request` (a UCX request pointer or status) completes or
+  // `deadline` passes; frees the request (or hands it to `peer` to free at close).
+  static absl::Status WaitLocked(UcxWorker& worker, void* request, absl::Time deadline,
+                                 UcxPeer* peer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker.mu);
 
   ucp_context* context_ = nullptr;
   uint8_t address_version_ = 0;  // format version of this UCX's worker addresses
-  absl::Mutex worker_mu_;
-  ucp_worker* worker_ ABSL_GUARDED_BY(worker_mu_) = nullptr;
+  std::vector<std::unique_ptr<UcxWorker>> workers_;
+  std::atomic<uint32_t> next_worker_{0};
   // Segments mapped by live peers: one stream per client buffer.
   absl::Mutex segments_mu_;
   absl::flat_hash_set<uint32_t> mapped_segments_ ABSL_GUARDED_BY(segments_mu_);

@@ -91,6 +91,17 @@ TEST_CASE("Closing a session frees its memory", "[server]") {
   CHECK(store->Stats().bytes_held == 0);
 }
 
+TEST_CASE("A session released after its store is gone still frees its pages", "[server]") {
+  // At shutdown a queued task can hold the last reference to a session past the store.
+  auto store = NewStore();
+  std::shared_ptr<Session> session = store->CreateSession("s", SmallConfig()).value();
+  const std::string bytes(1000 * 8 * 2, '\0');
+  REQUIRE((*session->layer(0))->Append(0, 1000, bytes, bytes).ok());
+  store.reset();
+  CHECK(session->bytes_held() > 0);
+  session.reset();  // returns its pages to the arena, which the session kept alive
+}
+
 TEST_CASE("SessionStore builds a sealed layer's index in the background", "[server]") {
   auto store = NewStore();
   auto session = store->CreateSession("s", SmallConfig()).value();
