@@ -79,7 +79,7 @@ grpc::ServerReadReactor<v1::AppendKvRequest>* PqkvService::AppendKv(
                              response);
 }
 
-grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* PqkvService::Retrieve(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PqkvService::Retrieve(
     grpc::CallbackServerContext* context) {
   const absl::Time deadline = context->deadline() == std::chrono::system_clock::time_point::max()
                                   ? absl::InfiniteFuture()

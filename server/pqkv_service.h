@@ -34,7 +34,15 @@ struct ServiceOptions {
   std::string data_plane_error = "disabled";
 };
 
-class PqkvService final : public v1::Pqkv::CallbackService {
+// The callback service with Retrieve registered raw (ByteBuffer in and out), so that its
+// responses reference gathered K/V rows instead of copying them (RetrieveReactor).
+using PqkvCallbackServiceBase = v1::Pqkv::WithCallbackMethod_CreateSession<
+    v1::Pqkv::WithCallbackMethod_AppendKv<v1::Pqkv::WithRawCallbackMethod_Retrieve<
+        v1::Pqkv::WithCallbackMethod_FetchKv<v1::Pqkv::WithCallbackMethod_CloseSession<
+            v1::Pqkv::WithCallbackMethod_GetSession<v1::Pqkv::WithCallbackMethod_ListSessions<
+                v1::Pqkv::WithCallbackMethod_GetServerStats<v1::Pqkv::Service>>>>>>>>;
+
+class PqkvService final : public PqkvCallbackServiceBase {
  public:
   // store, compute_pool and metrics must outlive the service.
   PqkvService(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
@@ -45,7 +53,7 @@ class PqkvService final : public v1::Pqkv::CallbackService {
                                           v1::CreateSessionResponse* response) override;
   grpc::ServerReadReactor<v1::AppendKvRequest>* AppendKv(grpc::CallbackServerContext* context,
                                                          v1::AppendKvResponse* response) override;
-  grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse>* Retrieve(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Retrieve(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* FetchKv(grpc::CallbackServerContext* context,
                                     const v1::FetchKvRequest* request,

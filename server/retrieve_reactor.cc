@@ -6,6 +6,7 @@
 #include "common/grpc_status.h"
 #include "server/fetch_limits.h"
 #include "server/parallel_for.h"
+#include "server/retrieve_response_encoder.h"
 
 namespace pqkv::server {
 
@@ -30,13 +31,25 @@ RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, 
     Finish(ToGrpcStatus(principal.status()));
     return;
   }
-  StartRead(&request_);
+  StartRead(&request_buffer_);
 }
 
 void RetrieveReactor::OnReadDone(bool ok) {
   if (!ok) {
     absl::MutexLock lock(&mu_);
     reads_done_ = true;
+    MaybeFinishLocked();
+    return;
+  }
+  // The raw method hands over bytes; a request that does not parse ends the stream.
+  const grpc::Status parsed =
+      grpc::SerializationTraits<v1::RetrieveRequest>::Deserialize(&request_buffer_, &request_);
+  if (!parsed.ok()) {
+    metrics_->RecordStatus("Retrieve", absl::InvalidArgumentError("malformed request"));
+    absl::MutexLock lock(&mu_);
+    reads_done_ = true;
+    final_status_ = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "a Retrieve request did not parse as pqkv.v1.RetrieveRequest");
     MaybeFinishLocked();
     return;
   }
@@ -51,6 +64,7 @@ void RetrieveReactor::OnReadDone(bool ok) {
   response_->set_layer(request_.layer());
   const int items = request_.items_size();
   for (int i = 0; i < items; ++i) response_->add_results();
+  rows_.assign(items, {});
   if (request_.has_open_data_plane()) {
     compute_pool_->Schedule([this] {
       OpenDataPlane();
@@ -166,11 +180,12 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
     absl::Status status = rows.status();
     if (status.ok()) {
       status = item.has_landing() ? LandRows(layer, *rows, item.landing(), result)
-                                  : AddRows(layer, *rows, metrics_, compute_pool_, result);
+                                  : AddRows(layer, *rows, metrics_, compute_pool_, &rows_[i]);
     }
     if (!status.ok()) {
       // The client will not store these rows: its cache directory must not claim them.
       if (item.cache_slots() > 0 && rows.ok()) ResetRowCache(item.session_id());
+      rows_[i].clear();
       result->Clear();
       result->set_session_id(item.session_id());
       SetItemError(i, status);
@@ -278,7 +293,7 @@ absl::Status RetrieveReactor::LandRows(const LayerStore& layer,
 absl::Status RetrieveReactor::AddRows(const LayerStore& layer,
                                       const std::vector<std::vector<uint32_t>>& rows,
                                       Metrics* metrics, ThreadPool* pool,
-                                      v1::RetrieveResult* result) {
+                                      std::vector<HeadRowSlices>* out) {
   const size_t row_bytes = layer.row_bytes();
   size_t total_rows = 0;
   for (const std::vector<uint32_t>& head : rows) total_rows += head.size();
@@ -287,14 +302,17 @@ absl::Status RetrieveReactor::AddRows(const LayerStore& layer,
         "with_kv would return ", 2 * total_rows * row_bytes, " bytes for one item, over the ",
         kMaxFetchBytes, "-byte limit: lower k, open the UCX data plane or fetch with FetchKv"));
   }
+  // Gathered straight into the slices the response will reference: no copy when it is
+  // serialised.
   std::vector<char*> keys_out(rows.size()), values_out(rows.size());
+  out->resize(rows.size());
   for (size_t h = 0; h < rows.size(); ++h) {
-    v1::HeadRows* out = result->add_rows();
-    out->set_kv_head(static_cast<uint32_t>(h));
-    out->mutable_keys()->resize(rows[h].size() * row_bytes);
-    out->mutable_values()->resize(rows[h].size() * row_bytes);
-    keys_out[h] = out->mutable_keys()->data();
-    values_out[h] = out->mutable_values()->data();
+    HeadRowSlices& head = (*out)[h];
+    head.kv_head = static_cast<uint32_t>(h);
+    head.keys = NewRowSlice(rows[h].size() * row_bytes);
+    head.values = NewRowSlice(rows[h].size() * row_bytes);
+    keys_out[h] = MutableData(head.keys);
+    values_out[h] = MutableData(head.values);
   }
   absl::Status status = GatherHeads(layer, rows, keys_out, values_out, pool);
   if (!status.ok()) return status;
@@ -336,14 +354,18 @@ absl::Status RetrieveReactor::GatherHeads(const LayerStore& layer,
 void RetrieveReactor::CompleteRequest() {
   // Rows of many with_kv items could together pass what a client accepts in one
   // message; drop rows from the last items first and say why in those items.
+  auto bytes_of = [](const std::vector<HeadRowSlices>& heads) {
+    size_t bytes = 0;
+    for (const HeadRowSlices& head : heads) bytes += head.keys.size() + head.values.size();
+    return bytes;
+  };
   size_t rows_bytes = 0;
-  for (const v1::RetrieveResult& result : response_->results()) {
-    for (const v1::HeadRows& rows : result.rows()) rows_bytes += 2 * rows.keys().size();
-  }
+  for (const std::vector<HeadRowSlices>& heads : rows_) rows_bytes += bytes_of(heads);
   for (int i = response_->results_size() - 1; i >= 0 && rows_bytes > kMaxFetchBytes; --i) {
     v1::RetrieveResult* result = response_->mutable_results(i);
-    if (result->rows_size() == 0) continue;
-    for (const v1::HeadRows& rows : result->rows()) rows_bytes -= 2 * rows.keys().size();
+    if (rows_[i].empty()) continue;
+    rows_bytes -= bytes_of(rows_[i]);
+    rows_[i].clear();
     const std::string session_id = result->session_id();
     if (request_.items(i).cache_slots() > 0) ResetRowCache(session_id);
     result->Clear();
@@ -356,7 +378,10 @@ void RetrieveReactor::CompleteRequest() {
   {
     absl::MutexLock lock(&mu_);
     processing_ = false;
-    outbox_.push_back(std::move(response_));
+    outbox_.push_back(
+        std::make_unique<grpc::ByteBuffer>(EncodeRetrieveResponse(*response_, rows_)));
+    response_.reset();
+    rows_.clear();
     if (!writing_) {
       writing_ = true;
       StartWrite(outbox_.front().get());
@@ -364,7 +389,7 @@ void RetrieveReactor::CompleteRequest() {
     read_now = outbox_.size() < kMaxQueuedResponses;
     read_deferred_ = !read_now;
   }
-  if (read_now) StartRead(&request_);
+  if (read_now) StartRead(&request_buffer_);
 }
 
 void RetrieveReactor::OnWriteDone(bool ok) {
@@ -385,13 +410,13 @@ void RetrieveReactor::OnWriteDone(bool ok) {
       MaybeFinishLocked();
     }
   }
-  if (read_now) StartRead(&request_);
+  if (read_now) StartRead(&request_buffer_);
 }
 
 void RetrieveReactor::MaybeFinishLocked() {
   if (finished_ || !reads_done_ || processing_ || writing_ || read_deferred_) return;
   finished_ = true;
-  Finish(grpc::Status::OK);
+  Finish(final_status_);
 }
 
 }  // namespace pqkv::server

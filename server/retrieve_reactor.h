@@ -35,6 +35,7 @@
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "server/layer_store.h"
 #include "server/metrics.h"
+#include "server/retrieve_response_encoder.h"
 #include "server/row_cache_directory.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
@@ -44,8 +45,10 @@ namespace pqkv::server {
 
 inline constexpr size_t kMaxQueuedResponses = 2;
 
-class RetrieveReactor final
-    : public grpc::ServerBidiReactor<v1::RetrieveRequest, v1::RetrieveResponse> {
+// The method is registered raw (grpc::ByteBuffer both ways) so that responses can
+// reference the slices rows were gathered into instead of copying them into protobuf
+// strings (retrieve_response_encoder.h); requests are parsed here.
+class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   // An item parked on a building index waits at most until the call's deadline and at
   // most max_index_wait after its request arrived; items_counter counts answered items.
@@ -79,10 +82,11 @@ class RetrieveReactor final
                                                                 v1::RetrieveResult* result);
   // Forgets the row cache directory of (session, layer): the next selection sends all.
   void ResetRowCache(const std::string& session_id);
-  // Adds the K and V rows of `rows` (per kv head) to `result` (with_kv, no landing).
+  // Gathers the K and V rows of `rows` (per kv head) into new slices in `out` (with_kv,
+  // no landing).
   static absl::Status AddRows(const LayerStore& layer,
                               const std::vector<std::vector<uint32_t>>& rows, Metrics* metrics,
-                              ThreadPool* pool, v1::RetrieveResult* result);
+                              ThreadPool* pool, std::vector<HeadRowSlices>* out);
   // Copies the K and V rows of `rows` kv head by kv head into keys_out / values_out
   // (each head's rows after the previous head's), the heads in parallel on `pool`.
   static absl::Status GatherRows(const LayerStore& layer,
@@ -122,8 +126,11 @@ class RetrieveReactor final
       ABSL_GUARDED_BY(cache_mu_);
 
   // The request being read or processed; untouched by reactions while processing.
+  grpc::ByteBuffer request_buffer_;
   v1::RetrieveRequest request_;
   std::unique_ptr<v1::RetrieveResponse> response_;
+  // Rows of each result of response_, kept out of the message (see the class comment).
+  std::vector<std::vector<HeadRowSlices>> rows_;
   std::atomic<int> items_left_{0};
   // Until when the current request's parked items may wait for a building index.
   absl::Time wait_until_;
@@ -137,7 +144,9 @@ class RetrieveReactor final
   // A read is due but waits for the outbox to drain (backpressure on slow readers).
   bool read_deferred_ ABSL_GUARDED_BY(mu_) = false;
   // Responses waiting to be written; the front one is in flight while writing_.
-  std::deque<std::unique_ptr<v1::RetrieveResponse>> outbox_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::unique_ptr<grpc::ByteBuffer>> outbox_ ABSL_GUARDED_BY(mu_);
+  // OK, or why the stream ended early (a request that did not parse).
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace pqkv::server
