@@ -13,6 +13,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "client/pqkv_client.h"
+#include "client/raw_retrieve_stream.h"
 #include "client/ucx_receiver.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 
@@ -21,7 +22,8 @@ namespace pqkv {
 // One server's Retrieve stream, opened on first use and reopened after it breaks.
 struct ServerStream {
   std::unique_ptr<grpc::ClientContext> context;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::RetrieveRequest, v1::RetrieveResponse>> stream;
+  // Declared after context, which it uses: destroyed first.
+  std::unique_ptr<RawRetrieveStream> stream;
   // The server's answer to the stream's data plane offer (made when the stream opens,
   // if the stream has a receive buffer); ucx_open says the server writes into it.
   bool ucx_open = false;

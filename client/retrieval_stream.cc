@@ -1,8 +1,11 @@
+#include <grpcpp/impl/codegen/proto_utils.h>
+
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "client/client_internal.h"
 #include "client/pqkv_client.h"
+#include "client/retrieve_response_decoder.h"
 #include "common/grpc_status.h"
 
 namespace pqkv {
@@ -34,7 +37,8 @@ absl::Status RetrievalStream::Impl::OpenServer(size_t s) {
   ServerStream& server = servers[s];
   server.context = std::make_unique<grpc::ClientContext>();
   client->Prepare(server.context.get());
-  server.stream = client->endpoints[s].stub->Retrieve(server.context.get());
+  server.stream =
+      std::make_unique<RawRetrieveStream>(client->endpoints[s].channel, server.context.get());
   server.ucx_open = false;
   if (!receiver) {
     server.ucx_status =
@@ -49,8 +53,10 @@ absl::Status RetrievalStream::Impl::OpenServer(size_t s) {
   plane->set_buffer_address(reinterpret_cast<uintptr_t>(receiver->data()));
   plane->set_buffer_bytes(receiver->size());
   plane->set_rkey(receiver->rkey());
+  grpc::ByteBuffer bytes;
   v1::RetrieveResponse answer;
-  if (!server.stream->Write(offer) || !server.stream->Read(&answer)) {
+  if (!server.stream->Write(offer) || !server.stream->Read(&bytes) ||
+      !grpc::SerializationTraits<v1::RetrieveResponse>::Deserialize(&bytes, &answer).ok()) {
     return absl::UnavailableError("the stream broke while opening the UCX data plane");
   }
   server.ucx_status =
@@ -130,10 +136,33 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
   for (size_t s = 0; s < servers; ++s) {
     if (by_server[s].empty()) continue;
     ServerStream& server = impl_->servers[s];
+    // Rows go from the received bytes straight into each query's buffers: keys and
+    // values of head after head, within buffer_bytes.
+    const std::vector<size_t>& mine = by_server[s];
+    std::vector<size_t> keys_at(mine.size(), 0), values_at(mine.size(), 0);
+    std::vector<bool> overflow(mine.size(), false);
+    const RowSink sink = [&](int r, int /*head*/, bool values, size_t bytes) -> char* {
+      if (static_cast<size_t>(r) >= mine.size()) return nullptr;
+      const RetrieveQuery& query = queries[mine[r]];
+      size_t& at = values ? values_at[r] : keys_at[r];
+      if (query.keys_out == nullptr || bytes > query.buffer_bytes - at) {
+        overflow[r] = true;
+        return nullptr;
+      }
+      char* out = static_cast<char*>(values ? query.values_out : query.keys_out) + at;
+      at += bytes;
+      return out;
+    };
+    grpc::ByteBuffer bytes;
     v1::RetrieveResponse response;
+    DecodedRows decoded;
     absl::Status status = sent[s];
-    if (status.ok() && !server.stream->Read(&response))
+    if (status.ok() && !server.stream->Read(&bytes)) {
       status = absl::UnavailableError("read failed");
+    }
+    if (status.ok() && !DecodeRetrieveResponse(&bytes, &response, sink, &decoded)) {
+      status = absl::InternalError("a Retrieve response did not parse");
+    }
     if (status.ok() && (response.request_id() != request_id ||
                         response.results_size() != static_cast<int>(by_server[s].size()))) {
       status = absl::InternalError(absl::StrCat("response ", response.request_id(),
@@ -189,17 +218,9 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
         out.kv_bytes = in.landed_bytes();
       } else if (out.status.ok() && query.keys_out != nullptr) {
         out.data_path = "grpc";
-        auto* keys = static_cast<char*>(query.keys_out);
-        auto* values = static_cast<char*>(query.values_out);
-        for (const v1::HeadRows& rows : in.rows()) {
-          if (rows.keys().size() != rows.values().size() ||
-              out.kv_bytes + rows.keys().size() > query.buffer_bytes) {
-            out.status = absl::InternalError("Retrieve rows do not match the request");
-            break;
-          }
-          std::memcpy(keys + out.kv_bytes, rows.keys().data(), rows.keys().size());
-          std::memcpy(values + out.kv_bytes, rows.values().data(), rows.values().size());
-          out.kv_bytes += rows.keys().size();
+        out.kv_bytes = keys_at[r];
+        if (overflow[r] || keys_at[r] != values_at[r]) {
+          out.status = absl::InternalError("Retrieve rows do not match the request");
         }
       }
     }
@@ -214,7 +235,7 @@ absl::Status RetrievalStream::Close() {
     if (!server.stream) continue;
     server.stream->WritesDone();
     // Drain anything unread so that Finish can complete.
-    v1::RetrieveResponse unread;
+    grpc::ByteBuffer unread;
     while (server.stream->Read(&unread)) {
     }
     const absl::Status status = FromGrpcStatus(server.stream->Finish());
