@@ -62,6 +62,15 @@ absl::Status RetrievalStream::Impl::OpenServer(size_t s) {
   server.ucx_status =
       StatusFromCode(answer.data_plane().status_code(), answer.data_plane().error_message());
   server.ucx_open = server.ucx_status.ok();
+  // UCX 1.13 emulates puts over TCP with active messages; they measured slower than
+  // gRPC responses (docs/benchmarks.md), so kAuto leaves that path for kUcx.
+  if (server.ucx_open && options.data_path == DataPath::kAuto &&
+      answer.data_plane().method() == "ucx-put" && answer.data_plane().transports() == "tcp") {
+    server.ucx_open = false;
+    server.ucx_status = absl::FailedPreconditionError(
+        "UCX reaches this server by TCP puts only, slower than gRPC responses; "
+        "DataPath::kUcx uses them anyway");
+  }
   return absl::OkStatus();
 }
 

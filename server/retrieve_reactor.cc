@@ -103,6 +103,7 @@ void RetrieveReactor::OpenDataPlane() {
   }
   peer_ = *std::move(peer);
   status->set_method(peer_->method());
+  status->set_transports(peer_->transports());
 }
 
 void RetrieveReactor::OnDone() {

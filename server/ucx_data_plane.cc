@@ -2,12 +2,17 @@
 
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "server/ucx_offer_check.h"
 
 namespace pqkv::server {
@@ -19,6 +24,30 @@ absl::Status UcxError(absl::StatusCode code, const char* what, ucs_status_t stat
 
 void OnEndpointError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
   static_cast<UcxPeer*>(arg)->MarkFailed(ucs_status_string(status));
+}
+
+// The transports of an endpoint's lanes ("tcp", "rc_mlx5,ud_mlx5", ...), read from
+// ucp_ep_print_info: UCX 1.13 has no query for them. Empty if the text is not as expected.
+std::string LaneTransports(ucp_ep_h ep) {
+  char* text = nullptr;
+  size_t size = 0;
+  FILE* out = open_memstream(&text, &size);
+  if (out == nullptr) return "";
+  ucp_ep_print_info(ep, out);
+  std::fclose(out);
+  std::vector<std::string> names;
+  // Lane lines read "#  lane[0]:  2:tcp/lo.0 md[1] ...": the name follows "N:" up to "/".
+  for (absl::string_view line : absl::StrSplit(absl::string_view(text, size), '\n')) {
+    const size_t lane = line.find("lane[");
+    if (lane == absl::string_view::npos) continue;
+    const size_t colon = line.find(':', line.find("]:", lane) + 2);
+    const size_t slash = line.find('/', colon);
+    if (colon == absl::string_view::npos || slash == absl::string_view::npos) continue;
+    std::string name(line.substr(colon + 1, slash - colon - 1));
+    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  }
+  std::free(text);
+  return absl::StrJoin(names, ",");
 }
 
 }  // namespace
@@ -118,6 +147,7 @@ absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const std::string
     peer->rkey_ = nullptr;
     return UcxError(absl::StatusCode::kInvalidArgument, "cannot unpack the client's rkey", status);
   }
+  peer->transports_ = LaneTransports(peer->ep_);
   // The buffer is UCX shared memory on this host: map it and gather straight into it,
   // but only where the kernel says the offered range lies inside the segment, and only
   // for one stream at a time (another stream offering the same segment is refused).

@@ -67,6 +67,8 @@ class UcxPeer {
   // "ucx-shm" or "ucx-put" (see the file comment).
   const char* method() const { return mapped_ != nullptr ? "ucx-shm" : "ucx-put"; }
   uint64_t buffer_bytes() const { return buffer_bytes_; }
+  // The transports of the endpoint's lanes, comma-separated ("tcp"; empty if unknown).
+  const std::string& transports() const { return transports_; }
   // With "ucx-shm": the client's buffer mapped into this process, buffer_bytes long;
   // otherwise null.
   char* mapped() const { return mapped_; }
@@ -101,6 +103,7 @@ class UcxPeer {
   const uint64_t buffer_bytes_;
   ucp_ep* ep_ = nullptr;
   ucp_rkey* rkey_ = nullptr;
+  std::string transports_;
   char* mapped_ = nullptr;
   uint32_t shmid_ = 0;  // the System V segment mapped_ points into
   // Set by the endpoint error handler (under worker_->mu): the client is gone.

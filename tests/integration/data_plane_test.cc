@@ -148,6 +148,17 @@ TEST_CASE("With UCX_TLS=tcp the server puts the rows, bit for bit, up to 8 MiB p
   CHECK(result.data_path == "ucx-put");
   CHECK(testing::CountMismatchedRows(shape, tokens, up.layer, result, keys, values) == 0);
   CHECK(stream->Close().ok());
+  // DataPath::kAuto leaves TCP-only puts (slower than gRPC here) for gRPC responses.
+  auto automatic = client->OpenRetrievalStream().value();
+  auto* auto_keys = static_cast<uint8_t*>(automatic->receive_buffer());
+  RetrieveQuery a{up.id, query, k, auto_keys, auto_keys + bytes, bytes};
+  auto auto_results = automatic->Retrieve(0, {&a, 1});
+  REQUIRE(auto_results.ok());
+  REQUIRE((*auto_results)[0].status.ok());
+  CHECK((*auto_results)[0].data_path == "grpc");
+  CHECK(testing::CountMismatchedRows(shape, tokens, up.layer, (*auto_results)[0], auto_keys,
+                                     auto_keys + bytes) == 0);
+  automatic.reset();
   stream.reset();
   client.reset();
   CHECK(server->Stop() == 0);
