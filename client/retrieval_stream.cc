@@ -3,31 +3,43 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/client_internal.h"
 #include "client/pqkv_client.h"
 #include "client/retrieve_response_decoder.h"
 #include "common/grpc_status.h"
 
 namespace pqkv {
+namespace {
+
+// How often, and how far apart, a refused (ABORTED) data plane offer is made again.
+constexpr int kOfferAttempts = 50;
+constexpr absl::Duration kOfferRetryDelay = absl::Milliseconds(10);
+
+}  // namespace
 
 RetrievalStream::RetrievalStream(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 RetrievalStream::~RetrievalStream() { Close().IgnoreError(); }
 
 void* RetrievalStream::receive_buffer() const {
-  return impl_->receiver ? impl_->receiver->data() : nullptr;
+  return impl_->receiver ? impl_->receiver->data() + UcxReceiver::kCheckBytes : nullptr;
 }
 size_t RetrievalStream::receive_buffer_bytes() const {
-  return impl_->receiver ? impl_->receiver->size() : 0;
+  return impl_->receiver ? impl_->receiver->size() - UcxReceiver::kCheckBytes : 0;
 }
 const std::string& RetrievalStream::receive_buffer_error() const { return impl_->receiver_error; }
 
 std::optional<uint64_t> RetrievalStream::Impl::OffsetInBuffer(const void* data,
                                                               size_t bytes) const {
   if (!receiver) return std::nullopt;
+  // Offsets are from the registered start; the check bytes before the usable space
+  // are never a landing.
   const auto begin = reinterpret_cast<uintptr_t>(receiver->data());
   const auto at = reinterpret_cast<uintptr_t>(data);
-  if (at < begin || at - begin > receiver->size() || bytes > receiver->size() - (at - begin)) {
+  if (at < begin + UcxReceiver::kCheckBytes || at - begin > receiver->size() ||
+      bytes > receiver->size() - (at - begin)) {
     return std::nullopt;
   }
   return at - begin;
@@ -53,11 +65,18 @@ absl::Status RetrievalStream::Impl::OpenServer(size_t s) {
   plane->set_buffer_address(reinterpret_cast<uintptr_t>(receiver->data()));
   plane->set_buffer_bytes(receiver->size());
   plane->set_rkey(receiver->rkey());
-  grpc::ByteBuffer bytes;
+  plane->set_buffer_check(receiver->check());
   v1::RetrieveResponse answer;
-  if (!server.stream->Write(offer) || !server.stream->Read(&bytes) ||
-      !grpc::SerializationTraits<v1::RetrieveResponse>::Deserialize(&bytes, &answer).ok()) {
-    return absl::UnavailableError("the stream broke while opening the UCX data plane");
+  // ABORTED: the server still maps the buffer for this stream's previous call, which
+  // it is ending; that takes milliseconds.
+  for (int attempt = 0; attempt < kOfferAttempts; ++attempt) {
+    grpc::ByteBuffer bytes;
+    if (!server.stream->Write(offer) || !server.stream->Read(&bytes) ||
+        !grpc::SerializationTraits<v1::RetrieveResponse>::Deserialize(&bytes, &answer).ok()) {
+      return absl::UnavailableError("the stream broke while opening the UCX data plane");
+    }
+    if (answer.data_plane().status_code() != static_cast<int>(absl::StatusCode::kAborted)) break;
+    absl::SleepFor(kOfferRetryDelay);
   }
   server.ucx_status =
       StatusFromCode(answer.data_plane().status_code(), answer.data_plane().error_message());
@@ -172,6 +191,13 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
     if (status.ok() && !DecodeRetrieveResponse(&bytes, &response, sink, &decoded)) {
       status = absl::InternalError("a Retrieve response did not parse");
     }
+    // Rows that do not fit what was asked mean the two ends disagree (and the server's
+    // row cache directories may now claim rows the caller never got): reopen.
+    for (size_t r = 0; status.ok() && r < mine.size(); ++r) {
+      if (overflow[r] || keys_at[r] != values_at[r]) {
+        status = absl::InternalError("Retrieve rows do not match the request");
+      }
+    }
     if (status.ok() && (response.request_id() != request_id ||
                         response.results_size() != static_cast<int>(by_server[s].size()))) {
       status = absl::InternalError(absl::StrCat("response ", response.request_id(),
@@ -228,9 +254,6 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
       } else if (out.status.ok() && query.keys_out != nullptr) {
         out.data_path = "grpc";
         out.kv_bytes = keys_at[r];
-        if (overflow[r] || keys_at[r] != values_at[r]) {
-          out.status = absl::InternalError("Retrieve rows do not match the request");
-        }
       }
     }
   }

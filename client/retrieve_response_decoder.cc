@@ -26,11 +26,17 @@ bool IsLength(uint32_t tag, int field) {
   return tag == WireFormatLite::MakeTag(field, WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
 }
 
+// Reads a length prefix that fits what is left of the stream.
+bool ReadLength(CodedInputStream* in, uint32_t* length) {
+  return in->ReadVarint32(length) && *length <= static_cast<uint32_t>(INT_MAX) &&
+         (in->BytesUntilLimit() < 0 || *length <= static_cast<uint32_t>(in->BytesUntilLimit()));
+}
+
 // Copies one length-delimited row field to the sink, or skips it.
 bool ReadRowField(CodedInputStream* in, int result, int head, bool values, const RowSink& sink,
                   DecodedRows* decoded) {
   uint32_t length = 0;
-  if (!in->ReadVarint32(&length)) return false;
+  if (!ReadLength(in, &length)) return false;
   char* destination = sink(result, head, values, length);
   if (destination == nullptr) {
     decoded->dropped_bytes += length;
@@ -44,7 +50,7 @@ bool ReadRowField(CodedInputStream* in, int result, int head, bool values, const
 bool ReadHeadRows(CodedInputStream* in, int result, int head, const RowSink& sink,
                   DecodedRows* decoded) {
   uint32_t length = 0;
-  if (!in->ReadVarint32(&length)) return false;
+  if (!ReadLength(in, &length)) return false;
   const CodedInputStream::Limit limit = in->PushLimit(static_cast<int>(length));
   while (uint32_t tag = in->ReadTag()) {
     bool ok;
@@ -57,6 +63,7 @@ bool ReadHeadRows(CodedInputStream* in, int result, int head, const RowSink& sin
     }
     if (!ok) return false;
   }
+  if (in->BytesUntilLimit() != 0) return false;  // a 0 tag or an error before the end
   in->PopLimit(limit);
   return true;
 }
@@ -65,7 +72,7 @@ bool ReadHeadRows(CodedInputStream* in, int result, int head, const RowSink& sin
 bool ReadResult(CodedInputStream* in, int result, const RowSink& sink, v1::RetrieveResult* out,
                 DecodedRows* decoded) {
   uint32_t length = 0;
-  if (!in->ReadVarint32(&length)) return false;
+  if (!ReadLength(in, &length)) return false;
   const CodedInputStream::Limit limit = in->PushLimit(static_cast<int>(length));
   std::string rest;
   {
@@ -78,6 +85,7 @@ bool ReadResult(CodedInputStream* in, int result, const RowSink& sink, v1::Retri
       if (!ok) return false;
     }
   }
+  if (in->BytesUntilLimit() != 0) return false;
   in->PopLimit(limit);
   return out->ParseFromString(rest);
 }

@@ -4,6 +4,9 @@
 #include <sys/mman.h>
 #include <ucp/api/ucp.h>
 
+#include <cstring>
+
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "client/cuda_host_register.h"
 
@@ -46,7 +49,7 @@ absl::StatusOr<std::unique_ptr<UcxReceiver>> UcxReceiver::Create(size_t bytes) {
   map.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
                    UCP_MEM_MAP_PARAM_FIELD_FLAGS;
   map.address = nullptr;
-  map.length = bytes;
+  map.length = bytes + kCheckBytes;
   map.flags = UCP_MEM_MAP_ALLOCATE;
   status = ucp_mem_map(receiver->context_, &map, &receiver->memh_);
   if (status != UCS_OK) return UcxError("ucp_mem_map", status);
@@ -62,6 +65,11 @@ absl::StatusOr<std::unique_ptr<UcxReceiver>> UcxReceiver::Create(size_t bytes) {
   if (status != UCS_OK) return UcxError("ucp_rkey_pack", status);
   receiver->rkey_.assign(static_cast<const char*>(packed), packed_bytes);
   ucp_rkey_buffer_release(packed);
+
+  absl::BitGen random;
+  receiver->check_.resize(kCheckBytes);
+  for (char& c : receiver->check_) c = static_cast<char>(absl::Uniform<uint8_t>(random));
+  std::memcpy(receiver->data_, receiver->check_.data(), kCheckBytes);
 
   // Pinned: the kernel may not page it out, and the GPU can DMA from it.
   receiver->page_locked_ = mlock(receiver->data_, receiver->size_) == 0;

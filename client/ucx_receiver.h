@@ -32,14 +32,21 @@ namespace pqkv {
 
 class UcxReceiver {
  public:
-  // A receive buffer of `bytes` (rounded up to whole pages by UCX).
+  // A receive buffer of at least `bytes` usable bytes after the check (rounded up to
+  // whole pages by UCX).
   static absl::StatusOr<std::unique_ptr<UcxReceiver>> Create(size_t bytes);
   ~UcxReceiver();
   UcxReceiver(const UcxReceiver&) = delete;
   UcxReceiver& operator=(const UcxReceiver&) = delete;
 
+  // The whole registered buffer; its first kCheckBytes hold check() (see below).
   char* data() const { return data_; }
   size_t size() const { return size_; }
+  // Random bytes written at the start of the buffer, for DataPlaneOffer.buffer_check:
+  // a server that maps the buffer proves it is this one by finding them there. Callers
+  // must not write over them; usable space starts at data() + kCheckBytes.
+  static constexpr size_t kCheckBytes = 64;
+  const std::string& check() const { return check_; }
   // What a DataPlaneOffer carries.
   const std::string& worker_address() const { return worker_address_; }
   const std::string& rkey() const { return rkey_; }
@@ -58,6 +65,7 @@ class UcxReceiver {
   size_t size_ = 0;
   std::string worker_address_;
   std::string rkey_;
+  std::string check_;
   bool page_locked_ = false;
   bool cuda_registered_ = false;
   std::atomic<bool> stop_{false};

@@ -13,7 +13,10 @@ namespace pqkv::server {
 // must be split (the C++ SDK splits fetches).
 inline constexpr size_t kMaxFetchBytes = size_t{64} << 20;
 // Most row cache slots per kv head a Retrieve item may name (delta transfer).
-inline constexpr uint32_t kMaxCacheSlots = uint32_t{1} << 20;
+// (The server keeps 12 bytes per slot per kv head and layer for the life of a stream.)
+inline constexpr uint32_t kMaxCacheSlots = uint32_t{1} << 16;
+// Largest staging buffer (K+V) one item's UCX put may take; the same-host path needs none.
+inline constexpr size_t kMaxStagingBytes = size_t{256} << 20;
 // Longest the server waits for a UCX put of one item's rows to reach the client.
 inline constexpr absl::Duration kLandingTimeout = absl::Seconds(10);
 // Gathers of at least this many K+V bytes are split over the compute pool by kv head.

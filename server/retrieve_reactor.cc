@@ -1,5 +1,6 @@
 #include "server/retrieve_reactor.h"
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -81,8 +82,27 @@ void RetrieveReactor::StartItems() {
     CompleteRequest();
     return;
   }
+  // Items run in parallel, so two that share one row cache (same session, cache_slots)
+  // would update its directory in an order the client cannot know: the later are refused.
+  absl::flat_hash_set<std::string> cached;
+  std::vector<bool> refused(items, false);
+  for (int i = 0; i < items; ++i) {
+    const v1::RetrieveItem& item = request_.items(i);
+    refused[i] =
+        item.with_kv() && item.cache_slots() > 0 && !cached.insert(item.session_id()).second;
+  }
   items_left_.store(items, std::memory_order_relaxed);
-  for (int i = 0; i < items; ++i) compute_pool_->Schedule([this, i] { StartItem(i); });
+  for (int i = 0; i < items; ++i) {
+    if (!refused[i]) {
+      compute_pool_->Schedule([this, i] { StartItem(i); });
+      continue;
+    }
+    response_->mutable_results(i)->set_session_id(request_.items(i).session_id());
+    SetItemError(i, absl::InvalidArgumentError(
+                        "an earlier item of this request already uses this session's row cache "
+                        "(cache_slots): send one such item per session and request"));
+    ItemDone();
+  }
 }
 
 void RetrieveReactor::OpenDataPlane() {
@@ -91,8 +111,7 @@ void RetrieveReactor::OpenDataPlane() {
   absl::StatusOr<std::unique_ptr<UcxPeer>> peer =
       data_plane_ == nullptr ? absl::FailedPreconditionError(absl::StrCat(
                                    "this server has no UCX data plane: ", data_plane_error_))
-                             : data_plane_->Connect(offer.worker_address(), offer.buffer_address(),
-                                                    offer.buffer_bytes(), offer.rkey());
+                             : data_plane_->Connect(offer);
   v1::DataPlaneStatus* status = response_->mutable_data_plane();
   if (!peer.ok()) {
     metrics_->RecordStatus("Retrieve", peer.status());
@@ -273,6 +292,11 @@ absl::Status RetrieveReactor::LandRows(const LayerStore& layer,
     keys_out = peer_->mapped() + landing.keys_offset();
     values_out = peer_->mapped() + landing.values_offset();
   } else {
+    if (2 * bytes > kMaxStagingBytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the rows would take ", 2 * bytes, " bytes of staging for a UCX put, over the ",
+          kMaxStagingBytes, "-byte limit per item: lower k"));
+    }
     staging.resize(2 * bytes);
     keys_out = staging.data();
     values_out = staging.data() + bytes;

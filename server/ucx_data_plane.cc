@@ -23,7 +23,7 @@ absl::Status UcxError(absl::StatusCode code, const char* what, ucs_status_t stat
 }
 
 void OnEndpointError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
-  static_cast<UcxPeer*>(arg)->MarkFailed(ucs_status_string(status));
+  static_cast<UcxPeer::Health*>(arg)->MarkFailed(ucs_status_string(status));
 }
 
 // The transports of an endpoint's lanes ("tcp", "rc_mlx5,ud_mlx5", ...), read from
@@ -104,60 +104,54 @@ UcxDataPlane::~UcxDataPlane() {
   if (context_ != nullptr) ucp_cleanup(context_);
 }
 
-absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const std::string& worker_address,
-                                                               uint64_t buffer_address,
-                                                               uint64_t buffer_bytes,
-                                                               const std::string& rkey) {
-  if (worker_address.empty() || rkey.empty() || buffer_bytes == 0) {
+absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const v1::DataPlaneOffer& offer) {
+  const uint64_t buffer_address = offer.buffer_address();
+  const uint64_t buffer_bytes = offer.buffer_bytes();
+  if (offer.worker_address().empty() || offer.rkey().empty() || buffer_bytes == 0) {
     return absl::InvalidArgumentError(
         "the data plane offer needs a worker address, an rkey and a buffer of at least 1 byte");
   }
-  if (absl::Status framed = CheckWorkerAddress(worker_address, address_version_); !framed.ok()) {
+  if (absl::Status framed = CheckWorkerAddress(offer.worker_address(), address_version_);
+      !framed.ok()) {
     return framed;
   }
-  absl::StatusOr<std::vector<SysvSegment>> segments = CheckPackedRkey(rkey);
-  if (!segments.ok()) return segments.status();
-  // Pinned, the segments cannot vanish while UCX attaches them in the unpack below.
-  std::vector<SysvPin> pins;
-  for (const SysvSegment& segment : *segments) {
-    absl::StatusOr<SysvPin> pin = SysvPin::Attach(segment.shmid);
-    if (!pin.ok()) return pin.status();
-    pins.push_back(*std::move(pin));
-  }
+  // Pinned, the key's segments cannot vanish while UCX attaches them in the unpack below;
+  // those that cannot be pinned are cut from the key.
+  absl::StatusOr<PreparedRkey> rkey = PrepareRkey(offer.rkey());
+  if (!rkey.ok()) return rkey.status();
   UcxWorker* worker = workers_[next_worker_.fetch_add(1) % workers_.size()].get();
   std::unique_ptr<UcxPeer> peer(new UcxPeer(this, worker, buffer_address, buffer_bytes));
   absl::MutexLock lock(&worker->mu);
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  params.address = reinterpret_cast<const ucp_address_t*>(worker_address.data());
+  params.address = reinterpret_cast<const ucp_address_t*>(offer.worker_address().data());
   params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
   params.err_handler.cb = OnEndpointError;
-  params.err_handler.arg = peer.get();
+  params.err_handler.arg = peer->health_;
   ucs_status_t status = ucp_ep_create(worker->handle, &params, &peer->ep_);
   if (status != UCS_OK) {
     peer->ep_ = nullptr;
     return UcxError(absl::StatusCode::kInvalidArgument,
                     "cannot reach the client's UCX worker address", status);
   }
-  // ucp_ep_rkey_unpack reads the packed key; copy it so that the buffer is writable.
-  std::vector<char> packed(rkey.begin(), rkey.end());
-  status = ucp_ep_rkey_unpack(peer->ep_, packed.data(), &peer->rkey_);
+  status = ucp_ep_rkey_unpack(peer->ep_, rkey->packed.data(), &peer->rkey_);
   if (status != UCS_OK) {
     peer->rkey_ = nullptr;
     return UcxError(absl::StatusCode::kInvalidArgument, "cannot unpack the client's rkey", status);
   }
   peer->transports_ = LaneTransports(peer->ep_);
   // The buffer is UCX shared memory on this host: map it and gather straight into it,
-  // but only where the kernel says the offered range lies inside the segment, and only
-  // for one stream at a time (another stream offering the same segment is refused).
+  // but only a System V segment the kernel says holds the whole offered range, that
+  // starts with the client's check bytes (so it is this client's buffer, not a segment
+  // of the same id in another IPC namespace), and for one stream at a time.
   void* mapped = nullptr;
   if (ucp_rkey_ptr(peer->rkey_, buffer_address, &mapped) != UCS_OK || mapped == nullptr) {
     return peer;
   }
-  for (const SysvSegment& segment : *segments) {
+  for (const SysvSegment& segment : rkey->segments) {
     if (buffer_address < segment.owner_address ||
-        buffer_address - segment.owner_address > segment.bytes) {
+        buffer_address - segment.owner_address >= segment.bytes) {
       continue;
     }
     if (buffer_bytes > segment.bytes - (buffer_address - segment.owner_address)) {
@@ -165,18 +159,31 @@ absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const std::string
                                                      " bytes runs past its shared memory segment (",
                                                      segment.bytes, " bytes)"));
     }
+    const std::string& check = offer.buffer_check();
+    if (check.size() < kMinCheckBytes || check.size() > buffer_bytes ||
+        std::memcmp(mapped, check.data(), check.size()) != 0) {
+      return peer;  // not provably the client's buffer: puts only
+    }
     absl::MutexLock segments_lock(&segments_mu_);
     if (!mapped_segments_.insert(segment.shmid).second) {
-      return absl::InvalidArgumentError(absl::StrCat("shared memory segment ", segment.shmid,
-                                                     " is already the buffer of another stream"));
+      // Usually the client's previous stream on this buffer, still ending: retry.
+      return absl::AbortedError(absl::StrCat("shared memory segment ", segment.shmid,
+                                             " is already the buffer of another stream"));
     }
     peer->mapped_ = static_cast<char*>(mapped);
     peer->shmid_ = segment.shmid;
     return peer;
   }
-  return absl::InvalidArgumentError(
-      "the offered buffer address lies outside the shared memory segment of its rkey");
+  return peer;  // mapped, but through no segment the key named: puts only
 }
+
+UcxPeer::UcxPeer(UcxDataPlane* plane, UcxWorker* worker, uint64_t remote_address,
+                 uint64_t buffer_bytes)
+    : plane_(plane),
+      worker_(worker),
+      remote_address_(remote_address),
+      buffer_bytes_(buffer_bytes),
+      health_(new Health()) {}
 
 UcxPeer::~UcxPeer() {
   if (mapped_ != nullptr) {
@@ -185,26 +192,31 @@ UcxPeer::~UcxPeer() {
   }
   absl::MutexLock lock(&worker_->mu);
   if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
-  if (ep_ == nullptr) return;
+  // Every write has finished or closed the endpoint, so nothing else is in flight.
+  if (CloseEndpointLocked()) delete health_;
+}
+
+bool UcxPeer::CloseEndpointLocked() {
+  if (ep_ == nullptr) return true;
   ucp_request_param_t params{};
   params.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
   params.flags = UCP_EP_CLOSE_FLAG_FORCE;  // the client may be gone: do not wait for it
   void* request = ucp_ep_close_nbx(ep_, &params);
-  UcxDataPlane::WaitLocked(*worker_, request, absl::Now() + absl::Seconds(5), nullptr)
-      .IgnoreError();
-  // Writes given up on complete (with an error) once the endpoint is closed.
-  for (void* abandoned : abandoned_) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(5);
-    while (ucp_request_check_status(abandoned) == UCS_INPROGRESS && absl::Now() < deadline) {
-      ucp_worker_progress(worker_->handle);
-    }
-    ucp_request_free(abandoned);
+  ep_ = nullptr;
+  if (request == nullptr || UCS_PTR_IS_ERR(request)) return true;
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (ucp_request_check_status(request) == UCS_INPROGRESS && absl::Now() < deadline) {
+    ucp_worker_progress(worker_->handle);
   }
+  const bool closed = ucp_request_check_status(request) != UCS_INPROGRESS;
+  // Not closed: its error handler may still run, so health_ must stay valid (leaked).
+  ucp_request_free(request);
+  return closed;
 }
 
-void UcxPeer::MarkFailed(const char* reason) {
-  failed_ = true;
-  failure_ = reason;
+void UcxPeer::Health::MarkFailed(const char* reason) {
+  failed = true;
+  failure = reason;
 }
 
 absl::Status UcxPeer::CheckBounds(uint64_t offset, uint64_t bytes) const {
@@ -228,57 +240,68 @@ absl::Status UcxPeer::Write(absl::Span<const Chunk> chunks, absl::Duration timeo
     return absl::OkStatus();
   }
   const absl::Time deadline = absl::Now() + timeout;
-  absl::MutexLock lock(&worker_->mu);
-  if (failed_)
-    return absl::UnavailableError(absl::StrCat("the client's UCX endpoint failed: ", failure_));
-  absl::Status result;
-  ucp_request_param_t params{};
-  for (const Chunk& chunk : chunks) {
-    if (chunk.bytes == 0) continue;
-    void* request =
-        ucp_put_nbx(ep_, chunk.src, chunk.bytes, remote_address_ + chunk.offset, rkey_, &params);
-    // The flush below waits for every put; only an immediate error is looked at here.
-    if (UCS_PTR_IS_ERR(request)) {
-      return UcxError(absl::StatusCode::kUnavailable, "ucp_put_nbx", UCS_PTR_STATUS(request));
+  void* flush = nullptr;
+  {
+    absl::MutexLock lock(&worker_->mu);
+    if (health_->failed || ep_ == nullptr) {
+      return absl::UnavailableError(
+          absl::StrCat("the client's UCX endpoint failed: ", health_->failure));
     }
-    if (request != nullptr) ucp_request_free(request);
+    ucp_request_param_t params{};
+    for (const Chunk& chunk : chunks) {
+      if (chunk.bytes == 0) continue;
+      void* put =
+          ucp_put_nbx(ep_, chunk.src, chunk.bytes, remote_address_ + chunk.offset, rkey_, &params);
+      if (UCS_PTR_IS_ERR(put)) {
+        // Earlier puts may still read the sources: the endpoint goes, and with it they.
+        health_->MarkFailed(ucs_status_string(UCS_PTR_STATUS(put)));
+        CloseEndpointLocked();
+        return UcxError(absl::StatusCode::kUnavailable, "ucp_put_nbx", UCS_PTR_STATUS(put));
+      }
+      if (put != nullptr) ucp_request_free(put);  // the flush below waits for it
+    }
+    flush = ucp_ep_flush_nbx(ep_, &params);
   }
-  return UcxDataPlane::WaitLocked(*worker_, ucp_ep_flush_nbx(ep_, &params), deadline, this);
+  absl::Status waited = UcxDataPlane::Wait(*worker_, flush, deadline);
+  if (!waited.ok()) {
+    // Timed out or failed: close the endpoint so that no put reads the sources after
+    // this returns; the stream's later writes fail at once.
+    absl::MutexLock lock(&worker_->mu);
+    health_->MarkFailed(waited.code() == absl::StatusCode::kDeadlineExceeded
+                            ? "the client did not take the rows in time"
+                            : std::string(waited.message()).c_str());
+    CloseEndpointLocked();
+    return absl::UnavailableError(absl::StrCat("UCX put to the client failed: ", health_->failure,
+                                               " (is its UCX worker progressed?)"));
+  }
+  return absl::OkStatus();
 }
 
-absl::Status UcxDataPlane::WaitLocked(UcxWorker& worker, void* request, absl::Time deadline,
-                                      UcxPeer* peer) {
+absl::Status UcxDataPlane::Wait(UcxWorker& worker, void* request, absl::Time deadline) {
   if (request == nullptr) return absl::OkStatus();
   if (UCS_PTR_IS_ERR(request)) {
     return UcxError(absl::StatusCode::kUnavailable, "UCX", UCS_PTR_STATUS(request));
   }
-  ucs_status_t status;
-  uint64_t spins = 0;
-  while ((status = ucp_request_check_status(request)) == UCS_INPROGRESS) {
-    ucp_worker_progress(worker.handle);
-    // Check the clock only now and then: progress calls are cheap.
-    if ((++spins & 1023) == 0 && absl::Now() > deadline) break;
-  }
-  if (status == UCS_INPROGRESS) {
-    // The endpoint is given up: no more writes; the request completes when it closes.
-    if (peer != nullptr) {
-      peer->MarkFailed("timed out");
-      peer->abandoned_.push_back(request);
-    } else {
-      ucp_request_free(request);  // released by UCX once it completes
+  // The lock is taken per round, so that streams sharing the worker progress too while
+  // one client is slow.
+  for (uint64_t round = 0;; ++round) {
+    bool idle;
+    {
+      absl::MutexLock lock(&worker.mu);
+      idle = ucp_worker_progress(worker.handle) == 0;
+      const ucs_status_t status = ucp_request_check_status(request);
+      if (status != UCS_INPROGRESS) {
+        ucp_request_free(request);
+        return status == UCS_OK ? absl::OkStatus()
+                                : UcxError(absl::StatusCode::kUnavailable, "UCX transfer", status);
+      }
+      if ((round & 255) == 0 && absl::Now() > deadline) {
+        ucp_request_free(request);  // released by UCX when the endpoint closes
+        return absl::DeadlineExceededError("timed out");
+      }
     }
-    return absl::UnavailableError(
-        "the client did not take the rows in time (is its UCX worker progressed?)");
+    if (idle && round > 1024) absl::SleepFor(absl::Microseconds(20));  // a slow client
   }
-  ucp_request_free(request);
-  if (status != UCS_OK) {
-    if (peer != nullptr && peer->failed_) {
-      return absl::UnavailableError(
-          absl::StrCat("the client's UCX endpoint failed: ", peer->failure_));
-    }
-    return UcxError(absl::StatusCode::kUnavailable, "UCX transfer", status);
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace pqkv::server

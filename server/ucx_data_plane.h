@@ -1,11 +1,12 @@
-// UcxDataPlane: the server's end of the UCX data plane. It owns one UCX context and one
-// worker, and connects to clients' receive buffers (UcxPeer) to write selected K/V rows
-// into them. The server never maps or packs memory of its own for remote access: a
+// UcxDataPlane: the server's end of the UCX data plane. It owns one UCX context and a
+// few workers, and connects to clients' receive buffers (UcxPeer) to write selected K/V
+// rows into them. The server never maps or packs memory of its own for remote access: a
 // client can receive, never read.
 //
 // How a peer is written, the fastest that measured here (docs/benchmarks.md):
-// - "ucx-shm": the client's buffer is UCX shared memory on this host (sysv/posix), so
-//   ucp_rkey_ptr maps it into the server and rows are gathered straight into it: one copy.
+// - "ucx-shm": the client's buffer is a UCX System V segment on this host that the server
+//   can attach and that starts with the client's check bytes, so ucp_rkey_ptr maps it
+//   into the server and rows are gathered straight into it: one copy.
 // - "ucx-put": otherwise (another host, or UCX_TLS without shared memory) rows are
 //   gathered into a staging buffer and written with ucp_put_nbx over the transport UCX
 //   picks (tcp, rc/dc verbs), then the endpoint is flushed, so the rows are in the
@@ -40,6 +41,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "pqkv/v1/pqkv.pb.h"
 
 // UCX handles, kept opaque so that users of this header need not include UCX.
 struct ucp_context;
@@ -56,6 +58,9 @@ struct UcxWorker {
   absl::Mutex mu;
   ucp_worker* handle ABSL_GUARDED_BY(mu) = nullptr;
 };
+
+// Fewest check bytes (DataPlaneOffer.buffer_check) a mapped buffer must carry.
+inline constexpr size_t kMinCheckBytes = 16;
 
 // One client's registered receive buffer, reached through one endpoint.
 class UcxPeer {
@@ -81,36 +86,39 @@ class UcxPeer {
   };
   // Writes every chunk and waits until they are in the client's buffer or `timeout`
   // passes. OUT_OF_RANGE (nothing written) when a chunk leaves the registered buffer;
-  // UNAVAILABLE when the client is gone or does not take the data in time.
+  // UNAVAILABLE when the client is gone or does not take the data in time, and then the
+  // endpoint is closed (later writes fail at once) before this returns, so no put reads
+  // the sources afterwards.
   absl::Status Write(absl::Span<const Chunk> chunks, absl::Duration timeout);
 
   // Checks [offset, offset + bytes) against the registered buffer.
   absl::Status CheckBounds(uint64_t offset, uint64_t bytes) const;
 
-  // Called by the endpoint's error handler, with the worker lock held: the client is gone.
-  void MarkFailed(const char* reason);
+  // Whether the client is gone, as UCX's endpoint error handler reports it (under
+  // worker->mu, during progress). Its own allocation: it outlives a peer whose endpoint
+  // would not close, since the handler may still run then.
+  struct Health {
+    bool failed = false;
+    std::string failure;
+    void MarkFailed(const char* reason);
+  };
 
  private:
   friend class UcxDataPlane;
-  UcxPeer(UcxDataPlane* plane, UcxWorker* worker, uint64_t remote_address, uint64_t buffer_bytes)
-      : plane_(plane),
-        worker_(worker),
-        remote_address_(remote_address),
-        buffer_bytes_(buffer_bytes) {}
+  UcxPeer(UcxDataPlane* plane, UcxWorker* worker, uint64_t remote_address, uint64_t buffer_bytes);
+  // Force-closes the endpoint and waits for it (bounded); true when it closed.
+  bool CloseEndpointLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker_->mu);
+
   UcxDataPlane* const plane_;
   UcxWorker* const worker_;  // owned by plane_
   const uint64_t remote_address_;
   const uint64_t buffer_bytes_;
+  Health* const health_;  // owned; leaked only if the endpoint never closes
   ucp_ep* ep_ = nullptr;
   ucp_rkey* rkey_ = nullptr;
   std::string transports_;
   char* mapped_ = nullptr;
   uint32_t shmid_ = 0;  // the System V segment mapped_ points into
-  // Set by the endpoint error handler (under worker_->mu): the client is gone.
-  bool failed_ = false;
-  std::string failure_;
-  // Flushes that timed out; completed and freed when the endpoint closes.
-  std::vector<void*> abandoned_;
 };
 
 class UcxDataPlane {
@@ -122,19 +130,18 @@ class UcxDataPlane {
   UcxDataPlane(const UcxDataPlane&) = delete;
   UcxDataPlane& operator=(const UcxDataPlane&) = delete;
 
-  // Connects to a client's buffer from its DataPlaneOffer. INVALID_ARGUMENT for an
-  // address or rkey UCX cannot use.
-  absl::StatusOr<std::unique_ptr<UcxPeer>> Connect(const std::string& worker_address,
-                                                   uint64_t buffer_address, uint64_t buffer_bytes,
-                                                   const std::string& rkey);
+  // Connects to a client's buffer from its offer. INVALID_ARGUMENT for an address or
+  // rkey UCX cannot use, or a buffer range its segment does not hold; ABORTED when
+  // another stream maps the same buffer (the client's previous stream, still ending:
+  // retry).
+  absl::StatusOr<std::unique_ptr<UcxPeer>> Connect(const v1::DataPlaneOffer& offer);
 
  private:
   friend class UcxPeer;
   UcxDataPlane() = default;
-  // Progresses `worker` until `request` (a UCX request pointer or status) completes or
-  // `deadline` passes; frees the request (or hands it to `peer` to free at close).
-  static absl::Status WaitLocked(UcxWorker& worker, void* request, absl::Time deadline,
-                                 UcxPeer* peer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(worker.mu);
+  // Progresses `worker` (taking its lock round by round) until `request` (a UCX request
+  // pointer or status) completes, or DEADLINE_EXCEEDED at `deadline`; frees it.
+  static absl::Status Wait(UcxWorker& worker, void* request, absl::Time deadline);
 
   ucp_context* context_ = nullptr;
   uint8_t address_version_ = 0;  // format version of this UCX's worker addresses

@@ -26,7 +26,7 @@ absl::Status CheckWorkerAddress(const std::string& address, uint8_t version) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<SysvSegment>> CheckPackedRkey(const std::string& rkey) {
+absl::StatusOr<PreparedRkey> PrepareRkey(const std::string& rkey) {
   constexpr size_t kHeader = sizeof(uint64_t) + 1;
   if (rkey.size() < kHeader) {
     return absl::InvalidArgumentError(
@@ -37,32 +37,45 @@ absl::StatusOr<std::vector<SysvSegment>> CheckPackedRkey(const std::string& rkey
   if (static_cast<uint8_t>(rkey[sizeof md_map]) != kHostMemory) {
     return absl::InvalidArgumentError("the rkey is not for host memory");
   }
-  std::vector<SysvSegment> segments;
+  PreparedRkey prepared;
+  uint64_t kept_map = md_map;
+  std::string sections;
   size_t at = kHeader;
   for (int md = 0; md < 64; ++md) {
     if ((md_map >> md & 1) == 0) continue;
     if (at >= rkey.size()) return Corrupt();
-    const size_t section = static_cast<uint8_t>(rkey[at++]);
-    if (section > rkey.size() - at) return Corrupt();
+    const size_t section = static_cast<uint8_t>(rkey[at]);
+    if (section > rkey.size() - at - 1) return Corrupt();
+    const char* body = rkey.data() + at + 1;
+    bool keep = true;
     if (section == kSysvSectionBytes) {
       SysvSegment segment;
-      std::memcpy(&segment.shmid, rkey.data() + at, sizeof segment.shmid);
-      std::memcpy(&segment.owner_address, rkey.data() + at + sizeof segment.shmid,
+      std::memcpy(&segment.shmid, body, sizeof segment.shmid);
+      std::memcpy(&segment.owner_address, body + sizeof segment.shmid,
                   sizeof segment.owner_address);
+      // Attached first, so that the size read next is that of the segment now held.
+      absl::StatusOr<SysvPin> pin = SysvPin::Attach(segment.shmid);
       shmid_ds info{};
-      if (shmctl(static_cast<int>(segment.shmid), IPC_STAT, &info) != 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("stale rkey: its shared memory segment ", segment.shmid,
-                         " is gone or not ours to use (", std::strerror(errno), ")"));
+      keep = pin.ok() && shmctl(static_cast<int>(segment.shmid), IPC_STAT, &info) == 0;
+      if (keep) {
+        segment.bytes = info.shm_segsz;
+        prepared.segments.push_back(segment);
+        prepared.pins.push_back(*std::move(pin));
+      } else {
+        kept_map &= ~(uint64_t{1} << md);
+        ++prepared.dropped_sections;
       }
-      segment.bytes = info.shm_segsz;
-      segments.push_back(segment);
     }
-    at += section;
+    if (keep) sections.append(rkey, at, 1 + section);
+    at += 1 + section;
   }
   const size_t trailer = rkey.size() - at;
   if (trailer != 0 && (trailer - 1) % 3 != 0) return Corrupt();
-  return segments;
+  prepared.packed.assign(reinterpret_cast<const char*>(&kept_map), sizeof kept_map);
+  prepared.packed += rkey[sizeof md_map];  // memory type
+  prepared.packed += sections;
+  prepared.packed.append(rkey, at, trailer);
+  return prepared;
 }
 
 absl::StatusOr<SysvPin> SysvPin::Attach(uint32_t shmid) {

@@ -32,12 +32,8 @@ struct SysvSegment {
   uint64_t bytes = 0;          // its size
 };
 
-// Checks the key's framing and returns the System V segments it names. INVALID_ARGUMENT
-// for a corrupt key, or one naming a segment that no longer exists (a stale key).
-absl::StatusOr<std::vector<SysvSegment>> CheckPackedRkey(const std::string& rkey);
-
 // Holds a read-only attachment of a segment, so that it outlives its owner's removal
-// while UCX attaches it too. Not copyable.
+// while UCX attaches it too. Move-only.
 class SysvPin {
  public:
   // INVALID_ARGUMENT when the segment cannot be attached (gone, or not permitted).
@@ -50,6 +46,21 @@ class SysvPin {
   explicit SysvPin(void* address) : address_(address) {}
   void* address_;
 };
+
+// A client's packed key made safe to hand to UCX. System V sections whose segment this
+// process can attach are kept and their segments pinned for the object's life; the
+// others (a segment that is gone, lives in another host's or IPC namespace's kernel, or
+// is not ours to attach) are cut from the key, so UCX never attaches them and reaches
+// the buffer by puts instead.
+struct PreparedRkey {
+  std::string packed;                 // the key to unpack
+  std::vector<SysvSegment> segments;  // the kept System V segments, pinned below
+  std::vector<SysvPin> pins;
+  int dropped_sections = 0;  // System V sections cut from the key
+};
+
+// INVALID_ARGUMENT for a key whose framing is corrupt or that is not for host memory.
+absl::StatusOr<PreparedRkey> PrepareRkey(const std::string& rkey);
 
 }  // namespace pqkv::server
 
