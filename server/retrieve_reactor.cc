@@ -400,13 +400,13 @@ void RetrieveReactor::CompleteRequest() {
                         " bytes in one response: ask for fewer sessions' rows per request")));
   }
   bool read_now;
+  auto encoded = std::make_unique<grpc::ByteBuffer>(EncodeRetrieveResponse(*response_, rows_));
+  response_.reset();
+  rows_.clear();
   {
     absl::MutexLock lock(&mu_);
     processing_ = false;
-    outbox_.push_back(
-        std::make_unique<grpc::ByteBuffer>(EncodeRetrieveResponse(*response_, rows_)));
-    response_.reset();
-    rows_.clear();
+    outbox_.push_back(std::move(encoded));
     if (!writing_) {
       writing_ = true;
       StartWrite(outbox_.front().get());
