@@ -60,12 +60,7 @@ absl::Status RetrievalStream::Impl::OpenServer(size_t s) {
   // The offer goes alone, so that the server's answer decides how items are sent.
   v1::RetrieveRequest offer;
   offer.set_request_id(0);
-  v1::DataPlaneOffer* plane = offer.mutable_open_data_plane();
-  plane->set_worker_address(receiver->worker_address());
-  plane->set_buffer_address(reinterpret_cast<uintptr_t>(receiver->data()));
-  plane->set_buffer_bytes(receiver->size());
-  plane->set_rkey(receiver->rkey());
-  plane->set_buffer_check(receiver->check());
+  *offer.mutable_open_data_plane() = receiver->Offer();
   v1::RetrieveResponse answer;
   // ABORTED: the server still maps the buffer for this stream's previous call, which
   // it is ending; that takes milliseconds.

@@ -16,11 +16,10 @@ using google::protobuf::io::CodedInputStream;
 using google::protobuf::io::CodedOutputStream;
 using google::protobuf::io::StringOutputStream;
 
-// Field numbers (pqkv.proto).
-constexpr int kResponseResults = 3;  // RetrieveResponse.results
-constexpr int kResultRows = 7;       // RetrieveResult.rows
-constexpr int kRowsKeys = 2;         // HeadRows.keys
-constexpr int kRowsValues = 3;       // HeadRows.values
+constexpr int kResponseResults = v1::RetrieveResponse::kResultsFieldNumber;
+constexpr int kResultRows = v1::RetrieveResult::kRowsFieldNumber;
+constexpr int kRowsKeys = v1::HeadRows::kKeysFieldNumber;
+constexpr int kRowsValues = v1::HeadRows::kValuesFieldNumber;
 
 bool IsLength(uint32_t tag, int field) {
   return tag == WireFormatLite::MakeTag(field, WireFormatLite::WIRETYPE_LENGTH_DELIMITED);

@@ -78,6 +78,16 @@ absl::StatusOr<std::unique_ptr<UcxReceiver>> UcxReceiver::Create(size_t bytes) {
   return receiver;
 }
 
+v1::DataPlaneOffer UcxReceiver::Offer() const {
+  v1::DataPlaneOffer offer;
+  offer.set_worker_address(worker_address_);
+  offer.set_buffer_address(reinterpret_cast<uintptr_t>(data_));
+  offer.set_buffer_bytes(size_);
+  offer.set_rkey(rkey_);
+  offer.set_buffer_check(check_);
+  return offer;
+}
+
 UcxReceiver::~UcxReceiver() {
   if (progress_.joinable()) {
     stop_.store(true);

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "pqkv/v1/pqkv.pb.h"
 
 struct ucp_context;
 struct ucp_worker;
@@ -47,7 +48,8 @@ class UcxReceiver {
   // must not write over them; usable space starts at data() + kCheckBytes.
   static constexpr size_t kCheckBytes = 64;
   const std::string& check() const { return check_; }
-  // What a DataPlaneOffer carries.
+  // The DataPlaneOffer of this buffer: worker address, buffer, rkey, check bytes.
+  v1::DataPlaneOffer Offer() const;
   const std::string& worker_address() const { return worker_address_; }
   const std::string& rkey() const { return rkey_; }
   // Whether mlock succeeded (RLIMIT_MEMLOCK may forbid it) and whether CUDA pinned it.

@@ -195,8 +195,9 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
     out->mutable_scores()->Add(head.scores.begin(), head.scores.end());
   }
   if (item.with_kv()) {
-    absl::StatusOr<std::vector<std::vector<uint32_t>>> rows =
-        RowsToSend(item, *selection, layer.row_bytes(), result);
+    std::vector<std::vector<uint32_t>> missed;
+    absl::StatusOr<HeadRowList> rows =
+        RowsToSend(item, *selection, layer.row_bytes(), &missed, result);
     absl::Status status = rows.status();
     if (status.ok()) {
       status = item.has_landing() ? LandRows(layer, *rows, item.landing(), result)
@@ -219,10 +220,10 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
   metrics_->RecordRetrieveItem(now - request_start_, now - scoring_start);
 }
 
-absl::StatusOr<std::vector<std::vector<uint32_t>>> RetrieveReactor::RowsToSend(
+absl::StatusOr<RetrieveReactor::HeadRowList> RetrieveReactor::RowsToSend(
     const v1::RetrieveItem& item, const LayerSelection& selection, size_t row_bytes,
-    v1::RetrieveResult* result) {
-  std::vector<std::vector<uint32_t>> rows(selection.heads.size());
+    std::vector<std::vector<uint32_t>>* missed, v1::RetrieveResult* result) {
+  HeadRowList rows(selection.heads.size());
   const uint32_t slots = item.cache_slots();
   if (slots == 0) {
     for (size_t h = 0; h < rows.size(); ++h) rows[h] = selection.heads[h].positions;
@@ -232,6 +233,7 @@ absl::StatusOr<std::vector<std::vector<uint32_t>>> RetrieveReactor::RowsToSend(
     return absl::InvalidArgumentError(absl::StrCat(
         "cache_slots = ", slots, " must be 0 or in [k = ", item.k(), ", ", kMaxCacheSlots, "]"));
   }
+  missed->assign(rows.size(), {});
   absl::MutexLock lock(&cache_mu_);
   std::vector<RowCacheDirectory>& directories =
       row_caches_[std::make_pair(item.session_id(), request_.layer())];
@@ -245,8 +247,9 @@ absl::StatusOr<std::vector<std::vector<uint32_t>>> RetrieveReactor::RowsToSend(
     v1::HeadSelection* head = result->mutable_heads(static_cast<int>(h));
     head->mutable_slots()->Add(placement.slots.begin(), placement.slots.end());
     head->mutable_sent()->Add(placement.sent.begin(), placement.sent.end());
-    rows[h].reserve(placement.sent.size());
-    for (uint32_t index : placement.sent) rows[h].push_back(positions[index]);
+    (*missed)[h].reserve(placement.sent.size());
+    for (uint32_t index : placement.sent) (*missed)[h].push_back(positions[index]);
+    rows[h] = (*missed)[h];
     saved_rows += positions.size() - placement.sent.size();
   }
   result->set_cache_saved_bytes(saved_rows * 2 * row_bytes);
@@ -259,8 +262,7 @@ void RetrieveReactor::ResetRowCache(const std::string& session_id) {
   row_caches_.erase(std::make_pair(session_id, request_.layer()));
 }
 
-absl::Status RetrieveReactor::LandRows(const LayerStore& layer,
-                                       const std::vector<std::vector<uint32_t>>& rows,
+absl::Status RetrieveReactor::LandRows(const LayerStore& layer, const HeadRowList& rows,
                                        const v1::KvLanding& landing, v1::RetrieveResult* result) {
   if (peer_ == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -270,7 +272,7 @@ absl::Status RetrieveReactor::LandRows(const LayerStore& layer,
   }
   const size_t row_bytes = layer.row_bytes();
   size_t total_rows = 0;
-  for (const std::vector<uint32_t>& head : rows) total_rows += head.size();
+  for (absl::Span<const uint32_t> head : rows) total_rows += head.size();
   const uint64_t bytes = total_rows * row_bytes;
   for (uint64_t offset : {landing.keys_offset(), landing.values_offset()}) {
     absl::Status status = peer_->CheckBounds(offset, bytes);
@@ -315,13 +317,12 @@ absl::Status RetrieveReactor::LandRows(const LayerStore& layer,
   return absl::OkStatus();
 }
 
-absl::Status RetrieveReactor::AddRows(const LayerStore& layer,
-                                      const std::vector<std::vector<uint32_t>>& rows,
+absl::Status RetrieveReactor::AddRows(const LayerStore& layer, const HeadRowList& rows,
                                       Metrics* metrics, ThreadPool* pool,
                                       std::vector<HeadRowSlices>* out) {
   const size_t row_bytes = layer.row_bytes();
   size_t total_rows = 0;
-  for (const std::vector<uint32_t>& head : rows) total_rows += head.size();
+  for (absl::Span<const uint32_t> head : rows) total_rows += head.size();
   if (2 * total_rows * row_bytes > kMaxFetchBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "with_kv would return ", 2 * total_rows * row_bytes, " bytes for one item, over the ",
@@ -345,8 +346,7 @@ absl::Status RetrieveReactor::AddRows(const LayerStore& layer,
   return absl::OkStatus();
 }
 
-absl::Status RetrieveReactor::GatherRows(const LayerStore& layer,
-                                         const std::vector<std::vector<uint32_t>>& rows,
+absl::Status RetrieveReactor::GatherRows(const LayerStore& layer, const HeadRowList& rows,
                                          char* keys_out, char* values_out, ThreadPool* pool) {
   std::vector<char*> keys(rows.size()), values(rows.size());
   size_t offset = 0;
@@ -358,12 +358,11 @@ absl::Status RetrieveReactor::GatherRows(const LayerStore& layer,
   return GatherHeads(layer, rows, keys, values, pool);
 }
 
-absl::Status RetrieveReactor::GatherHeads(const LayerStore& layer,
-                                          const std::vector<std::vector<uint32_t>>& rows,
+absl::Status RetrieveReactor::GatherHeads(const LayerStore& layer, const HeadRowList& rows,
                                           const std::vector<char*>& keys_out,
                                           const std::vector<char*>& values_out, ThreadPool* pool) {
   size_t total_rows = 0;
-  for (const std::vector<uint32_t>& head : rows) total_rows += head.size();
+  for (absl::Span<const uint32_t> head : rows) total_rows += head.size();
   // Copies of a few hundred KiB are done before another thread could join in.
   const bool parallel = 2 * total_rows * layer.row_bytes() >= kParallelGatherBytes;
   std::vector<absl::Status> status(rows.size());

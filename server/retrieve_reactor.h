@@ -74,31 +74,31 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   // Scores item `i` into response_->results(i); `parked` when it waited for the index.
   void ScoreItem(int i, const LayerStore& layer, bool parked);
   void SetItemError(int i, const absl::Status& status);
-  // The rows to send for `item` (every selected row, or with a row cache those it
-  // misses); fills the heads' slots and sent lists of `result`.
-  absl::StatusOr<std::vector<std::vector<uint32_t>>> RowsToSend(const v1::RetrieveItem& item,
-                                                                const LayerSelection& selection,
-                                                                size_t row_bytes,
-                                                                v1::RetrieveResult* result);
+  // Positions whose rows to send, per kv head.
+  using HeadRowList = std::vector<absl::Span<const uint32_t>>;
+  // The rows to send for `item`: every selected row (spans of `selection`), or with a
+  // row cache those it misses (spans of `*missed`); fills the heads' slots and sent
+  // lists of `result`.
+  absl::StatusOr<HeadRowList> RowsToSend(const v1::RetrieveItem& item,
+                                         const LayerSelection& selection, size_t row_bytes,
+                                         std::vector<std::vector<uint32_t>>* missed,
+                                         v1::RetrieveResult* result);
   // Forgets the row cache directory of (session, layer): the next selection sends all.
   void ResetRowCache(const std::string& session_id);
   // Gathers the K and V rows of `rows` (per kv head) into new slices in `out` (with_kv,
   // no landing).
-  static absl::Status AddRows(const LayerStore& layer,
-                              const std::vector<std::vector<uint32_t>>& rows, Metrics* metrics,
+  static absl::Status AddRows(const LayerStore& layer, const HeadRowList& rows, Metrics* metrics,
                               ThreadPool* pool, std::vector<HeadRowSlices>* out);
   // Copies the K and V rows of `rows` kv head by kv head into keys_out / values_out
   // (each head's rows after the previous head's), the heads in parallel on `pool`.
-  static absl::Status GatherRows(const LayerStore& layer,
-                                 const std::vector<std::vector<uint32_t>>& rows, char* keys_out,
+  static absl::Status GatherRows(const LayerStore& layer, const HeadRowList& rows, char* keys_out,
                                  char* values_out, ThreadPool* pool);
   // The same into one destination per head.
-  static absl::Status GatherHeads(const LayerStore& layer,
-                                  const std::vector<std::vector<uint32_t>>& rows,
+  static absl::Status GatherHeads(const LayerStore& layer, const HeadRowList& rows,
                                   const std::vector<char*>& keys_out,
                                   const std::vector<char*>& values_out, ThreadPool* pool);
   // Writes the K and V rows of `rows` into the client's buffer at `landing`.
-  absl::Status LandRows(const LayerStore& layer, const std::vector<std::vector<uint32_t>>& rows,
+  absl::Status LandRows(const LayerStore& layer, const HeadRowList& rows,
                         const v1::KvLanding& landing, v1::RetrieveResult* result);
   // Counts an item as answered; the last one completes the request.
   void ItemDone();

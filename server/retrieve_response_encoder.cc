@@ -11,12 +11,11 @@ namespace {
 using google::protobuf::internal::WireFormatLite;
 using google::protobuf::io::CodedOutputStream;
 
-// Field numbers of the messages framed here (pqkv.proto).
-constexpr int kResponseResults = 3;  // RetrieveResponse.results
-constexpr int kResultRows = 7;       // RetrieveResult.rows
-constexpr int kRowsKvHead = 1;       // HeadRows.kv_head
-constexpr int kRowsKeys = 2;         // HeadRows.keys
-constexpr int kRowsValues = 3;       // HeadRows.values
+constexpr int kResponseResults = v1::RetrieveResponse::kResultsFieldNumber;
+constexpr int kResultRows = v1::RetrieveResult::kRowsFieldNumber;
+constexpr int kRowsKvHead = v1::HeadRows::kKvHeadFieldNumber;
+constexpr int kRowsKeys = v1::HeadRows::kKeysFieldNumber;
+constexpr int kRowsValues = v1::HeadRows::kValuesFieldNumber;
 
 uint32_t LengthTag(int field) {
   return WireFormatLite::MakeTag(field, WireFormatLite::WIRETYPE_LENGTH_DELIMITED);

@@ -233,12 +233,6 @@ absl::Status UcxPeer::Write(absl::Span<const Chunk> chunks, absl::Duration timeo
     absl::Status status = CheckBounds(chunk.offset, chunk.bytes);
     if (!status.ok()) return status;
   }
-  if (mapped_ != nullptr) {
-    for (const Chunk& chunk : chunks) {
-      std::memcpy(mapped_ + chunk.offset, chunk.src, chunk.bytes);
-    }
-    return absl::OkStatus();
-  }
   const absl::Time deadline = absl::Now() + timeout;
   void* flush = nullptr;
   {

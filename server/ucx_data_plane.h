@@ -84,11 +84,11 @@ class UcxPeer {
     const void* src;
     size_t bytes;
   };
-  // Writes every chunk and waits until they are in the client's buffer or `timeout`
-  // passes. OUT_OF_RANGE (nothing written) when a chunk leaves the registered buffer;
-  // UNAVAILABLE when the client is gone or does not take the data in time, and then the
-  // endpoint is closed (later writes fail at once) before this returns, so no put reads
-  // the sources afterwards.
+  // "ucx-put" peers: writes every chunk and waits until they are in the client's buffer
+  // or `timeout` passes ("ucx-shm" peers are written through mapped()). OUT_OF_RANGE (nothing
+  // written) when a chunk leaves the registered buffer; UNAVAILABLE when the client is gone or does
+  // not take the data in time, and then the endpoint is closed (later writes fail at once) before
+  // this returns, so no put reads the sources afterwards.
   absl::Status Write(absl::Span<const Chunk> chunks, absl::Duration timeout);
 
   // Checks [offset, offset + bytes) against the registered buffer.

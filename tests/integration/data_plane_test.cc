@@ -302,12 +302,8 @@ TEST_CASE("The server writes only inside the buffer a client registered", "[data
   auto stream = std::make_unique<RawStream>(*server);
   // Registered: the first 64 KiB only, although the buffer is bigger.
   v1::RetrieveRequest offer;
-  offer.mutable_open_data_plane()->set_worker_address(receiver->worker_address());
-  offer.mutable_open_data_plane()->set_buffer_address(
-      reinterpret_cast<uintptr_t>(receiver->data()));
+  *offer.mutable_open_data_plane() = receiver->Offer();
   offer.mutable_open_data_plane()->set_buffer_bytes(64 << 10);
-  offer.mutable_open_data_plane()->set_rkey(receiver->rkey());
-  offer.mutable_open_data_plane()->set_buffer_check(receiver->check());
   v1::RetrieveResponse opened = stream->Call(offer);
   REQUIRE(opened.data_plane().status_code() == 0);
   CHECK(opened.data_plane().method() == "ucx-shm");
@@ -360,10 +356,7 @@ TEST_CASE("A bad or missing data plane fails the items that need it, not the str
   // A stale or forged rkey, and a worker address that is not one.
   auto receiver = UcxReceiver::Create(size_t{1} << 20).value();
   v1::RetrieveRequest offer;
-  offer.mutable_open_data_plane()->set_worker_address(receiver->worker_address());
-  offer.mutable_open_data_plane()->set_buffer_address(
-      reinterpret_cast<uintptr_t>(receiver->data()));
-  offer.mutable_open_data_plane()->set_buffer_bytes(receiver->size());
+  *offer.mutable_open_data_plane() = receiver->Offer();
   offer.mutable_open_data_plane()->set_rkey(std::string(receiver->rkey().size(), '\x5a'));
   auto forged = stream->Call(offer);
   CHECK(forged.data_plane().status_code() == grpc::StatusCode::INVALID_ARGUMENT);
@@ -404,11 +397,7 @@ TEST_CASE("An offer reaching past its segment, or of a buffer in use, is refused
   auto server = StartServer();
   auto receiver = UcxReceiver::Create(size_t{1} << 20).value();
   v1::RetrieveRequest offer;
-  offer.mutable_open_data_plane()->set_worker_address(receiver->worker_address());
-  offer.mutable_open_data_plane()->set_buffer_address(
-      reinterpret_cast<uintptr_t>(receiver->data()));
-  offer.mutable_open_data_plane()->set_rkey(receiver->rkey());
-  offer.mutable_open_data_plane()->set_buffer_check(receiver->check());
+  *offer.mutable_open_data_plane() = receiver->Offer();
   {
     // The server would map the segment and write past it, into its own memory.
     RawStream stream(*server);
