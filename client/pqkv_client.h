@@ -62,6 +62,10 @@ struct IndexOptions {
   uint32_t kmeans_iterations = 0;
   std::optional<uint32_t> sink_tokens;
   std::optional<uint32_t> recent_window;
+  // Subtract the mean key before training; keep RoPE pairs (i, i + head_dim/2) in one
+  // sub-space (Hugging Face layout). Free at query time; see the proto.
+  std::optional<bool> center_keys;
+  std::optional<bool> rope_pairs;
 };
 
 struct SessionOptions {
@@ -153,6 +157,7 @@ struct RetrieveResult {
   // Server time on this item, microseconds: scoring and top-k; gathering and writing rows.
   double server_score_us = 0;
   double server_rows_us = 0;
+  double server_select_us = 0;  // of server_score_us, top-k selection (0: not measured)
 };
 
 // How a RetrievalStream receives K/V rows.

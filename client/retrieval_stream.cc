@@ -242,6 +242,7 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
       out.cache_saved_bytes = in.cache_saved_bytes();
       out.server_score_us = in.score_us();
       out.server_rows_us = in.rows_us();
+      out.server_select_us = in.select_us();
       const RetrieveQuery& query = queries[q];
       if (out.status.ok() && !in.landed_by().empty()) {
         out.data_path = in.landed_by();

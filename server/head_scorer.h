@@ -25,6 +25,10 @@ struct HeadSelection {
   std::vector<uint32_t> positions;  // best first
   std::vector<float> scores;        // GQA softmax-sum of each position
   bool overflow = false;            // a logit was not finite: positions mean nothing
+  // Time this head spent scoring (tables, scan, softmax) and selecting top-k,
+  // microseconds; 0 where they are not measured apart (the GPU backend).
+  double scan_us = 0;
+  double select_us = 0;
 };
 
 // Everything ScoreAndSelect reads about one kv head's keys.

@@ -121,9 +121,9 @@ void LayerStore::BuildIndex() {
       if (h == 0) snapshot_tokens = num_tokens_;
       keys = KeysAsFloatLocked(h, 0, snapshot_tokens);
     }
-    absl::StatusOr<PqCodebook> codebook =
-        PqCodebook::Train(keys.data(), snapshot_tokens, shape.head_dim, options.subspaces,
-                          options.bits, options.kmeans_iterations);
+    absl::StatusOr<PqCodebook> codebook = PqCodebook::Train(
+        keys.data(), snapshot_tokens, shape.head_dim, options.subspaces, options.bits,
+        options.kmeans_iterations, KeyTransform{options.center_keys, options.rope_pairs});
     if (!codebook.ok()) {
       status = codebook.status();
       break;
@@ -294,11 +294,18 @@ absl::StatusOr<std::vector<HeadSelection>> LayerStore::RetrieveOnGpu(absl::Span<
                      codebooks_[h].centroids().end());
     codes.insert(codes.end(), codes_[h].codes(), codes_[h].codes() + num_tokens_ * pq.subspaces);
   }
+  // Queries in each head's codebook dimension order (kv head h's group is contiguous).
+  std::vector<float> ordered(query.size());
+  const size_t group_floats = static_cast<size_t>(shape.group_size()) * shape.head_dim;
+  for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
+    codebooks_[h].PermuteDims(query.data() + h * group_floats, shape.group_size(),
+                              ordered.data() + h * group_floats);
+  }
   GpuLayerInput input;
   input.kv_heads = static_cast<int>(shape.num_kv_heads);
   input.query_heads = static_cast<int>(shape.num_query_heads);
   input.pq = pq;
-  input.queries = query.data();
+  input.queries = ordered.data();
   input.centroids = centroids.data();
   input.codes = codes.data();
   input.num_tokens = static_cast<uint32_t>(num_tokens_);

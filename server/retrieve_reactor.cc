@@ -186,7 +186,15 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
   }
   v1::RetrieveResult* result = response_->mutable_results(i);
   const absl::Time rows_start = absl::Now();
-  result->set_score_us(absl::ToDoubleMicroseconds(rows_start - scoring_start));
+  const double score_us = absl::ToDoubleMicroseconds(rows_start - scoring_start);
+  result->set_score_us(score_us);
+  // Heads run in parallel: split the wall time in the ratio of the per-head times.
+  double scan_us = 0, select_us = 0;
+  for (const HeadSelection& head : selection->heads) {
+    scan_us += head.scan_us;
+    select_us += head.select_us;
+  }
+  if (scan_us + select_us > 0) result->set_select_us(score_us * select_us / (scan_us + select_us));
   result->set_num_tokens(selection->num_tokens);
   result->set_num_encoded(selection->num_encoded);
   for (const HeadSelection& head : selection->heads) {

@@ -39,6 +39,11 @@ absl::Status ValidateSessionConfig(const SessionConfig& config, size_t page_byte
     return absl::InvalidArgumentError(absl::StrCat("index.subspaces (", o.subspaces,
                                                    ") must divide head_dim (", s.head_dim, ")"));
   }
+  if (o.rope_pairs && s.head_dim % (2 * o.subspaces) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("index.rope_pairs needs head_dim (", s.head_dim,
+                                                   ") to be a multiple of 2 x subspaces (",
+                                                   2 * o.subspaces, ")"));
+  }
   if (o.bits < 1 || o.bits > 8) {
     return absl::InvalidArgumentError(absl::StrCat("index.bits must be in [1, 8], got ", o.bits));
   }

@@ -155,3 +155,42 @@ TEST_CASE("ScoreAndSelect scores sum to the group size over all tokens", "[serve
 
 }  // namespace
 }  // namespace pqkv::server
+
+namespace pqkv::server {
+namespace {
+
+TEST_CASE("ScoreAndSelect with key transforms scores like the exact keys", "[server]") {
+  const bool center = GENERATE(false, true);
+  const bool rope_pairs = GENERATE(false, true);
+  constexpr int kDim = Fixture::kDim;
+  // 16 training keys, one per centroid (exact reconstruction), plus an exact tail: codes
+  // (permuted, mean folded in) and exact dot products must agree on one scale.
+  const size_t encoded = 16, n = 40;
+  Fixture f(n);
+  const PqCodebook codebook =
+      PqCodebook::Train(f.keys.data(), encoded, kDim, 2, 4, 20, KeyTransform{center, rope_pairs})
+          .value();
+  kernels::PqCodeStore codes(2, 4);
+  std::vector<uint8_t> head_codes(encoded * 2);
+  codebook.Encode(f.keys.data(), encoded, head_codes.data());
+  codes.Append(head_codes.data(), encoded);
+
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  std::vector<float> queries(2 * kDim);
+  for (float& x : queries) x = normal(rng);
+  HeadKeys with_codes{&f.rows, n, kernels::ElementType::kFp32, kDim, &codebook, &codes};
+  HeadKeys exact{&f.rows, n, kernels::ElementType::kFp32, kDim, nullptr, nullptr};
+  const HeadSelection a = ScoreAndSelect(with_codes, queries.data(), 2, 0, n, 10);
+  const HeadSelection b = ScoreAndSelect(exact, queries.data(), 2, 0, n, 10);
+  REQUIRE(a.positions.size() == b.positions.size());
+  for (size_t i = 0; i < a.positions.size(); ++i) {
+    CHECK(a.positions[i] == b.positions[i]);
+    CHECK(a.scores[i] == Approx(b.scores[i]).epsilon(1e-4));
+  }
+  const HeadSelection plain = ScoreAndSelectPlain(with_codes, queries.data(), 2, 0, n, 10);
+  CHECK(plain.positions == b.positions);
+}
+
+}  // namespace
+}  // namespace pqkv::server
