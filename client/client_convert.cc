@@ -71,7 +71,6 @@ IndexOptions IndexOptionsFromProto(const v1::IndexOptions& index) {
   out.kmeans_iterations = index.kmeans_iterations();
   if (index.has_sink_tokens()) out.sink_tokens = index.sink_tokens();
   if (index.has_recent_window()) out.recent_window = index.recent_window();
-  if (index.has_center_keys()) out.center_keys = index.center_keys();
   if (index.has_rope_pairs()) out.rope_pairs = index.rope_pairs();
   return out;
 }

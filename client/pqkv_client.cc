@@ -163,7 +163,6 @@ absl::StatusOr<std::string> Client::CreateSession(const SessionOptions& options)
   index->set_kmeans_iterations(options.index.kmeans_iterations);
   if (options.index.sink_tokens) index->set_sink_tokens(*options.index.sink_tokens);
   if (options.index.recent_window) index->set_recent_window(*options.index.recent_window);
-  if (options.index.center_keys) index->set_center_keys(*options.index.center_keys);
   if (options.index.rope_pairs) index->set_rope_pairs(*options.index.rope_pairs);
   v1::CreateSessionResponse response;
   grpc::Status status =

@@ -62,9 +62,8 @@ struct IndexOptions {
   uint32_t kmeans_iterations = 0;
   std::optional<uint32_t> sink_tokens;
   std::optional<uint32_t> recent_window;
-  // Subtract the mean key before training; keep RoPE pairs (i, i + head_dim/2) in one
-  // sub-space (Hugging Face layout). Free at query time; see the proto.
-  std::optional<bool> center_keys;
+  // Keep RoPE pairs (i, i + head_dim/2, Hugging Face layout) in one sub-space. Free at
+  // query time; see the proto.
   std::optional<bool> rope_pairs;
 };
 
@@ -131,6 +130,10 @@ struct RetrieveQuery {
   // and a caller that cannot store a result's rows must reopen the stream. One item per
   // session and request may use the cache (later ones fail with INVALID_ARGUMENT).
   uint32_t cache_slots = 0;
+  // Exact re-ranking: the server's PQ scan picks rerank x k candidates per kv head and
+  // the server keeps the best k by exact score from its stored keys. 0 or 1: off; at
+  // most 64. Costs (rerank x k) x group dot products per kv head on the server.
+  uint32_t rerank = 0;
 };
 
 struct HeadSelection {

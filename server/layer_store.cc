@@ -1,11 +1,13 @@
 #include "server/layer_store.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/dtype_convert.h"
+#include "server/exact_rerank.h"
 #include "server/parallel_for.h"
 #include "server/server_logger.h"
 
@@ -121,9 +123,9 @@ void LayerStore::BuildIndex() {
       if (h == 0) snapshot_tokens = num_tokens_;
       keys = KeysAsFloatLocked(h, 0, snapshot_tokens);
     }
-    absl::StatusOr<PqCodebook> codebook = PqCodebook::Train(
-        keys.data(), snapshot_tokens, shape.head_dim, options.subspaces, options.bits,
-        options.kmeans_iterations, KeyTransform{options.center_keys, options.rope_pairs});
+    absl::StatusOr<PqCodebook> codebook =
+        PqCodebook::Train(keys.data(), snapshot_tokens, shape.head_dim, options.subspaces,
+                          options.bits, options.kmeans_iterations, options.rope_pairs);
     if (!codebook.ok()) {
       status = codebook.status();
       break;
@@ -188,7 +190,7 @@ void LayerStore::EncodeTailLocked() {
 
 absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> query, uint32_t k,
                                                     absl::Time deadline, ThreadPool* pool,
-                                                    bool plain) const {
+                                                    bool plain, uint32_t rerank) const {
   const ModelShape& shape = config_.shape;
   const size_t expected = static_cast<size_t>(shape.num_query_heads) * shape.head_dim;
   if (query.size() != expected) {
@@ -230,6 +232,11 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
                                                    " recent); k must be in [1, ", candidates, "]"));
   }
 
+  const uint32_t k_final = k;
+  // Re-ranking only refines PQ scores; exactly scored layers are exact already.
+  const bool reranks = rerank > 1 && index_state_ == IndexState::kReady;
+  if (reranks) k = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{k} * rerank, candidates));
+
   LayerSelection selection;
   selection.num_tokens = n;
   const bool use_codes = index_state_ == IndexState::kReady;
@@ -265,6 +272,23 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
           selection.heads[h] = score(keys, group_queries, static_cast<int>(shape.group_size()),
                                      static_cast<uint32_t>(candidate_begin),
                                      static_cast<uint32_t>(candidate_end), k);
+        });
+  }
+  if (reranks && k > k_final) {
+    ParallelFor(
+        pool, static_cast<int>(shape.num_kv_heads), [&](int h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          if (selection.heads[h].overflow) return;
+          HeadKeys keys;
+          keys.rows = keys_[h].get();
+          keys.num_tokens = n;
+          keys.dtype = shape.dtype;
+          keys.head_dim = static_cast<int>(shape.head_dim);
+          const float* group_queries =
+              query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
+          selection.heads[h] =
+              RerankExact(keys, group_queries, static_cast<int>(shape.group_size()),
+                          static_cast<uint32_t>(candidate_begin),
+                          static_cast<uint32_t>(candidate_end), selection.heads[h], k_final);
         });
   }
   // Finite queries and keys can still overflow fp32 logits (values near 1e19); the

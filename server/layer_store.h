@@ -87,10 +87,12 @@ class LayerStore {
   // k candidates per kv head. Waits, until `deadline`, while the index is building.
   // A fully encoded layer is scored on the GPU when the store has one; otherwise the kv
   // heads are scored in parallel on `pool` and the calling thread (pool may be null).
-  // `plain` runs the foundation's plain CPU kernels instead of the fast ones.
+  // `plain` runs the foundation's plain CPU kernels instead of the fast ones. With
+  // rerank > 1 the scan picks rerank x k candidates (at most all of them) and
+  // RerankExact keeps the best k by exact score.
   absl::StatusOr<LayerSelection> Retrieve(absl::Span<const float> query, uint32_t k,
                                           absl::Time deadline, ThreadPool* pool = nullptr,
-                                          bool plain = false) const;
+                                          bool plain = false, uint32_t rerank = 1) const;
 
   // Copies the K and V rows of `positions` for `kv_head` into keys_out and values_out,
   // each positions.size() * row_bytes bytes, in the order given.

@@ -1,14 +1,13 @@
 // PqCodebook: the product-quantization codebook of one (layer, kv head), trained with
 // FAISS k-means, and the encoder that gives a key its M one-byte codes.
 //
-// Optionally k-means sees transformed keys, which changes nothing at query time but what
-// the quantizer spends its centroids on (docs/quality.md measures both):
-// - centering: keys minus the mean training key. The mean is folded back into the
-//   centroids, so q . centroid approximates q . k as without it.
-// - RoPE pairs: dimensions reordered so each RoPE pair (i, i + dim/2 in the Hugging Face
-//   rotate_half layout) and each band of neighbouring frequencies sits in one sub-space.
-//   Centroids are then in the reordered space: queries (and exact keys scored beside the
-//   codes) go through PermuteDims first, which keeps every dot product.
+// Optionally k-means sees the key dimensions reordered (RoPE pairs), which costs nothing
+// at query time but changes what the sub-spaces hold (docs/quality.md measures it):
+// each RoPE pair (i, i + dim/2 in the Hugging Face rotate_half layout) and each band of
+// neighbouring frequencies sits in one sub-space. Centroids are then in the reordered
+// space: queries (and exact keys scored beside the codes) go through PermuteDims first,
+// which keeps every dot product. (Subtracting the mean key was measured too and changes
+// nothing: L2 k-means is translation-equivariant.)
 //
 // Immutable after Train, so safe to share across threads for reading and encoding.
 #ifndef PQKV_SERVER_PQ_CODEBOOK_H_
@@ -28,26 +27,21 @@ struct ProductQuantizer;
 
 namespace pqkv::server {
 
-struct KeyTransform {
-  bool center = false;      // subtract the mean training key
-  bool rope_pairs = false;  // keep RoPE pairs (i, i + dim/2) in one sub-space; dim % (2M) == 0
-};
-
 class PqCodebook {
  public:
   // Trains M sub-space codebooks of 2^bits centroids on `keys` (fp32 [n][dim]) with
   // `iterations` Lloyd iterations from a fixed seed (same input, same codebook).
   // Needs n >= 2^bits; FAISS subsamples to 256 points per centroid.
   static absl::StatusOr<PqCodebook> Train(const float* keys, size_t n, int dim, int subspaces,
-                                          int bits, int iterations, KeyTransform transform = {});
+                                          int bits, int iterations, bool rope_pairs = false);
 
   // Writes the nearest centroid (L2) of each sub-space of each key: codes uint8 [n][M].
   // FAISS's encoder (BLAS for large n); exact ties go to the lower centroid.
   void Encode(const float* keys, size_t n, uint8_t* codes) const;
 
   const kernels::PqShape& shape() const { return shape_; }
-  // Centroids fp32 [M][2^bits][dim / M], in the order PermuteDims gives, the mean
-  // training key included: score a query by PermuteDims(q) . centroid.
+  // Centroids fp32 [M][2^bits][dim / M], in the order PermuteDims gives: score a query
+  // by PermuteDims(q) . centroid.
   const std::vector<float>& centroids() const { return centroids_; }
 
   // Whether PermuteDims reorders anything (RoPE pairs on).
@@ -57,22 +51,16 @@ class PqCodebook {
 
  private:
   PqCodebook(kernels::PqShape shape, std::vector<float> centroids,
-             std::shared_ptr<const faiss::ProductQuantizer> pq, std::vector<uint32_t> order,
-             std::vector<float> mean)
+             std::shared_ptr<const faiss::ProductQuantizer> pq, std::vector<uint32_t> order)
       : shape_(shape),
         centroids_(std::move(centroids)),
         pq_(std::move(pq)),
-        order_(std::move(order)),
-        mean_(std::move(mean)) {}
-
-  // What k-means sees: PermuteDims(keys) minus the permuted mean, fp32 [n][dim].
-  std::vector<float> Transformed(const float* keys, size_t n) const;
+        order_(std::move(order)) {}
 
   kernels::PqShape shape_;
   std::vector<float> centroids_;
   std::shared_ptr<const faiss::ProductQuantizer> pq_;  // the trained quantizer, for encoding
   std::vector<uint32_t> order_;                        // empty: identity
-  std::vector<float> mean_;                            // permuted mean key; empty: not centered
 };
 
 }  // namespace pqkv::server

@@ -46,7 +46,6 @@ absl::StatusOr<SessionConfig> SessionConfigFromProto(const v1::ModelShape& shape
   if (index.kmeans_iterations() != 0) config.index.kmeans_iterations = index.kmeans_iterations();
   if (index.has_sink_tokens()) config.index.sink_tokens = index.sink_tokens();
   if (index.has_recent_window()) config.index.recent_window = index.recent_window();
-  if (index.has_center_keys()) config.index.center_keys = index.center_keys();
   if (index.has_rope_pairs()) config.index.rope_pairs = index.rope_pairs();
   return config;
 }
@@ -57,7 +56,6 @@ void IndexOptionsToProto(const IndexOptions& options, v1::IndexOptions* out) {
   out->set_kmeans_iterations(options.kmeans_iterations);
   out->set_sink_tokens(options.sink_tokens);
   out->set_recent_window(options.recent_window);
-  out->set_center_keys(options.center_keys);
   out->set_rope_pairs(options.rope_pairs);
 }
 

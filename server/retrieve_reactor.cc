@@ -178,8 +178,12 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
                 "'s index was still building when the wait bound passed (the call's deadline "
                 "or the server's max index wait of ",
                 absl::FormatDuration(max_index_wait_), ")"))
+      : item.rerank() > kMaxRerank
+          ? absl::InvalidArgumentError(
+                absl::StrCat("rerank = ", item.rerank(), " exceeds the limit of ", kMaxRerank))
           : layer.Retrieve(absl::MakeConstSpan(item.query().data(), item.query_size()), item.k(),
-                           wait_until_, compute_pool_);
+                           wait_until_, compute_pool_, /*plain=*/false,
+                           std::max<uint32_t>(1, item.rerank()));
   if (!selection.ok()) {
     SetItemError(i, selection.status());
     return;

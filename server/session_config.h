@@ -32,8 +32,7 @@ struct IndexOptions {
   uint32_t kmeans_iterations = 10;
   uint32_t sink_tokens = 32;
   uint32_t recent_window = 64;
-  // What k-means sees (PqCodebook's KeyTransform; docs/quality.md measures them).
-  bool center_keys = false;
+  // Sub-spaces hold whole RoPE pairs (PqCodebook; docs/quality.md measures it).
   bool rope_pairs = false;
 
   uint32_t centroids() const { return 1u << bits; }

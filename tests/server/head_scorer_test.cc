@@ -159,17 +159,15 @@ TEST_CASE("ScoreAndSelect scores sum to the group size over all tokens", "[serve
 namespace pqkv::server {
 namespace {
 
-TEST_CASE("ScoreAndSelect with key transforms scores like the exact keys", "[server]") {
-  const bool center = GENERATE(false, true);
+TEST_CASE("ScoreAndSelect with RoPE pairs scores like the exact keys", "[server]") {
   const bool rope_pairs = GENERATE(false, true);
   constexpr int kDim = Fixture::kDim;
   // 16 training keys, one per centroid (exact reconstruction), plus an exact tail: codes
-  // (permuted, mean folded in) and exact dot products must agree on one scale.
+  // (in the reordered dimensions) and exact dot products must agree on one scale.
   const size_t encoded = 16, n = 40;
   Fixture f(n);
   const PqCodebook codebook =
-      PqCodebook::Train(f.keys.data(), encoded, kDim, 2, 4, 20, KeyTransform{center, rope_pairs})
-          .value();
+      PqCodebook::Train(f.keys.data(), encoded, kDim, 2, 4, 20, rope_pairs).value();
   kernels::PqCodeStore codes(2, 4);
   std::vector<uint8_t> head_codes(encoded * 2);
   codebook.Encode(f.keys.data(), encoded, head_codes.data());
