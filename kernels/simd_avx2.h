@@ -19,6 +19,11 @@ size_t ShortlistKeys(const float* scores, uint32_t begin, uint32_t end, uint32_t
 void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
                       float* out, double* sums);
 
+// See RowDots in row_dots.h: fp16 rows when `fp16`, else fp32; head_dim % 8 == 0.
+// Needs F16C besides AVX2 (every AVX2 CPU has it).
+void RowDots(bool fp16, const void* const* rows, size_t n, int head_dim, const float* queries,
+             int group, float* out);
+
 // See FastScanAccumulate in fast_scan.h.
 void FastScanAccumulate(const uint8_t* blocks, size_t num_blocks, int subspaces,
                         const uint8_t* tables, int num_tables, uint16_t* out, size_t out_stride);
