@@ -1,0 +1,316 @@
+#include "quality/quality_harness.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/status_macros.h"
+#include "kernels/dtype_convert.h"
+#include "quality/exact_attention.h"
+#include "quality/selection_methods.h"
+#include "workload/kv_statistics.h"
+
+namespace pqkv::quality {
+namespace {
+
+using workload::KvDataSet;
+using workload::KvLayer;
+
+// One pqkv run's picks: [layer][query][kv head] -> positions.
+using RunPicks = std::vector<std::vector<std::vector<std::vector<uint32_t>>>>;
+
+uint32_t KFor(const HarnessOptions& options, uint32_t position) {
+  return std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(options.budget * position)));
+}
+
+absl::Status CheckFits(const KvDataSet& data, const HarnessOptions& options) {
+  if (data.layers.empty() || data.query_positions.empty()) {
+    return absl::InvalidArgumentError("the data set has no layers or no queries");
+  }
+  if (!(options.budget > 0 && options.budget < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("budget must be in (0, 1), got ", options.budget));
+  }
+  const uint32_t p = data.query_positions.front();
+  const uint32_t fixed = options.sinks + options.recent;
+  if (p <= fixed || KFor(options, p) > p - fixed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the first query at position ", p, " leaves ", p > fixed ? p - fixed : 0,
+                     " candidates after ", options.sinks, " sinks and ", options.recent,
+                     " recent tokens; k = ", KFor(options, p), " does not fit"));
+  }
+  return absl::OkStatus();
+}
+
+// K/V of positions [begin, end) of one layer, [kv_head][token][dim] fp16 bits.
+std::vector<uint16_t> Rows(const std::vector<uint16_t>& rows, const KvDataSet& data, uint32_t begin,
+                           uint32_t end) {
+  const size_t d = data.head_dim;
+  std::vector<uint16_t> out(static_cast<size_t>(data.num_kv_heads) * (end - begin) * d);
+  for (uint32_t h = 0; h < data.num_kv_heads; ++h) {
+    std::copy(rows.begin() + (static_cast<size_t>(h) * data.num_tokens + begin) * d,
+              rows.begin() + (static_cast<size_t>(h) * data.num_tokens + end) * d,
+              out.begin() + static_cast<size_t>(h) * (end - begin) * d);
+  }
+  return out;
+}
+
+// Runs the decode trace through the server with one PQ setting; fills picks[layer][query].
+absl::Status RunPqkv(const KvDataSet& data, Client& client, const HarnessOptions& options,
+                     const PqConfig& pq, RunPicks* picks, std::vector<double>* retrieve_us) {
+  SessionOptions session;
+  session.shape.num_layers = static_cast<uint32_t>(data.layers.size());
+  session.shape.num_kv_heads = data.num_kv_heads;
+  session.shape.num_query_heads = data.num_query_heads;
+  session.shape.head_dim = data.head_dim;
+  session.shape.dtype = DType::kFp16;
+  session.index.subspaces = pq.subspaces;
+  session.index.bits = pq.bits;
+  session.index.kmeans_iterations = options.kmeans_iterations;
+  session.index.sink_tokens = options.sinks;
+  session.index.recent_window = options.recent;
+  session.index.rope_pairs = pq.rope_pairs;
+  ASSIGN_OR_RETURN(const std::string id, client.CreateSession(session));
+  struct Closer {
+    Client& client;
+    std::string id;
+    ~Closer() { client.CloseSession(id).IgnoreError(); }
+  } closer{client, id};
+
+  const uint32_t prefill = data.query_positions.front();
+  for (size_t l = 0; l < data.layers.size(); ++l) {
+    const std::vector<uint16_t> keys = Rows(data.layers[l].keys, data, 0, prefill);
+    const std::vector<uint16_t> values = Rows(data.layers[l].values, data, 0, prefill);
+    RETURN_IF_ERROR(client.UploadPrefill(id, static_cast<uint32_t>(l), 0, prefill, keys.data(),
+                                         values.data(), /*end_of_prefill=*/true));
+    if (options.progress) {
+      options.progress(absl::StrCat("pqkv ", pq.Name(), ": uploaded layer ", l + 1, "/",
+                                    data.layers.size(), " (", prefill, " tokens)"));
+    }
+  }
+  StreamOptions stream_options;
+  stream_options.data_path = DataPath::kGrpc;  // indices only: no receive buffer needed
+  ASSIGN_OR_RETURN(std::unique_ptr<RetrievalStream> stream,
+                   client.OpenRetrievalStream(stream_options));
+  const size_t d = data.head_dim;
+  const size_t query_floats = static_cast<size_t>(data.num_query_heads) * d;
+  picks->assign(data.layers.size(),
+                std::vector<std::vector<std::vector<uint32_t>>>(data.query_positions.size()));
+  uint32_t held = prefill;
+  for (size_t qi = 0; qi < data.query_positions.size(); ++qi) {
+    const uint32_t p = data.query_positions[qi];
+    // Tokens between queries (none for consecutive decode steps) join first.
+    for (; held < p; ++held) {
+      std::vector<uint16_t> k, v;
+      for (const KvLayer& layer : data.layers) {
+        const std::vector<uint16_t> kr = Rows(layer.keys, data, held, held + 1);
+        const std::vector<uint16_t> vr = Rows(layer.values, data, held, held + 1);
+        k.insert(k.end(), kr.begin(), kr.end());
+        v.insert(v.end(), vr.begin(), vr.end());
+      }
+      RETURN_IF_ERROR(client.AppendToken(id, held, k.data(), v.data()));
+    }
+    for (size_t l = 0; l < data.layers.size(); ++l) {
+      RetrieveQuery query;
+      query.session_id = id;
+      query.query =
+          absl::MakeConstSpan(data.layers[l].queries.data() + qi * query_floats, query_floats);
+      query.k = KFor(options, p);
+      query.rerank = pq.rerank;
+      const auto start = std::chrono::steady_clock::now();
+      ASSIGN_OR_RETURN(std::vector<RetrieveResult> results,
+                       stream->Retrieve(static_cast<uint32_t>(l), absl::MakeConstSpan(&query, 1)));
+      retrieve_us->push_back(
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+              .count());
+      RETURN_IF_ERROR(results[0].status);
+      for (const pqkv::HeadSelection& head : results[0].heads) {
+        (*picks)[l][qi].push_back(head.positions);
+      }
+    }
+    if (options.progress) {
+      options.progress(absl::StrCat("pqkv ", pq.Name(), ": query ", qi + 1, "/",
+                                    data.query_positions.size(), " at position ", p));
+    }
+  }
+  return stream->Close();
+}
+
+struct Accumulator {
+  SelectionQuality sum;
+  uint32_t count = 0;
+  void Add(const SelectionQuality& q) {
+    sum.recall_at_k += q.recall_at_k;
+    sum.mass_recall += q.mass_recall;
+    sum.output_rel_error += q.output_rel_error;
+    ++count;
+  }
+  SelectionQuality Mean() const {
+    SelectionQuality m = sum;
+    if (count > 0) {
+      m.recall_at_k /= count;
+      m.mass_recall /= count;
+      m.output_rel_error /= count;
+    }
+    return m;
+  }
+};
+
+}  // namespace
+
+std::string PqConfig::Name() const {
+  return absl::StrCat(subspaces, "x", bits, rope_pairs ? "+pairs" : "",
+                      rerank > 1 ? absl::StrCat("+rerank", rerank) : "");
+}
+
+absl::StatusOr<PqConfig> ParsePqConfig(absl::string_view text) {
+  std::vector<absl::string_view> parts = absl::StrSplit(text, '+');
+  PqConfig config;
+  std::vector<absl::string_view> shape = absl::StrSplit(parts[0], 'x');
+  if (shape.size() != 2 || !absl::SimpleAtoi(shape[0], &config.subspaces) ||
+      !absl::SimpleAtoi(shape[1], &config.bits)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PQ setting '", text, "' is not MxB[+pairs][+rerankR], e.g. 4x8+pairs"));
+  }
+  for (size_t i = 1; i < parts.size(); ++i) {
+    absl::string_view rerank = parts[i];
+    if (parts[i] == "pairs") {
+      config.rope_pairs = true;
+    } else if (absl::ConsumePrefix(&rerank, "rerank") && absl::SimpleAtoi(rerank, &config.rerank)) {
+      continue;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PQ setting '", text, "': unknown option '", parts[i], "'"));
+    }
+  }
+  return config;
+}
+
+absl::StatusOr<HarnessReport> RunQualityHarness(const KvDataSet& data, Client* client,
+                                                const HarnessOptions& options) {
+  RETURN_IF_ERROR(CheckFits(data, options));
+  auto wants = [&](const std::string& method) {
+    return std::find(options.methods.begin(), options.methods.end(), method) !=
+           options.methods.end();
+  };
+  for (const std::string& m : options.methods) {
+    if (m != "pqkv" && m != "oracle" && m != "streaming" && m != "quest" && m != "random") {
+      return absl::InvalidArgumentError(absl::StrCat("unknown method '", m, "'"));
+    }
+  }
+  HarnessReport report;
+  report.k_first = KFor(options, data.query_positions.front());
+  report.k_last = KFor(options, data.query_positions.back());
+
+  // Method slots: each pqkv setting, then the baselines asked for.
+  struct Slot {
+    std::string method, pq;
+    double retrieve_median_us = 0;
+  };
+  std::vector<Slot> slots;
+  std::vector<RunPicks> picks;
+  if (wants("pqkv")) {
+    if (client == nullptr) return absl::InvalidArgumentError("pqkv needs a server");
+    for (const PqConfig& pq : options.pq) {
+      picks.emplace_back();
+      std::vector<double> retrieve_us;
+      RETURN_IF_ERROR(RunPqkv(data, *client, options, pq, &picks.back(), &retrieve_us));
+      std::nth_element(retrieve_us.begin(), retrieve_us.begin() + retrieve_us.size() / 2,
+                       retrieve_us.end());
+      slots.push_back({"pqkv", pq.Name(), retrieve_us[retrieve_us.size() / 2]});
+    }
+  }
+  for (const char* m : {"oracle", "streaming", "quest", "random"}) {
+    if (wants(m)) slots.push_back({m, ""});
+  }
+
+  const uint32_t H = data.num_kv_heads, d = data.head_dim;
+  const uint32_t group = data.num_query_heads / H;
+  // [slot][layer * H + kv head]
+  std::vector<std::vector<Accumulator>> per_head(slots.size(),
+                                                 std::vector<Accumulator>(data.layers.size() * H));
+  std::vector<workload::HeadType> types(data.layers.size() * H);
+  for (size_t l = 0; l < data.layers.size(); ++l) {
+    const KvLayer& layer = data.layers[l];
+    report.head_types_measured = layer.head_types.empty();
+    // One thread per kv head, at most one per core.
+    auto evaluate_head = [&](uint32_t h) {
+      types[l * H + h] = layer.head_types.empty()
+                             ? workload::ClassifyHead(workload::MeasureHeadAttention(data, l, h))
+                             : layer.head_types[h];
+      const size_t rows = static_cast<size_t>(data.num_tokens) * d;
+      std::vector<float> keys(rows), values(rows);
+      kernels::ToFloat(kernels::ElementType::kFp16, layer.keys.data() + h * rows, rows,
+                       keys.data());
+      kernels::ToFloat(kernels::ElementType::kFp16, layer.values.data() + h * rows, rows,
+                       values.data());
+      for (size_t qi = 0; qi < data.query_positions.size(); ++qi) {
+        const uint32_t p = data.query_positions[qi];
+        const float* queries =
+            layer.queries.data() + (qi * data.num_query_heads + static_cast<size_t>(h) * group) * d;
+        const HeadAttention attention =
+            ComputeHeadAttention(keys.data(), values.data(), p + 1, queries, group, d);
+        const uint32_t begin = options.sinks, end = p - options.recent, k = KFor(options, p);
+        const std::vector<uint32_t> oracle = OracleSelection(attention.gqa_score, begin, end, k);
+        size_t pqkv_run = 0;
+        for (size_t s = 0; s < slots.size(); ++s) {
+          std::vector<uint32_t> selected;
+          const std::string& m = slots[s].method;
+          if (m == "pqkv") {
+            selected = picks[pqkv_run++][l][qi][h];
+          } else if (m == "oracle") {
+            selected = oracle;
+          } else if (m == "streaming") {
+            selected = StreamingSelection(begin, end, k);
+          } else if (m == "quest") {
+            selected = QuestSelection(keys.data(), queries, group, d, begin, end, k);
+          } else {
+            selected =
+                RandomSelection(begin, end, k, options.seed * 1000003 + l * 7919 + h * 31 + qi);
+          }
+          per_head[s][l * H + h].Add(
+              MeasureSelection(attention, values.data(), d, options.sinks, end, selected, oracle));
+        }
+      }
+    };
+    const uint32_t threads = std::max(1u, std::min(H, std::thread::hardware_concurrency()));
+    for (uint32_t first = 0; first < H; first += threads) {
+      std::vector<std::thread> workers;
+      for (uint32_t h = first; h < std::min(H, first + threads); ++h) {
+        workers.emplace_back(evaluate_head, h);
+      }
+      for (std::thread& t : workers) t.join();
+    }
+    if (options.progress) {
+      options.progress(absl::StrCat("evaluated layer ", l + 1, "/", data.layers.size()));
+    }
+  }
+
+  for (size_t s = 0; s < slots.size(); ++s) {
+    std::map<std::string, Accumulator> by_type;
+    Accumulator all;
+    for (size_t i = 0; i < types.size(); ++i) {
+      const SelectionQuality head_mean = per_head[s][i].Mean();
+      by_type[workload::HeadTypeName(types[i])].Add(head_mean);
+      all.Add(head_mean);
+    }
+    report.rows.push_back(
+        {slots[s].method, slots[s].pq, "all", all.count, all.Mean(), slots[s].retrieve_median_us});
+    for (const char* type : {"streaming", "retrieval", "diffuse"}) {
+      auto it = by_type.find(type);
+      if (it == by_type.end()) continue;
+      report.rows.push_back(
+          {slots[s].method, slots[s].pq, type, it->second.count, it->second.Mean()});
+    }
+  }
+  return report;
+}
+
+}  // namespace pqkv::quality
