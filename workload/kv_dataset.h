@@ -19,7 +19,7 @@
 namespace pqkv::workload {
 
 // What a kv head's attention looks like: by construction for generated data, by its
-// measured statistics for captured data (see ClassifyHead in attention_metrics.h).
+// measured statistics for captured data (ClassifyHead in kv_statistics.h).
 enum class HeadType { kStreaming, kRetrieval, kDiffuse };
 
 const char* HeadTypeName(HeadType type);  // "streaming", "retrieval", "diffuse"
