@@ -45,23 +45,24 @@ HarnessReport Run(const workload::KvDataSet& data) {
   REQUIRE(report.ok());
   // The figures, for the test log.
   for (const QualityRow& row : report->rows) {
-    std::printf("%-9s %-5s %-9s heads %3u  mass %.4f  error %.4f  recall@k %.4f\n",
+    std::printf("%-9s %-17s %-9s heads %3u  mass %.4f  error %.4f  recall@k %.4f\n",
                 row.method.c_str(), row.pq.c_str(), row.head_type.c_str(), row.heads,
                 row.quality.mass_recall, row.quality.output_rel_error, row.quality.recall_at_k);
   }
   return *std::move(report);
 }
 
-void CheckTargets(const HarnessReport& report) {
-  const QualityRow& pqkv = Row(report, "pqkv");
-  const QualityRow& oracle = Row(report, "oracle");
-  INFO("pqkv mass " << pqkv.quality.mass_recall << ", oracle " << oracle.quality.mass_recall
-                    << ", streaming " << Row(report, "streaming").quality.mass_recall << ", quest "
+// Mass recall of pqkv against the oracle and the baselines, over every head.
+void CheckRanking(const HarnessReport& report) {
+  const double pqkv = Row(report, "pqkv").quality.mass_recall;
+  const double oracle = Row(report, "oracle").quality.mass_recall;
+  INFO("pqkv mass " << pqkv << ", oracle " << oracle << ", streaming "
+                    << Row(report, "streaming").quality.mass_recall << ", quest "
                     << Row(report, "quest").quality.mass_recall);
-  CHECK(pqkv.quality.mass_recall >= 0.95);
-  CHECK(pqkv.quality.mass_recall <= oracle.quality.mass_recall + 1e-9);
-  CHECK(pqkv.quality.mass_recall > Row(report, "streaming").quality.mass_recall);
-  CHECK(pqkv.quality.mass_recall > Row(report, "quest").quality.mass_recall);
+  CHECK(pqkv >= oracle - 0.01);
+  CHECK(pqkv <= oracle + 1e-9);  // the oracle's set has the most mass by definition
+  CHECK(pqkv > Row(report, "streaming").quality.mass_recall + 0.02);
+  CHECK(pqkv > Row(report, "quest").quality.mass_recall + 0.02);
 }
 
 TEST_CASE("pqkv meets the mass-recall target on a real SmolLM2 capture", "[quality]") {
