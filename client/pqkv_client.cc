@@ -125,6 +125,18 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
   args.SetMaxSendMessageSize(64 << 20);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (options.tls || !options.tls_root_certs.empty() || !options.tls_client_cert.empty()) {
+    if (options.tls_client_cert.empty() != options.tls_client_key.empty()) {
+      return absl::InvalidArgumentError("mutual TLS needs both tls_client_cert and tls_client_key");
+    }
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certs;
+    ssl.pem_cert_chain = options.tls_client_cert;
+    ssl.pem_private_key = options.tls_client_key;
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->targets = targets;
@@ -132,7 +144,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   for (const std::string& t : targets) {
     Endpoint endpoint;
     endpoint.target = t;
-    endpoint.channel = grpc::CreateCustomChannel(t, grpc::InsecureChannelCredentials(), args);
+    endpoint.channel = grpc::CreateCustomChannel(t, credentials, args);
     if (!endpoint.channel->WaitForConnected(deadline)) {
       return absl::UnavailableError(absl::StrCat("pqkv server at ", t, " not reachable within ",
                                                  absl::FormatDuration(options.connect_timeout)));

@@ -194,6 +194,18 @@ struct ClientOptions {
   // With one target "name:port", resolve the name to all its addresses and spread
   // sessions over them (a headless Kubernetes Service); otherwise the name is one server.
   bool resolve_all_addresses = false;
+  // TLS to every server (servers started with --tls_cert_file speak nothing else). Also
+  // on when any PEM below is set. tls_root_certs: the CAs that sign the servers'
+  // certificates (PEM; empty: the system's roots). For mutual TLS (servers with
+  // --tls_client_ca_file): this client's certificate chain and private key (PEM).
+  // tls_server_name: the name to check the certificates against instead of the target's
+  // host (e.g. connecting by IP address to a server certified for a DNS name). Only the
+  // gRPC path is encrypted: rows that UCX puts across hosts (DataPath::kUcx) are not.
+  bool tls = false;
+  std::string tls_root_certs;
+  std::string tls_client_cert;
+  std::string tls_client_key;
+  std::string tls_server_name;
   // Deadline of unary calls (create, close, fetch, info).
   absl::Duration call_timeout = absl::Seconds(60);
   // How long Connect waits for the server to become reachable.

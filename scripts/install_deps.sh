@@ -17,6 +17,7 @@ packages=(
   catch2
   python3                # .ci/run and scripts/test.sh read the JUnit results with it
   iproute2               # the two-host test makes network namespaces (ip netns, veth)
+  openssl                # the TLS test makes its CA and certificates
 )
 
 missing=()

@@ -25,6 +25,7 @@
 #include "server/server_logger.h"
 #include "server/session_store.h"
 #include "server/thread_pool.h"
+#include "server/tls_credentials.h"
 #include "server/token_authenticator.h"
 #include "server/ucx_data_plane.h"
 #include "server/version.h"
@@ -57,6 +58,12 @@ ABSL_FLAG(bool, ucx, true,
 ABSL_FLAG(int, ucx_workers, 1,
           "UCX workers of the data plane; streams are spread over them, and puts on different "
           "workers run in parallel (the same-host path needs none: it copies directly).");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "Server certificate chain (PEM); with --tls_key_file the gRPC port speaks TLS only.");
+ABSL_FLAG(std::string, tls_key_file, "", "The certificate's private key (PEM).");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "CA certificates (PEM); set: mutual TLS, every client must present a certificate "
+          "this CA signed.");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "On SIGTERM/SIGINT, time in-flight calls get.");
 
 namespace {
@@ -177,7 +184,15 @@ int main(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      pqkv::server::MakeServerCredentials({absl::GetFlag(FLAGS_tls_cert_file),
+                                           absl::GetFlag(FLAGS_tls_key_file),
+                                           absl::GetFlag(FLAGS_tls_client_ca_file)});
+  if (!credentials.ok()) return Fail(credentials.status());
+  const char* transport = absl::GetFlag(FLAGS_tls_cert_file).empty()        ? "plaintext"
+                          : absl::GetFlag(FLAGS_tls_client_ca_file).empty() ? "TLS"
+                                                                            : "mutual TLS";
+  builder.AddListeningPort(address, *credentials, &bound_port);
   builder.SetMaxReceiveMessageSize(pqkv::server::kMaxReceiveMessageBytes);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -197,10 +212,10 @@ int main(int argc, char** argv) {
   // Last: a script waiting for this file may rely on everything above being up.
   WritePortFile(absl::GetFlag(FLAGS_port_file), bound_port);
   log.info(
-      "pqkv-server {} listening on {}:{}; backend {} (CPU kernels {}), {} compute threads, {} "
-      "index threads, memory budget {} bytes in {}-byte pages, data plane {}",
-      pqkv::server::kVersion, absl::GetFlag(FLAGS_host), bound_port, service_options.backend,
-      pqkv::kernels::SimdLevelName(), threads, store_options.index_threads,
+      "pqkv-server {} listening on {}:{} ({}); backend {} (CPU kernels {}), {} compute threads, "
+      "{} index threads, memory budget {} bytes in {}-byte pages, data plane {}",
+      pqkv::server::kVersion, absl::GetFlag(FLAGS_host), bound_port, transport,
+      service_options.backend, pqkv::kernels::SimdLevelName(), threads, store_options.index_threads,
       (*store)->Stats().bytes_capacity, store_options.page_bytes,
       data_plane ? "UCX + gRPC" : "gRPC");
   log.flush();
