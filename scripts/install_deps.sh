@@ -15,7 +15,7 @@ packages=(
   libucx-dev             # the UCX data plane (rows into clients' registered buffers)
   docker-compose         # validates deploy/docker-compose.yml in the tests (no engine needed)
   catch2
-  python3                # .ci/run and scripts/test.sh read the JUnit results with it
+  python3 python3-yaml   # test results (.ci/run, scripts/test.sh); the compose test reads YAML
   iproute2               # the two-host test makes network namespaces (ip netns, veth)
   openssl                # the TLS test makes its CA and certificates
 )
