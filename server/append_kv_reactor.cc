@@ -61,6 +61,18 @@ absl::Status AppendKvReactor::Apply(const v1::AppendKvRequest& chunk) {
   if (chunk.end_of_prefill()) store_->SealPrefill(session, chunk.layer());
   response_->set_chunks_applied(response_->chunks_applied() + 1);
   response_->set_tokens_applied(response_->tokens_applied() + chunk.num_tokens());
+  bytes_since_log_ += chunk.keys().size() + chunk.values().size();
+  if (absl::Now() - last_progress_log_ >= kProgressLogInterval) {
+    ServerLogger().info(
+        "session {}: upload in progress, layer {} at token {}; this stream: {} chunks, {} tokens, "
+        "{:.1f} MiB in the last {}",
+        session->id(), chunk.layer(), chunk.token_begin() + chunk.num_tokens(),
+        response_->chunks_applied(), response_->tokens_applied(),
+        bytes_since_log_ / double(1 << 20),
+        absl::FormatDuration(absl::Now() - last_progress_log_));
+    last_progress_log_ = absl::Now();
+    bytes_since_log_ = 0;
+  }
   return absl::OkStatus();
 }
 

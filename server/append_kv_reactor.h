@@ -34,6 +34,9 @@ class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest
   const std::string principal_;
   v1::AppendKvResponse* const response_;
   v1::AppendKvRequest chunk_;
+  // Progress of a long upload, logged every kProgressLogInterval.
+  absl::Time last_progress_log_ = absl::Now();
+  uint64_t bytes_since_log_ = 0;
 };
 
 }  // namespace pqkv::server

@@ -116,7 +116,13 @@ void LayerStore::BuildIndex() {
   std::vector<kernels::PqCodeStore> codes;
   size_t snapshot_tokens = 0;
   absl::Status status;
+  absl::Time last_progress_log = start;
   for (uint32_t h = 0; h < shape.num_kv_heads && status.ok(); ++h) {
+    if (absl::Now() - last_progress_log >= kProgressLogInterval) {
+      ServerLogger().info("layer {} index build: {} of {} kv heads trained in {}", layer_, h,
+                          shape.num_kv_heads, absl::FormatDuration(absl::Now() - start));
+      last_progress_log = absl::Now();
+    }
     std::vector<float> keys;
     {
       absl::ReaderMutexLock lock(&mu_);

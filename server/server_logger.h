@@ -6,9 +6,13 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "spdlog/spdlog.h"
 
 namespace pqkv::server {
+
+// Long work (an upload stream, a layer's index build) logs its progress this often.
+inline constexpr absl::Duration kProgressLogInterval = absl::Seconds(5);
 
 // The "server" logger, created on first use if nobody installed one. Thread-safe.
 spdlog::logger& ServerLogger();
