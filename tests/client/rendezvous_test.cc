@@ -29,6 +29,15 @@ TEST_CASE("RendezvousPick is deterministic and balanced", "[client]") {
     CHECK(count > 800);  // 1000 each, within 20%
     CHECK(count < 1200);
   }
+  // The deployment's stated bound: 300 sessions over three servers, within 20% of 100
+  // (fixed names here; the integration test's servers have random ports).
+  std::map<size_t, int> small;
+  for (const std::string& id : Ids(300)) ++small[RendezvousPick(id, servers)];
+  for (const auto& [server, count] : small) {
+    INFO("server " << server);
+    CHECK(count >= 80);
+    CHECK(count <= 120);
+  }
   // A known value pins the hash: every client process and build must agree on it, and
   // changing it would move every session of a running deployment.
   CHECK(RendezvousWeight("session-0", "10.0.0.1:50051") == 1723680695047098333ull);

@@ -386,13 +386,16 @@ TEST_CASE("Sessions spread over three servers; one going away fails only its own
       REQUIRE(here == (targets[s] == (*client)->EndpointFor(id)));
     }
   }
-  // Balance: 100 each, within 20%.
+  // Balance: 100 each. The servers' random ports enter the hash, so the counts are a
+  // fresh draw every run (binomial, sd 8.2): within 20% fails about 4% of runs by chance
+  // alone, so this checks 40% (4.9 sd); tests/client/rendezvous_test holds the 20% bound
+  // on fixed endpoint names.
   auto per_server = (*client)->GetEndpointStats();
   REQUIRE(per_server.ok());
   for (const ServerStats& stats : *per_server) {
     INFO(stats.endpoint);
-    CHECK(stats.num_sessions >= 80);
-    CHECK(stats.num_sessions <= 120);
+    CHECK(stats.num_sessions >= 60);
+    CHECK(stats.num_sessions <= 140);
   }
   CHECK((*client)->GetServerStats()->num_sessions == 300);
   CHECK((*client)->ListSessions()->size() == 300);
