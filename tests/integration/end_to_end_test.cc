@@ -430,17 +430,55 @@ TEST_CASE("Sessions spread over three servers; one going away fails only its own
 }
 
 TEST_CASE("The server closes sessions idle past --session_ttl_seconds", "[integration]") {
-  auto server = StartServer({"--session_ttl_seconds=0.2"});
+  auto server = StartServer({"--session_ttl_seconds=0.5"});
   auto client = Connect(*server);
   SessionOptions options;
   options.shape = {1, 1, 1, 8, DType::kFp32};
-  REQUIRE(client->CreateSession(options).ok());
+  absl::StatusOr<std::string> id = client->CreateSession(options);
+  REQUIRE(id.ok());
+  std::vector<float> kv(1000 * 8, 1.0f);
+  REQUIRE(client->UploadPrefill(*id, 0, 0, 1000, kv.data(), kv.data(), false).ok());
   CHECK(client->GetServerStats()->num_sessions == 1);
+  CHECK(client->GetServerStats()->bytes_held > 0);
   const absl::Time give_up = absl::Now() + absl::Seconds(20);
   while (client->GetServerStats()->num_sessions > 0 && absl::Now() < give_up) {
     std::this_thread::yield();
   }
   CHECK(client->GetServerStats()->num_sessions == 0);
+  CHECK(client->GetServerStats()->bytes_held == 0);  // its pages are back in the arena
+  CHECK(client->GetSession(*id).status().code() == absl::StatusCode::kNotFound);
+}
+
+TEST_CASE("A memory-budget refusal names the numbers and leaves the server healthy",
+          "[integration]") {
+  auto server = testing::ServerProcess::Start(
+      kServer, {"--memory_budget=8MiB", "--page_size=64KiB", "--log_level=warn"});
+  REQUIRE(server.ok());
+  auto client = Connect(**server);
+  SessionOptions options;
+  options.shape = {1, 1, 1, 128, DType::kFp32};  // 512-byte rows: 8 MiB is 8192 K+V rows
+  absl::StatusOr<std::string> big = client->CreateSession(options);
+  REQUIRE(big.ok());
+  std::vector<float> kv(20000 * 128, 0.25f);
+  const absl::Status refused = client->UploadPrefill(*big, 0, 0, 20000, kv.data(), kv.data(), true);
+  CHECK(refused.code() == absl::StatusCode::kResourceExhausted);
+  INFO(refused.message());
+  CHECK(std::string(refused.message()).find("budget") != std::string::npos);
+  CHECK(std::string(refused.message()).find("8388608") != std::string::npos);
+  // Still serving: a session that fits works, and closing the big one frees its part.
+  REQUIRE(client->CloseSession(*big).ok());
+  CHECK(client->GetServerStats()->bytes_held == 0);
+  absl::StatusOr<std::string> small = client->CreateSession(options);
+  REQUIRE(small.ok());
+  REQUIRE(client->UploadPrefill(*small, 0, 0, 2000, kv.data(), kv.data(), true).ok());
+  auto stream = client->OpenRetrievalStream();
+  REQUIRE(stream.ok());
+  std::vector<float> query(128, 0.5f);
+  RetrieveQuery q{*small, query, 16};
+  auto results = (*stream)->Retrieve(0, {&q, 1});
+  REQUIRE(results.ok());
+  CHECK((*results)[0].status.ok());
+  CHECK((*server)->Stop() == 0);
 }
 
 TEST_CASE("Bearer tokens: wrong or missing ones are refused, sessions belong to theirs",
