@@ -3,8 +3,8 @@
 // exact top-k, attention-mass recall and the attention output's relative error, per head
 // type (quality/quality_harness.h; docs/quality.md has the figures and commands).
 //
-//   bazel run -c opt //bench:quality_bench -- --data generated --tokens 32768 --seed 7 \
-//       --budget 0.0625 --json
+//   bazel run -c opt //bench:quality_bench -- --data generated --tokens 32768 --seed 7
+//       --budget 0.0625 --json     (one command line)
 //   bazel run -c opt //bench:quality_bench -- --data $PWD/testdata/smollm2-135m
 //
 // Data: `generated` (workload/long_context_kv.h, shape flags below) or a capture
@@ -15,8 +15,9 @@
 //
 // --json prints one object per (method, PQ setting, head type, budget) with fields method,
 // pq, data, tokens, budget, head_type ("all": the mean over every kv head), heads,
-// recall_at_k, mass_recall, output_rel_error, retrieve_us (pqkv: median round trip of one
-// layer's Retrieve; 0 otherwise). Progress goes to a terminal's stderr.
+// recall_at_k, mass_recall, output_rel_error, retrieve_us (the pqkv rows of head_type all:
+// median round trip of one layer's Retrieve, every kv head; 0 otherwise). Progress goes to
+// a terminal's stderr.
 #include <unistd.h>
 
 #include <cstdio>
@@ -51,7 +52,7 @@ ABSL_FLAG(std::string, budget, "0.0625",
 ABSL_FLAG(uint32_t, sinks, 4, "Sink tokens S every method keeps.");
 ABSL_FLAG(uint32_t, recent, 64, "Recent window W every method keeps.");
 ABSL_FLAG(std::string, methods, "pqkv,oracle,streaming,quest,random", "Methods to run.");
-ABSL_FLAG(std::string, pq, "2x6,4x8",
+ABSL_FLAG(std::string, pq, "2x6,4x8,4x8+pairs+rerank4",
           "pqkv index settings, MxB[+pairs][+rerankR], comma-separated.");
 ABSL_FLAG(uint32_t, kmeans_iterations, 10, "k-means iterations of the pqkv index.");
 ABSL_FLAG(std::string, server, "", "A running pqkv-server; empty: start one.");

@@ -53,7 +53,8 @@ ABSL_FLAG(uint64_t, seed, 7, "Generated data's seed.");
 ABSL_FLAG(double, budget, 0.0625, "Tokens retrieved per kv head, as a fraction of the context.");
 ABSL_FLAG(uint32_t, sinks, 4, "Sink tokens S the worker keeps.");
 ABSL_FLAG(uint32_t, recent, 64, "Recent window W the worker keeps.");
-ABSL_FLAG(std::string, pq, "2x6", "Index setting, MxB[+pairs][+rerankR].");
+ABSL_FLAG(std::string, pq, "4x8+pairs+rerank4",
+          "Index setting, MxB[+pairs][+rerankR] (docs/quality.md; PQCache's own is 2x6).");
 ABSL_FLAG(std::string, data_path, "auto", "How rows travel: auto, ucx or grpc.");
 
 namespace pqkv {
@@ -417,7 +418,8 @@ int Run() {
       "step's retrievals, all layers: %.1f ms (sum of the layers' median round trips)\n",
       upload_s, steps, decode_s, step_us / 1000);
   std::printf(
-      "scan: server tables + ADC scan + softmax; select: server top-k; rows: server gather + "
+      "scan: server tables + ADC scan + softmax; select: server top-k (and the exact re-rank); "
+      "rows: server gather + "
       "write; transfer: the rest of the round trip (wire, client decode); quality is against "
       "exact fp32 attention over every token\n");
   if (mismatched > 0) {

@@ -59,7 +59,8 @@ struct QualityRow {
   std::string head_type;  // "streaming", "retrieval", "diffuse" or "all"
   uint32_t heads = 0;     // kv heads averaged
   SelectionQuality quality;
-  // pqkv: median round trip of one layer's Retrieve (indices only), microseconds.
+  // pqkv, head type "all": median round trip of one layer's Retrieve (every kv head,
+  // indices only), microseconds; 0 otherwise.
   double retrieve_median_us = 0;
 };
 
