@@ -26,6 +26,10 @@ constexpr size_t kFetchBytesPerCall = size_t{32} << 20;
 // Room for the largest fetch response plus framing.
 constexpr int kMaxReceiveMessageBytes = 80 << 20;
 
+bool UsesTls(const ClientOptions& options) {
+  return options.tls || !options.tls_root_certs.empty() || !options.tls_client_cert.empty();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelShape> Client::Impl::Shape(const std::string& session_id) {
@@ -51,7 +55,9 @@ void Client::Impl::ForgetShape(const std::string& session_id) {
 }
 
 void Client::Impl::Prepare(grpc::ClientContext* context) const {
-  if (!options.auth_token.empty()) {
+  // Over TLS the token travels as call credentials (set on the channel); gRPC sends
+  // none over plaintext, so there it is added to each call.
+  if (!options.auth_token.empty() && !UsesTls(options)) {
     context->AddMetadata("authorization", "Bearer " + options.auth_token);
   }
 }
@@ -126,7 +132,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
   args.SetMaxSendMessageSize(64 << 20);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-  if (options.tls || !options.tls_root_certs.empty() || !options.tls_client_cert.empty()) {
+  if (UsesTls(options)) {
     if (options.tls_client_cert.empty() != options.tls_client_key.empty()) {
       return absl::InvalidArgumentError("mutual TLS needs both tls_client_cert and tls_client_key");
     }
@@ -135,6 +141,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
     ssl.pem_cert_chain = options.tls_client_cert;
     ssl.pem_private_key = options.tls_client_key;
     credentials = grpc::SslCredentials(ssl);
+    if (!options.auth_token.empty()) {
+      credentials = grpc::CompositeChannelCredentials(
+          credentials, grpc::AccessTokenCredentials(options.auth_token));
+    }
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   }
   auto impl = std::make_unique<Impl>();

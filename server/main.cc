@@ -189,6 +189,11 @@ int main(int argc, char** argv) {
                                            absl::GetFlag(FLAGS_tls_key_file),
                                            absl::GetFlag(FLAGS_tls_client_ca_file)});
   if (!credentials.ok()) return Fail(credentials.status());
+  if (auth != nullptr && !absl::GetFlag(FLAGS_tls_cert_file).empty()) {
+    (*credentials)
+        ->SetAuthMetadataProcessor(
+            std::make_shared<pqkv::server::TokenMetadataProcessor>(auth.get()));
+  }
   const char* transport = absl::GetFlag(FLAGS_tls_cert_file).empty()        ? "plaintext"
                           : absl::GetFlag(FLAGS_tls_client_ca_file).empty() ? "TLS"
                                                                             : "mutual TLS";

@@ -41,7 +41,10 @@ absl::StatusOr<std::string> TokenAuthenticator::Authenticate(
   if (it == metadata.end()) {
     return absl::UnauthenticatedError("missing authorization metadata (Bearer token)");
   }
-  const absl::string_view value(it->second.data(), it->second.size());
+  return PrincipalOfHeader(absl::string_view(it->second.data(), it->second.size()));
+}
+
+absl::StatusOr<std::string> TokenAuthenticator::PrincipalOfHeader(absl::string_view value) const {
   constexpr absl::string_view kBearer = "Bearer ";
   if (value.substr(0, kBearer.size()) != kBearer) {
     return absl::UnauthenticatedError("authorization metadata is not a Bearer token");
@@ -51,9 +54,36 @@ absl::StatusOr<std::string> TokenAuthenticator::Authenticate(
   return principal->second;
 }
 
+grpc::Status TokenMetadataProcessor::Process(const InputMetadata& auth_metadata,
+                                             grpc::AuthContext* context,
+                                             OutputMetadata* consumed_auth_metadata,
+                                             OutputMetadata* /*response_metadata*/) {
+  const auto it = auth_metadata.find("authorization");
+  if (it == auth_metadata.end()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing authorization metadata (Bearer token)");
+  }
+  const absl::StatusOr<std::string> principal =
+      auth_->PrincipalOfHeader(absl::string_view(it->second.data(), it->second.size()));
+  if (!principal.ok()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        std::string(principal.status().message()));
+  }
+  context->AddProperty(kPrincipalProperty, *principal);
+  consumed_auth_metadata->emplace(std::string(it->first.data(), it->first.size()),
+                                  std::string(it->second.data(), it->second.size()));
+  return grpc::Status::OK;
+}
+
 absl::StatusOr<std::string> PrincipalOf(const TokenAuthenticator* auth,
                                         const grpc::ServerContextBase& context) {
   if (auth == nullptr) return std::string();
+  // Over TLS the metadata processor has checked the token already.
+  if (const std::shared_ptr<const grpc::AuthContext> auth_context = context.auth_context()) {
+    const std::vector<grpc::string_ref> values =
+        auth_context->FindPropertyValues(kPrincipalProperty);
+    if (!values.empty()) return std::string(values.front().data(), values.front().size());
+  }
   return auth->Authenticate(context);
 }
 

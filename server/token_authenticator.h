@@ -4,11 +4,17 @@
 // that created it: each principal has its own session-id space, so others get NOT_FOUND
 // for it and can create their own session under the same id.
 //
+// Over TLS the check runs in gRPC's security layer: TokenMetadataProcessor, installed on
+// the server credentials, validates the token before the call reaches a handler and
+// records the principal in the call's auth context; over plaintext (no call credentials
+// there) the handlers read the metadata themselves. PrincipalOf answers either way.
+//
 // Tokens file: one `name:token` per line; blank lines and lines starting with # are
 // ignored. Immutable after loading; thread-safe.
 #ifndef PQKV_SERVER_TOKEN_AUTHENTICATOR_H_
 #define PQKV_SERVER_TOKEN_AUTHENTICATOR_H_
 
+#include <grpcpp/security/auth_metadata_processor.h>
 #include <grpcpp/server_context.h>
 
 #include <map>
@@ -16,6 +22,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace pqkv::server {
 
@@ -25,6 +32,8 @@ class TokenAuthenticator {
 
   // The principal of the call, or UNAUTHENTICATED saying what is missing or wrong.
   absl::StatusOr<std::string> Authenticate(const grpc::ServerContextBase& context) const;
+  // The principal of an `authorization` metadata value ("Bearer <token>").
+  absl::StatusOr<std::string> PrincipalOfHeader(absl::string_view value) const;
 
   size_t size() const { return principals_.size(); }
 
@@ -32,6 +41,23 @@ class TokenAuthenticator {
   explicit TokenAuthenticator(std::map<std::string, std::string> principals)
       : principals_(std::move(principals)) {}
   std::map<std::string, std::string> principals_;  // token -> name
+};
+
+// The auth-context property TokenMetadataProcessor records the principal under.
+inline constexpr char kPrincipalProperty[] = "pqkv.principal";
+
+// Validates bearer tokens in gRPC's security layer (TLS credentials only; gRPC sends no
+// call credentials over plaintext). Non-blocking: a map lookup.
+class TokenMetadataProcessor : public grpc::AuthMetadataProcessor {
+ public:
+  explicit TokenMetadataProcessor(const TokenAuthenticator* auth) : auth_(auth) {}
+  bool IsBlocking() const override { return false; }
+  grpc::Status Process(const InputMetadata& auth_metadata, grpc::AuthContext* context,
+                       OutputMetadata* consumed_auth_metadata,
+                       OutputMetadata* response_metadata) override;
+
+ private:
+  const TokenAuthenticator* const auth_;
 };
 
 // The caller's principal: from `auth`, or "" (everyone shares sessions) without one.

@@ -166,9 +166,9 @@ TEST_CASE("A mutual-TLS server wants a client certificate from its CA", "[integr
   }
 }
 
-TEST_CASE("Bearer tokens work over TLS", "[integration]") {
+TEST_CASE("Bearer tokens ride on TLS as call credentials", "[integration]") {
   const std::string tokens = Certificates().File("tokens");
-  std::ofstream(tokens) << "worker:s3cret\n";
+  std::ofstream(tokens) << "worker:s3cret\nother:t2\n";
   auto server = StartServer(/*mutual=*/false, {"--auth_tokens_file=" + tokens});
   const std::string target = absl::StrCat("localhost:", server->port());
   ClientOptions options = Trusting("ca");
@@ -176,10 +176,26 @@ TEST_CASE("Bearer tokens work over TLS", "[integration]") {
   auto client = Client::Connect(target, options);
   REQUIRE(client.ok());
   CheckWorks(**client);
+  // A session belongs to its token (the principal the metadata processor recorded).
+  SessionOptions session;
+  session.shape = {1, 1, 1, 8, DType::kFp32};
+  session.session_id = "owned";
+  REQUIRE((*client)->CreateSession(session).ok());
+  options.auth_token = "t2";
+  auto other = Client::Connect(target, options);
+  REQUIRE(other.ok());
+  CHECK((*other)->GetSession("owned").status().code() == absl::StatusCode::kNotFound);
+  CHECK((*client)->GetSession("owned").ok());
   options.auth_token = "wrong";
   auto stranger = Client::Connect(target, options);
   REQUIRE(stranger.ok());
-  CHECK(stranger.value()->GetServerStats().status().code() == absl::StatusCode::kUnauthenticated);
+  const absl::Status refused = stranger.value()->GetServerStats().status();
+  CHECK(refused.code() == absl::StatusCode::kUnauthenticated);
+  CHECK(std::string(refused.message()).find("unknown token") != std::string::npos);
+  options.auth_token.clear();
+  auto anonymous = Client::Connect(target, options);
+  REQUIRE(anonymous.ok());
+  CHECK(anonymous.value()->GetServerStats().status().code() == absl::StatusCode::kUnauthenticated);
 }
 
 TEST_CASE("The server refuses half a TLS configuration", "[integration]") {
