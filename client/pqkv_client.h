@@ -160,7 +160,8 @@ struct RetrieveResult {
   // Server time on this item, microseconds: scoring and top-k; gathering and writing rows.
   double server_score_us = 0;
   double server_rows_us = 0;
-  double server_select_us = 0;  // of server_score_us, top-k selection (0: not measured)
+  // Of server_score_us, top-k selection and re-ranking (0: not measured apart).
+  double server_select_us = 0;
 };
 
 // How a RetrievalStream receives K/V rows.

@@ -198,7 +198,8 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
     scan_us += head.scan_us;
     select_us += head.select_us;
   }
-  if (scan_us + select_us > 0) result->set_select_us(score_us * select_us / (scan_us + select_us));
+  // (The GPU backend measures no scan time per head: no split then.)
+  if (scan_us > 0) result->set_select_us(score_us * select_us / (scan_us + select_us));
   result->set_num_tokens(selection->num_tokens);
   result->set_num_encoded(selection->num_encoded);
   for (const HeadSelection& head : selection->heads) {

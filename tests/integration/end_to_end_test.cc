@@ -10,6 +10,8 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <numeric>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -170,6 +172,64 @@ TEST_CASE("Retrieve with_kv returns the selected rows in the same round trip", "
   CHECK(stream->Retrieve(0, {&q, 1}).status().code() == absl::StatusCode::kInvalidArgument);
   q.buffer_bytes = k_out.size();
   CHECK(stream->Retrieve(0, {&q, 1}).ok());  // the stream is still good
+}
+
+TEST_CASE("Retrieve re-ranks exactly when asked, within its limit", "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  SessionOptions options;
+  options.shape = {1, 1, 2, 16, DType::kFp32};
+  options.index.sink_tokens = 0;
+  options.index.recent_window = 0;
+  const std::string id = client->CreateSession(options).value();
+  // Gaussian-ish keys from a fixed pattern; enough tokens for a 2 x 6-bit index.
+  const uint32_t n = 2048;
+  std::vector<float> kv(n * 16);
+  for (size_t i = 0; i < kv.size(); ++i) kv[i] = std::sin(0.37f * i) * std::cos(0.011f * i);
+  REQUIRE(client->UploadPrefill(id, 0, 0, n, kv.data(), kv.data(), true).ok());
+  WaitForIndexes(*client, id);
+  auto stream = client->OpenRetrievalStream();
+  REQUIRE(stream.ok());
+  std::vector<float> query(2 * 16);
+  for (size_t i = 0; i < query.size(); ++i) query[i] = std::cos(0.5f * i);
+  // The exact top-k, from the keys as uploaded.
+  std::vector<double> score(n, 0.0);
+  for (int g = 0; g < 2; ++g) {
+    std::vector<double> logit(n);
+    double max = -1e30, z = 0;
+    for (uint32_t t = 0; t < n; ++t) {
+      for (int d = 0; d < 16; ++d) logit[t] += double(query[g * 16 + d]) * kv[t * 16 + d] / 4;
+      max = std::max(max, logit[t]);
+    }
+    for (uint32_t t = 0; t < n; ++t) z += std::exp(logit[t] - max);
+    for (uint32_t t = 0; t < n; ++t) score[t] += std::exp(logit[t] - max) / z;
+  }
+  std::vector<uint32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(),
+            [&](uint32_t a, uint32_t b) { return score[a] > score[b]; });
+  auto recall = [&](const std::vector<uint32_t>& got) {
+    const std::set<uint32_t> best(order.begin(), order.begin() + 32);
+    size_t hits = 0;
+    for (uint32_t p : got) hits += best.count(p);
+    return double(hits) / 32;
+  };
+  RetrieveQuery plain{id, query, 32};
+  RetrieveQuery refined{id, query, 32};
+  refined.rerank = 64;  // 64 x 32 = every candidate: the exact top-k
+  auto results = (*stream)->Retrieve(0, {&plain, 1});
+  REQUIRE(results.ok());
+  const double plain_recall = recall((*results)[0].heads[0].positions);
+  results = (*stream)->Retrieve(0, {&refined, 1});
+  REQUIRE(results.ok());
+  REQUIRE((*results)[0].status.ok());
+  CHECK(recall((*results)[0].heads[0].positions) == 1.0);
+  CHECK(plain_recall < 1.0);  // PQ alone is approximate here
+  refined.rerank = 65;
+  results = (*stream)->Retrieve(0, {&refined, 1});
+  REQUIRE(results.ok());
+  CHECK((*results)[0].status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string((*results)[0].status.message()).find("rerank") != std::string::npos);
 }
 
 TEST_CASE("One Retrieve request serves several sessions, with per-item errors", "[integration]") {
