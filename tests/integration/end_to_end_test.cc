@@ -489,6 +489,49 @@ TEST_CASE("Sessions spread over three servers; one going away fails only its own
   CHECK((*client)->UploadPrefill(picked[2], 0, 200, 1, kv.data(), kv.data(), false).ok());
 }
 
+TEST_CASE("The server answers gRPC reflection with its services", "[integration]") {
+  auto server = StartServer();
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  auto call = stub.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  auto step = [&](int want_tag) {
+    void* tag = nullptr;
+    bool ok = false;
+    REQUIRE(cq.Next(&tag, &ok));
+    CHECK(tag == reinterpret_cast<void*>(want_tag));
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  REQUIRE(step(1));
+  // ServerReflectionRequest{list_services: ""}: field 7, length-delimited, empty.
+  const std::string request("\x3a\x00", 2);
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1);
+  call->Write(request_buffer, reinterpret_cast<void*>(2));
+  REQUIRE(step(2));
+  call->WritesDone(reinterpret_cast<void*>(3));
+  REQUIRE(step(3));
+  grpc::ByteBuffer response_buffer;
+  call->Read(&response_buffer, reinterpret_cast<void*>(4));
+  REQUIRE(step(4));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(5);
+  CHECK(status.ok());
+  std::vector<grpc::Slice> slices;
+  REQUIRE(response_buffer.Dump(&slices).ok());
+  std::string response;
+  for (const grpc::Slice& s : slices) {
+    response.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  // The ListServiceResponse names every service.
+  CHECK(response.find("pqkv.v1.Pqkv") != std::string::npos);
+  CHECK(response.find("grpc.health.v1.Health") != std::string::npos);
+}
+
 TEST_CASE("The server closes sessions idle past --session_ttl_seconds", "[integration]") {
   auto server = StartServer({"--session_ttl_seconds=0.5"});
   auto client = Connect(*server);
