@@ -99,6 +99,13 @@ class Namespaces:
         except (subprocess.CalledProcessError, FileNotFoundError) as e:
             skip("cannot make network namespaces here: " + str(getattr(e, "stderr", e)).strip())
         self.made.append(BRIDGE_NS)
+        try:
+            self._connect(services)
+        except subprocess.CalledProcessError as e:
+            self.remove()
+            skip(f"cannot wire the namespaces here ({' '.join(e.cmd)}): {e.stderr.strip()}")
+
+    def _connect(self, services):
         run("ip", "-n", BRIDGE_NS, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", BRIDGE_NS, "link", "set", "br0", "up")
         for i, service in enumerate(services):
@@ -119,10 +126,14 @@ class Namespaces:
             self.addresses[service] = address
         hosts = "127.0.0.1 localhost\n" + "".join(
             f"{a} {s}\n" for s, a in self.addresses.items())
-        for ns in self.names.values():
-            os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
-            with open(f"/etc/netns/{ns}/hosts", "w") as f:
-                f.write(hosts)
+        try:
+            for ns in self.names.values():
+                os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
+                with open(f"/etc/netns/{ns}/hosts", "w") as f:
+                    f.write(hosts)
+        except OSError as e:
+            self.remove()
+            skip(f"cannot write the namespaces' hosts files under /etc/netns: {e}")
 
     def remove(self):
         for ns in self.made:
