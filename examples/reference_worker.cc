@@ -39,6 +39,7 @@
 #include "quality/quality_harness.h"
 #include "quality/selection_methods.h"
 #include "workload/kv_statistics.h"
+#include "workload/planted_kv.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "pqkv-server address.");
 ABSL_FLAG(std::string, data, "generated", "`generated`, or a capture directory (tools/capture).");
@@ -157,12 +158,7 @@ HeadQuality Attend(const KvDataSet& data, const FloatLayer& layer, const float* 
   }
   const std::vector<uint32_t> oracle = quality::OracleSelection(
       exact.gqa_score, sinks, p - recent, static_cast<uint32_t>(selected.positions.size()));
-  std::vector<uint32_t> got = selected.positions;
-  std::sort(got.begin(), got.end());
-  std::vector<uint32_t> common;
-  std::set_intersection(got.begin(), got.end(), oracle.begin(), oracle.end(),
-                        std::back_inserter(common));
-  q.recall = static_cast<double>(common.size()) / std::max<size_t>(oracle.size(), 1);
+  q.recall = workload::Recall(selected.positions, oracle);
   return q;
 }
 
@@ -186,9 +182,7 @@ int Run() {
   const uint32_t sinks = absl::GetFlag(FLAGS_sinks), recent = absl::GetFlag(FLAGS_recent);
   const double budget = absl::GetFlag(FLAGS_budget);
   const uint32_t prefill = data.query_positions.front();
-  auto k_at = [&](uint32_t p) {
-    return std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(budget * p)));
-  };
+  auto k_at = [&](uint32_t p) { return quality::BudgetTokens(budget, p); };
   if (prefill <= sinks + recent || k_at(data.query_positions.back()) > prefill - sinks - recent) {
     return Fail("the budget does not fit the prefill after the sinks and the recent window");
   }
@@ -216,14 +210,8 @@ int Run() {
       data.name.c_str(), L, H, data.num_query_heads, d, prefill, data.query_positions.size(), sinks,
       recent, budget, k_at(prefill), k_at(data.query_positions.back()), pq->Name().c_str());
 
-  SessionOptions session;
-  session.shape = {L, H, data.num_query_heads, d, DType::kFp16};
-  session.index.subspaces = pq->subspaces;
-  session.index.bits = pq->bits;
-  session.index.sink_tokens = sinks;
-  session.index.recent_window = recent;
-  session.index.rope_pairs = pq->rope_pairs;
-  absl::StatusOr<std::string> id = (*client)->CreateSession(session);
+  absl::StatusOr<std::string> id = (*client)->CreateSession(
+      quality::SessionFor(data, *pq, sinks, recent, /*kmeans_iterations=*/0));
   if (!id.ok()) return Fail(id.status().ToString());
   struct Closer {
     Client& client;
@@ -234,14 +222,8 @@ int Run() {
   // 1. Prefill, layer by layer.
   const absl::Time upload_start = absl::Now();
   for (uint32_t l = 0; l < L; ++l) {
-    std::vector<uint16_t> k(static_cast<size_t>(H) * prefill * d), v(k.size());
-    for (uint32_t h = 0; h < H; ++h) {
-      const size_t from = static_cast<size_t>(h) * data.num_tokens * d;
-      std::copy_n(data.layers[l].keys.begin() + from, size_t{prefill} * d,
-                  k.begin() + size_t{h} * prefill * d);
-      std::copy_n(data.layers[l].values.begin() + from, size_t{prefill} * d,
-                  v.begin() + size_t{h} * prefill * d);
-    }
+    const std::vector<uint16_t> k = workload::RowsOf(data, data.layers[l].keys, 0, prefill);
+    const std::vector<uint16_t> v = workload::RowsOf(data, data.layers[l].values, 0, prefill);
     absl::Status uploaded = (*client)->UploadPrefill(*id, l, 0, prefill, k.data(), v.data(), true);
     if (!uploaded.ok()) return Fail(uploaded.ToString());
     ProgressBar("upload", l + 1, L);
@@ -344,14 +326,7 @@ int Run() {
     }
     // The step's own K/V joins every layer.
     std::vector<uint16_t> k, v;
-    for (uint32_t l = 0; l < L; ++l) {
-      for (uint32_t h = 0; h < H; ++h) {
-        const size_t at = (static_cast<size_t>(h) * data.num_tokens + p) * d;
-        k.insert(k.end(), data.layers[l].keys.begin() + at, data.layers[l].keys.begin() + at + d);
-        v.insert(v.end(), data.layers[l].values.begin() + at,
-                 data.layers[l].values.begin() + at + d);
-      }
-    }
+    workload::TokenKv(data, p, &k, &v);
     absl::Status appended = (*client)->AppendToken(*id, p, k.data(), v.data());
     if (!appended.ok()) return Fail(appended.ToString());
     ProgressBar("decode", step + 1, steps);

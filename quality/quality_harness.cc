@@ -26,10 +26,6 @@ using workload::KvLayer;
 // One pqkv run's picks: [layer][query][kv head] -> positions.
 using RunPicks = std::vector<std::vector<std::vector<std::vector<uint32_t>>>>;
 
-uint32_t KFor(const HarnessOptions& options, uint32_t position) {
-  return std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(options.budget * position)));
-}
-
 absl::Status CheckFits(const KvDataSet& data, const HarnessOptions& options) {
   if (data.layers.empty() || data.query_positions.empty()) {
     return absl::InvalidArgumentError("the data set has no layers or no queries");
@@ -40,43 +36,20 @@ absl::Status CheckFits(const KvDataSet& data, const HarnessOptions& options) {
   }
   const uint32_t p = data.query_positions.front();
   const uint32_t fixed = options.sinks + options.recent;
-  if (p <= fixed || KFor(options, p) > p - fixed) {
+  if (p <= fixed || BudgetTokens(options.budget, p) > p - fixed) {
     return absl::InvalidArgumentError(
         absl::StrCat("the first query at position ", p, " leaves ", p > fixed ? p - fixed : 0,
                      " candidates after ", options.sinks, " sinks and ", options.recent,
-                     " recent tokens; k = ", KFor(options, p), " does not fit"));
+                     " recent tokens; k = ", BudgetTokens(options.budget, p), " does not fit"));
   }
   return absl::OkStatus();
-}
-
-// K/V of positions [begin, end) of one layer, [kv_head][token][dim] fp16 bits.
-std::vector<uint16_t> Rows(const std::vector<uint16_t>& rows, const KvDataSet& data, uint32_t begin,
-                           uint32_t end) {
-  const size_t d = data.head_dim;
-  std::vector<uint16_t> out(static_cast<size_t>(data.num_kv_heads) * (end - begin) * d);
-  for (uint32_t h = 0; h < data.num_kv_heads; ++h) {
-    std::copy(rows.begin() + (static_cast<size_t>(h) * data.num_tokens + begin) * d,
-              rows.begin() + (static_cast<size_t>(h) * data.num_tokens + end) * d,
-              out.begin() + static_cast<size_t>(h) * (end - begin) * d);
-  }
-  return out;
 }
 
 // Runs the decode trace through the server with one PQ setting; fills picks[layer][query].
 absl::Status RunPqkv(const KvDataSet& data, Client& client, const HarnessOptions& options,
                      const PqConfig& pq, RunPicks* picks, std::vector<double>* retrieve_us) {
-  SessionOptions session;
-  session.shape.num_layers = static_cast<uint32_t>(data.layers.size());
-  session.shape.num_kv_heads = data.num_kv_heads;
-  session.shape.num_query_heads = data.num_query_heads;
-  session.shape.head_dim = data.head_dim;
-  session.shape.dtype = DType::kFp16;
-  session.index.subspaces = pq.subspaces;
-  session.index.bits = pq.bits;
-  session.index.kmeans_iterations = options.kmeans_iterations;
-  session.index.sink_tokens = options.sinks;
-  session.index.recent_window = options.recent;
-  session.index.rope_pairs = pq.rope_pairs;
+  const SessionOptions session =
+      SessionFor(data, pq, options.sinks, options.recent, options.kmeans_iterations);
   ASSIGN_OR_RETURN(const std::string id, client.CreateSession(session));
   struct Closer {
     Client& client;
@@ -86,8 +59,8 @@ absl::Status RunPqkv(const KvDataSet& data, Client& client, const HarnessOptions
 
   const uint32_t prefill = data.query_positions.front();
   for (size_t l = 0; l < data.layers.size(); ++l) {
-    const std::vector<uint16_t> keys = Rows(data.layers[l].keys, data, 0, prefill);
-    const std::vector<uint16_t> values = Rows(data.layers[l].values, data, 0, prefill);
+    const std::vector<uint16_t> keys = workload::RowsOf(data, data.layers[l].keys, 0, prefill);
+    const std::vector<uint16_t> values = workload::RowsOf(data, data.layers[l].values, 0, prefill);
     RETURN_IF_ERROR(client.UploadPrefill(id, static_cast<uint32_t>(l), 0, prefill, keys.data(),
                                          values.data(), /*end_of_prefill=*/true));
     if (options.progress) {
@@ -107,14 +80,9 @@ absl::Status RunPqkv(const KvDataSet& data, Client& client, const HarnessOptions
   for (size_t qi = 0; qi < data.query_positions.size(); ++qi) {
     const uint32_t p = data.query_positions[qi];
     // Tokens between queries (none for consecutive decode steps) join first.
+    std::vector<uint16_t> k, v;
     for (; held < p; ++held) {
-      std::vector<uint16_t> k, v;
-      for (const KvLayer& layer : data.layers) {
-        const std::vector<uint16_t> kr = Rows(layer.keys, data, held, held + 1);
-        const std::vector<uint16_t> vr = Rows(layer.values, data, held, held + 1);
-        k.insert(k.end(), kr.begin(), kr.end());
-        v.insert(v.end(), vr.begin(), vr.end());
-      }
+      workload::TokenKv(data, held, &k, &v);
       RETURN_IF_ERROR(client.AppendToken(id, held, k.data(), v.data()));
     }
     for (size_t l = 0; l < data.layers.size(); ++l) {
@@ -122,7 +90,7 @@ absl::Status RunPqkv(const KvDataSet& data, Client& client, const HarnessOptions
       query.session_id = id;
       query.query =
           absl::MakeConstSpan(data.layers[l].queries.data() + qi * query_floats, query_floats);
-      query.k = KFor(options, p);
+      query.k = BudgetTokens(options.budget, p);
       query.rerank = pq.rerank;
       const auto start = std::chrono::steady_clock::now();
       ASSIGN_OR_RETURN(std::vector<RetrieveResult> results,
@@ -165,6 +133,24 @@ struct Accumulator {
 
 }  // namespace
 
+uint32_t BudgetTokens(double budget, uint32_t position) {
+  return std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(budget * position)));
+}
+
+SessionOptions SessionFor(const workload::KvDataSet& data, const PqConfig& pq, uint32_t sinks,
+                          uint32_t recent, uint32_t kmeans_iterations) {
+  SessionOptions session;
+  session.shape = {static_cast<uint32_t>(data.layers.size()), data.num_kv_heads,
+                   data.num_query_heads, data.head_dim, DType::kFp16};
+  session.index.subspaces = pq.subspaces;
+  session.index.bits = pq.bits;
+  session.index.kmeans_iterations = kmeans_iterations;
+  session.index.sink_tokens = sinks;
+  session.index.recent_window = recent;
+  session.index.rope_pairs = pq.rope_pairs;
+  return session;
+}
+
 std::string PqConfig::Name() const {
   return absl::StrCat(subspaces, "x", bits, rope_pairs ? "+pairs" : "",
                       rerank > 1 ? absl::StrCat("+rerank", rerank) : "");
@@ -206,8 +192,8 @@ absl::StatusOr<HarnessReport> RunQualityHarness(const KvDataSet& data, Client* c
     }
   }
   HarnessReport report;
-  report.k_first = KFor(options, data.query_positions.front());
-  report.k_last = KFor(options, data.query_positions.back());
+  report.k_first = BudgetTokens(options.budget, data.query_positions.front());
+  report.k_last = BudgetTokens(options.budget, data.query_positions.back());
 
   // Method slots: each pqkv setting, then the baselines asked for.
   struct Slot {
@@ -257,7 +243,8 @@ absl::StatusOr<HarnessReport> RunQualityHarness(const KvDataSet& data, Client* c
             layer.queries.data() + (qi * data.num_query_heads + static_cast<size_t>(h) * group) * d;
         const HeadAttention attention =
             ComputeHeadAttention(keys.data(), values.data(), p + 1, queries, group, d);
-        const uint32_t begin = options.sinks, end = p - options.recent, k = KFor(options, p);
+        const uint32_t begin = options.sinks, end = p - options.recent,
+                       k = BudgetTokens(options.budget, p);
         const std::vector<uint32_t> oracle = OracleSelection(attention.gqa_score, begin, end, k);
         size_t pqkv_run = 0;
         for (size_t s = 0; s < slots.size(); ++s) {

@@ -40,6 +40,14 @@ struct PqConfig {
 };
 absl::StatusOr<PqConfig> ParsePqConfig(absl::string_view text);
 
+// Tokens a method selects at position p: budget x p, rounded, at least 1.
+uint32_t BudgetTokens(double budget, uint32_t position);
+
+// A session for `data` (fp16, one session layer per data-set layer) indexed with `pq`,
+// with the worker's S sinks and W recent tokens; kmeans_iterations 0: the server's.
+SessionOptions SessionFor(const workload::KvDataSet& data, const PqConfig& pq, uint32_t sinks,
+                          uint32_t recent, uint32_t kmeans_iterations);
+
 struct HarnessOptions {
   double budget = 0.0625;  // k = budget x p
   uint32_t sinks = 4;      // S

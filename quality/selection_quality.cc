@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "workload/planted_kv.h"
+
 namespace pqkv::quality {
 
 SelectionQuality MeasureSelection(const HeadAttention& attention, const float* values,
@@ -19,14 +21,7 @@ SelectionQuality MeasureSelection(const HeadAttention& attention, const float* v
   set.erase(std::unique(set.begin(), set.end()), set.end());
 
   SelectionQuality q;
-  std::vector<uint32_t> sorted_selected = selected;
-  std::sort(sorted_selected.begin(), sorted_selected.end());
-  std::vector<uint32_t> sorted_oracle = oracle;
-  std::sort(sorted_oracle.begin(), sorted_oracle.end());
-  std::vector<uint32_t> common;
-  std::set_intersection(sorted_selected.begin(), sorted_selected.end(), sorted_oracle.begin(),
-                        sorted_oracle.end(), std::back_inserter(common));
-  q.recall_at_k = oracle.empty() ? 1.0 : static_cast<double>(common.size()) / oracle.size();
+  q.recall_at_k = workload::Recall(selected, oracle);
 
   const size_t group = attention.probs.size();
   std::vector<double> o_set(head_dim);

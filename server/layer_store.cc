@@ -248,6 +248,22 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
   const bool use_codes = index_state_ == IndexState::kReady;
   selection.num_encoded = use_codes ? num_encoded_ : 0;
   selection.heads.resize(shape.num_kv_heads);
+  // Head h's keys as the scorers read them; codes only once the index is ready.
+  auto head_keys = [&](int h, bool with_codes) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    HeadKeys keys;
+    keys.rows = keys_[h].get();
+    keys.num_tokens = n;
+    keys.dtype = shape.dtype;
+    keys.head_dim = static_cast<int>(shape.head_dim);
+    if (with_codes) {
+      keys.codebook = &codebooks_[h];
+      keys.codes = &codes_[h];
+    }
+    return keys;
+  };
+  auto group_queries_of = [&](int h) {
+    return query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
+  };
   bool scored = false;
   if (gpu_ != nullptr && !plain && use_codes && num_encoded_ == n) {
     absl::StatusOr<std::vector<HeadSelection>> heads = RetrieveOnGpu(
@@ -261,41 +277,21 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
     }
   }
   if (!scored) {
-    ParallelFor(
-        pool, static_cast<int>(shape.num_kv_heads), [&](int h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-          HeadKeys keys;
-          keys.rows = keys_[h].get();
-          keys.num_tokens = n;
-          keys.dtype = shape.dtype;
-          keys.head_dim = static_cast<int>(shape.head_dim);
-          if (use_codes) {
-            keys.codebook = &codebooks_[h];
-            keys.codes = &codes_[h];
-          }
-          const float* group_queries =
-              query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
-          const auto score = plain ? ScoreAndSelectPlain : ScoreAndSelect;
-          selection.heads[h] = score(keys, group_queries, static_cast<int>(shape.group_size()),
-                                     static_cast<uint32_t>(candidate_begin),
-                                     static_cast<uint32_t>(candidate_end), k);
-        });
+    ParallelFor(pool, static_cast<int>(shape.num_kv_heads), [&](int h) {
+      const auto score = plain ? ScoreAndSelectPlain : ScoreAndSelect;
+      selection.heads[h] =
+          score(head_keys(h, use_codes), group_queries_of(h), static_cast<int>(shape.group_size()),
+                static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k);
+    });
   }
   if (reranks && k > k_final) {
-    ParallelFor(
-        pool, static_cast<int>(shape.num_kv_heads), [&](int h) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-          if (selection.heads[h].overflow) return;
-          HeadKeys keys;
-          keys.rows = keys_[h].get();
-          keys.num_tokens = n;
-          keys.dtype = shape.dtype;
-          keys.head_dim = static_cast<int>(shape.head_dim);
-          const float* group_queries =
-              query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
-          selection.heads[h] =
-              RerankExact(keys, group_queries, static_cast<int>(shape.group_size()),
-                          static_cast<uint32_t>(candidate_begin),
-                          static_cast<uint32_t>(candidate_end), selection.heads[h], k_final);
-        });
+    ParallelFor(pool, static_cast<int>(shape.num_kv_heads), [&](int h) {
+      if (selection.heads[h].overflow) return;
+      selection.heads[h] =
+          RerankExact(head_keys(h, /*with_codes=*/false), group_queries_of(h),
+                      static_cast<int>(shape.group_size()), static_cast<uint32_t>(candidate_begin),
+                      static_cast<uint32_t>(candidate_end), selection.heads[h], k_final);
+    });
   }
   // Finite queries and keys can still overflow fp32 logits (values near 1e19); the
   // selection is then meaningless, so say so instead of returning it.
@@ -324,18 +320,22 @@ absl::StatusOr<std::vector<HeadSelection>> LayerStore::RetrieveOnGpu(absl::Span<
                      codebooks_[h].centroids().end());
     codes.insert(codes.end(), codes_[h].codes(), codes_[h].codes() + num_tokens_ * pq.subspaces);
   }
-  // Queries in each head's codebook dimension order (kv head h's group is contiguous).
-  std::vector<float> ordered(query.size());
-  const size_t group_floats = static_cast<size_t>(shape.group_size()) * shape.head_dim;
-  for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
-    codebooks_[h].PermuteDims(query.data() + h * group_floats, shape.group_size(),
-                              ordered.data() + h * group_floats);
+  // Queries in the codebooks' dimension order (kv head h's group is contiguous); every
+  // head of a layer has the same order, so without RoPE pairs the query is used as is.
+  std::vector<float> ordered;
+  if (codebooks_[0].permutes()) {
+    ordered.resize(query.size());
+    const size_t group_floats = static_cast<size_t>(shape.group_size()) * shape.head_dim;
+    for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
+      codebooks_[h].PermuteDims(query.data() + h * group_floats, shape.group_size(),
+                                ordered.data() + h * group_floats);
+    }
   }
   GpuLayerInput input;
   input.kv_heads = static_cast<int>(shape.num_kv_heads);
   input.query_heads = static_cast<int>(shape.num_query_heads);
   input.pq = pq;
-  input.queries = ordered.data();
+  input.queries = ordered.empty() ? query.data() : ordered.data();
   input.centroids = centroids.data();
   input.codes = codes.data();
   input.num_tokens = static_cast<uint32_t>(num_tokens_);

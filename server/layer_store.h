@@ -92,7 +92,7 @@ class LayerStore {
   // RerankExact keeps the best k by exact score.
   absl::StatusOr<LayerSelection> Retrieve(absl::Span<const float> query, uint32_t k,
                                           absl::Time deadline, ThreadPool* pool = nullptr,
-                                          bool plain = false, uint32_t rerank = 1) const;
+                                          bool plain = false, uint32_t rerank = 0) const;
 
   // Copies the K and V rows of `positions` for `kv_head` into keys_out and values_out,
   // each positions.size() * row_bytes bytes, in the order given.

@@ -182,8 +182,7 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
           ? absl::InvalidArgumentError(
                 absl::StrCat("rerank = ", item.rerank(), " exceeds the limit of ", kMaxRerank))
           : layer.Retrieve(absl::MakeConstSpan(item.query().data(), item.query_size()), item.k(),
-                           wait_until_, compute_pool_, /*plain=*/false,
-                           std::max<uint32_t>(1, item.rerank()));
+                           wait_until_, compute_pool_, /*plain=*/false, item.rerank());
   if (!selection.ok()) {
     SetItemError(i, selection.status());
     return;

@@ -2,24 +2,19 @@
 
 #include <grpcpp/security/server_credentials.h>
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/file_contents.h"
 
 namespace pqkv::server {
 namespace {
 
 absl::StatusOr<std::string> ReadPem(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  if (contents.str().find("-----BEGIN") == std::string::npos) {
+  absl::StatusOr<std::string> contents = ReadFileContents(path);
+  if (contents.ok() && contents->find("-----BEGIN") == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(path, " holds no PEM block"));
   }
-  return contents.str();
+  return contents;
 }
 
 }  // namespace

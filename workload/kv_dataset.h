@@ -24,6 +24,8 @@ enum class HeadType { kStreaming, kRetrieval, kDiffuse };
 
 const char* HeadTypeName(HeadType type);  // "streaming", "retrieval", "diffuse"
 
+struct KvDataSet;
+
 struct KvLayer {
   uint32_t layer = 0;                // index in the model
   std::vector<uint16_t> keys;        // fp16 bits [kv_head][token][head_dim]
@@ -42,6 +44,16 @@ struct KvDataSet {
   std::vector<uint32_t> query_positions;  // ascending, each < num_tokens
   std::vector<KvLayer> layers;
 };
+
+// Positions [begin, end) of one layer's `rows` (its keys or values), in the layout an
+// upload takes: fp16 bits [kv_head][token][head_dim].
+std::vector<uint16_t> RowsOf(const KvDataSet& data, const std::vector<uint16_t>& rows,
+                             uint32_t begin, uint32_t end);
+
+// Position p's K and V on every layer, in the layout a decode-token append takes: fp16
+// bits [layer][kv_head][head_dim] each.
+void TokenKv(const KvDataSet& data, uint32_t position, std::vector<uint16_t>* keys,
+             std::vector<uint16_t>* values);
 
 }  // namespace pqkv::workload
 

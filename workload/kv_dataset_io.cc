@@ -2,11 +2,11 @@
 
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/file_contents.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
 #include "workload/capture_manifest.pb.h"
@@ -16,14 +16,6 @@ namespace pqkv::workload {
 namespace {
 
 constexpr char kFormat[] = "pqkv-capture-v1";
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
 
 absl::Status WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -90,7 +82,7 @@ absl::Status CheckManifest(const CaptureManifest& m, const std::string& path) {
 
 absl::StatusOr<KvDataSet> LoadKvDataSet(const std::string& dir) {
   const std::string manifest_path = absl::StrCat(dir, "/manifest.json");
-  ASSIGN_OR_RETURN(std::string json, ReadFile(manifest_path));
+  ASSIGN_OR_RETURN(std::string json, ReadFileContents(manifest_path));
   CaptureManifest manifest;
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = true;

@@ -1,8 +1,6 @@
 #include "workload/npy_file.h"
 
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -10,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/file_contents.h"
 
 namespace pqkv::workload {
 namespace {
@@ -119,11 +118,9 @@ absl::StatusOr<NpyArray> ParseNpy(const std::string& bytes) {
 }
 
 absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  absl::StatusOr<NpyArray> array = ParseNpy(contents.str());
+  absl::StatusOr<std::string> contents = ReadFileContents(path);
+  if (!contents.ok()) return contents.status();
+  absl::StatusOr<NpyArray> array = ParseNpy(*contents);
   if (!array.ok()) {
     return absl::Status(array.status().code(), absl::StrCat(path, ": ", array.status().message()));
   }
