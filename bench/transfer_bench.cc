@@ -58,6 +58,9 @@ ABSL_FLAG(std::string, paths, "ucx-shm,ucx-tcp,grpc,memcpy,indices", "Paths to m
 ABSL_FLAG(uint32_t, delta_steps, 64, "Decode steps of the delta-transfer trace; 0: skip it.");
 ABSL_FLAG(double, adjacent_cosine, 0.9, "Cosine between a query head's consecutive queries.");
 ABSL_FLAG(std::string, cache_slots, "1,2,4", "Row cache sizes of the delta trace, in units of k.");
+ABSL_FLAG(std::vector<std::string>, server_flags, {},
+          "Extra flags for the servers the bench starts, comma-separated (say "
+          "--compute_spin_us=0).");
 ABSL_FLAG(bool, json, false, "One JSON object per row instead of the table.");
 
 namespace pqkv {
@@ -96,7 +99,9 @@ struct Served {
 
 Served Serve(const Layer& layer, const char* ucx_tls) {
   if (ucx_tls != nullptr) setenv("UCX_TLS", ucx_tls, 1);
-  auto server = testing::ServerProcess::Start(kServer, {"--log_level=warn"});
+  std::vector<std::string> flags = {"--log_level=warn"};
+  for (const std::string& flag : absl::GetFlag(FLAGS_server_flags)) flags.push_back(flag);
+  auto server = testing::ServerProcess::Start(kServer, flags);
   if (ucx_tls != nullptr) unsetenv("UCX_TLS");
   if (!server.ok()) {
     std::fprintf(stderr, "cannot start %s: %s\n", kServer, server.status().ToString().c_str());

@@ -34,6 +34,9 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50051, "Port to listen on; 0 picks a free one (see --port_file).");
 ABSL_FLAG(std::string, port_file, "", "If set, the bound port is written to this file.");
 ABSL_FLAG(int, threads, 0, "Compute threads for scoring and copies; 0: one per core.");
+ABSL_FLAG(int, compute_spin_us, 200,
+          "Microseconds an idle compute thread polls for work before it sleeps (waking a "
+          "sleeping thread can take longer than a layer's row gather); 0: sleep at once.");
 ABSL_FLAG(int, index_threads, 1, "Threads that train layer indexes in the background.");
 ABSL_FLAG(std::string, memory_budget, "",
           "Bytes of K/V the server may hold (e.g. 16GiB); default half of physical memory.");
@@ -156,7 +159,9 @@ int main(int argc, char** argv) {
   // parked retrievals to it.
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  pqkv::server::ThreadPool compute_pool("pqkv-compute", threads);
+  pqkv::server::ThreadPool compute_pool(
+      "pqkv-compute", threads,
+      absl::Microseconds(std::max(0, absl::GetFlag(FLAGS_compute_spin_us))));
   absl::StatusOr<std::unique_ptr<pqkv::server::SessionStore>> store =
       pqkv::server::SessionStore::Create(store_options);
   if (!store.ok()) return Fail(store.status());

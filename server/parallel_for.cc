@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "absl/synchronization/mutex.h"
+#include "server/spin_wait.h"
 
 namespace pqkv::server {
 namespace {
@@ -13,6 +14,8 @@ struct SharedLoop {
   const int n;
   const std::function<void(int)>& fn;  // outlives every use: the caller waits for `done`
   std::atomic<int> next{0};
+  // Indices finished; the caller polls it (briefly) before sleeping on mu.
+  std::atomic<int> finished{0};
   absl::Mutex mu;
   int done ABSL_GUARDED_BY(mu) = 0;
 
@@ -26,6 +29,7 @@ struct SharedLoop {
     if (ran > 0) {
       absl::MutexLock lock(&mu);
       done += ran;
+      finished.fetch_add(ran, std::memory_order_release);
     }
   }
 };
@@ -44,6 +48,10 @@ void ParallelFor(ThreadPool* pool, int n, const std::function<void(int)>& fn) {
   // but `next`, which the shared_ptr keeps alive.
   for (int h = 0; h < helpers; ++h) pool->Schedule([loop] { loop->Run(); });
   loop->Run();
+  // What is left runs on helpers that already started: often microseconds from done.
+  if (SpinWait(pool->spin(), [&] { return loop->finished.load(std::memory_order_acquire) == n; })) {
+    return;
+  }
   absl::MutexLock lock(&loop->mu);
   loop->mu.Await(absl::Condition(
       +[](SharedLoop* l) ABSL_NO_THREAD_SAFETY_ANALYSIS { return l->done == l->n; }, loop.get()));

@@ -4,9 +4,12 @@
 
 #include <utility>
 
+#include "server/spin_wait.h"
+
 namespace pqkv::server {
 
-ThreadPool::ThreadPool(std::string name, int num_threads) : name_(std::move(name)) {
+ThreadPool::ThreadPool(std::string name, int num_threads, absl::Duration spin)
+    : name_(std::move(name)), spin_(spin) {
   for (int i = 0; i < std::max(1, num_threads); ++i) {
     threads_.emplace_back([this] { WorkLoop(); });
     // Thread names show in top/gdb; Linux caps them at 15 characters.
@@ -25,6 +28,7 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::Schedule(absl::AnyInvocable<void() &&> task) {
   absl::MutexLock lock(&mu_);
   queue_.push_back(std::move(task));
+  queued_.store(queue_.size(), std::memory_order_release);
 }
 
 size_t ThreadPool::pending() const {
@@ -35,6 +39,7 @@ size_t ThreadPool::pending() const {
 void ThreadPool::WorkLoop() {
   while (true) {
     absl::AnyInvocable<void() &&> task;
+    SpinWait(spin_, [this] { return queued_.load(std::memory_order_acquire) > 0; });
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
@@ -45,6 +50,7 @@ void ThreadPool::WorkLoop() {
       if (queue_.empty()) return;  // stopping and drained
       task = std::move(queue_.front());
       queue_.pop_front();
+      queued_.store(queue_.size(), std::memory_order_release);
       ++running_;
     }
     std::move(task)();
