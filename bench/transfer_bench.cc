@@ -58,6 +58,9 @@ ABSL_FLAG(std::string, paths, "ucx-shm,ucx-tcp,grpc,memcpy,indices", "Paths to m
 ABSL_FLAG(uint32_t, delta_steps, 64, "Decode steps of the delta-transfer trace; 0: skip it.");
 ABSL_FLAG(double, adjacent_cosine, 0.9, "Cosine between a query head's consecutive queries.");
 ABSL_FLAG(std::string, cache_slots, "1,2,4", "Row cache sizes of the delta trace, in units of k.");
+ABSL_FLAG(bool, scores, true,
+          "Ask for the selection's scores besides its positions (the SDK's default); false: "
+          "positions only, as the reference worker does.");
 ABSL_FLAG(std::vector<std::string>, server_flags, {},
           "Extra flags for the servers the bench starts, comma-separated (say "
           "--compute_spin_us=0).");
@@ -154,6 +157,7 @@ Row TimeRetrieve(const std::string& path, RetrievalStream& stream, const Served&
   const bool rows = path != "indices";
   RetrieveQuery q{served.session,          layer.query,    k, rows ? keys : nullptr,
                   rows ? values : nullptr, rows ? half : 0};
+  q.with_scores = absl::GetFlag(FLAGS_scores);
   std::vector<double> wait_us, rows_us;
   for (uint32_t r = 0; r <= repeats; ++r) {  // the first call warms up
     const auto start = std::chrono::steady_clock::now();
@@ -339,8 +343,9 @@ int Run() {
                ucp_get_version_string());
   std::fprintf(info,
                "Shape: one layer of %u tokens, %u kv heads x %u dims, fp16 (%zu-byte rows); %u "
-               "timed calls per row\n",
-               tokens, kKvHeads, kHeadDim, kRowBytes, repeats);
+               "timed calls per row; %s\n",
+               tokens, kKvHeads, kHeadDim, kRowBytes, repeats,
+               absl::GetFlag(FLAGS_scores) ? "positions and scores" : "positions only");
   const Layer layer = MakeLayer(tokens);
   Served local = Serve(layer, nullptr);
   Served tcp;

@@ -134,11 +134,15 @@ struct RetrieveQuery {
   // the server keeps the best k by exact score from its stored keys. 0 or 1: off; at
   // most 64. Costs (rerank x k) x group dot products per kv head on the server.
   uint32_t rerank = 0;
+  // False: the result's heads carry positions only (scores stay empty), which keeps the
+  // response about a third the size; docs/benchmarks.md measures the round trip both ways.
+  bool with_scores = true;
 };
 
 struct HeadSelection {
   std::vector<uint32_t> positions;  // best first
-  std::vector<float> scores;        // GQA sum of softmax attention, per position
+  // GQA sum of softmax attention, per position; empty when the query set with_scores false.
+  std::vector<float> scores;
   // With cache_slots: the cache slot of each position, and the indices into positions
   // of the rows sent with this result (the misses), in the order they were written.
   std::vector<uint32_t> slots;

@@ -135,6 +135,7 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
       item->set_with_kv(query.keys_out != nullptr);
       item->set_cache_slots(query.cache_slots);
       item->set_rerank(query.rerank);
+      item->set_omit_scores(!query.with_scores);
       if (query.keys_out == nullptr) continue;
       const std::optional<uint64_t> keys =
           impl_->OffsetInBuffer(query.keys_out, query.buffer_bytes);

@@ -17,6 +17,7 @@ using google::protobuf::io::CodedOutputStream;
 using google::protobuf::io::StringOutputStream;
 
 constexpr int kResponseResults = v1::RetrieveResponse::kResultsFieldNumber;
+constexpr int kResultHeads = v1::RetrieveResult::kHeadsFieldNumber;
 constexpr int kResultRows = v1::RetrieveResult::kRowsFieldNumber;
 constexpr int kRowsKeys = v1::HeadRows::kKeysFieldNumber;
 constexpr int kRowsValues = v1::HeadRows::kValuesFieldNumber;
@@ -67,7 +68,7 @@ bool ReadHeadRows(CodedInputStream* in, int result, int head, const RowSink& sin
   return true;
 }
 
-// One RetrieveResult: rows to the sink, every other field into `out`.
+// One RetrieveResult: rows to the sink, every other field into `out` (a new message).
 bool ReadResult(CodedInputStream* in, int result, const RowSink& sink, v1::RetrieveResult* out,
                 DecodedRows* decoded) {
   uint32_t length = 0;
@@ -79,14 +80,22 @@ bool ReadResult(CodedInputStream* in, int result, const RowSink& sink, v1::Retri
     CodedOutputStream rest_out(&rest_stream);
     int head = 0;
     while (uint32_t tag = in->ReadTag()) {
-      const bool ok = IsLength(tag, kResultRows) ? ReadHeadRows(in, result, head++, sink, decoded)
-                                                 : WireFormatLite::SkipField(in, tag, &rest_out);
+      bool ok;
+      if (IsLength(tag, kResultRows)) {
+        ok = ReadHeadRows(in, result, head++, sink, decoded);
+      } else if (IsLength(tag, kResultHeads)) {
+        // The selections are most of a result's bytes: parsed where they lie.
+        ok = WireFormatLite::ReadMessage(in, out->add_heads());
+      } else {
+        ok = WireFormatLite::SkipField(in, tag, &rest_out);
+      }
       if (!ok) return false;
     }
   }
   if (in->BytesUntilLimit() != 0) return false;
   in->PopLimit(limit);
-  return out->ParseFromString(rest);
+  // The scalar fields; merging keeps the heads parsed above.
+  return out->MergeFromString(rest);
 }
 
 }  // namespace

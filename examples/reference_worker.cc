@@ -271,6 +271,7 @@ int Run() {
           absl::MakeConstSpan(data.layers[l].queries.data() + step * query_floats, query_floats);
       query.k = k_at(p);
       query.rerank = pq->rerank;
+      query.with_scores = false;  // the decode loop needs positions and rows only
       query.keys_out = buffer;
       query.values_out = buffer + half;
       query.buffer_bytes = half;

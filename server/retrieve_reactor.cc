@@ -204,7 +204,7 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
   for (const HeadSelection& head : selection->heads) {
     v1::HeadSelection* out = result->add_heads();
     out->mutable_positions()->Add(head.positions.begin(), head.positions.end());
-    out->mutable_scores()->Add(head.scores.begin(), head.scores.end());
+    if (!item.omit_scores()) out->mutable_scores()->Add(head.scores.begin(), head.scores.end());
   }
   if (item.with_kv()) {
     std::vector<std::vector<uint32_t>> missed;

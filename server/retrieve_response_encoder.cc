@@ -55,18 +55,25 @@ grpc::ByteBuffer EncodeRetrieveResponse(const v1::RetrieveResponse& response,
   if (response.has_data_plane()) *top.mutable_data_plane() = response.data_plane();
   slices.push_back(SliceOf(top.SerializeAsString()));
   for (int i = 0; i < response.results_size(); ++i) {
-    const std::string fields = response.results(i).SerializeAsString();
+    const v1::RetrieveResult& result = response.results(i);
+    const size_t fields_size = result.ByteSizeLong();
     const std::vector<HeadRowSlices> none;
     const std::vector<HeadRowSlices>& heads = static_cast<size_t>(i) < rows.size() ? rows[i] : none;
-    size_t result_size = fields.size();
+    size_t result_size = fields_size;
     for (const HeadRowSlices& head : heads) {
       const size_t size = HeadRowsSize(head);
       result_size += 1 + VarintSize(size) + size;
     }
+    // The result's framing and fields serialised in place in one slice: its positions
+    // are most of the response without rows, and are written once.
+    const uint32_t tag = LengthTag(kResponseResults);
+    grpc::Slice fields(VarintSize(tag) + VarintSize(result_size) + fields_size);
+    uint8_t* at = reinterpret_cast<uint8_t*>(MutableData(fields));
+    at = CodedOutputStream::WriteVarint32ToArray(tag, at);
+    at = CodedOutputStream::WriteVarint64ToArray(result_size, at);
+    result.SerializeWithCachedSizesToArray(at);
+    slices.push_back(std::move(fields));
     std::string frame;
-    AppendVarint(LengthTag(kResponseResults), &frame);
-    AppendVarint(result_size, &frame);
-    frame += fields;
     for (const HeadRowSlices& head : heads) {
       AppendVarint(LengthTag(kResultRows), &frame);
       AppendVarint(HeadRowsSize(head), &frame);
@@ -85,7 +92,6 @@ grpc::ByteBuffer EncodeRetrieveResponse(const v1::RetrieveResponse& response,
       frame.clear();
       slices.push_back(head.values);
     }
-    if (!frame.empty()) slices.push_back(SliceOf(frame));
   }
   return grpc::ByteBuffer(slices.data(), slices.size());
 }

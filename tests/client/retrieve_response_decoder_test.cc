@@ -26,7 +26,18 @@ v1::RetrieveResponse ResponseWithRows() {
   for (int i = 0; i < 2; ++i) {
     v1::RetrieveResult* result = response.add_results();
     result->set_session_id("s" + std::to_string(i));
-    result->add_heads()->add_positions(5 + i);
+    result->set_num_tokens(40960);
+    result->set_score_us(12.5);
+    // Selections long enough to straddle the 1000-byte slices.
+    for (int h = 0; h < 2; ++h) {
+      v1::HeadSelection* head = result->add_heads();
+      for (uint32_t p = 0; p < 300; ++p) {
+        head->add_positions(5 + i + 100 * p + h);
+        head->add_scores(0.5f / (p + 1));
+        head->add_slots(p);
+      }
+      head->add_sent(h);
+    }
     for (uint32_t h = 0; h < 3; ++h) {
       v1::HeadRows* rows = result->add_rows();
       rows->set_kv_head(h);

@@ -162,7 +162,21 @@ TEST_CASE("Retrieve with_kv returns the selected rows in the same round trip", "
       REQUIRE(std::memcmp(v_out.data() + (h * k + r) * row, values.data() + (h * n + p) * row,
                           row) == 0);
     }
+    CHECK((*results)[0].heads[h].scores.size() == k);
   }
+  // Positions only: the same selection and rows, no scores.
+  const std::vector<uint8_t> k_with_scores = k_out, v_with_scores = v_out;
+  q.with_scores = false;
+  auto positions_only = stream->Retrieve(0, {&q, 1});
+  REQUIRE(positions_only.ok());
+  REQUIRE((*positions_only)[0].status.ok());
+  for (uint32_t h = 0; h < 2; ++h) {
+    CHECK((*positions_only)[0].heads[h].positions == (*results)[0].heads[h].positions);
+    CHECK((*positions_only)[0].heads[h].scores.empty());
+  }
+  CHECK(k_out == k_with_scores);
+  CHECK(v_out == v_with_scores);
+  q.with_scores = true;
   // A buffer one byte short is refused before anything is sent or written.
   std::fill(k_out.begin(), k_out.end(), 0xAB);
   q.buffer_bytes = k_out.size() - 1;

@@ -36,8 +36,10 @@ TEST_CASE("EncodeRetrieveResponse writes what protobuf parses as the response wi
     result->set_session_id("s" + std::to_string(i));
     result->set_num_tokens(1000 + i);
     v1::HeadSelection* head = result->add_heads();
-    head->add_positions(7);
-    head->add_scores(0.5f);
+    for (uint32_t p = 0; p < 200; ++p) {  // multi-byte varints and a long packed field
+      head->add_positions(7 + 1000 * p);
+      head->add_scores(0.5f / (p + 1));
+    }
   }
   response.mutable_results(1)->set_status_code(5);
   // Rows for results 0 and 2 (2 heads; one empty), none for result 1.
