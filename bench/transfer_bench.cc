@@ -27,9 +27,15 @@
 // --adjacent_cosine), retrieved with and without a row cache of --cache_slots per kv
 // head; prints the rows the cache saved. Rows are checked bit for bit on every path.
 //
+// --scores=false asks for positions only (RetrieveQuery::with_scores, as the reference
+// worker does), a response about a third the size. --server_flags passes flags to the
+// servers the bench starts (say --compute_spin_us=0, to see the compute pool sleep at
+// once).
+//
 // --json prints one JSON object per row (fields path, bytes, median_us, p99_us, gbps,
-// ratio_vs_floor; delta rows: path "delta", k, cache_slots, adjacent_cosine, steps,
-// bytes_full, bytes_sent, saved_fraction) and the setup on stderr.
+// ratio_vs_floor, server_rows_us; gbps and ratio_vs_floor are null on indices rows;
+// delta rows: path "delta", k, cache_slots, adjacent_cosine, steps, bytes_full,
+// bytes_sent, saved_fraction) and the setup on stderr.
 #include <ucp/api/ucp.h>
 
 #include <cmath>
@@ -224,17 +230,24 @@ Row TimeMemcpy(const Layer& layer, const std::vector<std::vector<uint32_t>>& sel
 }
 
 void Print(const Row& row, double floor_us, bool json) {
+  // The indices row moves no rows: it has no rate and nothing to set against the floor.
+  const bool moved = row.path != "indices";
   const double gbps = row.bytes / row.median_us / 1e3;
   const double ratio = floor_us / row.median_us;
   if (json) {
     std::printf(
-        "{\"path\": \"%s\", \"bytes\": %zu, \"median_us\": %.1f, \"p99_us\": %.1f, \"gbps\": %.2f, "
-        "\"ratio_vs_floor\": %.3f, \"server_rows_us\": %.1f}\n",
-        row.path.c_str(), row.bytes, row.median_us, row.p99_us, gbps, ratio, row.server_rows_us);
-  } else {
+        "{\"path\": \"%s\", \"bytes\": %zu, \"median_us\": %.1f, \"p99_us\": %.1f, \"gbps\": %s, "
+        "\"ratio_vs_floor\": %s, \"server_rows_us\": %.1f}\n",
+        row.path.c_str(), row.bytes, row.median_us, row.p99_us,
+        moved ? absl::StrFormat("%.2f", gbps).c_str() : "null",
+        moved ? absl::StrFormat("%.3f", ratio).c_str() : "null", row.server_rows_us);
+  } else if (moved) {
     std::printf("%-8s %6.0f MiB %10.1f %10.1f %8.2f %8.3f %14.1f %13.3f\n", row.path.c_str(),
                 row.bytes / 1048576.0, row.median_us, row.p99_us, gbps, ratio, row.server_rows_us,
                 row.server_rows_us > 0 ? floor_us / row.server_rows_us : 0.0);
+  } else {
+    std::printf("%-8s %6.0f MiB %10.1f %10.1f\n", row.path.c_str(), row.bytes / 1048576.0,
+                row.median_us, row.p99_us);
   }
 }
 
