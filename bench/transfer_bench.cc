@@ -12,6 +12,8 @@
 //   grpc     the rows in the Retrieve response, copied by the SDK into the caller's buffer
 //   memcpy   the floor: the same rows gathered here, from 64 KiB pages like the server's,
 //            into a buffer with memcpy (one core)
+//   gather   for reference, the same with the server's own row gather (PagedRows::Gather,
+//            which prefetches rows ahead), here, on one core
 //   indices  for reference, the control plane alone: the same Retrieve without rows
 //            (its size column is that of the rows it did not move)
 // A path's time is the Retrieve round trip minus the server's scoring time (what the
@@ -60,7 +62,7 @@
 
 ABSL_FLAG(std::string, sizes_mib, "1,8,32", "K+V payload sizes of one layer, MiB.");
 ABSL_FLAG(uint32_t, repeats, 30, "Timed calls per path and size.");
-ABSL_FLAG(std::string, paths, "ucx-shm,ucx-tcp,grpc,memcpy,indices", "Paths to measure.");
+ABSL_FLAG(std::string, paths, "ucx-shm,ucx-tcp,grpc,memcpy,gather,indices", "Paths to measure.");
 ABSL_FLAG(uint32_t, delta_steps, 64, "Decode steps of the delta-transfer trace; 0: skip it.");
 ABSL_FLAG(double, adjacent_cosine, 0.9, "Cosine between a query head's consecutive queries.");
 ABSL_FLAG(std::string, cache_slots, "1,2,4", "Row cache sizes of the delta trace, in units of k.");
@@ -195,9 +197,16 @@ Row TimeRetrieve(const std::string& path, RetrievalStream& stream, const Served&
           bench::Percentile(rows_us, 0.5)};
 }
 
-// The floor: the same gather from 64 KiB pages into one buffer, here, with memcpy.
-Row TimeMemcpy(const Layer& layer, const std::vector<std::vector<uint32_t>>& selection,
-               uint32_t repeats) {
+// Local gathers of the selected rows from 64 KiB pages into one buffer, on one core:
+// the floor (a memcpy per row) and, for reference, the server's own row gather
+// (PagedRows::Gather, which prefetches rows ahead).
+struct LocalGathers {
+  Row floor, gather;
+};
+
+LocalGathers TimeLocalGathers(const Layer& layer,
+                              const std::vector<std::vector<uint32_t>>& selection,
+                              uint32_t repeats) {
   auto arena = server::PageArena::Create(
                    size_t{2} * kKvHeads * layer.tokens * kRowBytes + (8 << 20), 64 << 10)
                    .value();
@@ -214,7 +223,7 @@ Row TimeMemcpy(const Layer& layer, const std::vector<std::vector<uint32_t>>& sel
   size_t rows = 0;
   for (const auto& head : selection) rows += head.size();
   std::vector<char> out(2 * rows * kRowBytes, 1);
-  const std::vector<double> us = bench::Time(repeats, [&] {
+  const std::vector<double> memcpy_us = bench::Time(repeats, [&] {
     char* k_out = out.data();
     char* v_out = out.data() + rows * kRowBytes;
     for (uint32_t h = 0; h < kKvHeads; ++h) {
@@ -226,7 +235,20 @@ Row TimeMemcpy(const Layer& layer, const std::vector<std::vector<uint32_t>>& sel
       }
     }
   });
-  return {"memcpy", out.size(), bench::Percentile(us, 0.5), bench::Percentile(us, 0.99), 0};
+  const std::vector<double> gather_us = bench::Time(repeats, [&] {
+    char* k_out = out.data();
+    char* v_out = out.data() + rows * kRowBytes;
+    for (uint32_t h = 0; h < kKvHeads; ++h) {
+      keys[h]->Gather(selection[h].data(), selection[h].size(), k_out);
+      values[h]->Gather(selection[h].data(), selection[h].size(), v_out);
+      k_out += selection[h].size() * kRowBytes;
+      v_out += selection[h].size() * kRowBytes;
+    }
+  });
+  return {{"memcpy", out.size(), bench::Percentile(memcpy_us, 0.5),
+           bench::Percentile(memcpy_us, 0.99), 0},
+          {"gather", out.size(), bench::Percentile(gather_us, 0.5),
+           bench::Percentile(gather_us, 0.99), 0}};
 }
 
 void Print(const Row& row, double floor_us, bool json) {
@@ -386,7 +408,8 @@ int Run() {
     std::vector<Row> rows;
     rows.push_back(TimeRetrieve("grpc", *grpc_stream, local, layer, k, grpc_buffer.data(),
                                 grpc_buffer.data() + half, repeats, &selection));
-    const Row floor = TimeMemcpy(layer, selection, repeats);
+    const LocalGathers here = TimeLocalGathers(layer, selection, repeats);
+    const Row& floor = here.floor;
     // The control plane alone: the same call without rows.
     const Row control = TimeRetrieve("indices", *grpc_stream, local, layer, k, nullptr, nullptr,
                                      repeats, &selection);
@@ -401,6 +424,7 @@ int Run() {
                                   repeats, &selection));
     }
     if (wanted("memcpy")) Print(floor, floor.median_us, json);
+    if (wanted("gather")) Print(here.gather, floor.median_us, json);
     for (const Row& row : rows) {
       if (wanted(row.path.c_str())) Print(row, floor.median_us, json);
     }

@@ -358,11 +358,8 @@ absl::Status LayerStore::Fetch(uint32_t kv_head, absl::Span<const uint32_t> posi
                                                      layer_, " holds ", num_tokens_, " tokens"));
     }
   }
-  const size_t row_bytes = config_.shape.row_bytes();
-  for (size_t i = 0; i < positions.size(); ++i) {
-    std::memcpy(keys_out + i * row_bytes, keys_[kv_head]->Row(positions[i]), row_bytes);
-    std::memcpy(values_out + i * row_bytes, values_[kv_head]->Row(positions[i]), row_bytes);
-  }
+  keys_[kv_head]->Gather(positions.data(), positions.size(), keys_out);
+  values_[kv_head]->Gather(positions.data(), positions.size(), values_out);
   return absl::OkStatus();
 }
 

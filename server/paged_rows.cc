@@ -19,6 +19,20 @@ size_t PagedRows::PagesNeededFor(size_t extra_rows) const {
   return (wanted - capacity + rows_per_page_ - 1) / rows_per_page_;
 }
 
+void PagedRows::Gather(const uint32_t* rows, size_t count, char* out) const {
+  // Far enough ahead to cover a miss's latency, near enough that the lines are still
+  // in cache when copied (both measured flat from 2 to 16 rows).
+  constexpr size_t kPrefetchRows = 8;
+  constexpr size_t kLineBytes = 64;
+  for (size_t i = 0; i < count; ++i) {
+    if (i + kPrefetchRows < count) {
+      const char* ahead = Row(rows[i + kPrefetchRows]);
+      for (size_t at = 0; at < row_bytes_; at += kLineBytes) __builtin_prefetch(ahead + at);
+    }
+    std::memcpy(out + i * row_bytes_, Row(rows[i]), row_bytes_);
+  }
+}
+
 void PagedRows::AddPages(const std::vector<uint32_t>& pages) {
   pages_.insert(pages_.end(), pages.begin(), pages.end());
 }

@@ -35,6 +35,12 @@ class PagedRows {
   const char* Row(size_t row) const {
     return arena_->PageData(pages_[row / rows_per_page_]) + (row % rows_per_page_) * row_bytes_;
   }
+  // Copies the rows `rows` (each < size()) back to back into `out`, in the order given.
+  // Selected rows lie at random in the pages, so each row's cache lines are prefetched a
+  // few rows ahead: the copy then waits on memory bandwidth rather than on one miss after
+  // another (about 1.3x a plain memcpy loop on one core, docs/benchmarks.md).
+  void Gather(const uint32_t* rows, size_t count, char* out) const;
+
   size_t size() const { return num_rows_; }
   size_t row_bytes() const { return row_bytes_; }
   size_t bytes_held() const { return pages_.size() * arena_->page_bytes(); }
