@@ -30,7 +30,7 @@
 // head; prints the rows the cache saved. Rows are checked bit for bit on every path.
 //
 // --scores=false asks for positions only (RetrieveQuery::with_scores, as the reference
-// worker does), a response about a third the size. --server_flags passes flags to the
+// worker does), a response a third the size here. --server_flags passes flags to the
 // servers the bench starts (say --compute_spin_us=0, to see the compute pool sleep at
 // once).
 //

@@ -134,8 +134,8 @@ struct RetrieveQuery {
   // the server keeps the best k by exact score from its stored keys. 0 or 1: off; at
   // most 64. Costs (rerank x k) x group dot products per kv head on the server.
   uint32_t rerank = 0;
-  // False: the result's heads carry positions only (scores stay empty), which keeps the
-  // response about a third the size; docs/benchmarks.md measures the round trip both ways.
+  // False: the result's heads carry positions only (scores stay empty), a response a
+  // third to a half the size; docs/benchmarks.md measures the round trip both ways.
   bool with_scores = true;
 };
 
