@@ -14,10 +14,10 @@ struct SharedLoop {
   const int n;
   const std::function<void(int)>& fn;  // outlives every use: the caller waits for `done`
   std::atomic<int> next{0};
-  // Indices finished; the caller polls it (briefly) before sleeping on mu.
-  std::atomic<int> finished{0};
+  // Indices finished. Written under mu, so that the caller may sleep on mu until it
+  // reaches n; read without it while the caller polls first.
+  std::atomic<int> done{0};
   absl::Mutex mu;
-  int done ABSL_GUARDED_BY(mu) = 0;
 
   // Claims and runs indices until none is left.
   void Run() {
@@ -28,8 +28,7 @@ struct SharedLoop {
     }
     if (ran > 0) {
       absl::MutexLock lock(&mu);
-      done += ran;
-      finished.fetch_add(ran, std::memory_order_release);
+      done.fetch_add(ran, std::memory_order_release);
     }
   }
 };
@@ -49,12 +48,10 @@ void ParallelFor(ThreadPool* pool, int n, const std::function<void(int)>& fn) {
   for (int h = 0; h < helpers; ++h) pool->Schedule([loop] { loop->Run(); });
   loop->Run();
   // What is left runs on helpers that already started: often microseconds from done.
-  if (SpinWait(pool->spin(), [&] { return loop->finished.load(std::memory_order_acquire) == n; })) {
-    return;
-  }
+  auto all_done = [](SharedLoop* l) { return l->done.load(std::memory_order_acquire) == l->n; };
+  if (SpinWait(pool->spin(), [&] { return all_done(loop.get()); })) return;
   absl::MutexLock lock(&loop->mu);
-  loop->mu.Await(absl::Condition(
-      +[](SharedLoop* l) ABSL_NO_THREAD_SAFETY_ANALYSIS { return l->done == l->n; }, loop.get()));
+  loop->mu.Await(absl::Condition(+all_done, loop.get()));
 }
 
 }  // namespace pqkv::server
