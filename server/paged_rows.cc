@@ -21,7 +21,7 @@ size_t PagedRows::PagesNeededFor(size_t extra_rows) const {
 
 void PagedRows::Gather(const uint32_t* rows, size_t count, char* out) const {
   // Far enough ahead to cover a miss's latency, near enough that the lines are still
-  // in cache when copied (both measured flat from 2 to 16 rows).
+  // in cache when copied.
   constexpr size_t kPrefetchRows = 8;
   constexpr size_t kLineBytes = 64;
   for (size_t i = 0; i < count; ++i) {
