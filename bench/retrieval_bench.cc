@@ -47,9 +47,9 @@
 #include "kernels/pq_scan.h"
 #include "kernels/radix_select.h"
 #include "kernels/vector_exp.h"
-#include "server/layer_store.h"
-#include "server/parallel_for.h"
-#include "server/thread_pool.h"
+#include "server/runtime/parallel_for.h"
+#include "server/runtime/thread_pool.h"
+#include "server/store/layer_store.h"
 #include "workload/planted_kv.h"
 
 extern "C" {

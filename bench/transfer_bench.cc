@@ -55,8 +55,8 @@
 #include "absl/strings/str_split.h"
 #include "bench/bench_setup.h"
 #include "client/pqkv_client.h"
-#include "server/page_arena.h"
-#include "server/paged_rows.h"
+#include "server/memory/page_arena.h"
+#include "server/memory/paged_rows.h"
 #include "tests/testing/server_process.h"
 #include "workload/planted_kv.h"
 

@@ -1,0 +1,61 @@
+// GpuScorer: the CUDA compute backend. Scores a whole layer (tables, ADC scan, GQA
+// softmax, top-k for every kv head) on one GPU through kernels/cuda's
+// CudaLayerRetriever.
+//
+// Thread-safe: calls are serialised, as the retriever owns one CUDA stream and its
+// device buffers (the GPU's executor). Inputs are copied to the device per call; codes
+// are not kept resident yet.
+#ifndef PQKV_SERVER_INDEX_GPU_SCORER_H_
+#define PQKV_SERVER_INDEX_GPU_SCORER_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "kernels/pq_scan.h"
+#include "server/index/head_scorer.h"
+
+namespace pqkv::kernels::cuda {
+class CudaLayerRetriever;
+}  // namespace pqkv::kernels::cuda
+
+namespace pqkv::server {
+
+// One layer, every token encoded.
+struct GpuLayerInput {
+  int kv_heads = 0;
+  int query_heads = 0;
+  kernels::PqShape pq;
+  const float* queries = nullptr;    // fp32 [query_heads][head_dim]
+  const float* centroids = nullptr;  // fp32 [kv_heads][M][ksub][dsub]
+  const uint8_t* codes = nullptr;    // uint8 [kv_heads][num_tokens][M]
+  uint32_t num_tokens = 0;
+  uint32_t candidate_begin = 0;
+  uint32_t candidate_end = 0;
+  uint32_t k = 0;
+};
+
+class GpuScorer {
+ public:
+  // True when a CUDA device and driver are present.
+  static bool DeviceAvailable();
+  // UNAVAILABLE without a device.
+  static absl::StatusOr<std::unique_ptr<GpuScorer>> Create(int device = 0);
+  ~GpuScorer();
+
+  // One HeadSelection per kv head, best first, ties by lower position.
+  absl::StatusOr<std::vector<HeadSelection>> ScoreLayer(const GpuLayerInput& input);
+
+ private:
+  explicit GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever);
+
+  absl::Mutex mu_;
+  std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace pqkv::server
+
+#endif  // PQKV_SERVER_INDEX_GPU_SCORER_H_

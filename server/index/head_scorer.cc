@@ -1,0 +1,133 @@
+#include "server/index/head_scorer.h"
+
+#include <cmath>
+
+#include "absl/time/clock.h"
+#include "kernels/gqa_scoring.h"
+#include "kernels/gqa_softmax.h"
+#include "kernels/pq_scan.h"
+#include "kernels/radix_select.h"
+#include "kernels/top_k.h"
+
+namespace pqkv::server {
+namespace {
+
+size_t NumEncoded(const HeadKeys& keys) { return keys.codes ? keys.codes->size() : 0; }
+
+bool Permutes(const HeadKeys& keys) {
+  return keys.codebook != nullptr && keys.codebook->permutes();
+}
+
+// Keys of the tokens without codes as fp32 [n - encoded][head_dim], in the codebook's
+// dimension order (queries are reordered the same way, so dot products keep).
+std::vector<float> ExactKeys(const HeadKeys& keys) {
+  const size_t encoded = NumEncoded(keys);
+  std::vector<float> out((keys.num_tokens - encoded) * keys.head_dim);
+  std::vector<float> row(Permutes(keys) ? keys.head_dim : 0);
+  for (size_t t = encoded; t < keys.num_tokens; ++t) {
+    float* dst = out.data() + (t - encoded) * keys.head_dim;
+    if (row.empty()) {
+      kernels::ToFloat(keys.dtype, keys.rows->Row(t), keys.head_dim, dst);
+    } else {
+      kernels::ToFloat(keys.dtype, keys.rows->Row(t), keys.head_dim, row.data());
+      keys.codebook->PermuteDims(row.data(), 1, dst);
+    }
+  }
+  return out;
+}
+
+// The group's queries in the codebook's dimension order; `group_queries` itself when
+// the codebook keeps the order.
+const float* OrderedQueries(const HeadKeys& keys, const float* group_queries, int group_size,
+                            std::vector<float>* storage) {
+  if (!Permutes(keys)) return group_queries;
+  storage->resize(static_cast<size_t>(group_size) * keys.head_dim);
+  keys.codebook->PermuteDims(group_queries, group_size, storage->data());
+  return storage->data();
+}
+
+HeadSelection Select(const std::vector<float>& scores, uint32_t begin, uint32_t end, uint32_t k,
+                     bool plain) {
+  HeadSelection selection;
+  selection.positions.resize(k);
+  if (plain) {
+    kernels::TopK(scores.data(), begin, end, k, selection.positions.data());
+  } else {
+    kernels::SelectTopK(scores.data(), begin, end, k, selection.positions.data());
+  }
+  selection.scores.reserve(k);
+  for (uint32_t position : selection.positions) selection.scores.push_back(scores[position]);
+  return selection;
+}
+
+}  // namespace
+
+HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, int group_size,
+                             uint32_t candidate_begin, uint32_t candidate_end, uint32_t k) {
+  std::vector<float> ordered;
+  group_queries = OrderedQueries(keys, group_queries, group_size, &ordered);
+  const std::vector<float> exact_keys = ExactKeys(keys);
+  kernels::GqaScoringInput input;
+  input.head_dim = keys.head_dim;
+  if (keys.codes != nullptr && keys.codes->size() > 0) {
+    input.centroids = keys.codebook->centroids().data();
+    input.codes = keys.codes;
+  }
+  input.exact_keys = exact_keys.data();
+  input.num_exact = keys.num_tokens - NumEncoded(keys);
+  input.group_queries = group_queries;
+  input.group_size = group_size;
+  // Reused per thread: a fresh n-float array per head and call costs page faults.
+  thread_local std::vector<float> scores;
+  if (scores.size() < keys.num_tokens) scores.resize(keys.num_tokens);
+  const absl::Time start = absl::Now();
+  if (!kernels::ScoreGqa(input, scores.data())) {
+    HeadSelection overflow;
+    overflow.overflow = true;
+    return overflow;
+  }
+  const absl::Time scanned = absl::Now();
+  HeadSelection selection = Select(scores, candidate_begin, candidate_end, k, /*plain=*/false);
+  selection.scan_us = absl::ToDoubleMicroseconds(scanned - start);
+  selection.select_us = absl::ToDoubleMicroseconds(absl::Now() - scanned);
+  return selection;
+}
+
+HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queries, int group_size,
+                                  uint32_t candidate_begin, uint32_t candidate_end, uint32_t k) {
+  const size_t n = keys.num_tokens;
+  const int dim = keys.head_dim;
+  const size_t encoded = NumEncoded(keys);
+  std::vector<float> ordered;
+  group_queries = OrderedQueries(keys, group_queries, group_size, &ordered);
+  const std::vector<float> exact_keys = ExactKeys(keys);
+  std::vector<float> table;
+  if (encoded > 0) {
+    const kernels::PqShape& shape = keys.codebook->shape();
+    table.resize(static_cast<size_t>(shape.subspaces) * shape.centroids_per_subspace);
+  }
+  std::vector<float> logits(n);
+  std::vector<float> combined(n, 0.0f);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  for (int g = 0; g < group_size; ++g) {
+    const float* query = group_queries + static_cast<size_t>(g) * dim;
+    if (encoded > 0) {
+      const kernels::PqShape& shape = keys.codebook->shape();
+      kernels::ComputeInnerProductTable(shape, query, keys.codebook->centroids().data(),
+                                        table.data());
+      kernels::AdcScan(shape, table.data(), keys.codes->codes(), encoded, logits.data());
+    }
+    kernels::ExactScores(query, exact_keys.data(), n - encoded, dim, logits.data() + encoded);
+    kernels::AccumulateSoftmax(logits.data(), n, scale, combined.data());
+  }
+  for (float score : combined) {
+    if (!std::isfinite(score)) {
+      HeadSelection overflow;
+      overflow.overflow = true;
+      return overflow;
+    }
+  }
+  return Select(combined, candidate_begin, candidate_end, k, /*plain=*/true);
+}
+
+}  // namespace pqkv::server

@@ -1,0 +1,87 @@
+// PqkvService: the v1 gRPC API (callback API) over a SessionStore.
+//
+// Reactions never block: scoring, fetches and appends run on the compute pool, index
+// builds on the store's index pool. Thread-safe; the store and pool must outlive it.
+#ifndef PQKV_SERVER_RPC_PQKV_SERVICE_H_
+#define PQKV_SERVER_RPC_PQKV_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+#include "pqkv/v1/pqkv.grpc.pb.h"
+#include "server/dataplane/ucx_data_plane.h"
+#include "server/metrics/metrics.h"
+#include "server/rpc/fetch_limits.h"
+#include "server/runtime/thread_pool.h"
+#include "server/security/token_authenticator.h"
+#include "server/store/session_store.h"
+
+namespace pqkv::server {
+
+struct ServiceOptions {
+  // Longest a Retrieve item waits for a building index after its request arrived
+  // (less when the call's deadline comes first).
+  absl::Duration max_index_wait = absl::Seconds(60);
+  // Compute backend in use, reported by GetServerStats: "cpu" or "cuda".
+  std::string backend = "cpu";
+  // Bearer-token authentication, or null: no authentication, every caller is "".
+  const TokenAuthenticator* auth = nullptr;
+  // The UCX data plane, or null (data_plane_error says why): rows then travel in
+  // gRPC responses only.
+  UcxDataPlane* data_plane = nullptr;
+  std::string data_plane_error = "disabled";
+};
+
+// The callback service with Retrieve registered raw (ByteBuffer in and out), so that its
+// responses reference gathered K/V rows instead of copying them (RetrieveReactor).
+using PqkvCallbackServiceBase = v1::Pqkv::WithCallbackMethod_CreateSession<
+    v1::Pqkv::WithCallbackMethod_AppendKv<v1::Pqkv::WithRawCallbackMethod_Retrieve<
+        v1::Pqkv::WithCallbackMethod_FetchKv<v1::Pqkv::WithCallbackMethod_CloseSession<
+            v1::Pqkv::WithCallbackMethod_GetSession<v1::Pqkv::WithCallbackMethod_ListSessions<
+                v1::Pqkv::WithCallbackMethod_GetServerStats<v1::Pqkv::Service>>>>>>>>;
+
+class PqkvService final : public PqkvCallbackServiceBase {
+ public:
+  // store, compute_pool and metrics must outlive the service.
+  PqkvService(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
+              const ServiceOptions& options);
+
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
+                                          const v1::CreateSessionRequest* request,
+                                          v1::CreateSessionResponse* response) override;
+  grpc::ServerReadReactor<v1::AppendKvRequest>* AppendKv(grpc::CallbackServerContext* context,
+                                                         v1::AppendKvResponse* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Retrieve(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* FetchKv(grpc::CallbackServerContext* context,
+                                    const v1::FetchKvRequest* request,
+                                    v1::FetchKvResponse* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context,
+                                         const v1::CloseSessionRequest* request,
+                                         v1::CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const v1::GetSessionRequest* request,
+                                       v1::GetSessionResponse* response) override;
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context,
+                                         const v1::ListSessionsRequest* request,
+                                         v1::ListSessionsResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerStats(grpc::CallbackServerContext* context,
+                                           const v1::GetServerStatsRequest* request,
+                                           v1::GetServerStatsResponse* response) override;
+
+ private:
+  // Counts the status and finishes the call.
+  void Done(grpc::ServerUnaryReactor* reactor, const char* rpc, const absl::Status& status);
+
+  SessionStore* const store_;
+  ThreadPool* const compute_pool_;
+  Metrics* const metrics_;
+  const ServiceOptions options_;
+  std::atomic<uint64_t> retrieve_items_{0};
+};
+
+}  // namespace pqkv::server
+
+#endif  // PQKV_SERVER_RPC_PQKV_SERVICE_H_

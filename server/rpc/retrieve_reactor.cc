@@ -1,0 +1,458 @@
+#include "server/rpc/retrieve_reactor.h"
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/grpc_status.h"
+#include "server/rpc/fetch_limits.h"
+#include "server/rpc/retrieve_response_encoder.h"
+#include "server/runtime/parallel_for.h"
+
+namespace pqkv::server {
+
+RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
+                                 absl::StatusOr<std::string> principal, absl::Time call_deadline,
+                                 absl::Duration max_index_wait,
+                                 std::atomic<uint64_t>* items_counter, UcxDataPlane* data_plane,
+                                 std::string data_plane_error)
+    : store_(store),
+      compute_pool_(compute_pool),
+      metrics_(metrics),
+      principal_(principal.ok() ? *principal : ""),
+      call_deadline_(call_deadline),
+      max_index_wait_(max_index_wait),
+      items_counter_(items_counter),
+      data_plane_(data_plane),
+      data_plane_error_(std::move(data_plane_error)) {
+  if (!principal.ok()) {
+    metrics_->RecordStatus("Retrieve", principal.status());
+    absl::MutexLock lock(&mu_);
+    finished_ = true;
+    Finish(ToGrpcStatus(principal.status()));
+    return;
+  }
+  StartRead(&request_buffer_);
+}
+
+void RetrieveReactor::OnReadDone(bool ok) {
+  if (!ok) {
+    absl::MutexLock lock(&mu_);
+    reads_done_ = true;
+    MaybeFinishLocked();
+    return;
+  }
+  // The raw method hands over bytes; a request that does not parse ends the stream.
+  const grpc::Status parsed =
+      grpc::SerializationTraits<v1::RetrieveRequest>::Deserialize(&request_buffer_, &request_);
+  if (!parsed.ok()) {
+    metrics_->RecordStatus("Retrieve", absl::InvalidArgumentError("malformed request"));
+    absl::MutexLock lock(&mu_);
+    reads_done_ = true;
+    final_status_ = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "a Retrieve request did not parse as pqkv.v1.RetrieveRequest");
+    MaybeFinishLocked();
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    processing_ = true;
+  }
+  request_start_ = absl::Now();
+  wait_until_ = std::min(call_deadline_, request_start_ + max_index_wait_);
+  response_ = std::make_unique<v1::RetrieveResponse>();
+  response_->set_request_id(request_.request_id());
+  response_->set_layer(request_.layer());
+  const int items = request_.items_size();
+  for (int i = 0; i < items; ++i) response_->add_results();
+  rows_.assign(items, {});
+  if (request_.has_open_data_plane()) {
+    compute_pool_->Schedule([this] {
+      OpenDataPlane();
+      StartItems();
+    });
+    return;
+  }
+  StartItems();
+}
+
+void RetrieveReactor::StartItems() {
+  const int items = request_.items_size();
+  if (items == 0) {
+    CompleteRequest();
+    return;
+  }
+  // Items run in parallel, so two that share one row cache (same session, cache_slots)
+  // would update its directory in an order the client cannot know: the later are refused.
+  absl::flat_hash_set<std::string> cached;
+  std::vector<bool> refused(items, false);
+  for (int i = 0; i < items; ++i) {
+    const v1::RetrieveItem& item = request_.items(i);
+    refused[i] =
+        item.with_kv() && item.cache_slots() > 0 && !cached.insert(item.session_id()).second;
+  }
+  items_left_.store(items, std::memory_order_relaxed);
+  for (int i = 0; i < items; ++i) {
+    if (!refused[i]) {
+      compute_pool_->Schedule([this, i] { StartItem(i); });
+      continue;
+    }
+    response_->mutable_results(i)->set_session_id(request_.items(i).session_id());
+    SetItemError(i, absl::InvalidArgumentError(
+                        "an earlier item of this request already uses this session's row cache "
+                        "(cache_slots): send one such item per session and request"));
+    ItemDone();
+  }
+}
+
+void RetrieveReactor::OpenDataPlane() {
+  const v1::DataPlaneOffer& offer = request_.open_data_plane();
+  peer_.reset();
+  absl::StatusOr<std::unique_ptr<UcxPeer>> peer =
+      data_plane_ == nullptr ? absl::FailedPreconditionError(absl::StrCat(
+                                   "this server has no UCX data plane: ", data_plane_error_))
+                             : data_plane_->Connect(offer);
+  v1::DataPlaneStatus* status = response_->mutable_data_plane();
+  if (!peer.ok()) {
+    metrics_->RecordStatus("Retrieve", peer.status());
+    peer_error_ = std::string(peer.status().message());
+    status->set_status_code(CodeOf(peer.status()));
+    status->set_error_message(peer_error_);
+    return;
+  }
+  peer_ = *std::move(peer);
+  status->set_method(peer_->method());
+  status->set_transports(peer_->transports());
+}
+
+void RetrieveReactor::OnDone() {
+  // Nothing else refers to the reactor now; the endpoint closes on the pool.
+  if (peer_ != nullptr) {
+    compute_pool_->Schedule([peer = std::move(peer_)]() mutable { peer.reset(); });
+  }
+  delete this;
+}
+
+void RetrieveReactor::StartItem(int i) {
+  const v1::RetrieveItem& item = request_.items(i);
+  response_->mutable_results(i)->set_session_id(item.session_id());
+  absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(item.session_id(), principal_);
+  absl::StatusOr<LayerStore*> layer =
+      session.ok() ? (*session)->layer(request_.layer()) : session.status();
+  if (!layer.ok()) {
+    SetItemError(i, layer.status());
+    ItemDone();
+    return;
+  }
+  // While the layer's index builds, park the item instead of holding a pool thread.
+  absl::AnyInvocable<void()&&> score_later = [this, i, session = *session, layer = *layer] {
+    compute_pool_->Schedule([this, i, session, layer] {
+      ScoreItem(i, *layer, /*parked=*/true);
+      ItemDone();
+    });
+  };
+  if ((*layer)->DeferUntilIndexSettled(score_later)) return;
+  ScoreItem(i, **layer, /*parked=*/false);
+  ItemDone();
+}
+
+void RetrieveReactor::ItemDone() {
+  if (items_left_.fetch_sub(1, std::memory_order_acq_rel) == 1) CompleteRequest();
+}
+
+void RetrieveReactor::SetItemError(int i, const absl::Status& status) {
+  metrics_->RecordStatus("Retrieve", status);
+  v1::RetrieveResult* result = response_->mutable_results(i);
+  result->set_status_code(CodeOf(status));
+  result->set_error_message(std::string(status.message()));
+}
+
+void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
+  const v1::RetrieveItem& item = request_.items(i);
+  const absl::Time scoring_start = absl::Now();
+  // A parked item is answered when the build ends; if that was past its bound, it says so.
+  absl::StatusOr<LayerSelection> selection =
+      parked && absl::Now() > wait_until_
+          ? absl::DeadlineExceededError(absl::StrCat(
+                "layer ", request_.layer(),
+                "'s index was still building when the wait bound passed (the call's deadline "
+                "or the server's max index wait of ",
+                absl::FormatDuration(max_index_wait_), ")"))
+      : item.rerank() > kMaxRerank
+          ? absl::InvalidArgumentError(
+                absl::StrCat("rerank = ", item.rerank(), " exceeds the limit of ", kMaxRerank))
+          : layer.Retrieve(absl::MakeConstSpan(item.query().data(), item.query_size()), item.k(),
+                           wait_until_, compute_pool_, /*plain=*/false, item.rerank());
+  if (!selection.ok()) {
+    SetItemError(i, selection.status());
+    return;
+  }
+  v1::RetrieveResult* result = response_->mutable_results(i);
+  const absl::Time rows_start = absl::Now();
+  const double score_us = absl::ToDoubleMicroseconds(rows_start - scoring_start);
+  result->set_score_us(score_us);
+  // Heads run in parallel: split the wall time in the ratio of the per-head times.
+  double scan_us = 0, select_us = 0;
+  for (const HeadSelection& head : selection->heads) {
+    scan_us += head.scan_us;
+    select_us += head.select_us;
+  }
+  // (The GPU backend measures no scan time per head: no split then.)
+  if (scan_us > 0) result->set_select_us(score_us * select_us / (scan_us + select_us));
+  result->set_num_tokens(selection->num_tokens);
+  result->set_num_encoded(selection->num_encoded);
+  for (const HeadSelection& head : selection->heads) {
+    v1::HeadSelection* out = result->add_heads();
+    out->mutable_positions()->Add(head.positions.begin(), head.positions.end());
+    if (!item.omit_scores()) out->mutable_scores()->Add(head.scores.begin(), head.scores.end());
+  }
+  if (item.with_kv()) {
+    std::vector<std::vector<uint32_t>> missed;
+    absl::StatusOr<HeadRowList> rows =
+        RowsToSend(item, *selection, layer.row_bytes(), &missed, result);
+    absl::Status status = rows.status();
+    if (status.ok()) {
+      status = item.has_landing() ? LandRows(layer, *rows, item.landing(), result)
+                                  : AddRows(layer, *rows, metrics_, compute_pool_, &rows_[i]);
+    }
+    if (!status.ok()) {
+      // The client will not store these rows: its cache directory must not claim them.
+      if (item.cache_slots() > 0 && rows.ok()) ResetRowCache(item.session_id());
+      rows_[i].clear();
+      result->Clear();
+      result->set_session_id(item.session_id());
+      SetItemError(i, status);
+      return;
+    }
+  }
+  if (item.with_kv()) result->set_rows_us(absl::ToDoubleMicroseconds(absl::Now() - rows_start));
+  items_counter_->fetch_add(1, std::memory_order_relaxed);
+  metrics_->RecordStatus("Retrieve", absl::OkStatus());
+  const absl::Time now = absl::Now();
+  metrics_->RecordRetrieveItem(now - request_start_, now - scoring_start);
+}
+
+absl::StatusOr<RetrieveReactor::HeadRowList> RetrieveReactor::RowsToSend(
+    const v1::RetrieveItem& item, const LayerSelection& selection, size_t row_bytes,
+    std::vector<std::vector<uint32_t>>* missed, v1::RetrieveResult* result) {
+  HeadRowList rows(selection.heads.size());
+  const uint32_t slots = item.cache_slots();
+  if (slots == 0) {
+    for (size_t h = 0; h < rows.size(); ++h) rows[h] = selection.heads[h].positions;
+    return rows;
+  }
+  if (slots < item.k() || slots > kMaxCacheSlots) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cache_slots = ", slots, " must be 0 or in [k = ", item.k(), ", ", kMaxCacheSlots, "]"));
+  }
+  missed->assign(rows.size(), {});
+  absl::MutexLock lock(&cache_mu_);
+  std::vector<RowCacheDirectory>& directories =
+      row_caches_[std::make_pair(item.session_id(), request_.layer())];
+  if (directories.size() != rows.size() || directories[0].slots() != slots) {
+    directories.assign(rows.size(), RowCacheDirectory(slots));
+  }
+  uint64_t saved_rows = 0;
+  for (size_t h = 0; h < rows.size(); ++h) {
+    const std::vector<uint32_t>& positions = selection.heads[h].positions;
+    RowCacheDirectory::Placement placement = directories[h].Place(positions);
+    v1::HeadSelection* head = result->mutable_heads(static_cast<int>(h));
+    head->mutable_slots()->Add(placement.slots.begin(), placement.slots.end());
+    head->mutable_sent()->Add(placement.sent.begin(), placement.sent.end());
+    (*missed)[h].reserve(placement.sent.size());
+    for (uint32_t index : placement.sent) (*missed)[h].push_back(positions[index]);
+    rows[h] = (*missed)[h];
+    saved_rows += positions.size() - placement.sent.size();
+  }
+  result->set_cache_saved_bytes(saved_rows * 2 * row_bytes);
+  metrics_->RecordCacheSavedBytes(saved_rows * 2 * row_bytes);
+  return rows;
+}
+
+void RetrieveReactor::ResetRowCache(const std::string& session_id) {
+  absl::MutexLock lock(&cache_mu_);
+  row_caches_.erase(std::make_pair(session_id, request_.layer()));
+}
+
+absl::Status RetrieveReactor::LandRows(const LayerStore& layer, const HeadRowList& rows,
+                                       const v1::KvLanding& landing, v1::RetrieveResult* result) {
+  if (peer_ == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the item names a landing but this stream has no open UCX data plane",
+        peer_error_.empty() ? " (send open_data_plane first)" : absl::StrCat(": ", peer_error_),
+        "; omit the landing to get the rows in the response"));
+  }
+  const size_t row_bytes = layer.row_bytes();
+  size_t total_rows = 0;
+  for (absl::Span<const uint32_t> head : rows) total_rows += head.size();
+  const uint64_t bytes = total_rows * row_bytes;
+  for (uint64_t offset : {landing.keys_offset(), landing.values_offset()}) {
+    absl::Status status = peer_->CheckBounds(offset, bytes);
+    if (!status.ok()) return absl::InvalidArgumentError(status.message());
+  }
+  const uint64_t lo = std::min(landing.keys_offset(), landing.values_offset());
+  const uint64_t hi = std::max(landing.keys_offset(), landing.values_offset());
+  if (bytes > 0 && hi - lo < bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the keys (offset ", landing.keys_offset(),
+                                                   ") and values (offset ", landing.values_offset(),
+                                                   ") landings of ", bytes, " bytes overlap"));
+  }
+  // Same host: gather from the pages straight into the client's buffer. Otherwise
+  // gather into a staging buffer and put it.
+  std::vector<char> staging;
+  char* keys_out;
+  char* values_out;
+  if (peer_->mapped() != nullptr) {
+    keys_out = peer_->mapped() + landing.keys_offset();
+    values_out = peer_->mapped() + landing.values_offset();
+  } else {
+    if (2 * bytes > kMaxStagingBytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the rows would take ", 2 * bytes, " bytes of staging for a UCX put, over the ",
+          kMaxStagingBytes, "-byte limit per item: lower k"));
+    }
+    staging.resize(2 * bytes);
+    keys_out = staging.data();
+    values_out = staging.data() + bytes;
+  }
+  absl::Status gathered = GatherRows(layer, rows, keys_out, values_out, compute_pool_);
+  if (!gathered.ok()) return gathered;
+  if (peer_->mapped() == nullptr) {
+    const UcxPeer::Chunk chunks[] = {{landing.keys_offset(), keys_out, bytes},
+                                     {landing.values_offset(), values_out, bytes}};
+    absl::Status status = peer_->Write(chunks, kLandingTimeout);
+    if (!status.ok()) return status;
+  }
+  result->set_landed_bytes(bytes);
+  result->set_landed_by(peer_->method());
+  metrics_->RecordBytesSent(peer_->method(), 2 * bytes);
+  return absl::OkStatus();
+}
+
+absl::Status RetrieveReactor::AddRows(const LayerStore& layer, const HeadRowList& rows,
+                                      Metrics* metrics, ThreadPool* pool,
+                                      std::vector<HeadRowSlices>* out) {
+  const size_t row_bytes = layer.row_bytes();
+  size_t total_rows = 0;
+  for (absl::Span<const uint32_t> head : rows) total_rows += head.size();
+  if (2 * total_rows * row_bytes > kMaxFetchBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "with_kv would return ", 2 * total_rows * row_bytes, " bytes for one item, over the ",
+        kMaxFetchBytes, "-byte limit: lower k, open the UCX data plane or fetch with FetchKv"));
+  }
+  // Gathered straight into the slices the response will reference: no copy when it is
+  // serialised.
+  std::vector<char*> keys_out(rows.size()), values_out(rows.size());
+  out->resize(rows.size());
+  for (size_t h = 0; h < rows.size(); ++h) {
+    HeadRowSlices& head = (*out)[h];
+    head.kv_head = static_cast<uint32_t>(h);
+    head.keys = NewRowSlice(rows[h].size() * row_bytes);
+    head.values = NewRowSlice(rows[h].size() * row_bytes);
+    keys_out[h] = MutableData(head.keys);
+    values_out[h] = MutableData(head.values);
+  }
+  absl::Status status = GatherHeads(layer, rows, keys_out, values_out, pool);
+  if (!status.ok()) return status;
+  metrics->RecordBytesSent("grpc", 2 * total_rows * row_bytes);
+  return absl::OkStatus();
+}
+
+absl::Status RetrieveReactor::GatherRows(const LayerStore& layer, const HeadRowList& rows,
+                                         char* keys_out, char* values_out, ThreadPool* pool) {
+  std::vector<char*> keys(rows.size()), values(rows.size());
+  size_t offset = 0;
+  for (size_t h = 0; h < rows.size(); ++h) {
+    keys[h] = keys_out + offset;
+    values[h] = values_out + offset;
+    offset += rows[h].size() * layer.row_bytes();
+  }
+  return GatherHeads(layer, rows, keys, values, pool);
+}
+
+absl::Status RetrieveReactor::GatherHeads(const LayerStore& layer, const HeadRowList& rows,
+                                          const std::vector<char*>& keys_out,
+                                          const std::vector<char*>& values_out, ThreadPool* pool) {
+  size_t total_rows = 0;
+  for (absl::Span<const uint32_t> head : rows) total_rows += head.size();
+  // Copies of a few hundred KiB are done before another thread could join in.
+  const bool parallel = 2 * total_rows * layer.row_bytes() >= kParallelGatherBytes;
+  std::vector<absl::Status> status(rows.size());
+  ParallelFor(parallel ? pool : nullptr, static_cast<int>(rows.size()), [&](int h) {
+    status[h] = layer.Fetch(static_cast<uint32_t>(h), rows[h], keys_out[h], values_out[h]);
+  });
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+void RetrieveReactor::CompleteRequest() {
+  // Rows of many with_kv items could together pass what a client accepts in one
+  // message; drop rows from the last items first and say why in those items.
+  auto bytes_of = [](const std::vector<HeadRowSlices>& heads) {
+    size_t bytes = 0;
+    for (const HeadRowSlices& head : heads) bytes += head.keys.size() + head.values.size();
+    return bytes;
+  };
+  size_t rows_bytes = 0;
+  for (const std::vector<HeadRowSlices>& heads : rows_) rows_bytes += bytes_of(heads);
+  for (int i = response_->results_size() - 1; i >= 0 && rows_bytes > kMaxFetchBytes; --i) {
+    v1::RetrieveResult* result = response_->mutable_results(i);
+    if (rows_[i].empty()) continue;
+    rows_bytes -= bytes_of(rows_[i]);
+    rows_[i].clear();
+    const std::string session_id = result->session_id();
+    if (request_.items(i).cache_slots() > 0) ResetRowCache(session_id);
+    result->Clear();
+    result->set_session_id(session_id);
+    SetItemError(i, absl::ResourceExhaustedError(absl::StrCat(
+                        "the request's with_kv rows exceed ", kMaxFetchBytes,
+                        " bytes in one response: ask for fewer sessions' rows per request")));
+  }
+  bool read_now;
+  auto encoded = std::make_unique<grpc::ByteBuffer>(EncodeRetrieveResponse(*response_, rows_));
+  response_.reset();
+  rows_.clear();
+  {
+    absl::MutexLock lock(&mu_);
+    processing_ = false;
+    outbox_.push_back(std::move(encoded));
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(outbox_.front().get());
+    }
+    read_now = outbox_.size() < kMaxQueuedResponses;
+    read_deferred_ = !read_now;
+  }
+  if (read_now) StartRead(&request_buffer_);
+}
+
+void RetrieveReactor::OnWriteDone(bool ok) {
+  bool read_now = false;
+  {
+    absl::MutexLock lock(&mu_);
+    outbox_.pop_front();
+    writing_ = false;
+    if (!ok) outbox_.clear();  // the client is gone; nobody will read the rest
+    if (!outbox_.empty()) {
+      writing_ = true;
+      StartWrite(outbox_.front().get());
+    }
+    if (read_deferred_ && outbox_.size() < kMaxQueuedResponses) {
+      read_deferred_ = false;
+      read_now = true;
+    } else {
+      MaybeFinishLocked();
+    }
+  }
+  if (read_now) StartRead(&request_buffer_);
+}
+
+void RetrieveReactor::MaybeFinishLocked() {
+  if (finished_ || !reads_done_ || processing_ || writing_ || read_deferred_) return;
+  finished_ = true;
+  Finish(final_status_);
+}
+
+}  // namespace pqkv::server

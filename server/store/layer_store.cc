@@ -1,0 +1,378 @@
+#include "server/store/layer_store.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/dtype_convert.h"
+#include "server/index/exact_rerank.h"
+#include "server/runtime/parallel_for.h"
+#include "server/runtime/server_logger.h"
+
+namespace pqkv::server {
+
+const char* IndexStateName(IndexState state) {
+  switch (state) {
+    case IndexState::kOpen:
+      return "open";
+    case IndexState::kBuilding:
+      return "building";
+    case IndexState::kReady:
+      return "ready";
+    case IndexState::kExact:
+      return "exact";
+    case IndexState::kFailed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+LayerStore::LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena,
+                       GpuScorer* gpu)
+    : layer_(layer), config_(config), arena_(arena), gpu_(gpu) {
+  absl::MutexLock lock(&mu_);
+  for (uint32_t h = 0; h < config_.shape.num_kv_heads; ++h) {
+    keys_.push_back(std::make_unique<PagedRows>(arena_, config_.shape.row_bytes()));
+    values_.push_back(std::make_unique<PagedRows>(arena_, config_.shape.row_bytes()));
+  }
+}
+
+absl::Status LayerStore::Append(uint64_t token_begin, uint32_t num_tokens, absl::string_view keys,
+                                absl::string_view values) {
+  const ModelShape& shape = config_.shape;
+  if (num_tokens == 0) return absl::InvalidArgumentError("num_tokens must be at least 1");
+  const size_t head_bytes = static_cast<size_t>(num_tokens) * shape.row_bytes();
+  const size_t expected = head_bytes * shape.num_kv_heads;
+  if (keys.size() != expected || values.size() != expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer_, ": ", num_tokens, " tokens x ", shape.num_kv_heads,
+                     " kv heads x ", shape.head_dim, " dims need ", expected,
+                     " bytes of keys and of values, got ", keys.size(), " and ", values.size()));
+  }
+  if (!kernels::AllFinite(shape.dtype, keys.data(),
+                          expected / kernels::ElementBytes(shape.dtype))) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer_, ": keys contain NaN or Inf"));
+  }
+
+  absl::MutexLock lock(&mu_);
+  if (token_begin != num_tokens_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer_, " holds tokens [0, ", num_tokens_,
+                     "); a chunk must start at ", num_tokens_, ", got token_begin ", token_begin,
+                     token_begin > num_tokens_ ? " (gap)" : " (overlap)"));
+  }
+  if (num_tokens_ + num_tokens > UINT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer_, " would exceed ", UINT32_MAX, " tokens"));
+  }
+  // Every kv head's K and V rows grow alike, so one head tells how many pages each needs.
+  const size_t pages_per_tensor = keys_[0]->PagesNeededFor(num_tokens);
+  if (pages_per_tensor > 0) {
+    const size_t tensors = 2 * shape.num_kv_heads;
+    absl::StatusOr<std::vector<uint32_t>> pages = arena_->Allocate(pages_per_tensor * tensors);
+    if (!pages.ok()) return pages.status();
+    for (size_t i = 0; i < tensors; ++i) {
+      std::vector<uint32_t> slice(pages->begin() + i * pages_per_tensor,
+                                  pages->begin() + (i + 1) * pages_per_tensor);
+      (i % 2 == 0 ? keys_ : values_)[i / 2]->AddPages(slice);
+    }
+  }
+  for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
+    keys_[h]->Append(keys.data() + h * head_bytes, num_tokens);
+    values_[h]->Append(values.data() + h * head_bytes, num_tokens);
+  }
+  num_tokens_ += num_tokens;
+  if (index_state_ == IndexState::kReady) EncodeTailLocked();
+  return absl::OkStatus();
+}
+
+bool LayerStore::SealPrefill() {
+  absl::MutexLock lock(&mu_);
+  if (index_state_ != IndexState::kOpen) return false;
+  if (num_tokens_ < config_.index.min_training_tokens()) {
+    index_state_ = IndexState::kExact;
+    return false;
+  }
+  index_state_ = IndexState::kBuilding;
+  return true;
+}
+
+std::vector<float> LayerStore::KeysAsFloatLocked(uint32_t h, size_t begin, size_t end) const {
+  const uint32_t dim = config_.shape.head_dim;
+  std::vector<float> out((end - begin) * dim);
+  for (size_t t = begin; t < end; ++t) {
+    kernels::ToFloat(config_.shape.dtype, keys_[h]->Row(t), dim, out.data() + (t - begin) * dim);
+  }
+  return out;
+}
+
+void LayerStore::BuildIndex() {
+  const absl::Time start = absl::Now();
+  const ModelShape& shape = config_.shape;
+  const IndexOptions& options = config_.index;
+  std::vector<PqCodebook> codebooks;
+  std::vector<kernels::PqCodeStore> codes;
+  size_t snapshot_tokens = 0;
+  absl::Status status;
+  absl::Time last_progress_log = start;
+  for (uint32_t h = 0; h < shape.num_kv_heads && status.ok(); ++h) {
+    if (absl::Now() - last_progress_log >= kProgressLogInterval) {
+      ServerLogger().info("layer {} index build: {} of {} kv heads trained in {}", layer_, h,
+                          shape.num_kv_heads, absl::FormatDuration(absl::Now() - start));
+      last_progress_log = absl::Now();
+    }
+    std::vector<float> keys;
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      if (h == 0) snapshot_tokens = num_tokens_;
+      keys = KeysAsFloatLocked(h, 0, snapshot_tokens);
+    }
+    absl::StatusOr<PqCodebook> codebook =
+        PqCodebook::Train(keys.data(), snapshot_tokens, shape.head_dim, options.subspaces,
+                          options.bits, options.kmeans_iterations, options.rope_pairs);
+    if (!codebook.ok()) {
+      status = codebook.status();
+      break;
+    }
+    std::vector<uint8_t> head_codes(snapshot_tokens * options.subspaces);
+    codebook->Encode(keys.data(), snapshot_tokens, head_codes.data());
+    codes.emplace_back(options.subspaces, options.bits);
+    codes.back().Append(head_codes.data(), snapshot_tokens);
+    codebooks.push_back(*std::move(codebook));
+  }
+
+  const double build_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+  if (!status.ok()) {
+    ServerLogger().error("layer {} index build failed, scoring exactly: {}", layer_,
+                         status.ToString());
+    SettleIndex(IndexState::kFailed, {}, {}, build_ms);
+    return;
+  }
+  SettleIndex(IndexState::kReady, std::move(codebooks), std::move(codes), build_ms);
+}
+
+void LayerStore::AbandonBuild() { SettleIndex(IndexState::kFailed, {}, {}, 0); }
+
+void LayerStore::SettleIndex(IndexState state, std::vector<PqCodebook> codebooks,
+                             std::vector<kernels::PqCodeStore> codes, double build_ms) {
+  std::vector<absl::AnyInvocable<void() &&>> waiters;
+  {
+    absl::MutexLock lock(&mu_);
+    index_build_ms_ = build_ms;
+    if (state == IndexState::kReady) {
+      codebooks_ = std::move(codebooks);
+      num_encoded_ = codes.empty() ? 0 : codes[0].size();
+      codes_ = std::move(codes);
+      EncodeTailLocked();  // tokens appended while training
+    }
+    index_state_ = state;
+    waiters.swap(settle_waiters_);
+  }
+  for (auto& waiter : waiters) std::move(waiter)();
+}
+
+bool LayerStore::DeferUntilIndexSettled(absl::AnyInvocable<void() &&>& ready) {
+  absl::MutexLock lock(&mu_);
+  if (index_state_ != IndexState::kBuilding) return false;
+  settle_waiters_.push_back(std::move(ready));
+  return true;
+}
+
+void LayerStore::EncodeTailLocked() {
+  const size_t begin = num_encoded_;
+  const size_t end = num_tokens_;
+  if (end == begin) return;
+  const uint32_t M = config_.index.subspaces;
+  for (uint32_t h = 0; h < config_.shape.num_kv_heads; ++h) {
+    const std::vector<float> keys = KeysAsFloatLocked(h, begin, end);
+    std::vector<uint8_t> codes((end - begin) * M);
+    codebooks_[h].Encode(keys.data(), end - begin, codes.data());
+    codes_[h].Append(codes.data(), end - begin);
+  }
+  num_encoded_ = end;
+}
+
+absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> query, uint32_t k,
+                                                    absl::Time deadline, ThreadPool* pool,
+                                                    bool plain, uint32_t rerank) const {
+  const ModelShape& shape = config_.shape;
+  const size_t expected = static_cast<size_t>(shape.num_query_heads) * shape.head_dim;
+  if (query.size() != expected) {
+    return absl::InvalidArgumentError(absl::StrCat("query has ", query.size(), " floats; ",
+                                                   shape.num_query_heads, " query heads x ",
+                                                   shape.head_dim, " dims need ", expected));
+  }
+  for (float x : query) {
+    if (!std::isfinite(x)) return absl::InvalidArgumentError("query contains NaN or Inf");
+  }
+
+  const bool ready = mu_.ReaderLockWhenWithDeadline(
+      absl::Condition(
+          +[](const LayerStore* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return self->index_state_ != IndexState::kBuilding;
+          },
+          this),
+      deadline);
+  // The lock is held either way.
+  struct Unlock {
+    absl::Mutex* mu;
+    ~Unlock() { mu->ReaderUnlock(); }
+  } unlock{&mu_};
+  if (!ready) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("layer ", layer_, "'s index is still building"));
+  }
+
+  const uint64_t n = num_tokens_;
+  const uint32_t sinks = config_.index.sink_tokens;
+  const uint32_t recent = config_.index.recent_window;
+  const uint64_t candidate_end = n > recent ? n - recent : 0;
+  const uint64_t candidate_begin = std::min<uint64_t>(sinks, candidate_end);
+  const uint64_t candidates = candidate_end - candidate_begin;
+  if (k == 0 || k > candidates) {
+    return absl::InvalidArgumentError(absl::StrCat("k = ", k, " but layer ", layer_, " has ",
+                                                   candidates, " candidate tokens (", n,
+                                                   " held, minus ", sinks, " sinks and ", recent,
+                                                   " recent); k must be in [1, ", candidates, "]"));
+  }
+
+  const uint32_t k_final = k;
+  // Re-ranking only refines PQ scores; exactly scored layers are exact already.
+  const bool reranks = rerank > 1 && index_state_ == IndexState::kReady;
+  if (reranks) k = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{k} * rerank, candidates));
+
+  LayerSelection selection;
+  selection.num_tokens = n;
+  const bool use_codes = index_state_ == IndexState::kReady;
+  selection.num_encoded = use_codes ? num_encoded_ : 0;
+  selection.heads.resize(shape.num_kv_heads);
+  // Head h's keys as the scorers read them; codes only once the index is ready.
+  auto head_keys = [&](int h, bool with_codes) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    HeadKeys keys;
+    keys.rows = keys_[h].get();
+    keys.num_tokens = n;
+    keys.dtype = shape.dtype;
+    keys.head_dim = static_cast<int>(shape.head_dim);
+    if (with_codes) {
+      keys.codebook = &codebooks_[h];
+      keys.codes = &codes_[h];
+    }
+    return keys;
+  };
+  auto group_queries_of = [&](int h) {
+    return query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
+  };
+  bool scored = false;
+  if (gpu_ != nullptr && !plain && use_codes && num_encoded_ == n) {
+    absl::StatusOr<std::vector<HeadSelection>> heads = RetrieveOnGpu(
+        query, static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k);
+    if (heads.ok()) {
+      selection.heads = *std::move(heads);
+      scored = true;
+    } else {
+      ServerLogger().warn("layer {}: GPU retrieval failed, scoring on the CPU: {}", layer_,
+                          heads.status().ToString());
+    }
+  }
+  if (!scored) {
+    ParallelFor(pool, static_cast<int>(shape.num_kv_heads), [&](int h) {
+      const auto score = plain ? ScoreAndSelectPlain : ScoreAndSelect;
+      selection.heads[h] =
+          score(head_keys(h, use_codes), group_queries_of(h), static_cast<int>(shape.group_size()),
+                static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k);
+    });
+  }
+  if (reranks && k > k_final) {
+    ParallelFor(pool, static_cast<int>(shape.num_kv_heads), [&](int h) {
+      if (selection.heads[h].overflow) return;
+      selection.heads[h] =
+          RerankExact(head_keys(h, /*with_codes=*/false), group_queries_of(h),
+                      static_cast<int>(shape.group_size()), static_cast<uint32_t>(candidate_begin),
+                      static_cast<uint32_t>(candidate_end), selection.heads[h], k_final);
+    });
+  }
+  // Finite queries and keys can still overflow fp32 logits (values near 1e19); the
+  // selection is then meaningless, so say so instead of returning it.
+  for (const HeadSelection& head : selection.heads) {
+    if (head.overflow) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", layer_, ": query x key logits overflow fp32; check the query and key scale"));
+    }
+  }
+  return selection;
+}
+
+absl::StatusOr<std::vector<HeadSelection>> LayerStore::RetrieveOnGpu(absl::Span<const float> query,
+                                                                     uint32_t candidate_begin,
+                                                                     uint32_t candidate_end,
+                                                                     uint32_t k) const {
+  const ModelShape& shape = config_.shape;
+  const kernels::PqShape& pq = codebooks_[0].shape();
+  // The GPU takes every head's codebook and codes in one buffer each.
+  std::vector<float> centroids;
+  std::vector<uint8_t> codes;
+  centroids.reserve(codebooks_[0].centroids().size() * shape.num_kv_heads);
+  codes.reserve(num_tokens_ * pq.subspaces * shape.num_kv_heads);
+  for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
+    centroids.insert(centroids.end(), codebooks_[h].centroids().begin(),
+                     codebooks_[h].centroids().end());
+    codes.insert(codes.end(), codes_[h].codes(), codes_[h].codes() + num_tokens_ * pq.subspaces);
+  }
+  // Queries in the codebooks' dimension order (kv head h's group is contiguous); every
+  // head of a layer has the same order, so without RoPE pairs the query is used as is.
+  std::vector<float> ordered;
+  if (codebooks_[0].permutes()) {
+    ordered.resize(query.size());
+    const size_t group_floats = static_cast<size_t>(shape.group_size()) * shape.head_dim;
+    for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
+      codebooks_[h].PermuteDims(query.data() + h * group_floats, shape.group_size(),
+                                ordered.data() + h * group_floats);
+    }
+  }
+  GpuLayerInput input;
+  input.kv_heads = static_cast<int>(shape.num_kv_heads);
+  input.query_heads = static_cast<int>(shape.num_query_heads);
+  input.pq = pq;
+  input.queries = ordered.empty() ? query.data() : ordered.data();
+  input.centroids = centroids.data();
+  input.codes = codes.data();
+  input.num_tokens = static_cast<uint32_t>(num_tokens_);
+  input.candidate_begin = candidate_begin;
+  input.candidate_end = candidate_end;
+  input.k = k;
+  return gpu_->ScoreLayer(input);
+}
+
+absl::Status LayerStore::Fetch(uint32_t kv_head, absl::Span<const uint32_t> positions,
+                               char* keys_out, char* values_out) const {
+  if (kv_head >= config_.shape.num_kv_heads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_head ", kv_head, " out of range [0, ", config_.shape.num_kv_heads, ")"));
+  }
+  absl::ReaderMutexLock lock(&mu_);
+  for (uint32_t position : positions) {
+    if (position >= num_tokens_) {
+      return absl::InvalidArgumentError(absl::StrCat("position ", position, " out of range: layer ",
+                                                     layer_, " holds ", num_tokens_, " tokens"));
+    }
+  }
+  keys_[kv_head]->Gather(positions.data(), positions.size(), keys_out);
+  values_[kv_head]->Gather(positions.data(), positions.size(), values_out);
+  return absl::OkStatus();
+}
+
+LayerStatus LayerStore::Status() const {
+  absl::ReaderMutexLock lock(&mu_);
+  LayerStatus status;
+  status.num_tokens = num_tokens_;
+  status.index_state = index_state_;
+  status.num_encoded = num_encoded_;
+  status.index_build_ms = index_build_ms_;
+  for (const auto& rows : keys_) status.bytes_held += rows->bytes_held();
+  for (const auto& rows : values_) status.bytes_held += rows->bytes_held();
+  return status;
+}
+
+}  // namespace pqkv::server

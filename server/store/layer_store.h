@@ -1,0 +1,144 @@
+// LayerStore: one layer of one session: its K/V rows per kv head (paged, in the
+// uploaded dtype), its PQ index (codebook and codes per kv head) and the index's state.
+//
+// Thread-safe. Appends and index installation take the layer's lock exclusively;
+// Retrieve and Fetch share it. Codebook training (BuildIndex) runs outside the lock on
+// a snapshot of the keys, so uploads and retrievals on other layers never wait on it,
+// and uploads to this layer wait only while the snapshot is copied.
+#ifndef PQKV_SERVER_STORE_LAYER_STORE_H_
+#define PQKV_SERVER_STORE_LAYER_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "kernels/pq_code_store.h"
+#include "server/index/gpu_scorer.h"
+#include "server/index/head_scorer.h"
+#include "server/index/pq_codebook.h"
+#include "server/memory/page_arena.h"
+#include "server/memory/paged_rows.h"
+#include "server/runtime/thread_pool.h"
+#include "server/store/session_config.h"
+
+namespace pqkv::server {
+
+enum class IndexState {
+  kOpen,      // prefill not complete: every token scored exactly
+  kBuilding,  // codebooks training: Retrieve waits
+  kReady,     // scored from PQ codes
+  kExact,     // too few tokens to train: scored exactly
+  kFailed,    // training failed: scored exactly
+};
+
+struct LayerStatus {
+  uint64_t num_tokens = 0;
+  IndexState index_state = IndexState::kOpen;
+  uint64_t num_encoded = 0;
+  double index_build_ms = 0;
+  size_t bytes_held = 0;
+};
+
+struct LayerSelection {
+  uint64_t num_tokens = 0;           // tokens the layer held when scored
+  uint64_t num_encoded = 0;          // of which scored from codes
+  std::vector<HeadSelection> heads;  // one per kv head
+};
+
+class LayerStore {
+ public:
+  // gpu: the CUDA backend, or null for the CPU one; must outlive the store.
+  LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena,
+             GpuScorer* gpu = nullptr);
+
+  LayerStore(const LayerStore&) = delete;
+  LayerStore& operator=(const LayerStore&) = delete;
+
+  // Appends num_tokens tokens at token_begin, which must equal the tokens held.
+  // keys, values: [kv_head][token][head_dim] in the session's dtype. All or nothing:
+  // on error nothing changes.
+  absl::Status Append(uint64_t token_begin, uint32_t num_tokens, absl::string_view keys,
+                      absl::string_view values);
+
+  // Marks the prefill complete. Returns true when the caller must run BuildIndex (on
+  // the index pool); false when the layer is already sealed or too short to train.
+  bool SealPrefill();
+
+  // Trains the codebooks and encodes every token. Call once after SealPrefill() == true.
+  void BuildIndex();
+  // Instead of BuildIndex, when the build will not run (its session closed): the layer
+  // is scored exactly from now on.
+  void AbandonBuild();
+
+  // While the index is building, keeps `ready` to run (on the building thread, with no
+  // lock held) when the build ends, and returns true. Otherwise returns false and leaves
+  // `ready` untouched. Lets a caller wait for the index without holding a thread.
+  bool DeferUntilIndexSettled(absl::AnyInvocable<void() &&>& ready);
+
+  // Scores every token against `query` (fp32 [query_head][head_dim]) and selects the top
+  // k candidates per kv head. Waits, until `deadline`, while the index is building.
+  // A fully encoded layer is scored on the GPU when the store has one; otherwise the kv
+  // heads are scored in parallel on `pool` and the calling thread (pool may be null).
+  // `plain` runs the foundation's plain CPU kernels instead of the fast ones. With
+  // rerank > 1 the scan picks rerank x k candidates (at most all of them) and
+  // RerankExact keeps the best k by exact score.
+  absl::StatusOr<LayerSelection> Retrieve(absl::Span<const float> query, uint32_t k,
+                                          absl::Time deadline, ThreadPool* pool = nullptr,
+                                          bool plain = false, uint32_t rerank = 0) const;
+
+  // Copies the K and V rows of `positions` for `kv_head` into keys_out and values_out,
+  // each positions.size() * row_bytes bytes, in the order given.
+  absl::Status Fetch(uint32_t kv_head, absl::Span<const uint32_t> positions, char* keys_out,
+                     char* values_out) const;
+
+  LayerStatus Status() const;
+  // Bytes of one K (or V) row of one kv head.
+  size_t row_bytes() const { return config_.shape.row_bytes(); }
+
+ private:
+  // Leaves the building state; runs what DeferUntilIndexSettled kept.
+  void SettleIndex(IndexState state, std::vector<PqCodebook> codebooks,
+                   std::vector<kernels::PqCodeStore> codes, double build_ms);
+  // Encodes tokens [num_encoded_, num_tokens_) with the installed codebooks.
+  void EncodeTailLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies kv head h's keys [0, n) as fp32 [n][head_dim].
+  std::vector<float> KeysAsFloatLocked(uint32_t h, size_t begin, size_t end) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  // The CUDA retrieval of a fully encoded layer; an error falls back to the CPU.
+  absl::StatusOr<std::vector<HeadSelection>> RetrieveOnGpu(absl::Span<const float> query,
+                                                           uint32_t candidate_begin,
+                                                           uint32_t candidate_end, uint32_t k) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  const uint32_t layer_;
+  const SessionConfig config_;
+  PageArena* const arena_;
+  GpuScorer* const gpu_;
+
+  mutable absl::Mutex mu_;
+  uint64_t num_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  // One entry per kv head; the vectors are fixed at construction, the rows are guarded.
+  std::vector<std::unique_ptr<PagedRows>> keys_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<PagedRows>> values_ ABSL_GUARDED_BY(mu_);
+  IndexState index_state_ ABSL_GUARDED_BY(mu_) = IndexState::kOpen;
+  std::vector<PqCodebook> codebooks_ ABSL_GUARDED_BY(mu_);        // per kv head once ready
+  std::vector<kernels::PqCodeStore> codes_ ABSL_GUARDED_BY(mu_);  // per kv head once ready
+  uint64_t num_encoded_ ABSL_GUARDED_BY(mu_) = 0;
+  double index_build_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<absl::AnyInvocable<void() &&>> settle_waiters_ ABSL_GUARDED_BY(mu_);
+};
+
+const char* IndexStateName(IndexState state);
+
+}  // namespace pqkv::server
+
+#endif  // PQKV_SERVER_STORE_LAYER_STORE_H_

@@ -1,0 +1,34 @@
+#include "server/store/session.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace pqkv::server {
+
+Session::Session(std::string id, const SessionConfig& config, std::shared_ptr<PageArena> arena,
+                 GpuScorer* gpu, std::string owner)
+    : id_(std::move(id)),
+      owner_(std::move(owner)),
+      config_(config),
+      created_(absl::Now()),
+      arena_(std::move(arena)),
+      last_used_ns_(absl::ToUnixNanos(created_)) {
+  for (uint32_t l = 0; l < config_.shape.num_layers; ++l) {
+    layers_.push_back(std::make_unique<LayerStore>(l, config_, arena_.get(), gpu));
+  }
+}
+
+absl::StatusOr<LayerStore*> Session::layer(uint32_t layer) const {
+  if (layer >= layers_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range: session ", id_,
+                                                   " has ", layers_.size(), " layers"));
+  }
+  return layers_[layer].get();
+}
+
+size_t Session::bytes_held() const {
+  size_t bytes = 0;
+  for (const auto& layer : layers_) bytes += layer->Status().bytes_held;
+  return bytes;
+}
+
+}  // namespace pqkv::server

@@ -1,0 +1,67 @@
+// Session: one inference sequence's cache: its config and one LayerStore per layer.
+//
+// Thread-safe: the config is immutable and each LayerStore locks itself. Owned by
+// SessionStore through shared_ptr, so calls in flight keep a closed session alive
+// until they finish; its pages return to the arena when the last reference goes.
+#ifndef PQKV_SERVER_STORE_SESSION_H_
+#define PQKV_SERVER_STORE_SESSION_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/index/gpu_scorer.h"
+#include "server/memory/page_arena.h"
+#include "server/store/layer_store.h"
+#include "server/store/session_config.h"
+
+namespace pqkv::server {
+
+class Session {
+ public:
+  // arena: shared, so that a session released by a task that outlives the store (at
+  // shutdown) still returns its pages to a live arena. gpu: the CUDA backend or null;
+  // must outlive the session. owner: the principal that created it ("" without
+  // authentication).
+  Session(std::string id, const SessionConfig& config, std::shared_ptr<PageArena> arena,
+          GpuScorer* gpu = nullptr, std::string owner = "");
+
+  const std::string& id() const { return id_; }
+  const std::string& owner() const { return owner_; }
+  const SessionConfig& config() const { return config_; }
+  absl::Time created() const { return created_; }
+  // Marks the session used at `at` (every call that names it does, through SessionStore).
+  void Touch(absl::Time at = absl::Now()) {
+    last_used_ns_.store(absl::ToUnixNanos(at), std::memory_order_relaxed);
+  }
+  absl::Time last_used() const {
+    return absl::FromUnixNanos(last_used_ns_.load(std::memory_order_relaxed));
+  }
+
+  // The layer, or INVALID_ARGUMENT when out of range.
+  absl::StatusOr<LayerStore*> layer(uint32_t layer) const;
+  uint32_t num_layers() const { return static_cast<uint32_t>(layers_.size()); }
+
+  // Set by SessionStore::Close; queued index builds of a closed session are skipped.
+  void MarkClosed() { closed_.store(true, std::memory_order_relaxed); }
+  bool closed() const { return closed_.load(std::memory_order_relaxed); }
+
+  size_t bytes_held() const;
+
+ private:
+  const std::string id_;
+  const std::string owner_;
+  const SessionConfig config_;
+  const absl::Time created_;
+  const std::shared_ptr<PageArena> arena_;  // declared before layers_: outlives them
+  std::vector<std::unique_ptr<LayerStore>> layers_;
+  std::atomic<bool> closed_{false};
+  std::atomic<int64_t> last_used_ns_;
+};
+
+}  // namespace pqkv::server
+
+#endif  // PQKV_SERVER_STORE_SESSION_H_

@@ -1,0 +1,63 @@
+// SessionConfig: a session's model shape and index options, with PQCache's defaults and
+// the validation every CreateSession goes through.
+//
+// Plain values; copy freely.
+#ifndef PQKV_SERVER_STORE_SESSION_CONFIG_H_
+#define PQKV_SERVER_STORE_SESSION_CONFIG_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/dtype_convert.h"
+
+namespace pqkv::server {
+
+struct ModelShape {
+  uint32_t num_layers = 0;
+  uint32_t num_kv_heads = 0;
+  uint32_t num_query_heads = 0;
+  uint32_t head_dim = 0;
+  kernels::ElementType dtype = kernels::ElementType::kFp16;
+
+  uint32_t group_size() const { return num_query_heads / num_kv_heads; }
+  // Bytes of one token's K (or V) row for one kv head.
+  size_t row_bytes() const { return head_dim * kernels::ElementBytes(dtype); }
+};
+
+// PQCache's choices: M = 2 sub-spaces, b = 6 bits, 32 sinks; 10 k-means iterations.
+struct IndexOptions {
+  uint32_t subspaces = 2;
+  uint32_t bits = 6;
+  uint32_t kmeans_iterations = 10;
+  uint32_t sink_tokens = 32;
+  uint32_t recent_window = 64;
+  // Sub-spaces hold whole RoPE pairs (PqCodebook; docs/quality.md measures it).
+  bool rope_pairs = false;
+
+  uint32_t centroids() const { return 1u << bits; }
+  // Below this many prefill tokens a layer is scored exactly: a codebook trained on so
+  // few keys is poor, and exact scoring of so few tokens is cheap.
+  uint32_t min_training_tokens() const { return 4 * centroids(); }
+};
+
+struct SessionConfig {
+  ModelShape shape;
+  IndexOptions index;
+};
+
+// Largest values accepted, to keep one session from asking for absurd allocations.
+inline constexpr uint32_t kMaxLayers = 1024;
+inline constexpr uint32_t kMaxHeads = 1024;
+inline constexpr uint32_t kMaxHeadDim = 4096;
+inline constexpr uint32_t kMaxKmeansIterations = 1000;
+// Each (layer, kv head) carries its own paged tensors and codebook.
+inline constexpr uint32_t kMaxLayerHeads = 1 << 16;
+
+// INVALID_ARGUMENT naming the offending field, or OK. `page_bytes` is the arena's page
+// size: one K/V row must fit in a page.
+absl::Status ValidateSessionConfig(const SessionConfig& config, size_t page_bytes);
+
+}  // namespace pqkv::server
+
+#endif  // PQKV_SERVER_STORE_SESSION_CONFIG_H_

@@ -1,0 +1,282 @@
+#include "server/store/layer_store.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <thread>
+
+#include "catch2/catch.hpp"
+#include "kernels/top_k.h"
+
+namespace pqkv::server {
+namespace {
+
+constexpr uint32_t kKvHeads = 2, kQueryHeads = 4, kDim = 16;
+
+SessionConfig Config(uint32_t sinks = 4, uint32_t recent = 8) {
+  SessionConfig config;
+  config.shape = {1, kKvHeads, kQueryHeads, kDim, kernels::ElementType::kFp32};
+  config.index.subspaces = 2;
+  config.index.bits = 4;  // 16 centroids: trains from 64 tokens
+  config.index.kmeans_iterations = 5;
+  config.index.sink_tokens = sinks;
+  config.index.recent_window = recent;
+  return config;
+}
+
+// fp32 bytes [kv_head][token][dim] for `n` tokens, values from `seed`.
+std::string Bytes(uint32_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> v(static_cast<size_t>(kKvHeads) * n * kDim);
+  for (float& x : v) x = normal(rng);
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+std::vector<float> Query(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> q(kQueryHeads * kDim);
+  for (float& x : q) x = normal(rng);
+  return q;
+}
+
+absl::Time Soon() { return absl::Now() + absl::Seconds(30); }
+
+struct Fixture {
+  std::unique_ptr<PageArena> arena = PageArena::Create(16 << 20, 4096).value();
+  SessionConfig config = Config();
+  LayerStore layer{0, config, arena.get()};
+};
+
+TEST_CASE("LayerStore rejects bad appends and changes nothing", "[server]") {
+  Fixture f;
+  REQUIRE(f.layer.Append(0, 10, Bytes(10, 1), Bytes(10, 2)).ok());
+  const size_t bytes_before = f.arena->bytes_in_use();
+
+  SECTION("byte length that does not match the shape") {
+    const absl::Status s = f.layer.Append(10, 5, Bytes(4, 1), Bytes(5, 2));
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(s.message()).find("bytes") != std::string::npos);
+  }
+  SECTION("a gap") {
+    const absl::Status s = f.layer.Append(11, 1, Bytes(1, 1), Bytes(1, 2));
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(s.message()).find("gap") != std::string::npos);
+  }
+  SECTION("an overlap") {
+    const absl::Status s = f.layer.Append(9, 1, Bytes(1, 1), Bytes(1, 2));
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(s.message()).find("overlap") != std::string::npos);
+  }
+  SECTION("zero tokens") {
+    CHECK(f.layer.Append(10, 0, "", "").code() == absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("NaN or Inf in keys") {
+    std::string keys = Bytes(1, 1);
+    const float inf = std::numeric_limits<float>::infinity();
+    std::memcpy(keys.data() + 8, &inf, sizeof inf);
+    CHECK(f.layer.Append(10, 1, keys, Bytes(1, 2)).code() == absl::StatusCode::kInvalidArgument);
+  }
+  CHECK(f.layer.Status().num_tokens == 10);
+  CHECK(f.arena->bytes_in_use() == bytes_before);
+}
+
+TEST_CASE("LayerStore refuses an append past the memory budget", "[server]") {
+  auto arena = PageArena::Create(4 * 4096, 4096).value();  // 4 pages: 2 tensors x 2 heads
+  LayerStore layer(0, Config(), arena.get());
+  REQUIRE(layer.Append(0, 64, Bytes(64, 1), Bytes(64, 2)).ok());  // one page per tensor
+  const absl::Status s = layer.Append(64, 1, Bytes(1, 1), Bytes(1, 2));
+  CHECK(s.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(layer.Status().num_tokens == 64);
+}
+
+TEST_CASE("LayerStore rejects bad retrievals", "[server]") {
+  Fixture f;
+  REQUIRE(f.layer.Append(0, 100, Bytes(100, 1), Bytes(100, 2)).ok());
+  std::vector<float> query = Query(1);
+  SECTION("query of the wrong size") {
+    query.pop_back();
+    CHECK(f.layer.Retrieve(query, 5, Soon()).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("NaN in the query") {
+    query[3] = std::nanf("");
+    CHECK(f.layer.Retrieve(query, 5, Soon()).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("k of zero") {
+    CHECK(f.layer.Retrieve(query, 0, Soon()).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("k larger than the candidates") {
+    // 100 tokens - 4 sinks - 8 recent = 88 candidates.
+    CHECK(f.layer.Retrieve(query, 88, Soon()).ok());
+    const absl::Status s = f.layer.Retrieve(query, 89, Soon()).status();
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(s.message()).find("88 candidate") != std::string::npos);
+  }
+}
+
+TEST_CASE("LayerStore never returns sinks or recent tokens", "[server]") {
+  Fixture f;
+  REQUIRE(f.layer.Append(0, 100, Bytes(100, 1), Bytes(100, 2)).ok());
+  const LayerSelection all = f.layer.Retrieve(Query(2), 88, Soon()).value();
+  REQUIRE(all.heads.size() == kKvHeads);
+  for (const HeadSelection& head : all.heads) {
+    std::vector<uint32_t> sorted = head.positions;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<uint32_t> expected(88);
+    std::iota(expected.begin(), expected.end(), 4);
+    CHECK(sorted == expected);
+  }
+}
+
+TEST_CASE("An open layer is scored exactly", "[server]") {
+  Fixture f;
+  const std::string keys = Bytes(300, 1);
+  REQUIRE(f.layer.Append(0, 300, keys, Bytes(300, 2)).ok());
+  const std::vector<float> query = Query(3);
+  const LayerSelection got = f.layer.Retrieve(query, 20, Soon()).value();
+  CHECK(got.num_encoded == 0);
+  const float* k = reinterpret_cast<const float*>(keys.data());
+  for (uint32_t h = 0; h < kKvHeads; ++h) {
+    // Exact reference for the head: logits from raw keys, softmax-sum over the group.
+    std::vector<double> scores(300, 0.0);
+    for (uint32_t g = 0; g < kQueryHeads / kKvHeads; ++g) {
+      const float* q = query.data() + (h * 2 + g) * kDim;
+      std::vector<double> logits(300);
+      double max = -1e30, z = 0;
+      for (uint32_t t = 0; t < 300; ++t) {
+        double dot = 0;
+        for (uint32_t i = 0; i < kDim; ++i) dot += double(q[i]) * k[(h * 300 + t) * kDim + i];
+        logits[t] = dot / 4.0;  // sqrt(16)
+        max = std::max(max, logits[t]);
+      }
+      for (double l : logits) z += std::exp(l - max);
+      for (uint32_t t = 0; t < 300; ++t) scores[t] += std::exp(logits[t] - max) / z;
+    }
+    std::vector<uint32_t> order(300 - 12);
+    std::iota(order.begin(), order.end(), 4);
+    std::sort(order.begin(), order.end(),
+              [&](uint32_t a, uint32_t b) { return scores[a] > scores[b]; });
+    order.resize(20);
+    CHECK(got.heads[h].positions == order);
+  }
+}
+
+TEST_CASE("LayerStore builds its index and encodes later appends", "[server]") {
+  Fixture f;
+  REQUIRE(f.layer.Append(0, 200, Bytes(200, 1), Bytes(200, 2)).ok());
+  REQUIRE(f.layer.SealPrefill());
+  CHECK(f.layer.Status().index_state == IndexState::kBuilding);
+  CHECK_FALSE(f.layer.SealPrefill());  // sealing twice does nothing
+  // Appends while building are allowed and encoded when the build lands.
+  REQUIRE(f.layer.Append(200, 3, Bytes(3, 3), Bytes(3, 4)).ok());
+  f.layer.BuildIndex();
+  LayerStatus status = f.layer.Status();
+  CHECK(status.index_state == IndexState::kReady);
+  CHECK(status.num_encoded == 203);
+  REQUIRE(f.layer.Append(203, 1, Bytes(1, 5), Bytes(1, 6)).ok());
+  status = f.layer.Status();
+  CHECK(status.num_tokens == 204);
+  CHECK(status.num_encoded == 204);
+  const LayerSelection got = f.layer.Retrieve(Query(4), 10, Soon()).value();
+  CHECK(got.num_encoded == 204);
+  CHECK(got.num_tokens == 204);
+}
+
+TEST_CASE("A layer too short to train is scored exactly after sealing", "[server]") {
+  Fixture f;
+  REQUIRE(f.layer.Append(0, 63, Bytes(63, 1), Bytes(63, 2)).ok());  // < 4 x 16 centroids
+  CHECK_FALSE(f.layer.SealPrefill());
+  CHECK(f.layer.Status().index_state == IndexState::kExact);
+  CHECK(f.layer.Retrieve(Query(5), 5, Soon()).value().num_encoded == 0);
+}
+
+TEST_CASE("Retrieve waits for a building index, bounded by its deadline", "[server]") {
+  Fixture f;
+  REQUIRE(f.layer.Append(0, 200, Bytes(200, 1), Bytes(200, 2)).ok());
+  REQUIRE(f.layer.SealPrefill());
+  const std::vector<float> query = Query(6);
+  const absl::Status late =
+      f.layer.Retrieve(query, 5, absl::Now() + absl::Milliseconds(50)).status();
+  CHECK(late.code() == absl::StatusCode::kDeadlineExceeded);
+
+  absl::StatusOr<LayerSelection> waited;
+  std::thread retriever([&] { waited = f.layer.Retrieve(query, 5, Soon()); });
+  f.layer.BuildIndex();
+  retriever.join();
+  REQUIRE(waited.ok());
+  CHECK(waited->num_encoded == 200);
+}
+
+TEST_CASE("LayerStore fetches exactly the rows it was given", "[server]") {
+  Fixture f;
+  const std::string keys = Bytes(50, 1), values = Bytes(50, 2);
+  REQUIRE(f.layer.Append(0, 50, keys, values).ok());
+  const std::vector<uint32_t> positions = {49, 0, 17, 17};
+  const size_t row = kDim * sizeof(float);
+  std::vector<char> k(positions.size() * row), v(positions.size() * row);
+  REQUIRE(f.layer.Fetch(1, positions, k.data(), v.data()).ok());
+  for (size_t i = 0; i < positions.size(); ++i) {
+    const size_t src = (50 + positions[i]) * row;  // kv head 1
+    CHECK(std::memcmp(k.data() + i * row, keys.data() + src, row) == 0);
+    CHECK(std::memcmp(v.data() + i * row, values.data() + src, row) == 0);
+  }
+  CHECK(f.layer.Fetch(2, positions, k.data(), v.data()).code() ==
+        absl::StatusCode::kInvalidArgument);
+  const std::vector<uint32_t> beyond = {50};
+  CHECK(f.layer.Fetch(0, beyond, k.data(), v.data()).code() == absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace pqkv::server
+
+namespace pqkv::server {
+namespace {
+
+TEST_CASE("DeferUntilIndexSettled parks work until the build ends", "[server]") {
+  Fixture f;
+  REQUIRE(f.layer.Append(0, 200, Bytes(200, 1), Bytes(200, 2)).ok());
+  bool ran = false;
+  absl::AnyInvocable<void()&&> work = [&ran] { ran = true; };
+  SECTION("an open layer runs it at once") {
+    CHECK_FALSE(f.layer.DeferUntilIndexSettled(work));
+    CHECK(work);  // left to the caller
+  }
+  SECTION("a building layer keeps it until BuildIndex ends") {
+    REQUIRE(f.layer.SealPrefill());
+    CHECK(f.layer.DeferUntilIndexSettled(work));
+    CHECK_FALSE(ran);
+    f.layer.BuildIndex();
+    CHECK(ran);
+    CHECK(f.layer.Status().index_state == IndexState::kReady);
+  }
+  SECTION("an abandoned build releases it and scores exactly") {
+    REQUIRE(f.layer.SealPrefill());
+    CHECK(f.layer.DeferUntilIndexSettled(work));
+    f.layer.AbandonBuild();
+    CHECK(ran);
+    CHECK(f.layer.Status().index_state == IndexState::kFailed);
+    CHECK(f.layer.Retrieve(Query(7), 5, Soon()).value().num_encoded == 0);
+  }
+}
+
+}  // namespace
+}  // namespace pqkv::server
+
+namespace pqkv::server {
+namespace {
+
+TEST_CASE("Logits that overflow fp32 are reported, not ranked", "[server]") {
+  Fixture f;
+  std::vector<float> huge(kKvHeads * 100 * kDim, 1e30f);
+  const std::string keys(reinterpret_cast<const char*>(huge.data()), huge.size() * sizeof(float));
+  REQUIRE(f.layer.Append(0, 100, keys, keys).ok());
+  const std::vector<float> query(kQueryHeads * kDim, 1e20f);
+  const absl::Status s = f.layer.Retrieve(query, 5, Soon()).status();
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(s.message()).find("overflow") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace pqkv::server
