@@ -1,5 +1,5 @@
 // RowDots: dot products of a few queries with gathered key rows in their stored dtype,
-// the inner loop of exact re-ranking (server/exact_rerank.h).
+// the inner loop of exact re-ranking (server/index/exact_rerank.h).
 //
 // out[g * n + r] = queries[g] . rows[r] for r in [0, n), g in [0, group). Rows are
 // head_dim elements of `dtype` each (fp16, bf16 or fp32), read where they lie (no gather
