@@ -18,6 +18,8 @@ packages=(
   python3 python3-yaml   # test results (.ci/run, scripts/test.sh); the compose test reads YAML
   iproute2               # the two-host test makes network namespaces (ip netns, veth)
   openssl                # the TLS test makes its CA and certificates
+  pybind11-dev python3-dev   # the Python SDK's native extension (python/)
+  python3-numpy python3-pytest python3-venv   # the Python SDK, its tests and its wheel's venv check
 )
 
 missing=()
