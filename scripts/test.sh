@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up (Debian packages), builds and runs every test, then prints one line:
-# "N passed, N failed", counting Catch2 test cases from the JUnit results. Test cases
-# reported skipped (the CUDA tests on a machine without a GPU) are counted apart, in a
-# line "N skipped (...)" just before it.
+# "N passed, N failed", counting test cases from the JUnit results Bazel keeps: Catch2's
+# and pytest's (tests/python), one case per other test target. Test cases reported
+# skipped (the CUDA tests without a GPU, the torch tests without torch) are counted
+# apart, in a line "N skipped (...)" just before it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh || exit 1

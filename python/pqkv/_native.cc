@@ -7,13 +7,14 @@
 //   contiguous numpy arrays or CPU torch tensors of the session's dtype and keeps the
 //   arrays alive for the call; this layer checks the byte counts against the session's
 //   shape, so nothing is read or written past a buffer.
+// - Arrays come back as bytearrays for the Python layer to view with numpy (see
+//   ToByteArray).
 // - Every call that waits on the network releases the GIL.
 // - A failed absl::Status raises pqkv.errors.Error (the subclass of its code); per-item
 //   Retrieve statuses come back as (code, message) for the Python layer to wrap.
 // - The native stream keeps its client alive (a RetrievalStream must not outlive its
 //   Client), and the receive buffer object keeps its stream alive, so a numpy view of
 //   the buffer never points at freed memory.
-#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -138,52 +139,53 @@ py::dict ServerStatsToDict(const ServerStats& stats) {
   return out;
 }
 
-py::array_t<int32_t> ToInt32Array(const std::vector<uint32_t>& values) {
-  py::array_t<int32_t> out(static_cast<py::ssize_t>(values.size()));
-  if (!values.empty()) std::memcpy(out.mutable_data(), values.data(), values.size() * 4);
-  return out;
+// Arrays cross as bytearrays that the Python layer wraps with np.frombuffer (writable,
+// no copy there): the numpy C API that pybind11 2.10 compiles against does not match
+// numpy 2's, so this module never builds a numpy array itself.
+template <typename T>
+py::object ToByteArray(const std::vector<T>& values) {
+  return py::reinterpret_steal<py::object>(PyByteArray_FromStringAndSize(
+      reinterpret_cast<const char*>(values.data()), static_cast<py::ssize_t>(values.size() * sizeof(T))));
 }
 
-// Rows of equal length stacked into one [rows, length] array (positions or scores of
-// every kv head); a ragged result is the two ends disagreeing.
-template <typename Out, typename In, typename Get>
-py::array_t<Out> Stack(const std::vector<HeadSelection>& heads, Get get) {
+// The rows of every kv head, concatenated (positions or scores of a result); a ragged
+// result is the two ends disagreeing.
+template <typename T, typename Get>
+py::object Concatenate(const std::vector<HeadSelection>& heads, Get get) {
   const size_t length = heads.empty() ? 0 : get(heads[0]).size();
-  py::array_t<Out> out({static_cast<py::ssize_t>(heads.size()), static_cast<py::ssize_t>(length)});
-  Out* data = out.mutable_data();
+  std::vector<T> out;
+  out.reserve(heads.size() * length);
   for (const HeadSelection& head : heads) {
-    const std::vector<In>& row = get(head);
+    const std::vector<T>& row = get(head);
     if (row.size() != length) {
       throw StatusError(absl::InternalError("kv heads of one result selected different counts"));
     }
-    static_assert(sizeof(In) == sizeof(Out));
-    if (length > 0) std::memcpy(data, row.data(), length * sizeof(Out));
-    data += length;
+    out.insert(out.end(), row.begin(), row.end());
   }
-  return out;
+  return ToByteArray(out);
 }
 
 py::tuple ResultToTuple(const RetrieveResult& result) {
   py::object positions = py::none(), scores = py::none(), slots = py::none(), sent = py::none();
   if (result.status.ok()) {
-    positions = Stack<int32_t, uint32_t>(
+    positions = Concatenate<uint32_t>(
         result.heads, [](const HeadSelection& h) -> const std::vector<uint32_t>& { return h.positions; });
     const bool with_scores = !result.heads.empty() && !result.heads[0].scores.empty();
     if (with_scores) {
-      scores = Stack<float, float>(
+      scores = Concatenate<float>(
           result.heads, [](const HeadSelection& h) -> const std::vector<float>& { return h.scores; });
     }
     const bool with_cache = !result.heads.empty() && !result.heads[0].slots.empty();
     if (with_cache) {
-      slots = Stack<int32_t, uint32_t>(
+      slots = Concatenate<uint32_t>(
           result.heads, [](const HeadSelection& h) -> const std::vector<uint32_t>& { return h.slots; });
       py::list per_head;
-      for (const HeadSelection& head : result.heads) per_head.append(ToInt32Array(head.sent));
+      for (const HeadSelection& head : result.heads) per_head.append(ToByteArray(head.sent));
       sent = std::move(per_head);
     }
   }
   return py::make_tuple(static_cast<int>(result.status.code()), std::string(result.status.message()),
-                        result.session_id, result.num_tokens, result.num_encoded, positions, scores,
+                        result.session_id, result.heads.size(), result.num_tokens, result.num_encoded, positions, scores,
                         slots, sent, result.kv_bytes, result.data_path, result.cache_saved_bytes,
                         result.server_score_us, result.server_rows_us, result.server_select_us);
 }
@@ -199,19 +201,26 @@ class NativeStream {
     stream_.reset();
   }
 
-  // items: (session_id, query fp32 array, k, keys address, values address, buffer
-  // bytes, cache_slots, rerank, with_scores). An address of 0 asks for no rows.
+  // items: (session_id, query: a contiguous float32 buffer, k, keys address, values
+  // address, buffer bytes, cache_slots, rerank, with_scores). An address of 0 asks for
+  // no rows.
   py::list Retrieve(uint32_t layer, const py::list& items) {
-    // The query arrays stay referenced here while the GIL is released.
-    std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> held;
+    // The query buffers stay held here while the GIL is released.
+    std::vector<py::buffer_info> held;
     held.reserve(items.size());
     std::vector<RetrieveQuery> queries(items.size());
     for (size_t i = 0; i < items.size(); ++i) {
       const py::tuple item = items[i].cast<py::tuple>();
-      held.push_back(item[1].cast<py::array_t<float, py::array::c_style | py::array::forcecast>>());
+      held.push_back(item[1].cast<py::buffer>().request());
+      const py::buffer_info& buffer = held.back();
+      if (buffer.format != py::format_descriptor<float>::format() || buffer.ndim != 1 ||
+          buffer.strides[0] != sizeof(float)) {
+        throw StatusError(absl::InvalidArgumentError("a query must be contiguous float32"));
+      }
       RetrieveQuery& query = queries[i];
       query.session_id = item[0].cast<std::string>();
-      query.query = absl::MakeConstSpan(held.back().data(), static_cast<size_t>(held.back().size()));
+      query.query = absl::MakeConstSpan(static_cast<const float*>(buffer.ptr),
+                                        static_cast<size_t>(buffer.size));
       query.k = item[2].cast<uint32_t>();
       query.keys_out = reinterpret_cast<void*>(item[3].cast<uintptr_t>());
       query.values_out = reinterpret_cast<void*>(item[4].cast<uintptr_t>());

@@ -26,6 +26,7 @@ class Client:
         connect_timeout: seconds to wait for every server to become reachable.
         resolve_all_addresses: with one "name:port", spread sessions over every
             address the name resolves to (a headless Kubernetes Service).
+        upload_chunk_bytes: target size of one upload message (0: the SDK's 1 MiB).
 
     Thread safety: a Client may be shared by threads; every blocking call releases the
     GIL. Use it as a context manager, or call close(), to drop the connection.
@@ -68,7 +69,8 @@ class Client:
         self.close()
 
     @property
-    def native(self) -> "_native.Client":
+    def _live(self) -> "_native.Client":
+        """The native client, or ValueError once closed."""
         if self._native is None:
             raise ValueError("the client is closed")
         return self._native
@@ -80,8 +82,8 @@ class Client:
         """Creates a session for one sequence and returns it. session_id: None for a
         random one. Raises AlreadyExists if the id is taken, InvalidArgument for a bad
         shape or index option, ResourceExhausted when the server's budget is full."""
-        session_id = self.native.create_session(session_id or "", shape._to_native(),
-                                                index._to_native())
+        session_id = self._live.create_session(session_id or "", shape._to_native(),
+                                               index._to_native())
         self._shapes[session_id] = shape
         return Session(self, session_id, shape)
 
@@ -92,31 +94,31 @@ class Client:
 
     def get_session(self, session_id: str) -> SessionInfo:
         """What the server holds for a session, layer by layer. Raises NotFound."""
-        info = SessionInfo._from_native(self.native.get_session(session_id))
+        info = SessionInfo._from_native(self._live.get_session(session_id))
         self._shapes[session_id] = info.shape
         return info
 
     def list_sessions(self) -> List[SessionInfo]:
         """Every session on every server (without per-layer details)."""
-        return [SessionInfo._from_native(info) for info in self.native.list_sessions()]
+        return [SessionInfo._from_native(info) for info in self._live.list_sessions()]
 
     def close_session(self, session: Union["Session", str]) -> None:
         """Frees a session's K/V and indexes. Raises NotFound if it is already gone."""
         session_id = _session_id(session)
         self._shapes.pop(session_id, None)
-        self.native.close_session(session_id)
+        self._live.close_session(session_id)
 
     def server_stats(self) -> ServerStats:
         """Totals over every server (backend and version of the first)."""
-        return ServerStats(**self.native.server_stats())
+        return ServerStats(**self._live.server_stats())
 
     def endpoint_stats(self) -> List[ServerStats]:
         """One entry per server, in the order they were given."""
-        return [ServerStats(**stats) for stats in self.native.endpoint_stats()]
+        return [ServerStats(**stats) for stats in self._live.endpoint_stats()]
 
     def endpoint_for(self, session: Union["Session", str]) -> str:
         """The server that holds (or would hold) a session."""
-        return self.native.endpoint_for(_session_id(session))
+        return self._live.endpoint_for(_session_id(session))
 
     # -- retrieval --------------------------------------------------------------------
 
@@ -132,7 +134,7 @@ class Client:
             successive retrieve calls; a call's row views stay valid until that many
             further calls have started (see RetrievalStream.retrieve).
         """
-        return RetrievalStream(self.native.open_stream(data_path, int(receive_buffer_bytes)),
+        return RetrievalStream(self._live.open_stream(data_path, int(receive_buffer_bytes)),
                                self._shape_of, buffer_regions)
 
     def _shape_of(self, session: Union["Session", str]) -> ModelShape:
@@ -186,7 +188,7 @@ class Session:
         shape = (self.shape.num_kv_heads, tokens, self.shape.head_dim)
         keys_at, nbytes = _arrays.kv_buffer("keys", keys, self.shape.dtype, shape)
         values_at, _ = _arrays.kv_buffer("values", values, self.shape.dtype, shape)
-        self.client.native.upload_prefill(
+        self.client._live.upload_prefill(
             self.id, int(layer), int(token_begin), tokens, keys_at, values_at, nbytes,
             self.shape.row_bytes * self.shape.num_kv_heads, bool(end_of_prefill))
 
@@ -203,8 +205,8 @@ class Session:
         shape = (self.shape.num_layers, self.shape.num_kv_heads, self.shape.head_dim)
         keys_at, nbytes = _arrays.kv_buffer("keys", keys, self.shape.dtype, shape)
         values_at, _ = _arrays.kv_buffer("values", values, self.shape.dtype, shape)
-        self.client.native.append_token(self.id, int(position), keys_at, values_at, nbytes,
-                                        self.shape.row_bytes * shape[0] * shape[1])
+        self.client._live.append_token(self.id, int(position), keys_at, values_at, nbytes,
+                                       self.shape.row_bytes * shape[0] * shape[1])
 
     def fetch(self, layer: int, positions: Union[np.ndarray, Mapping[int, Iterable[int]]]):
         """Reads K/V rows back: positions [kv_heads, n] (n per kv head) or a mapping
@@ -223,8 +225,8 @@ class Session:
         dtype = _arrays.numpy_dtype(self.shape.dtype)
         keys = np.empty(out_shape, dtype)
         values = np.empty(out_shape, dtype)
-        written = self.client.native.fetch_kv(self.id, int(layer), heads, keys.ctypes.data,
-                                              values.ctypes.data, keys.nbytes)
+        written = self.client._live.fetch_kv(self.id, int(layer), heads, keys.ctypes.data,
+                                             values.ctypes.data, keys.nbytes)
         assert written == keys.nbytes, (written, keys.nbytes)
         return keys, values
 

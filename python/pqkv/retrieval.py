@@ -243,8 +243,13 @@ def _failed(session_id: str, error: Error) -> RetrieveResult:
 
 
 def _result(raw: tuple, place) -> RetrieveResult:
-    (code, message, session_id, num_tokens, num_encoded, positions, scores, slots, sent,
-     kv_bytes, data_path, cache_saved, score_us, rows_us, select_us) = raw
+    (code, message, session_id, heads, num_tokens, num_encoded, positions, scores, slots,
+     sent, kv_bytes, data_path, cache_saved, score_us, rows_us, select_us) = raw
+    positions, scores, slots = (None if b is None else np.frombuffer(b, dtype).reshape(heads, -1)
+                                for b, dtype in ((positions, np.int32), (scores, np.float32),
+                                                 (slots, np.int32)))
+    if sent is not None:
+        sent = [np.frombuffer(b, np.int32) for b in sent]
     keys = values = None
     in_buffer = False
     if code == 0 and place is not None:
