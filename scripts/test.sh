@@ -14,14 +14,31 @@ if [ ! -x /usr/local/cuda/bin/nvcc ]; then
   echo "test.sh: no /usr/local/cuda/bin/nvcc; building without CUDA (--define=pqkv_cuda=off)"
   targets=(--define=pqkv_cuda=off -- //... -//kernels/cuda/... -//tests/kernels/cuda/... -//third_party/cuda:cudart)
 fi
-bazel test "$@" "${targets[@]}"
-bazel_status=$?
+# Bazel's summary names every test target of this run; only their results are counted
+# (bazel-testlogs also keeps results of targets since deleted or renamed).
+summary=$(mktemp)
+trap 'rm -f "$summary"' EXIT
+bazel test --test_summary=short "$@" "${targets[@]}" 2>&1 | tee "$summary"
+bazel_status=${PIPESTATUS[0]}
 
-python3 - "$bazel_status" <<'PY'
-import glob, sys, xml.etree.ElementTree as ET
+python3 - "$bazel_status" "$summary" <<'PY'
+import os, re, sys, xml.etree.ElementTree as ET
 passed = failed = 0
 skipped = []
-for path in glob.glob("bazel-testlogs/**/test.xml", recursive=True):
+status_line = re.compile(r"^(//\S*:\S+)\s+(?:\(cached\)\s+)?(PASSED|FAILED|TIMEOUT|FLAKY|NO STATUS|"
+                         r"INCOMPLETE|REMOTE FAILURE|FAILED TO BUILD|SKIPPED)\b")
+targets = {}
+with open(sys.argv[2], errors="replace") as f:
+    for line in f:
+        match = status_line.match(line.strip())
+        if match:
+            targets[match.group(1)] = match.group(2)
+for label, status in sorted(targets.items()):
+    path = os.path.join("bazel-testlogs", label[2:].replace(":", "/"), "test.xml")
+    if not os.path.exists(path) or status in ("NO STATUS", "FAILED TO BUILD", "INCOMPLETE"):
+        failed += 1
+        print(f"FAILED: {label}: {status}, no results")
+        continue
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError:
