@@ -132,7 +132,7 @@ class Client:
         receive_buffer_bytes: size of the page-locked buffer the server writes rows into.
         buffer_regions: the buffer is split into this many regions, used in turn by
             successive retrieve calls; a call's row views stay valid until that many
-            further calls have started (see RetrievalStream.retrieve).
+            further calls have run (see RetrieveResult).
         """
         return RetrievalStream(self._live.open_stream(data_path, int(receive_buffer_bytes)),
                                self._shape_of, buffer_regions)

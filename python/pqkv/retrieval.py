@@ -59,8 +59,8 @@ class RetrieveResult:
         misses, packed head after head: [rows_sent, head_dim], split by `sent`.
         When `rows_in_receive_buffer` is True they are numpy views of the stream's
         receive buffer, where the server wrote them: no copy was made. Such a view stays
-        valid until `buffer_regions` (default 2) further retrieve calls have started on
-        the stream; copy it (np.array(view)) to keep it longer. The memory itself is
+        valid until `buffer_regions` (default 2) further retrieve calls have run on the
+        stream (async calls run in the order they were made); copy it (np.array(view)) to keep it longer. The memory itself is
         never freed under a view, even after the stream is closed.
     slots: with cache_slots, int32 [kv_heads, k]: the cache slot of every position.
     sent: with cache_slots, per kv head an int32 array of indices into that head's
@@ -118,8 +118,8 @@ class RetrievalStream:
             raise ValueError("buffer_regions must be at least 1")
         self._native = native
         self._shape_of = shape_of
-        self._lock = threading.Lock()  # the native stream takes one call at a time
-        self._submit_lock = threading.Lock()  # regions are handed out in call order
+        # One call at a time runs on the native stream and takes the next buffer region.
+        self._lock = threading.Lock()
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._regions = buffer_regions
         self._next_region = 0
@@ -146,19 +146,16 @@ class RetrievalStream:
         """Sends one layer's queries and waits for their selections, in the order given.
         A per-session problem is in that result's `error`; a raised Error means the
         request as a whole failed (the stream reopens itself on the next call)."""
-        with self._submit_lock:
-            call = self._prepare(layer, queries)
-        return self._run(call)
+        return self._run(int(layer), list(queries))
 
     def retrieve_async(self, layer: int,
                        queries: Sequence[Query]) -> "concurrent.futures.Future[List[RetrieveResult]]":
-        """retrieve() on the stream's own thread; returns its Future at once."""
-        with self._submit_lock:
-            call = self._prepare(layer, queries)
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="pqkv-retrieve")
-            return self._executor.submit(self._run, call)
+        """retrieve() on the stream's own thread, in the order of the calls; returns its
+        Future at once. Bad queries raise from the Future's result()."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="pqkv-retrieve")
+        return self._executor.submit(self._run, int(layer), list(queries))
 
     async def retrieve_aio(self, layer: int, queries: Sequence[Query]) -> List[RetrieveResult]:
         """retrieve() for asyncio: `results = await stream.retrieve_aio(layer, queries)`."""
@@ -180,7 +177,7 @@ class RetrievalStream:
 
     # -- internals --------------------------------------------------------------------
 
-    def _prepare(self, layer: int, queries: Sequence[Query]):
+    def _prepare(self, queries: Sequence[Query]):
         """Validates the queries and places their rows (the next region of the receive
         buffer where they fit, else arrays of their own that gRPC fills). A query whose
         session this client cannot find fails alone, as the server's per-item errors do."""
@@ -218,13 +215,13 @@ class RetrievalStream:
             items.append((session_id, query, int(q.k), keys_at, values_at, nbytes,
                           int(q.cache_slots), int(q.rerank), bool(q.with_scores)))
             places.append(rows)
-        return int(layer), items, places
+        return items, places
 
-    def _run(self, call) -> List[RetrieveResult]:
-        layer, items, places = call
+    def _run(self, layer: int, queries: List[Query]) -> List[RetrieveResult]:
         raw = iter(())
-        if items:
-            with self._lock:
+        with self._lock:
+            items, places = self._prepare(queries)
+            if items:
                 raw = iter(self._native.retrieve(layer, items))
         return [_failed(*place) if _is_failure(place) else _result(next(raw), place)
                 for place in places]
