@@ -23,9 +23,10 @@ pipeline  A decode step over every layer with a worker-side computation of about
                   attention runs on the device (time.sleep)
             cpu   numpy work on this CPU (small matmuls, one BLAS thread) of that length:
                   it competes with the server for this machine's cores
-          Median step time of --steps steps, pipelined / serial, and the median time the
-          pipelined loop waited for a layer's result (stall_us; near 0 when the
-          computation, not the retrieval, bounds the loop).
+          Per mode: the computation's measured median (compute_us), the serial loop's
+          median round trip (serial_rt_us), the median step time of --steps steps each
+          way, pipelined / serial, and the median time the pipelined loop waited for a
+          layer's result (stall_us; near 0 when the computation bounds the loop).
 
 --json prints one JSON object per row on stdout (the tables go to stderr).
 """
@@ -173,39 +174,57 @@ def main() -> None:
             per_matmul.append((time.perf_counter() - t0) / 500)
         count = max(1, round(compute_s / statistics.median(per_matmul)))
 
+        # time.sleep overshoots by the timer's slack (about 0.1 ms here): take it off, so
+        # that the wait lasts what it stands for.
+        overshoot = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            time.sleep(compute_s)
+            overshoot.append(time.perf_counter() - t0 - compute_s)
+        wait_s = max(0.0, compute_s - statistics.median(overshoot))
+
         with client.retrieval_stream() as stream:
             computations = {
-                "wait": lambda result: time.sleep(compute_s),
-                "cpu": lambda result: cpu_work(count),
+                "wait": lambda: time.sleep(wait_s),
+                "cpu": lambda: cpu_work(count),
             }
-            log(f"\npipeline: a decode step over {args.layers} layers, worker computation "
+            log(f"\npipeline: a decode step over {args.layers} layers, worker computation of "
                 f"{compute_s * 1e6:.0f} us per layer, the round trip in a loop that waits "
                 f"{hot_s * 1e6:.0f} us between calls (cpu: {count} numpy 96x96 matmuls), "
                 f"{args.steps} steps")
-            log(f"{'compute':8} {'serial_ms':>10} {'pipelined_ms':>13} {'ratio':>7} {'stall_us':>9}")
+            log(f"{'compute':8} {'compute_us':>10} {'serial_rt_us':>12} {'serial_ms':>10} "
+                f"{'pipelined_ms':>13} {'ratio':>7} {'stall_us':>9}")
             for name, compute in computations.items():
-                serial, pipelined, stalls = [], [], []
+                serial, pipelined, stalls, computed, round_trips = [], [], [], [], []
+
+                def timed(fn, into):
+                    t1 = time.perf_counter()
+                    out = fn()
+                    into.append((time.perf_counter() - t1) * 1e6)
+                    return out
+
                 for _ in range(args.steps):
                     t0 = time.perf_counter()
                     for layer in range(args.layers):
-                        compute(stream.retrieve(layer, [pq_query])[0])
+                        timed(lambda: stream.retrieve(layer, [pq_query]), round_trips)
+                        timed(compute, computed)
                     serial.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     future = stream.retrieve_async(0, [pq_query])
                     for layer in range(args.layers):
-                        t1 = time.perf_counter()
-                        (result,) = future.result()
-                        stalls.append((time.perf_counter() - t1) * 1e6)
+                        timed(future.result, stalls)
                         if layer + 1 < args.layers:
                             future = stream.retrieve_async(layer + 1, [pq_query])
-                        compute(result)
+                        timed(compute, computed)
                     pipelined.append(time.perf_counter() - t0)
                 s, p = statistics.median(serial) * 1e3, statistics.median(pipelined) * 1e3
-                stall = statistics.median(stalls)
-                log(f"{name:8} {s:10.2f} {p:13.2f} {p / s:7.3f} {stall:9.0f}")
-                rows.append({"mode": "pipeline", "compute": name, "compute_us": compute_s * 1e6,
-                             "serial_ms": s, "pipelined_ms": p, "ratio": p / s,
-                             "stall_us": stall})
+                row = {"mode": "pipeline", "compute": name,
+                       "compute_us": statistics.median(computed),
+                       "serial_rt_us": statistics.median(round_trips), "serial_ms": s,
+                       "pipelined_ms": p, "ratio": p / s, "stall_us": statistics.median(stalls)}
+                log(f"{name:8} {row['compute_us']:10.0f} {row['serial_rt_us']:12.0f} {s:10.2f} "
+                    f"{p:13.2f} {p / s:7.3f} {row['stall_us']:9.0f}")
+                rows.append(row)
         session.close()
     if args.json:
         for row in rows:

@@ -9,7 +9,6 @@ import signal
 import threading
 
 import numpy as np
-import pytest
 
 import pqkv
 from conftest import SHAPE, random_kv, random_query, rows_at, same_bits

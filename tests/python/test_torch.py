@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import pqkv
-from conftest import SHAPE, random_query, rows_at, same_bits
+from conftest import SHAPE, random_query
 
 torch = pytest.importorskip("torch")
 
