@@ -3,6 +3,11 @@ the Bazel test; else bazel-bin/server/pqkv-server), and K/V data of every dtype.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 
@@ -54,3 +59,28 @@ def rows_at(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+@contextlib.contextmanager
+def frozen(server: LocalServer):
+    """The server process stopped (SIGSTOP: alive, but answering nothing) until the block
+    ends. Waits until every one of its threads has stopped: the signal is asynchronous."""
+    pid = server._process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while not all(_thread_state(pid, tid) in ("T", "t", "")
+                      for tid in os.listdir(f"/proc/{pid}/task")):
+            assert time.monotonic() < deadline, "the server did not stop"
+            time.sleep(0.001)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _thread_state(pid: int, tid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""  # the thread has exited

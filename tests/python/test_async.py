@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import faulthandler
-import os
-import signal
 import threading
 
 import numpy as np
+import pytest
 
 import pqkv
-from conftest import SHAPE, random_kv, random_query, rows_at, same_bits
+from conftest import SHAPE, frozen, random_kv, random_query, rows_at, same_bits
 from pqkv.local_server import LocalServer
 
 K = 16
 
 
 class _Recorder:
-    """Wraps the native stream to signal when a retrieve call has entered it."""
+    """Wraps the native stream to signal when a blocking retrieve call has entered it."""
 
     def __init__(self, native):
         self._native = native
@@ -33,30 +33,34 @@ class _Recorder:
 
 
 def test_python_runs_while_a_retrieval_waits_on_the_server():
-    """The server is stopped (SIGSTOP) while the retrieval is in flight, so it cannot
-    finish until this thread resumes the server: that this thread runs at all proves the
-    native call released the GIL. Both the computation and the retrieval are checked."""
+    """The server is stopped (SIGSTOP) while retrievals are in flight, so they cannot
+    finish until this thread resumes it: that this thread runs Python meanwhile proves
+    that neither a blocking retrieve (on another Python thread) nor a submitted one holds
+    the GIL. The computation and both retrievals are checked."""
     faulthandler.dump_traceback_later(120, exit=True)  # a held GIL would hang here
     try:
         with LocalServer() as server, pqkv.Client(server.address) as client:
             with client.create_session(SHAPE) as session:
                 keys, values = random_kv("fp16")
                 session.upload_prefill(0, keys, values)
-                with client.retrieval_stream() as stream:
+                query = pqkv.Query(session, random_query(), K, with_kv=True)
+                with client.retrieval_stream(buffer_regions=3) as stream:
                     recorder = _Recorder(stream._native)
                     stream._native = recorder
-                    os.kill(server._process.pid, signal.SIGSTOP)
-                    try:
-                        future = stream.retrieve_async(
-                            0, [pqkv.Query(session, random_query(), K, with_kv=True)])
+                    blocking = []
+                    with frozen(server):
+                        thread = threading.Thread(
+                            target=lambda: blocking.extend(stream.retrieve(0, [query])))
+                        thread.start()
                         assert recorder.entered.wait(30)
+                        future = stream.retrieve_async(0, [query])
                         total = sum(i * i for i in range(200_000))  # pure Python, holds the GIL
-                        assert not future.done()
-                    finally:
-                        os.kill(server._process.pid, signal.SIGCONT)
+                        assert not future.done() and not blocking
+                    thread.join(60)
                     (result,) = future.result(timeout=60)
         assert total == sum(i * i for i in range(200_000))
         assert same_bits(result.keys, rows_at(keys, result.positions))
+        assert same_bits(blocking[0].keys, rows_at(keys, blocking[0].positions))
     finally:
         faulthandler.cancel_dump_traceback_later()
 
@@ -106,3 +110,26 @@ def test_retrieve_aio(client):
             (first,), (second,) = asyncio.run(both_layers())
         assert same_bits(first.values, rows_at(values, first.positions))
         assert second.positions.shape == (SHAPE.num_kv_heads, K)
+
+
+def test_futures_complete_for_waiters_callbacks_and_timeouts(client, server):
+    with client.create_session(SHAPE) as session:
+        keys, values = random_kv("fp16")
+        session.upload_prefill(0, keys, values)
+        query = pqkv.Query(session, random_query(), K, with_kv=True)
+        with client.retrieval_stream(buffer_regions=4) as stream:
+            called = threading.Event()
+            futures = [stream.retrieve_async(0, [query]) for _ in range(3)]
+            futures[0].add_done_callback(lambda f: called.set())
+            done, not_done = concurrent.futures.wait(futures, timeout=60)  # nobody asks for results
+            assert len(done) == 3 and not not_done
+            assert called.wait(60)
+            for future in futures:
+                (result,) = future.result()
+                assert same_bits(result.values, rows_at(values, result.positions))
+            assert not futures[0].cancel()
+            with frozen(server):
+                late = stream.retrieve_async(0, [query])
+                with pytest.raises(concurrent.futures.TimeoutError):
+                    late.result(timeout=0.2)
+            assert late.result(timeout=60)[0].ok

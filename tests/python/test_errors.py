@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 
 import pytest
 
 import pqkv
-from conftest import SHAPE, random_kv, random_query
+from conftest import SHAPE, frozen, random_kv, random_query
 from pqkv.local_server import LocalServer
 
 
@@ -89,12 +87,8 @@ def test_unavailable_when_nothing_listens():
 
 def test_deadline_exceeded_when_the_server_hangs():
     with LocalServer() as server, pqkv.Client(server.address, timeout=0.5) as client:
-        os.kill(server._process.pid, signal.SIGSTOP)  # alive but not answering
-        try:
-            with pytest.raises(pqkv.DeadlineExceeded) as raised:
-                client.create_session(SHAPE)
-        finally:
-            os.kill(server._process.pid, signal.SIGCONT)
+        with frozen(server), pytest.raises(pqkv.DeadlineExceeded) as raised:
+            client.create_session(SHAPE)
         assert isinstance(raised.value, TimeoutError)
 
 
