@@ -32,7 +32,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "client/pqkv_client.h"
-#include "python/pqkv/retrieve_worker.h"
 #include "server/version.h"
 
 namespace py = pybind11;
@@ -191,106 +190,62 @@ py::tuple ResultToTuple(const RetrieveResult& result) {
                         result.server_score_us, result.server_rows_us, result.server_select_us);
 }
 
-// A Retrieve request's items as the Python layer gives them: (session_id, query: a
-// contiguous float32 buffer, k, keys address, values address, buffer bytes, cache_slots,
-// rerank, with_scores); an address of 0 asks for no rows. The query values are copied, so
-// the call may run after the Python objects are gone.
-std::shared_ptr<RetrieveCall> ParseCall(uint32_t layer, const py::list& items) {
-  auto call = std::make_shared<RetrieveCall>();
-  call->layer = layer;
-  call->queries.resize(items.size());
-  call->query_values.resize(items.size());
-  for (size_t i = 0; i < items.size(); ++i) {
-    const py::tuple item = items[i].cast<py::tuple>();
-    const py::buffer_info buffer = item[1].cast<py::buffer>().request();
-    if (buffer.format != py::format_descriptor<float>::format() || buffer.ndim != 1 ||
-        buffer.strides[0] != sizeof(float)) {
-      throw StatusError(absl::InvalidArgumentError("a query must be contiguous float32"));
-    }
-    const float* values = static_cast<const float*>(buffer.ptr);
-    call->query_values[i].assign(values, values + buffer.size);
-    RetrieveQuery& query = call->queries[i];
-    query.session_id = item[0].cast<std::string>();
-    query.query = call->query_values[i];
-    query.k = item[2].cast<uint32_t>();
-    query.keys_out = reinterpret_cast<void*>(item[3].cast<uintptr_t>());
-    query.values_out = reinterpret_cast<void*>(item[4].cast<uintptr_t>());
-    query.buffer_bytes = item[5].cast<size_t>();
-    query.cache_slots = item[6].cast<uint32_t>();
-    query.rerank = item[7].cast<uint32_t>();
-    query.with_scores = item[8].cast<bool>();
-  }
-  return call;
-}
-
-py::list ResultsToList(absl::StatusOr<std::vector<RetrieveResult>> results) {
-  py::list out;
-  for (const RetrieveResult& result : ValueOrThrow(std::move(results))) {
-    out.append(ResultToTuple(result));
-  }
-  return out;
-}
-
-// A request submitted to a stream's RetrieveWorker.
-class NativeTicket {
- public:
-  explicit NativeTicket(std::shared_ptr<RetrieveCall> call) : call_(std::move(call)) {}
-
-  bool done() const { return call_->done.HasBeenNotified(); }
-
-  // Waits (without the GIL) up to timeout_s seconds, or for good when negative; true once
-  // the call has run.
-  bool Wait(double timeout_s) {
-    py::gil_scoped_release release;
-    return call_->done.WaitForNotificationWithTimeout(
-        timeout_s < 0 ? absl::InfiniteDuration() : absl::Seconds(timeout_s));
-  }
-
-  // The results of a call that has run (see ParseCall and ResultToTuple).
-  py::list Results() {
-    if (!done()) throw StatusError(absl::FailedPreconditionError("the call has not run yet"));
-    return ResultsToList(call_->results);
-  }
-
- private:
-  std::shared_ptr<RetrieveCall> call_;
-};
-
-// One RetrievalStream, the worker that runs its submitted calls, and the client it came
-// from (destroyed last).
+// One RetrievalStream and the client it came from (destroyed after it).
 class NativeStream {
  public:
   NativeStream(std::shared_ptr<Client> client, std::unique_ptr<RetrievalStream> stream)
-      : client_(std::move(client)),
-        stream_(std::move(stream)),
-        worker_(std::make_unique<RetrieveWorker>(stream_.get())) {}
+      : client_(std::move(client)), stream_(std::move(stream)) {}
 
   ~NativeStream() {
-    py::gil_scoped_release release;  // queued calls finish; closing waits for the server
-    worker_.reset();
+    py::gil_scoped_release release;  // closing waits for the server
     stream_.reset();
   }
 
+  // items: (session_id, query: a contiguous float32 buffer, k, keys address, values
+  // address, buffer bytes, cache_slots, rerank, with_scores). An address of 0 asks for
+  // no rows.
   py::list Retrieve(uint32_t layer, const py::list& items) {
-    std::shared_ptr<RetrieveCall> call = ParseCall(layer, items);
+    // The query buffers stay held here while the GIL is released.
+    std::vector<py::buffer_info> held;
+    held.reserve(items.size());
+    std::vector<RetrieveQuery> queries(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      const py::tuple item = items[i].cast<py::tuple>();
+      held.push_back(item[1].cast<py::buffer>().request());
+      const py::buffer_info& buffer = held.back();
+      if (buffer.format != py::format_descriptor<float>::format() || buffer.ndim != 1 ||
+          buffer.strides[0] != sizeof(float)) {
+        throw StatusError(absl::InvalidArgumentError("a query must be contiguous float32"));
+      }
+      RetrieveQuery& query = queries[i];
+      query.session_id = item[0].cast<std::string>();
+      query.query = absl::MakeConstSpan(static_cast<const float*>(buffer.ptr),
+                                        static_cast<size_t>(buffer.size));
+      query.k = item[2].cast<uint32_t>();
+      query.keys_out = reinterpret_cast<void*>(item[3].cast<uintptr_t>());
+      query.values_out = reinterpret_cast<void*>(item[4].cast<uintptr_t>());
+      query.buffer_bytes = item[5].cast<size_t>();
+      query.cache_slots = item[6].cast<uint32_t>();
+      query.rerank = item[7].cast<uint32_t>();
+      query.with_scores = item[8].cast<bool>();
+    }
+    absl::StatusOr<std::vector<RetrieveResult>> results;
     {
       py::gil_scoped_release release;
-      call->results = worker_->RunNow(layer, call->queries);
+      results = stream_->Retrieve(layer, queries);
     }
-    return ResultsToList(std::move(call->results));
-  }
-
-  NativeTicket Submit(uint32_t layer, const py::list& items) {
-    std::shared_ptr<RetrieveCall> call = ParseCall(layer, items);
-    worker_->Submit(call);
-    return NativeTicket(std::move(call));
+    py::list out;
+    for (const RetrieveResult& result : ValueOrThrow(std::move(results))) {
+      out.append(ResultToTuple(result));
+    }
+    return out;
   }
 
   void Close() {
     absl::Status status;
     {
       py::gil_scoped_release release;
-      status = worker_->CloseStream();
+      status = stream_->Close();
     }
     ThrowIfError(status);
   }
@@ -304,7 +259,6 @@ class NativeStream {
  private:
   std::shared_ptr<Client> client_;
   std::unique_ptr<RetrievalStream> stream_;
-  std::unique_ptr<RetrieveWorker> worker_;  // destroyed before the stream it uses
 };
 
 // The stream's receive buffer through the buffer protocol: numpy views of it hold this
@@ -499,14 +453,8 @@ PYBIND11_MODULE(_native, m) {
     }
   });
 
-  py::class_<NativeTicket>(m, "Ticket")
-      .def_property_readonly("done", &NativeTicket::done)
-      .def("wait", &NativeTicket::Wait, py::arg("timeout_s"))
-      .def("results", &NativeTicket::Results);
-
   py::class_<NativeStream, std::shared_ptr<NativeStream>>(m, "Stream")
       .def("retrieve", &NativeStream::Retrieve, py::arg("layer"), py::arg("items"))
-      .def("submit", &NativeStream::Submit, py::arg("layer"), py::arg("items"))
       .def("close", &NativeStream::Close)
       .def_property_readonly("receive_buffer_address", &NativeStream::receive_buffer_address)
       .def_property_readonly("receive_buffer_bytes", &NativeStream::receive_buffer_bytes)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import queue
 import threading
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Union
 
@@ -107,11 +106,10 @@ class RetrievalStream:
     """A Retrieve stream: one request per layer per decode step, each carrying the
     queries of one or many sessions. Made by Client.retrieval_stream.
 
-    retrieve() blocks (with the GIL released). retrieve_async() returns a
-    concurrent.futures.Future at once and retrieve_aio() an awaitable: the request runs
-    on the stream's own native thread, so a worker computes layer L while layer L+1's
-    retrieval is in flight. Requests run one at a time, submitted ones in the order they
-    were made. Use as a context manager, or call close().
+    retrieve() blocks (with the GIL released); retrieve_async() returns a
+    concurrent.futures.Future and retrieve_aio() an awaitable, so a worker can compute
+    layer L while layer L+1's retrieval is in flight. Calls run one at a time in the
+    order they are made. Use as a context manager, or call close().
     """
 
     def __init__(self, native: "_native.Stream", shape_of: Callable[[Any], ModelShape],
@@ -120,7 +118,9 @@ class RetrievalStream:
             raise ValueError("buffer_regions must be at least 1")
         self._native = native
         self._shape_of = shape_of
-        self._region_lock = threading.Lock()  # calls take the buffer's regions in turn
+        # One call at a time runs on the native stream and takes the next buffer region.
+        self._lock = threading.Lock()
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._regions = buffer_regions
         self._next_region = 0
         self._buffer: Optional[np.ndarray] = None
@@ -128,10 +128,6 @@ class RetrievalStream:
         if self._buffer_address:
             self._buffer = np.frombuffer(_native.ReceiveBuffer(native), dtype=np.uint8)
         self._region_bytes = (native.receive_buffer_bytes // buffer_regions) // _ALIGN * _ALIGN
-        # Completes submitted calls' futures in order, for callers that do not ask for
-        # their results themselves (callbacks, asyncio, concurrent.futures.wait).
-        self._to_complete: "queue.SimpleQueue[Optional[_RetrieveFuture]]" = queue.SimpleQueue()
-        self._completer: Optional[threading.Thread] = None
 
     # -- the buffer -------------------------------------------------------------------
 
@@ -151,37 +147,28 @@ class RetrievalStream:
         """Sends one layer's queries and waits for their selections, in the order given.
         A per-session problem is in that result's `error`; a raised Error means the
         request as a whole failed (the stream reopens itself on the next call)."""
-        items, places = self._prepare(queries)
-        raw = self._native.retrieve(int(layer), items) if items else []
-        return _assemble(raw, places)
+        return self._run(int(layer), list(queries))
 
     def retrieve_async(self, layer: int,
                        queries: Sequence[Query]) -> "concurrent.futures.Future[List[RetrieveResult]]":
-        """retrieve() on the stream's native thread; returns its Future at once. Queries
-        are checked here (ValueError); errors of the request come from the Future."""
-        items, places = self._prepare(queries)
-        ticket = self._native.submit(int(layer), items) if items else None
-        future = _RetrieveFuture(ticket, places)
-        if self._completer is None:
-            self._completer = threading.Thread(target=self._complete_in_order,
-                                               name="pqkv-complete", daemon=True)
-            self._completer.start()
-        self._to_complete.put(future)
-        return future
+        """retrieve() on the stream's own thread, in the order of the calls; returns its
+        Future at once. Bad queries raise from the Future's result()."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="pqkv-retrieve")
+        return self._executor.submit(self._run, int(layer), list(queries))
 
     async def retrieve_aio(self, layer: int, queries: Sequence[Query]) -> List[RetrieveResult]:
         """retrieve() for asyncio: `results = await stream.retrieve_aio(layer, queries)`."""
         return await asyncio.wrap_future(self.retrieve_async(layer, queries))
 
     def close(self) -> None:
-        """Ends the stream once every submitted call has run. Row views stay readable."""
-        try:
+        """Ends the stream (waiting for calls in flight). Row views stay readable."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        with self._lock:
             self._native.close()
-        finally:
-            if self._completer is not None:
-                self._to_complete.put(None)
-                self._completer.join()
-                self._completer = None
 
     def __enter__(self) -> "RetrievalStream":
         return self
@@ -191,22 +178,14 @@ class RetrievalStream:
 
     # -- internals --------------------------------------------------------------------
 
-    def _complete_in_order(self) -> None:
-        while True:
-            future = self._to_complete.get()
-            if future is None:
-                return
-            future._complete(None)
-
     def _prepare(self, queries: Sequence[Query]):
         """Validates the queries and places their rows (the next region of the receive
         buffer where they fit, else arrays of their own that gRPC fills). A query whose
         session this client cannot find fails alone, as the server's per-item errors do."""
         region_at = 0
         if self._buffer is not None:
-            with self._region_lock:
-                region_at = self._next_region * self._region_bytes
-                self._next_region = (self._next_region + 1) % self._regions
+            region_at = self._next_region * self._region_bytes
+            self._next_region = (self._next_region + 1) % self._regions
         used = 0
         items, places = [], []
         for q in queries:
@@ -242,48 +221,14 @@ class RetrievalStream:
             places.append(rows)
         return items, places
 
-
-class _RetrieveFuture(concurrent.futures.Future):
-    """The Future of a submitted call. result() waits on the native call itself (without
-    the GIL) rather than for a Python thread to hand the result over; the stream's
-    completer thread completes it too, for callbacks and waiters."""
-
-    def __init__(self, ticket: Optional["_native.Ticket"], places: list) -> None:
-        super().__init__()
-        self._ticket = ticket
-        self._places = places
-        self._completing = threading.Lock()
-        self.set_running_or_notify_cancel()  # already queued: it cannot be cancelled
-
-    def _complete(self, timeout: Optional[float]) -> bool:
-        """Completes the future once the call has run; False if `timeout` passed first."""
-        if self.done():
-            return True
-        if self._ticket is not None and not self._ticket.wait(-1.0 if timeout is None else timeout):
-            return False
-        with self._completing:
-            if not self.done():
-                try:
-                    results = _assemble(self._ticket.results() if self._ticket else [],
-                                        self._places)
-                except BaseException as error:  # noqa: B902 - handed to the waiter
-                    self.set_exception(error)
-                else:
-                    self.set_result(results)
-        return True
-
-    def result(self, timeout: Optional[float] = None) -> List[RetrieveResult]:
-        return super().result(timeout if self._complete(timeout) else 0)
-
-    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        return super().exception(timeout if self._complete(timeout) else 0)
-
-
-def _assemble(raw: Sequence[tuple], places: list) -> List[RetrieveResult]:
-    """Results in query order: the native ones, and those that failed before sending."""
-    raw_results = iter(raw)
-    return [_failed(*place) if _is_failure(place) else _result(next(raw_results), place)
-            for place in places]
+    def _run(self, layer: int, queries: List[Query]) -> List[RetrieveResult]:
+        raw = iter(())
+        with self._lock:
+            items, places = self._prepare(queries)
+            if items:
+                raw = iter(self._native.retrieve(layer, items))
+        return [_failed(*place) if _is_failure(place) else _result(next(raw), place)
+                for place in places]
 
 
 def _is_failure(place) -> bool:
