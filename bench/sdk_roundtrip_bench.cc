@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
   std::vector<float> query(bytes.size() / sizeof(float));
   std::memcpy(query.data(), bytes.data(), bytes.size());
 
-  absl::StatusOr<std::unique_ptr<pqkv::Client>> client = pqkv::Client::Connect(absl::GetFlag(FLAGS_server));
+  absl::StatusOr<std::unique_ptr<pqkv::Client>> client =
+      pqkv::Client::Connect(absl::GetFlag(FLAGS_server));
   if (!client.ok()) return fail(client.status());
   const std::string session = absl::GetFlag(FLAGS_session);
   absl::StatusOr<pqkv::SessionInfo> info = (*client)->GetSession(session);

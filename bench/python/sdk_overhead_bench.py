@@ -93,7 +93,8 @@ def main() -> None:
     shape = pqkv.ModelShape(num_layers=args.layers, num_kv_heads=8, num_query_heads=32,
                             head_dim=128, dtype="fp16")
     rng = np.random.default_rng(0)
-    with LocalServer(args=args.server_flags.split()) as server, pqkv.Client(server.address) as client, \
+    with LocalServer(args=args.server_flags.split()) as server, \
+            pqkv.Client(server.address) as client, \
             tempfile.TemporaryDirectory() as scratch:
         session = client.create_session(shape)
         start = time.perf_counter()
@@ -132,7 +133,8 @@ def main() -> None:
                 cpp_us += cpp["samples_us"]
                 python_us += samples
                 ratios.append(statistics.median(samples) / statistics.median(cpp["samples_us"]))
-                log(f"  block {block + 1}/{args.blocks}: C++ {statistics.median(cpp['samples_us']):.0f} us, "
+                log(f"  block {block + 1}/{args.blocks}: "
+                    f"C++ {statistics.median(cpp['samples_us']):.0f} us, "
                     f"Python {statistics.median(samples):.0f} us")
         log(f"\noverhead: one layer's round trip, {args.tokens} tokens x 8 kv heads x 32 query "
             f"heads x 128 dims, k = {args.k} with rows ({', '.join(sorted(paths))}), "
@@ -143,7 +145,8 @@ def main() -> None:
             rows.append({"mode": "overhead", "sdk": name, "median_us": statistics.median(samples),
                          "p99_us": percentile(samples, 0.99)})
         added = statistics.median(python_us) - statistics.median(cpp_us)
-        log(f"Python - C++: {added:+.0f} us at the median ({added / statistics.median(cpp_us):+.1%}); "
+        log(f"Python - C++: {added:+.0f} us at the median "
+            f"({added / statistics.median(cpp_us):+.1%}); "
             f"median of per-block ratios {statistics.median(ratios):.3f}")
         rows.append({"mode": "overhead", "sdk": "python_minus_cpp", "median_us": added,
                      "block_ratio_median": statistics.median(ratios)})

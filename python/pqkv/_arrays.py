@@ -29,7 +29,11 @@ _ACCEPTED_NUMPY = {
     DType.BF16: ("bfloat16", "uint16"),
     DType.FP32: ("float32",),
 }
-_TORCH_NAMES = {DType.FP16: "torch.float16", DType.BF16: "torch.bfloat16", DType.FP32: "torch.float32"}
+_TORCH_NAMES = {
+    DType.FP16: "torch.float16",
+    DType.BF16: "torch.bfloat16",
+    DType.FP32: "torch.float32",
+}
 
 
 def numpy_dtype(dtype: DType) -> np.dtype:
@@ -64,7 +68,8 @@ def kv_buffer(name: str, x: Any, dtype: DType, shape: Sequence[int]) -> Tuple[in
             raise ValueError(f"{name}: the tensor must be contiguous (call .contiguous())")
         return int(x.data_ptr()), int(x.numel()) * int(x.element_size())
     if not isinstance(x, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+        raise ValueError(f"{name}: expected a numpy array or a torch tensor, "
+                         f"got {type(x).__name__}")
     if x.dtype.name not in _ACCEPTED_NUMPY[dtype]:
         wanted = " or ".join(_ACCEPTED_NUMPY[dtype])
         raise ValueError(f"{name}: the session's dtype is {dtype.value}, expected a {wanted} "
@@ -80,10 +85,12 @@ def kv_buffer(name: str, x: Any, dtype: DType, shape: Sequence[int]) -> Tuple[in
 def tokens_of(name: str, x: Any) -> int:
     """The token count of a [kv_heads, tokens, head_dim] input."""
     if not (isinstance(x, np.ndarray) or is_torch_tensor(x)):
-        raise ValueError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+        raise ValueError(f"{name}: expected a numpy array or a torch tensor, "
+                         f"got {type(x).__name__}")
     shape = tuple(x.shape)
     if len(shape) != 3:
-        raise ValueError(f"{name}: expected 3 dimensions [kv_heads, tokens, head_dim], got shape {shape}")
+        raise ValueError(f"{name}: expected 3 dimensions [kv_heads, tokens, head_dim], "
+                         f"got shape {shape}")
     return int(shape[1])
 
 

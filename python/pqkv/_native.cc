@@ -144,8 +144,9 @@ py::dict ServerStatsToDict(const ServerStats& stats) {
 // numpy 2's, so this module never builds a numpy array itself.
 template <typename T>
 py::object ToByteArray(const std::vector<T>& values) {
-  return py::reinterpret_steal<py::object>(PyByteArray_FromStringAndSize(
-      reinterpret_cast<const char*>(values.data()), static_cast<py::ssize_t>(values.size() * sizeof(T))));
+  return py::reinterpret_steal<py::object>(
+      PyByteArray_FromStringAndSize(reinterpret_cast<const char*>(values.data()),
+                                    static_cast<py::ssize_t>(values.size() * sizeof(T))));
 }
 
 // The rows of every kv head, concatenated (positions or scores of a result); a ragged
@@ -169,25 +170,29 @@ py::tuple ResultToTuple(const RetrieveResult& result) {
   py::object positions = py::none(), scores = py::none(), slots = py::none(), sent = py::none();
   if (result.status.ok()) {
     positions = Concatenate<uint32_t>(
-        result.heads, [](const HeadSelection& h) -> const std::vector<uint32_t>& { return h.positions; });
+        result.heads,
+        [](const HeadSelection& h) -> const std::vector<uint32_t>& { return h.positions; });
     const bool with_scores = !result.heads.empty() && !result.heads[0].scores.empty();
     if (with_scores) {
       scores = Concatenate<float>(
-          result.heads, [](const HeadSelection& h) -> const std::vector<float>& { return h.scores; });
+          result.heads,
+          [](const HeadSelection& h) -> const std::vector<float>& { return h.scores; });
     }
     const bool with_cache = !result.heads.empty() && !result.heads[0].slots.empty();
     if (with_cache) {
       slots = Concatenate<uint32_t>(
-          result.heads, [](const HeadSelection& h) -> const std::vector<uint32_t>& { return h.slots; });
+          result.heads,
+          [](const HeadSelection& h) -> const std::vector<uint32_t>& { return h.slots; });
       py::list per_head;
       for (const HeadSelection& head : result.heads) per_head.append(ToByteArray(head.sent));
       sent = std::move(per_head);
     }
   }
-  return py::make_tuple(static_cast<int>(result.status.code()), std::string(result.status.message()),
-                        result.session_id, result.heads.size(), result.num_tokens, result.num_encoded, positions, scores,
-                        slots, sent, result.kv_bytes, result.data_path, result.cache_saved_bytes,
-                        result.server_score_us, result.server_rows_us, result.server_select_us);
+  return py::make_tuple(
+      static_cast<int>(result.status.code()), std::string(result.status.message()),
+      result.session_id, result.heads.size(), result.num_tokens, result.num_encoded, positions,
+      scores, slots, sent, result.kv_bytes, result.data_path, result.cache_saved_bytes,
+      result.server_score_us, result.server_rows_us, result.server_select_us);
 }
 
 // One RetrievalStream and the client it came from (destroyed after it).
@@ -347,7 +352,8 @@ class NativeClient {
       stats = client_->GetEndpointStats();
     }
     py::list out;
-    for (const ServerStats& one : ValueOrThrow(std::move(stats))) out.append(ServerStatsToDict(one));
+    for (const ServerStats& one : ValueOrThrow(std::move(stats)))
+      out.append(ServerStatsToDict(one));
     return out;
   }
 
@@ -361,8 +367,9 @@ class NativeClient {
                      uint32_t num_tokens, uintptr_t keys, uintptr_t values, size_t bytes_each,
                      size_t row_bytes_times_heads, bool end_of_prefill) {
     if (bytes_each != row_bytes_times_heads * num_tokens) {
-      throw StatusError(absl::InvalidArgumentError(absl::StrCat(
-          num_tokens, " tokens need ", row_bytes_times_heads * num_tokens, " bytes, got ", bytes_each)));
+      throw StatusError(absl::InvalidArgumentError(absl::StrCat(num_tokens, " tokens need ",
+                                                                row_bytes_times_heads * num_tokens,
+                                                                " bytes, got ", bytes_each)));
     }
     absl::Status status;
     {
@@ -378,8 +385,8 @@ class NativeClient {
   void AppendToken(const std::string& session_id, uint64_t position, uintptr_t keys,
                    uintptr_t values, size_t bytes_each, size_t expected_bytes) {
     if (bytes_each != expected_bytes) {
-      throw StatusError(absl::InvalidArgumentError(
-          absl::StrCat("one token of every layer needs ", expected_bytes, " bytes, got ", bytes_each)));
+      throw StatusError(absl::InvalidArgumentError(absl::StrCat(
+          "one token of every layer needs ", expected_bytes, " bytes, got ", bytes_each)));
     }
     absl::Status status;
     {

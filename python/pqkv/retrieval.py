@@ -60,8 +60,9 @@ class RetrieveResult:
         When `rows_in_receive_buffer` is True they are numpy views of the stream's
         receive buffer, where the server wrote them: no copy was made. Such a view stays
         valid until `buffer_regions` (default 2) further retrieve calls have run on the
-        stream (async calls run in the order they were made); copy it (np.array(view)) to keep it longer. The memory itself is
-        never freed under a view, even after the stream is closed.
+        stream (async calls run in the order they were made); copy it (np.array(view))
+        to keep it longer. The memory itself is never freed under a view, even after the
+        stream is closed.
     slots: with cache_slots, int32 [kv_heads, k]: the cache slot of every position.
     sent: with cache_slots, per kv head an int32 array of indices into that head's
         positions: the rows sent (the misses), in the order they were written.
@@ -149,8 +150,9 @@ class RetrievalStream:
         request as a whole failed (the stream reopens itself on the next call)."""
         return self._run(int(layer), list(queries))
 
-    def retrieve_async(self, layer: int,
-                       queries: Sequence[Query]) -> "concurrent.futures.Future[List[RetrieveResult]]":
+    def retrieve_async(
+            self, layer: int,
+            queries: Sequence[Query]) -> "concurrent.futures.Future[List[RetrieveResult]]":
         """retrieve() on the stream's own thread, in the order of the calls; returns its
         Future at once. Bad queries raise from the Future's result()."""
         if self._executor is None:

@@ -58,7 +58,8 @@ def rows_at(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    return (a.shape == b.shape and
+            np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
 
 
 @contextlib.contextmanager

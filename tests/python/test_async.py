@@ -80,7 +80,8 @@ def test_pipelined_layers_match_serial(client):
             q = queries[layer].query.reshape(shape.num_kv_heads, -1, shape.head_dim)
             logits = np.einsum("hgd,hkd->hgk", q, result.keys)
             weights = np.exp(logits - logits.max(-1, keepdims=True))
-            return np.einsum("hgk,hkd->hgd", weights / weights.sum(-1, keepdims=True), result.values)
+            weights /= weights.sum(-1, keepdims=True)
+            return np.einsum("hgk,hkd->hgd", weights, result.values)
 
         with client.retrieval_stream() as stream:
             serial = [attend(layer, stream.retrieve(layer, [queries[layer]])[0])

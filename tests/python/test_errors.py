@@ -51,7 +51,8 @@ def test_already_exists(client):
 
 
 def test_resource_exhausted_by_the_memory_budget():
-    with LocalServer(args=["--memory_budget=1MiB"]) as server, pqkv.Client(server.address) as client:
+    with LocalServer(args=["--memory_budget=1MiB"]) as server, \
+            pqkv.Client(server.address) as client:
         shape = pqkv.ModelShape(1, 8, 8, 128, "fp32")
         with client.create_session(shape) as session:
             keys, values = random_kv("fp32", shape, tokens=1024)
