@@ -9,40 +9,51 @@
 namespace pqkv::server {
 
 AppendKvReactor::AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
-                                 absl::StatusOr<std::string> principal,
-                                 v1::AppendKvResponse* response)
+                                 absl::StatusOr<std::string> principal, grpc::ByteBuffer* response)
     : store_(store),
       compute_pool_(compute_pool),
       metrics_(metrics),
       principal_(principal.ok() ? *principal : ""),
-      response_(response) {
+      response_buffer_(response) {
   if (!principal.ok()) {  // authentication failed: end the stream before reading
     metrics_->RecordStatus("AppendKv", principal.status());
     Finish(ToGrpcStatus(principal.status()));
     return;
   }
-  StartRead(&chunk_);
+  StartRead(&message_);
 }
 
 void AppendKvReactor::OnReadDone(bool ok) {
   if (!ok) {  // client finished writing (or went away)
-    metrics_->RecordStatus("AppendKv", absl::OkStatus());
-    Finish(grpc::Status::OK);
+    bool own_buffer = false;
+    const grpc::Status serialized = grpc::SerializationTraits<v1::AppendKvResponse>::Serialize(
+        response_, response_buffer_, &own_buffer);
+    metrics_->RecordStatus("AppendKv", FromGrpcStatus(serialized));
+    Finish(serialized);
     return;
   }
+  ++messages_read_;
   compute_pool_->Schedule([this] {
-    absl::Status status = Apply(chunk_);
+    absl::Status status = ParseAndApply();
     if (!status.ok()) {
       ServerLogger().debug("AppendKv rejected a chunk: {}", status.ToString());
       metrics_->RecordStatus("AppendKv", status);
       // The response message is not sent with an error: say in the message what stays.
       Finish(ToGrpcStatus(absl::Status(
           status.code(), absl::StrCat(status.message(), " (this stream applied ",
-                                      response_->chunks_applied(), " chunks before it)"))));
+                                      response_.chunks_applied(), " chunks before it)"))));
       return;
     }
-    StartRead(&chunk_);
+    StartRead(&message_);
   });
+}
+
+absl::Status AppendKvReactor::ParseAndApply() {
+  if (!grpc::SerializationTraits<v1::AppendKvRequest>::Deserialize(&message_, &chunk_).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("AppendKv message ", messages_read_,
+                                                   " did not parse as pqkv.v1.AppendKvRequest"));
+  }
+  return Apply(chunk_);
 }
 
 absl::Status AppendKvReactor::Apply(const v1::AppendKvRequest& chunk) {
@@ -59,16 +70,15 @@ absl::Status AppendKvReactor::Apply(const v1::AppendKvRequest& chunk) {
   RETURN_IF_ERROR(
       layer->Append(chunk.token_begin(), chunk.num_tokens(), chunk.keys(), chunk.values()));
   if (chunk.end_of_prefill()) store_->SealPrefill(session, chunk.layer());
-  response_->set_chunks_applied(response_->chunks_applied() + 1);
-  response_->set_tokens_applied(response_->tokens_applied() + chunk.num_tokens());
+  response_.set_chunks_applied(response_.chunks_applied() + 1);
+  response_.set_tokens_applied(response_.tokens_applied() + chunk.num_tokens());
   bytes_since_log_ += chunk.keys().size() + chunk.values().size();
   if (absl::Now() - last_progress_log_ >= kProgressLogInterval) {
     ServerLogger().info(
         "session {}: upload in progress, layer {} at token {}; this stream: {} chunks, {} tokens, "
         "{:.1f} MiB in the last {}",
         session->id(), chunk.layer(), chunk.token_begin() + chunk.num_tokens(),
-        response_->chunks_applied(), response_->tokens_applied(),
-        bytes_since_log_ / double(1 << 20),
+        response_.chunks_applied(), response_.tokens_applied(), bytes_since_log_ / double(1 << 20),
         absl::FormatDuration(absl::Now() - last_progress_log_));
     last_progress_log_ = absl::Now();
     bytes_since_log_ = 0;

@@ -1,7 +1,12 @@
-// AppendKvReactor: serves one AppendKv stream. Each chunk is applied on the compute
-// pool (it copies into pages and may wait on the layer's lock); the next read starts
-// only when the chunk is applied, so chunks apply in stream order. The first bad chunk
-// ends the stream with its status; chunks before it stay applied.
+// AppendKvReactor: serves one AppendKv stream. Each chunk is parsed and applied on the
+// compute pool (it copies into pages and may wait on the layer's lock); the next read
+// starts only when the chunk is applied, so chunks apply in stream order. The first bad
+// chunk, or a message that does not parse, ends the stream with its status; chunks before
+// it stay applied.
+//
+// The method is registered raw (grpc::ByteBuffer both ways): the generated callback
+// method reports a message that does not parse as OnReadDone(false), the same as the
+// client's end of writes, so a malformed message would end the stream with OK.
 //
 // Owned by gRPC; deletes itself in OnDone.
 #ifndef PQKV_SERVER_RPC_APPEND_KV_REACTOR_H_
@@ -16,23 +21,29 @@
 
 namespace pqkv::server {
 
-class AppendKvReactor final : public grpc::ServerReadReactor<v1::AppendKvRequest> {
+class AppendKvReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   // principal: the caller, or the authentication error that ends the stream at once.
+  // response: gRPC's response buffer, which gets the serialized AppendKvResponse.
   AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
-                  absl::StatusOr<std::string> principal, v1::AppendKvResponse* response);
+                  absl::StatusOr<std::string> principal, grpc::ByteBuffer* response);
 
   void OnReadDone(bool ok) override;
   void OnDone() override { delete this; }
 
  private:
+  // Parses the message read last into chunk_ and applies it.
+  absl::Status ParseAndApply();
   absl::Status Apply(const v1::AppendKvRequest& chunk);
 
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
   Metrics* const metrics_;
   const std::string principal_;
-  v1::AppendKvResponse* const response_;
+  grpc::ByteBuffer* const response_buffer_;
+  v1::AppendKvResponse response_;
+  grpc::ByteBuffer message_;  // the message being read or applied
+  uint64_t messages_read_ = 0;
   v1::AppendKvRequest chunk_;
   // Progress of a long upload, logged every kProgressLogInterval.
   absl::Time last_progress_log_ = absl::Now();

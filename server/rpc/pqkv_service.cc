@@ -73,8 +73,8 @@ grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext
   return reactor;
 }
 
-grpc::ServerReadReactor<v1::AppendKvRequest>* PqkvService::AppendKv(
-    grpc::CallbackServerContext* context, v1::AppendKvResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* PqkvService::AppendKv(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   return new AppendKvReactor(store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context),
                              response);
 }

@@ -35,9 +35,11 @@ struct ServiceOptions {
 };
 
 // The callback service with Retrieve registered raw (ByteBuffer in and out), so that its
-// responses reference gathered K/V rows instead of copying them (RetrieveReactor).
+// responses reference gathered K/V rows instead of copying them (RetrieveReactor), and
+// AppendKv raw, so that a message that does not parse ends its stream with
+// INVALID_ARGUMENT rather than as if the client had finished (AppendKvReactor).
 using PqkvCallbackServiceBase = v1::Pqkv::WithCallbackMethod_CreateSession<
-    v1::Pqkv::WithCallbackMethod_AppendKv<v1::Pqkv::WithRawCallbackMethod_Retrieve<
+    v1::Pqkv::WithRawCallbackMethod_AppendKv<v1::Pqkv::WithRawCallbackMethod_Retrieve<
         v1::Pqkv::WithCallbackMethod_FetchKv<v1::Pqkv::WithCallbackMethod_CloseSession<
             v1::Pqkv::WithCallbackMethod_GetSession<v1::Pqkv::WithCallbackMethod_ListSessions<
                 v1::Pqkv::WithCallbackMethod_GetServerStats<v1::Pqkv::Service>>>>>>>>;
@@ -51,8 +53,8 @@ class PqkvService final : public PqkvCallbackServiceBase {
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const v1::CreateSessionRequest* request,
                                           v1::CreateSessionResponse* response) override;
-  grpc::ServerReadReactor<v1::AppendKvRequest>* AppendKv(grpc::CallbackServerContext* context,
-                                                         v1::AppendKvResponse* response) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* AppendKv(grpc::CallbackServerContext* context,
+                                                      grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Retrieve(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* FetchKv(grpc::CallbackServerContext* context,

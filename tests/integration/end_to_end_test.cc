@@ -11,6 +11,7 @@
 #include <fstream>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -732,6 +733,116 @@ TEST_CASE("The server rejects bad AppendKv chunks with a clear status", "[integr
   CHECK(client->GetSession("nope").status().code() == absl::StatusCode::kNotFound);
   CHECK(client->CloseSession("nope").code() == absl::StatusCode::kNotFound);
   CHECK(client->ListSessions()->size() == 1);
+}
+
+// What a raw (GenericStub) call got back: its status and the bytes of its response.
+struct RawReply {
+  grpc::Status status;
+  std::optional<std::string> response;  // absent when no response message came
+};
+
+std::string Flatten(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  REQUIRE(buffer.Dump(&slices).ok());
+  std::string out;
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+// Sends `messages`, bytes as they are, as the stream of client-streaming `method`.
+RawReply RawClientStream(grpc::GenericStub& stub, const std::string& method,
+                         const std::vector<std::string>& messages) {
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  auto call = stub.PrepareCall(&context, method, &cq);
+  // Each op is awaited before the next starts; returns its ok.
+  intptr_t tag = 0;
+  auto step = [&] {
+    void* got = nullptr;
+    bool ok = false;
+    REQUIRE(cq.Next(&got, &ok));
+    CHECK(got == reinterpret_cast<void*>(tag));
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(++tag));
+  REQUIRE(step());
+  for (const std::string& message : messages) {
+    grpc::Slice slice(message);
+    grpc::ByteBuffer buffer(&slice, 1);
+    call->Write(buffer, reinterpret_cast<void*>(++tag));
+    if (!step()) break;  // the server ended the call
+  }
+  call->WritesDone(reinterpret_cast<void*>(++tag));
+  step();
+  RawReply reply;
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(++tag));
+  if (step()) reply.response = Flatten(response);
+  call->Finish(&reply.status, reinterpret_cast<void*>(++tag));
+  step();
+  cq.Shutdown();
+  void* ignored_tag;
+  bool ignored_ok;
+  while (cq.Next(&ignored_tag, &ignored_ok)) {
+  }
+  return reply;
+}
+
+// Issue 15, defect 4: gRPC's generated callback method reports a message that does not
+// parse as the end of the client's writes, which ended the stream with OK.
+TEST_CASE("An AppendKv message that does not parse ends the stream with INVALID_ARGUMENT",
+          "[integration]") {
+  auto server = StartServer();
+  auto client = Connect(*server);
+  SessionOptions options;
+  options.session_id = "s";
+  options.shape = {1, 1, 1, 8, DType::kFp32};
+  REQUIRE(client->CreateSession(options).ok());
+  const auto chunk = [](uint64_t token_begin) {
+    v1::AppendKvRequest chunk;
+    chunk.set_session_id("s");
+    chunk.set_token_begin(token_begin);
+    chunk.set_num_tokens(10);
+    chunk.set_dtype(v1::DTYPE_FP32);
+    chunk.set_keys(std::string(10 * 8 * 4, '\0'));
+    chunk.set_values(std::string(10 * 8 * 4, '\0'));
+    return chunk.SerializeAsString();
+  };
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  const std::string method = "/pqkv.v1.Pqkv/AppendKv";
+
+  SECTION("a garbage message between good ones") {
+    const RawReply reply =
+        RawClientStream(stub, method, {chunk(0), "\xff\xff\xff\xff", chunk(10), chunk(20)});
+    INFO(reply.status.error_message());
+    CHECK(reply.status.error_code() == grpc::INVALID_ARGUMENT);
+    CHECK(absl::StrContains(reply.status.error_message(),
+                            "AppendKv message 2 did not parse as pqkv.v1.AppendKvRequest"));
+    CHECK(absl::StrContains(reply.status.error_message(), "applied 1 chunks before it"));
+    CHECK(client->GetSession("s")->layers[0].num_tokens == 10);
+  }
+  SECTION("one truncated message") {
+    std::string truncated = chunk(0);
+    truncated.resize(truncated.size() - 5);
+    const RawReply reply = RawClientStream(stub, method, {truncated});
+    INFO(reply.status.error_message());
+    CHECK(reply.status.error_code() == grpc::INVALID_ARGUMENT);
+    CHECK(absl::StrContains(reply.status.error_message(), "AppendKv message 1 did not parse"));
+    CHECK(client->GetSession("s")->layers[0].num_tokens == 0);
+  }
+  SECTION("good messages only: OK and the counts") {
+    const RawReply reply = RawClientStream(stub, method, {chunk(0), chunk(10), chunk(20)});
+    INFO(reply.status.error_message());
+    REQUIRE(reply.status.ok());
+    REQUIRE(reply.response.has_value());
+    v1::AppendKvResponse response;
+    REQUIRE(response.ParseFromString(*reply.response));
+    CHECK(response.chunks_applied() == 3);
+    CHECK(response.tokens_applied() == 30);
+    CHECK(client->GetSession("s")->layers[0].num_tokens == 30);
+  }
 }
 
 }  // namespace
