@@ -1,10 +1,10 @@
 #include "server/rpc/pqkv_service.h"
 
 #include "absl/strings/str_cat.h"
-#include "common/grpc_status.h"
 #include "server/rpc/append_kv_reactor.h"
 #include "server/rpc/proto_convert.h"
 #include "server/rpc/retrieve_reactor.h"
+#include "server/rpc/unary_call.h"
 #include "server/version.h"
 
 namespace pqkv::server {
@@ -43,34 +43,28 @@ PqkvService::PqkvService(SessionStore* store, ThreadPool* compute_pool, Metrics*
                          const ServiceOptions& options)
     : store_(store), compute_pool_(compute_pool), metrics_(metrics), options_(options) {}
 
-void PqkvService::Done(grpc::ServerUnaryReactor* reactor, const char* rpc,
-                       const absl::Status& status) {
-  metrics_->RecordStatus(rpc, status);
-  reactor->Finish(ToGrpcStatus(status));
-}
-
 grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext* context,
-                                                     const v1::CreateSessionRequest* request,
-                                                     v1::CreateSessionResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
-  if (!principal.ok()) {
-    Done(reactor, "CreateSession", principal.status());
-    return reactor;
-  }
-  absl::StatusOr<SessionConfig> config = SessionConfigFromProto(request->shape(), request->index());
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<v1::CreateSessionRequest, v1::CreateSessionResponse>(
+      "CreateSession", metrics_, response);
+  absl::StatusOr<std::string> principal =
+      call->Start(PrincipalOf(options_.auth, *context), *request);
+  if (!principal.ok()) return call;
+  const v1::CreateSessionRequest& req = call->request();
+  absl::StatusOr<SessionConfig> config = SessionConfigFromProto(req.shape(), req.index());
   if (!config.ok()) {
-    Done(reactor, "CreateSession", config.status());
-    return reactor;
+    call->Reply(config.status());
+    return call;
   }
   absl::StatusOr<std::shared_ptr<Session>> session =
-      store_->CreateSession(request->session_id(), *config, *principal);
+      store_->CreateSession(req.session_id(), *config, *principal);
   if (session.ok()) {
-    response->set_session_id((*session)->id());
-    IndexOptionsToProto((*session)->config().index, response->mutable_index());
+    call->response()->set_session_id((*session)->id());
+    IndexOptionsToProto((*session)->config().index, call->response()->mutable_index());
   }
-  Done(reactor, "CreateSession", session.status());
-  return reactor;
+  call->Reply(session.status());
+  return call;
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* PqkvService::AppendKv(
@@ -90,111 +84,109 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PqkvService::Retrie
 }
 
 grpc::ServerUnaryReactor* PqkvService::FetchKv(grpc::CallbackServerContext* context,
-                                               const v1::FetchKvRequest* request,
-                                               v1::FetchKvResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
-  if (!principal.ok()) {
-    Done(reactor, "FetchKv", principal.status());
-    return reactor;
-  }
-  absl::StatusOr<std::shared_ptr<Session>> session = store_->Get(request->session_id(), *principal);
+                                               const grpc::ByteBuffer* request,
+                                               grpc::ByteBuffer* response) {
+  auto* call =
+      new UnaryCall<v1::FetchKvRequest, v1::FetchKvResponse>("FetchKv", metrics_, response);
+  absl::StatusOr<std::string> principal =
+      call->Start(PrincipalOf(options_.auth, *context), *request);
+  if (!principal.ok()) return call;
+  absl::StatusOr<std::shared_ptr<Session>> session =
+      store_->Get(call->request().session_id(), *principal);
   if (!session.ok()) {
-    Done(reactor, "FetchKv", session.status());
-    return reactor;
+    call->Reply(session.status());
+    return call;
   }
   // Copying up to 64 MiB of rows is too long for a reaction: do it on the compute pool.
-  compute_pool_->Schedule([this, reactor, request, response, session = *std::move(session)] {
-    absl::Status status = FillFetch(*session, *request, response);
+  compute_pool_->Schedule([this, call, session = *std::move(session)] {
+    v1::FetchKvResponse* response = call->response();
+    absl::Status status = FillFetch(*session, call->request(), response);
     if (!status.ok()) response->Clear();
     for (const v1::HeadRows& rows : response->heads()) {
       metrics_->RecordBytesSent("grpc", rows.keys().size() + rows.values().size());
     }
-    Done(reactor, "FetchKv", status);
+    call->Reply(status);
   });
-  return reactor;
+  return call;
 }
 
 // Close, GetSession and ListSessions take every layer's lock (and Close may free
 // thousands of pages), so they run on the compute pool, not in the reaction.
 grpc::ServerUnaryReactor* PqkvService::CloseSession(grpc::CallbackServerContext* context,
-                                                    const v1::CloseSessionRequest* request,
-                                                    v1::CloseSessionResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
-  if (!principal.ok()) {
-    Done(reactor, "CloseSession", principal.status());
-    return reactor;
-  }
-  compute_pool_->Schedule([this, reactor, request, response, principal = *principal] {
-    absl::StatusOr<size_t> bytes = store_->Close(request->session_id(), principal);
-    if (bytes.ok()) response->set_bytes_released(*bytes);
-    Done(reactor, "CloseSession", bytes.status());
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<v1::CloseSessionRequest, v1::CloseSessionResponse>("CloseSession",
+                                                                                metrics_, response);
+  absl::StatusOr<std::string> principal =
+      call->Start(PrincipalOf(options_.auth, *context), *request);
+  if (!principal.ok()) return call;
+  compute_pool_->Schedule([this, call, principal = *principal] {
+    absl::StatusOr<size_t> bytes = store_->Close(call->request().session_id(), principal);
+    if (bytes.ok()) call->response()->set_bytes_released(*bytes);
+    call->Reply(bytes.status());
   });
-  return reactor;
+  return call;
 }
 
 grpc::ServerUnaryReactor* PqkvService::GetSession(grpc::CallbackServerContext* context,
-                                                  const v1::GetSessionRequest* request,
-                                                  v1::GetSessionResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
-  if (!principal.ok()) {
-    Done(reactor, "GetSession", principal.status());
-    return reactor;
-  }
-  compute_pool_->Schedule([this, reactor, request, response, principal = *principal] {
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<v1::GetSessionRequest, v1::GetSessionResponse>("GetSession", metrics_,
+                                                                            response);
+  absl::StatusOr<std::string> principal =
+      call->Start(PrincipalOf(options_.auth, *context), *request);
+  if (!principal.ok()) return call;
+  compute_pool_->Schedule([this, call, principal = *principal] {
     absl::StatusOr<std::shared_ptr<Session>> session =
-        store_->Get(request->session_id(), principal);
+        store_->Get(call->request().session_id(), principal);
     if (session.ok()) {
-      SessionInfoToProto(**session, /*with_layers=*/true, response->mutable_session());
+      SessionInfoToProto(**session, /*with_layers=*/true, call->response()->mutable_session());
     }
-    Done(reactor, "GetSession", session.status());
+    call->Reply(session.status());
   });
-  return reactor;
+  return call;
 }
 
 grpc::ServerUnaryReactor* PqkvService::ListSessions(grpc::CallbackServerContext* context,
-                                                    const v1::ListSessionsRequest* request,
-                                                    v1::ListSessionsResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
-  if (!principal.ok()) {
-    Done(reactor, "ListSessions", principal.status());
-    return reactor;
-  }
-  compute_pool_->Schedule([this, reactor, response, principal = *principal] {
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<v1::ListSessionsRequest, v1::ListSessionsResponse>("ListSessions",
+                                                                                metrics_, response);
+  absl::StatusOr<std::string> principal =
+      call->Start(PrincipalOf(options_.auth, *context), *request);
+  if (!principal.ok()) return call;
+  compute_pool_->Schedule([this, call, principal = *principal] {
     for (const std::shared_ptr<Session>& session : store_->List(principal)) {
-      SessionInfoToProto(*session, /*with_layers=*/false, response->add_sessions());
+      SessionInfoToProto(*session, /*with_layers=*/false, call->response()->add_sessions());
     }
-    Done(reactor, "ListSessions", absl::OkStatus());
+    call->Reply(absl::OkStatus());
   });
-  return reactor;
+  return call;
 }
 
 grpc::ServerUnaryReactor* PqkvService::GetServerStats(grpc::CallbackServerContext* context,
-                                                      const v1::GetServerStatsRequest* request,
-                                                      v1::GetServerStatsResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> principal = PrincipalOf(options_.auth, *context);
-  if (!principal.ok()) {
-    Done(reactor, "GetServerStats", principal.status());
-    return reactor;
-  }
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<v1::GetServerStatsRequest, v1::GetServerStatsResponse>(
+      "GetServerStats", metrics_, response);
+  absl::StatusOr<std::string> principal =
+      call->Start(PrincipalOf(options_.auth, *context), *request);
+  if (!principal.ok()) return call;
   const SessionStoreStats stats = store_->Stats();
-  response->set_num_sessions(stats.num_sessions);
-  response->set_bytes_held(stats.bytes_held);
-  response->set_bytes_capacity(stats.bytes_capacity);
-  response->set_page_bytes(stats.page_bytes);
-  response->set_index_builds_pending(stats.index_builds_pending);
-  response->set_index_builds_done(stats.index_builds_done);
-  response->set_retrieve_items(retrieve_items_.load(std::memory_order_relaxed));
-  response->set_backend(options_.backend);
-  response->set_ucx_available(options_.data_plane != nullptr);
-  if (options_.data_plane == nullptr) response->set_ucx_error(options_.data_plane_error);
-  response->set_version(kVersion);
-  Done(reactor, "GetServerStats", absl::OkStatus());
-  return reactor;
+  v1::GetServerStatsResponse* out = call->response();
+  out->set_num_sessions(stats.num_sessions);
+  out->set_bytes_held(stats.bytes_held);
+  out->set_bytes_capacity(stats.bytes_capacity);
+  out->set_page_bytes(stats.page_bytes);
+  out->set_index_builds_pending(stats.index_builds_pending);
+  out->set_index_builds_done(stats.index_builds_done);
+  out->set_retrieve_items(retrieve_items_.load(std::memory_order_relaxed));
+  out->set_backend(options_.backend);
+  out->set_ucx_available(options_.data_plane != nullptr);
+  if (options_.data_plane == nullptr) out->set_ucx_error(options_.data_plane_error);
+  out->set_version(kVersion);
+  call->Reply(absl::OkStatus());
+  return call;
 }
 
 }  // namespace pqkv::server

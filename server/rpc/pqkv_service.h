@@ -34,15 +34,17 @@ struct ServiceOptions {
   std::string data_plane_error = "disabled";
 };
 
-// The callback service with Retrieve registered raw (ByteBuffer in and out), so that its
-// responses reference gathered K/V rows instead of copying them (RetrieveReactor), and
-// AppendKv raw, so that a message that does not parse ends its stream with
-// INVALID_ARGUMENT rather than as if the client had finished (AppendKvReactor).
-using PqkvCallbackServiceBase = v1::Pqkv::WithCallbackMethod_CreateSession<
+// The callback service with every method registered raw (grpc::ByteBuffer in and out):
+// Retrieve so that its responses reference gathered K/V rows instead of copying them
+// (RetrieveReactor); the others so that a request or message that does not parse gets
+// INVALID_ARGUMENT saying so (the generated methods answer UNIMPLEMENTED with no message
+// for a unary request, and end an AppendKv stream as if the client had finished:
+// UnaryCall, AppendKvReactor).
+using PqkvCallbackServiceBase = v1::Pqkv::WithRawCallbackMethod_CreateSession<
     v1::Pqkv::WithRawCallbackMethod_AppendKv<v1::Pqkv::WithRawCallbackMethod_Retrieve<
-        v1::Pqkv::WithCallbackMethod_FetchKv<v1::Pqkv::WithCallbackMethod_CloseSession<
-            v1::Pqkv::WithCallbackMethod_GetSession<v1::Pqkv::WithCallbackMethod_ListSessions<
-                v1::Pqkv::WithCallbackMethod_GetServerStats<v1::Pqkv::Service>>>>>>>>;
+        v1::Pqkv::WithRawCallbackMethod_FetchKv<v1::Pqkv::WithRawCallbackMethod_CloseSession<
+            v1::Pqkv::WithRawCallbackMethod_GetSession<v1::Pqkv::WithRawCallbackMethod_ListSessions<
+                v1::Pqkv::WithRawCallbackMethod_GetServerStats<v1::Pqkv::Service>>>>>>>>;
 
 class PqkvService final : public PqkvCallbackServiceBase {
  public:
@@ -50,33 +52,31 @@ class PqkvService final : public PqkvCallbackServiceBase {
   PqkvService(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
               const ServiceOptions& options);
 
+  // The unary methods get their request's bytes and answer through a UnaryCall.
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
-                                          const v1::CreateSessionRequest* request,
-                                          v1::CreateSessionResponse* response) override;
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
   grpc::ServerReadReactor<grpc::ByteBuffer>* AppendKv(grpc::CallbackServerContext* context,
                                                       grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Retrieve(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* FetchKv(grpc::CallbackServerContext* context,
-                                    const v1::FetchKvRequest* request,
-                                    v1::FetchKvResponse* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context,
-                                         const v1::CloseSessionRequest* request,
-                                         v1::CloseSessionResponse* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
-                                       const v1::GetSessionRequest* request,
-                                       v1::GetSessionResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context,
-                                         const v1::ListSessionsRequest* request,
-                                         v1::ListSessionsResponse* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetServerStats(grpc::CallbackServerContext* context,
-                                           const v1::GetServerStatsRequest* request,
-                                           v1::GetServerStatsResponse* response) override;
+                                           const grpc::ByteBuffer* request,
+                                           grpc::ByteBuffer* response) override;
 
  private:
-  // Counts the status and finishes the call.
-  void Done(grpc::ServerUnaryReactor* reactor, const char* rpc, const absl::Status& status);
-
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
   Metrics* const metrics_;

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "catch2/catch.hpp"
@@ -789,6 +790,22 @@ RawReply RawClientStream(grpc::GenericStub& stub, const std::string& method,
   return reply;
 }
 
+RawReply RawUnary(grpc::GenericStub& stub, const std::string& method, const std::string& request) {
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1), response_buffer;
+  grpc::ClientContext context;
+  absl::Notification done;
+  RawReply reply;
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request_buffer, &response_buffer,
+                 [&](grpc::Status s) {
+                   reply.status = std::move(s);
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  if (reply.status.ok()) reply.response = Flatten(response_buffer);
+  return reply;
+}
+
 // Issue 15, defect 4: gRPC's generated callback method reports a message that does not
 // parse as the end of the client's writes, which ended the stream with OK.
 TEST_CASE("An AppendKv message that does not parse ends the stream with INVALID_ARGUMENT",
@@ -843,6 +860,31 @@ TEST_CASE("An AppendKv message that does not parse ends the stream with INVALID_
     CHECK(response.tokens_applied() == 30);
     CHECK(client->GetSession("s")->layers[0].num_tokens == 30);
   }
+}
+
+// Issue 15: gRPC's generated callback unary handler answers a request that does not parse
+// with UNIMPLEMENTED and an empty message.
+TEST_CASE("A unary request that does not parse gets INVALID_ARGUMENT saying so", "[integration]") {
+  auto server = StartServer();
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  for (const std::string rpc : {"CreateSession", "FetchKv", "CloseSession", "GetSession",
+                                "ListSessions", "GetServerStats"}) {
+    INFO(rpc);
+    const RawReply reply = RawUnary(stub, "/pqkv.v1.Pqkv/" + rpc, "\xff\xff\xff\xff");
+    INFO(reply.status.error_message());
+    CHECK(reply.status.error_code() == grpc::INVALID_ARGUMENT);
+    CHECK(absl::StrContains(
+        reply.status.error_message(),
+        absl::StrCat("the ", rpc, " request did not parse as pqkv.v1.", rpc, "Request")));
+  }
+  // A request that parses still gets its response.
+  const RawReply stats = RawUnary(stub, "/pqkv.v1.Pqkv/GetServerStats", "");
+  REQUIRE(stats.status.ok());
+  REQUIRE(stats.response.has_value());
+  v1::GetServerStatsResponse response;
+  REQUIRE(response.ParseFromString(*stats.response));
+  CHECK(!response.version().empty());
 }
 
 }  // namespace
