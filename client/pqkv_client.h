@@ -266,7 +266,8 @@ class Client {
   absl::Status CloseSession(const std::string& session_id);
 
   // Uploads tokens [token_begin, token_begin + num_tokens) of one layer. keys and values:
-  // [kv_head][token][head_dim], num_kv_heads * num_tokens * head_dim elements each.
+  // [kv_head][token][head_dim], num_kv_heads * num_tokens * head_dim elements each, all
+  // finite (the server refuses NaN and Inf).
   // end_of_prefill: this call completes the layer's prefill, so the server builds its
   // index now (pass false for all but the last call of a chunked prefill; a layer never
   // completed is scored exactly). Any size: sent in chunks of about upload_chunk_bytes.

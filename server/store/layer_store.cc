@@ -29,6 +29,27 @@ const char* IndexStateName(IndexState state) {
   return "unknown";
 }
 
+namespace {
+
+// Where the first NaN or Inf of a chunk lies, "kv head 1, token 12" (the token's position
+// in the layer); `bytes` is laid out [kv_head][token][dim] for `num_tokens` tokens and is
+// known to hold one.
+std::string FirstNonFiniteRow(const ModelShape& shape, absl::string_view bytes, uint32_t num_tokens,
+                              uint64_t token_begin) {
+  for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
+    for (uint32_t t = 0; t < num_tokens; ++t) {
+      const char* row =
+          bytes.data() + (static_cast<size_t>(h) * num_tokens + t) * shape.row_bytes();
+      if (!kernels::AllFinite(shape.dtype, row, shape.head_dim)) {
+        return absl::StrCat("kv head ", h, ", token ", token_begin + t);
+      }
+    }
+  }
+  return "an unknown row";
+}
+
+}  // namespace
+
 LayerStore::LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena,
                        GpuScorer* gpu)
     : layer_(layer), config_(config), arena_(arena), gpu_(gpu) {
@@ -51,9 +72,15 @@ absl::Status LayerStore::Append(uint64_t token_begin, uint32_t num_tokens, absl:
                      " kv heads x ", shape.head_dim, " dims need ", expected,
                      " bytes of keys and of values, got ", keys.size(), " and ", values.size()));
   }
-  if (!kernels::AllFinite(shape.dtype, keys.data(),
-                          expected / kernels::ElementBytes(shape.dtype))) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer_, ": keys contain NaN or Inf"));
+  // Values are refused as keys are: a NaN or Inf row sent to the worker turns its attention
+  // output into NaN.
+  const size_t elements = expected / kernels::ElementBytes(shape.dtype);
+  for (const auto& [what, bytes] : {std::pair{"keys", keys}, std::pair{"values", values}}) {
+    if (!kernels::AllFinite(shape.dtype, bytes.data(), elements)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", layer_, ": ", what, " contain NaN or Inf (first at ",
+                       FirstNonFiniteRow(shape, bytes, num_tokens, token_begin), ")"));
+    }
   }
 
   absl::MutexLock lock(&mu_);

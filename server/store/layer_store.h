@@ -63,8 +63,8 @@ class LayerStore {
   LayerStore& operator=(const LayerStore&) = delete;
 
   // Appends num_tokens tokens at token_begin, which must equal the tokens held.
-  // keys, values: [kv_head][token][head_dim] in the session's dtype. All or nothing:
-  // on error nothing changes.
+  // keys, values: [kv_head][token][head_dim] in the session's dtype, finite (NaN or Inf
+  // is refused, naming the first such row). All or nothing: on error nothing changes.
   absl::Status Append(uint64_t token_begin, uint32_t num_tokens, absl::string_view keys,
                       absl::string_view values);
 

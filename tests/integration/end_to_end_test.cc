@@ -113,9 +113,12 @@ TEST_CASE("Every dtype round-trips bit for bit", "[integration]") {
     keys[i] = static_cast<uint8_t>(i * 7 + 3);
     values[i] = static_cast<uint8_t>(i * 13 + 1);
   }
-  // Keep every key element finite: clear the top exponent bit of each element's high byte.
+  // Keep every element finite: clear the top exponent bit of each element's high byte.
   const size_t elem = DTypeBytes(dtype);
-  for (size_t i = elem - 1; i < bytes; i += elem) keys[i] &= 0x3f;
+  for (size_t i = elem - 1; i < bytes; i += elem) {
+    keys[i] &= 0x3f;
+    values[i] &= 0x3f;
+  }
   REQUIRE(client->UploadPrefill(id, 0, 0, n, keys.data(), values.data(), true).ok());
   std::vector<FetchHead> heads = {{2, {0, 699, 350}}, {0, {5}}};
   std::vector<uint8_t> k(4 * options.shape.row_bytes()), v(k.size());
@@ -145,7 +148,10 @@ TEST_CASE("Retrieve with_kv returns the selected rows in the same round trip", "
     values[i] = static_cast<uint8_t>(i * 13 + 1);
   }
   const size_t elem = DTypeBytes(dtype);
-  for (size_t i = elem - 1; i < bytes; i += elem) keys[i] &= 0x3f;  // finite keys
+  for (size_t i = elem - 1; i < bytes; i += elem) {  // finite keys and values
+    keys[i] &= 0x3f;
+    values[i] &= 0x3f;
+  }
   REQUIRE(client->UploadPrefill(id, 0, 0, n, keys.data(), values.data(), true).ok());
   std::vector<float> query(8 * 64, 0.01f);
   const uint32_t k = 100;
@@ -707,6 +713,8 @@ TEST_CASE("The server rejects bad AppendKv chunks with a clear status", "[integr
        "bytes"},
       {"gap", [](auto& c) { c.set_token_begin(1); }, grpc::INVALID_ARGUMENT, "gap"},
       {"Inf key", [](auto& c) { (*c.mutable_keys())[1] = '\x7c'; }, grpc::INVALID_ARGUMENT, "Inf"},
+      {"NaN value", [](auto& c) { (*c.mutable_values())[1] = '\x7e'; }, grpc::INVALID_ARGUMENT,
+       "values contain NaN or Inf (first at kv head 0, token 0)"},
   };
   for (const Case& c : cases) {
     INFO(c.what);

@@ -13,9 +13,13 @@ PatternedLayer MakePatternedLayer(const ModelShape& shape, size_t num_tokens, ui
     layer.keys[i] = static_cast<uint8_t>(state >> 24);
     layer.values[i] = static_cast<uint8_t>(state >> 16);
   }
-  // Finite keys: clear the top exponent bit of every element's high byte.
+  // Finite keys and values (the server refuses others): clear the top exponent bit of
+  // every element's high byte.
   const size_t elem = DTypeBytes(shape.dtype);
-  for (size_t i = elem - 1; i < bytes; i += elem) layer.keys[i] &= 0x3f;
+  for (size_t i = elem - 1; i < bytes; i += elem) {
+    layer.keys[i] &= 0x3f;
+    layer.values[i] &= 0x3f;
+  }
   return layer;
 }
 

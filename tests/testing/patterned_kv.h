@@ -1,6 +1,6 @@
 // Patterned K/V bytes for data-plane tests: every byte depends on its position, so a row
-// that lands in the wrong place (or half-written) never compares equal. Keys are kept
-// finite in every dtype.
+// that lands in the wrong place (or half-written) never compares equal. Keys and values
+// are kept finite in every dtype.
 #ifndef PQKV_TESTS_TESTING_PATTERNED_KV_H_
 #define PQKV_TESTS_TESTING_PATTERNED_KV_H_
 

@@ -83,6 +83,31 @@ TEST_CASE("LayerStore rejects bad appends and changes nothing", "[server]") {
   CHECK(f.arena->bytes_in_use() == bytes_before);
 }
 
+// Issue 15: values with NaN or Inf were accepted while keys were refused.
+TEST_CASE("LayerStore refuses NaN or Inf in values as in keys, saying where", "[server]") {
+  Fixture f;
+  REQUIRE(f.layer.Append(0, 10, Bytes(10, 1), Bytes(10, 2)).ok());
+  const size_t bytes_before = f.arena->bytes_in_use();
+  const float bad =
+      GENERATE(std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+               -std::numeric_limits<float>::infinity());
+  const bool in_keys = GENERATE(false, true);
+  INFO("value " << bad << (in_keys ? " in keys" : " in values"));
+  std::string keys = Bytes(4, 1), values = Bytes(4, 2);
+  // kv head 1, token 2 of the chunk (position 12), dim 5.
+  std::memcpy((in_keys ? keys : values).data() + ((1 * 4 + 2) * kDim + 5) * sizeof(float), &bad,
+              sizeof bad);
+  const absl::Status s = f.layer.Append(10, 4, keys, values);
+  INFO(s.ToString());
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(s.message())
+            .find(in_keys ? "keys contain NaN or Inf" : "values contain NaN or Inf") !=
+        std::string::npos);
+  CHECK(std::string(s.message()).find("kv head 1, token 12") != std::string::npos);
+  CHECK(f.layer.Status().num_tokens == 10);
+  CHECK(f.arena->bytes_in_use() == bytes_before);
+}
+
 TEST_CASE("LayerStore refuses an append past the memory budget", "[server]") {
   auto arena = PageArena::Create(4 * 4096, 4096).value();  // 4 pages: 2 tensors x 2 heads
   LayerStore layer(0, Config(), arena.get());
