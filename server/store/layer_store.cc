@@ -258,6 +258,17 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
   const uint64_t candidate_end = n > recent ? n - recent : 0;
   const uint64_t candidate_begin = std::min<uint64_t>(sinks, candidate_end);
   const uint64_t candidates = candidate_end - candidate_begin;
+  if (candidates == 0) {
+    if (n == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", layer_, " holds no tokens: no candidates to select from"));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", layer_, " has ", n, " tokens, all within the ", sinks,
+                     " sink tokens and the recent window of ", recent,
+                     ": no candidates to select from (it needs more than ",
+                     uint64_t{sinks} + recent, " tokens)"));
+  }
   if (k == 0 || k > candidates) {
     return absl::InvalidArgumentError(absl::StrCat("k = ", k, " but layer ", layer_, " has ",
                                                    candidates, " candidate tokens (", n,

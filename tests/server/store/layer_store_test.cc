@@ -141,6 +141,29 @@ TEST_CASE("LayerStore rejects bad retrievals", "[server]") {
   }
 }
 
+// Issue 15: this said "k must be in [1, 0]".
+TEST_CASE("A layer with no candidates says so and why", "[server]") {
+  Fixture f;  // 4 sinks, a recent window of 8
+  const std::vector<float> query = Query(1);
+  SECTION("no tokens") {
+    const absl::Status s = f.layer.Retrieve(query, 1, Soon()).status();
+    INFO(s.ToString());
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(s.message()) == "layer 0 holds no tokens: no candidates to select from");
+  }
+  SECTION("all tokens are sinks or recent") {
+    REQUIRE(f.layer.Append(0, 12, Bytes(12, 1), Bytes(12, 2)).ok());
+    const absl::Status s = f.layer.Retrieve(query, 1, Soon()).status();
+    INFO(s.ToString());
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(s.message()) ==
+          "layer 0 has 12 tokens, all within the 4 sink tokens and the recent window of 8: no "
+          "candidates to select from (it needs more than 12 tokens)");
+    REQUIRE(f.layer.Append(12, 1, Bytes(1, 1), Bytes(1, 2)).ok());
+    CHECK(f.layer.Retrieve(query, 1, Soon()).ok());
+  }
+}
+
 TEST_CASE("LayerStore never returns sinks or recent tokens", "[server]") {
   Fixture f;
   REQUIRE(f.layer.Append(0, 100, Bytes(100, 1), Bytes(100, 2)).ok());
