@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "catch2/catch.hpp"
 
@@ -51,6 +52,34 @@ TEST_CASE("AllFinite finds NaN and Inf in every dtype", "[kernels]") {
   const uint16_t b[2] = {0x3f80, 0x7f80};
   CHECK_FALSE(AllFinite(ElementType::kBf16, b, 2));
   CHECK(AllFinite(ElementType::kBf16, b, 1));
+}
+
+// AllFinite checks blocks of elements without a branch, then the tail one by one: one bad
+// element is found wherever it lies, in buffers of any length.
+TEST_CASE("AllFinite finds one NaN or Inf anywhere in a long buffer", "[kernels]") {
+  const size_t n = GENERATE(255, 256, 257, 1000, 4096);
+  for (size_t at : {size_t{0}, size_t{1}, size_t{255}, size_t{256}, n / 2, n - 1}) {
+    if (at >= n) continue;
+    INFO("n = " << n << ", bad element at " << at);
+    std::vector<float> f(n, 1.5f);
+    std::vector<uint16_t> h(n, 0x3c00), b(n, 0x3f80);  // 1.0 in fp16 and bf16
+    CHECK(AllFinite(ElementType::kFp32, f.data(), n));
+    CHECK(AllFinite(ElementType::kFp16, h.data(), n));
+    CHECK(AllFinite(ElementType::kBf16, b.data(), n));
+    f[at] = -std::numeric_limits<float>::infinity();
+    h[at] = 0x7e00;  // NaN
+    b[at] = 0xff80;  // -Inf
+    CHECK_FALSE(AllFinite(ElementType::kFp32, f.data(), n));
+    CHECK_FALSE(AllFinite(ElementType::kFp16, h.data(), n));
+    CHECK_FALSE(AllFinite(ElementType::kBf16, b.data(), n));
+    // The largest finite values are not mistaken for Inf.
+    f[at] = std::numeric_limits<float>::max();
+    h[at] = 0x7bff;
+    b[at] = 0x7f7f;
+    CHECK(AllFinite(ElementType::kFp32, f.data(), n));
+    CHECK(AllFinite(ElementType::kFp16, h.data(), n));
+    CHECK(AllFinite(ElementType::kBf16, b.data(), n));
+  }
 }
 
 TEST_CASE("ToFloat converts whole buffers", "[kernels]") {
