@@ -19,6 +19,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "catch2/catch.hpp"
 #include "client/pqkv_client.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
@@ -366,7 +368,13 @@ TEST_CASE("An open AppendKv stream does not keep a closed session's memory", "[i
   REQUIRE(writer->Write(chunk));
   while (client->GetSession("closing")->layers[0].num_tokens == 0) std::this_thread::yield();
   REQUIRE(client->CloseSession("closing").ok());
-  CHECK(client->GetServerStats()->bytes_held == 0);  // the stream is still open
+  // The stream is still open. The chunk's tokens are visible a moment before the call
+  // that appended them lets go of the session, so wait for that (bounded), not longer.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (client->GetServerStats()->bytes_held != 0 && absl::Now() < deadline) {
+    std::this_thread::yield();
+  }
+  CHECK(client->GetServerStats()->bytes_held == 0);
   // A new session under the same id works on the same stream.
   REQUIRE(client->CreateSession(options).ok());
   chunk.set_token_begin(0);
