@@ -126,7 +126,8 @@ struct RetrieveQuery {
   // heads[h].sent in that order ([kv_head][sent][head_dim]; the buffers must still hold
   // k rows per head), and heads[h].slots says which slot holds every selected position.
   // The caller copies row j of head h into slot heads[h].slots[heads[h].sent[j]]. The
-  // server's record of the cache lives as long as the stream: a new stream starts cold,
+  // server's record of the cache lives as long as the stream and the session: a new
+  // stream starts cold, so does a session created again under a closed or expired id,
   // and a caller that cannot store a result's rows must reopen the stream. One item per
   // session and request may use the cache (later ones fail with INVALID_ARGUMENT).
   uint32_t cache_slots = 0;

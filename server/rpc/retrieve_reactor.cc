@@ -147,12 +147,12 @@ void RetrieveReactor::StartItem(int i) {
   // While the layer's index builds, park the item instead of holding a pool thread.
   absl::AnyInvocable<void()&&> score_later = [this, i, session = *session, layer = *layer] {
     compute_pool_->Schedule([this, i, session, layer] {
-      ScoreItem(i, *layer, /*parked=*/true);
+      ScoreItem(i, session, *layer, /*parked=*/true);
       ItemDone();
     });
   };
   if ((*layer)->DeferUntilIndexSettled(score_later)) return;
-  ScoreItem(i, **layer, /*parked=*/false);
+  ScoreItem(i, *session, **layer, /*parked=*/false);
   ItemDone();
 }
 
@@ -167,7 +167,8 @@ void RetrieveReactor::SetItemError(int i, const absl::Status& status) {
   result->set_error_message(std::string(status.message()));
 }
 
-void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
+void RetrieveReactor::ScoreItem(int i, const std::shared_ptr<Session>& session,
+                                const LayerStore& layer, bool parked) {
   const v1::RetrieveItem& item = request_.items(i);
   const absl::Time scoring_start = absl::Now();
   // A parked item is answered when the build ends; if that was past its bound, it says so.
@@ -209,7 +210,7 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
   if (item.with_kv()) {
     std::vector<std::vector<uint32_t>> missed;
     absl::StatusOr<HeadRowList> rows =
-        RowsToSend(item, *selection, layer.row_bytes(), &missed, result);
+        RowsToSend(item, *session, *selection, layer.row_bytes(), &missed, result);
     absl::Status status = rows.status();
     if (status.ok()) {
       status = item.has_landing() ? LandRows(layer, *rows, item.landing(), result)
@@ -233,8 +234,8 @@ void RetrieveReactor::ScoreItem(int i, const LayerStore& layer, bool parked) {
 }
 
 absl::StatusOr<RetrieveReactor::HeadRowList> RetrieveReactor::RowsToSend(
-    const v1::RetrieveItem& item, const LayerSelection& selection, size_t row_bytes,
-    std::vector<std::vector<uint32_t>>* missed, v1::RetrieveResult* result) {
+    const v1::RetrieveItem& item, const Session& session, const LayerSelection& selection,
+    size_t row_bytes, std::vector<std::vector<uint32_t>>* missed, v1::RetrieveResult* result) {
   HeadRowList rows(selection.heads.size());
   const uint32_t slots = item.cache_slots();
   if (slots == 0) {
@@ -247,9 +248,13 @@ absl::StatusOr<RetrieveReactor::HeadRowList> RetrieveReactor::RowsToSend(
   }
   missed->assign(rows.size(), {});
   absl::MutexLock lock(&cache_mu_);
-  std::vector<RowCacheDirectory>& directories =
-      row_caches_[std::make_pair(item.session_id(), request_.layer())];
-  if (directories.size() != rows.size() || directories[0].slots() != slots) {
+  RowCache& cache = row_caches_[std::make_pair(item.session_id(), request_.layer())];
+  // Another instance of the session (the id closed or expired and created again) holds
+  // other rows under the same positions: its directory says nothing about this one.
+  std::vector<RowCacheDirectory>& directories = cache.heads;
+  if (cache.session_serial != session.serial() || directories.size() != rows.size() ||
+      directories[0].slots() != slots) {
+    cache.session_serial = session.serial();
     directories.assign(rows.size(), RowCacheDirectory(slots));
   }
   uint64_t saved_rows = 0;

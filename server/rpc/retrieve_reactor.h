@@ -9,7 +9,8 @@
 // name a landing then have their rows written into the client's registered buffer before
 // the response is sent, and the stream's UcxPeer is released when the stream ends.
 // Items with cache_slots use the stream's row cache directories (delta transfer): only
-// rows the client's cache misses are sent.
+// rows the client's cache misses are sent. A directory belongs to one session instance:
+// a session closed (or expired) and created again under the same id starts cold.
 //
 // Per-item errors (unknown session, bad layer, k, query) go into the item's result;
 // the stream itself only ends when the client ends it. The next request is read only
@@ -71,15 +72,17 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   void StartItems();
   // Looks up item `i` of request_ and scores it now, or once its layer's index is built.
   void StartItem(int i);
-  // Scores item `i` into response_->results(i); `parked` when it waited for the index.
-  void ScoreItem(int i, const LayerStore& layer, bool parked);
+  // Scores item `i` of `session` into response_->results(i); `parked` when it waited for
+  // the index.
+  void ScoreItem(int i, const std::shared_ptr<Session>& session, const LayerStore& layer,
+                 bool parked);
   void SetItemError(int i, const absl::Status& status);
   // Positions whose rows to send, per kv head.
   using HeadRowList = std::vector<absl::Span<const uint32_t>>;
-  // The rows to send for `item`: every selected row (spans of `selection`), or with a
-  // row cache those it misses (spans of `*missed`); fills the heads' slots and sent
-  // lists of `result`.
-  absl::StatusOr<HeadRowList> RowsToSend(const v1::RetrieveItem& item,
+  // The rows to send for `item` of `session`: every selected row (spans of `selection`),
+  // or with a row cache those it misses (spans of `*missed`); fills the heads' slots and
+  // sent lists of `result`.
+  absl::StatusOr<HeadRowList> RowsToSend(const v1::RetrieveItem& item, const Session& session,
                                          const LayerSelection& selection, size_t row_bytes,
                                          std::vector<std::vector<uint32_t>>* missed,
                                          v1::RetrieveResult* result);
@@ -120,9 +123,14 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   std::unique_ptr<UcxPeer> peer_;
   std::string peer_error_;  // why peer_ is null after an offer
 
-  // Row cache directories per (session, layer), one per kv head.
+  // The row cache of one (session id, layer): one directory per kv head, for the session
+  // instance whose Session::serial() it records (a new instance replaces it, cold).
+  struct RowCache {
+    uint64_t session_serial = 0;
+    std::vector<RowCacheDirectory> heads;
+  };
   absl::Mutex cache_mu_;
-  absl::flat_hash_map<std::pair<std::string, uint32_t>, std::vector<RowCacheDirectory>> row_caches_
+  absl::flat_hash_map<std::pair<std::string, uint32_t>, RowCache> row_caches_
       ABSL_GUARDED_BY(cache_mu_);
 
   // The request being read or processed; untouched by reactions while processing.

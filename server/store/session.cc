@@ -3,10 +3,16 @@
 #include "absl/strings/str_cat.h"
 
 namespace pqkv::server {
+namespace {
+
+std::atomic<uint64_t> next_serial{1};
+
+}  // namespace
 
 Session::Session(std::string id, const SessionConfig& config, std::shared_ptr<PageArena> arena,
                  GpuScorer* gpu, std::string owner)
     : id_(std::move(id)),
+      serial_(next_serial.fetch_add(1, std::memory_order_relaxed)),
       owner_(std::move(owner)),
       config_(config),
       created_(absl::Now()),

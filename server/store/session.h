@@ -7,6 +7,7 @@
 #define PQKV_SERVER_STORE_SESSION_H_
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,10 @@ class Session {
           GpuScorer* gpu = nullptr, std::string owner = "");
 
   const std::string& id() const { return id_; }
+  // A number no other Session of this process has had (1, 2, ...): tells this session
+  // apart from an earlier or later one created under the same id, e.g. for state kept
+  // beside it by id (a Retrieve stream's row cache directories).
+  uint64_t serial() const { return serial_; }
   const std::string& owner() const { return owner_; }
   const SessionConfig& config() const { return config_; }
   absl::Time created() const { return created_; }
@@ -53,6 +58,7 @@ class Session {
 
  private:
   const std::string id_;
+  const uint64_t serial_;
   const std::string owner_;
   const SessionConfig config_;
   const absl::Time created_;

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "catch2/catch.hpp"
 #include "client/pqkv_client.h"
 #include "client/ucx_receiver.h"
@@ -34,9 +36,10 @@ std::string ServerBinary() {
   return binary != nullptr ? binary : "server/pqkv-server";
 }
 
-std::unique_ptr<testing::ServerProcess> StartServer() {
-  auto server =
-      testing::ServerProcess::Start(ServerBinary(), {"--memory_budget=1GiB", "--log_level=warn"});
+std::unique_ptr<testing::ServerProcess> StartServer(std::vector<std::string> extra_args = {}) {
+  std::vector<std::string> args = {"--memory_budget=1GiB", "--log_level=warn"};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  auto server = testing::ServerProcess::Start(ServerBinary(), args);
   REQUIRE(server.ok());
   return *std::move(server);
 }
@@ -237,6 +240,77 @@ TEST_CASE("Delta transfer: only the rows the client's cache misses are sent", "[
   CHECK((*both)[0].status.ok());
   CHECK((*both)[1].status.code() == absl::StatusCode::kInvalidArgument);
   CHECK((*both)[1].status.message().find("row cache") != absl::string_view::npos);
+  stream.reset();
+  client.reset();
+  CHECK(server->Stop() == 0);  // LeakSanitizer build: no leaks
+}
+
+TEST_CASE("Delta transfer: a session id closed or expired and created again starts cold",
+          "[data_plane]") {
+  // Closed by the client, or by the TTL sweep (a session unused for 2 s).
+  const bool by_ttl = GENERATE(false, true);
+  INFO((by_ttl ? "expired" : "closed"));
+  auto server = StartServer(by_ttl ? std::vector<std::string>{"--session_ttl_seconds=2"}
+                                   : std::vector<std::string>{});
+  auto client = Connect(*server);
+  const ModelShape shape{1, 1, 2, 64, DType::kFp16};
+  const size_t tokens = 2000, row = shape.row_bytes();
+  const uint32_t k = 50, slots = 64;
+  const std::string id = "r";
+  // The second instance has the same keys (so the same selection) but other values.
+  const testing::PatternedLayer first = testing::MakePatternedLayer(shape, tokens, 1);
+  testing::PatternedLayer second = first;
+  second.values = testing::MakePatternedLayer(shape, tokens, 2).values;
+  auto create_and_upload = [&](const testing::PatternedLayer& layer) {
+    SessionOptions options;
+    options.session_id = id;
+    options.shape = shape;
+    REQUIRE(client->CreateSession(options).value() == id);
+    REQUIRE(client
+                ->UploadPrefill(id, 0, 0, static_cast<uint32_t>(tokens), layer.keys.data(),
+                                layer.values.data(), true)
+                .ok());
+  };
+  create_and_upload(first);
+  // One stream throughout: its row cache directory must not outlive the session.
+  auto stream = client->OpenRetrievalStream({.data_path = DataPath::kGrpc}).value();
+  std::vector<uint8_t> keys(k * row), values(k * row);
+  const std::vector<float> query = Query(shape, 9);
+  RetrieveQuery q{id, query, k, keys.data(), values.data(), keys.size(), slots};
+  auto cold = stream->Retrieve(0, {&q, 1});
+  REQUIRE(cold.ok());
+  REQUIRE((*cold)[0].status.ok());
+  CHECK((*cold)[0].heads[0].sent.size() == k);
+  CHECK(testing::CountMismatchedRows(shape, tokens, first, (*cold)[0], keys.data(),
+                                     values.data()) == 0);
+
+  if (by_ttl) {
+    // Wait for the sweep (ListSessions does not mark sessions used).
+    const absl::Time give_up = absl::Now() + absl::Seconds(60);
+    for (;;) {
+      auto listed = client->ListSessions();
+      REQUIRE(listed.ok());
+      if (listed->empty()) break;
+      REQUIRE(absl::Now() < give_up);
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+  } else {
+    REQUIRE(client->CloseSession(id).ok());
+  }
+  create_and_upload(second);
+
+  auto again = stream->Retrieve(0, {&q, 1});
+  REQUIRE(again.ok());
+  const RetrieveResult& result = (*again)[0];
+  REQUIRE(result.status.ok());
+  REQUIRE(result.heads.size() == 1);
+  CHECK(result.heads[0].positions == (*cold)[0].heads[0].positions);
+  // A new session: the directory starts cold, every row is sent, and they are the new ones.
+  CHECK(result.heads[0].sent.size() == k);
+  CHECK(result.cache_saved_bytes == 0);
+  CHECK(testing::CountMismatchedRows(shape, tokens, second, result, keys.data(), values.data()) ==
+        0);
+  CHECK(stream->Close().ok());
   stream.reset();
   client.reset();
   CHECK(server->Stop() == 0);  // LeakSanitizer build: no leaks

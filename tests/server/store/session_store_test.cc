@@ -45,6 +45,21 @@ TEST_CASE("SessionStore rejects a duplicate session id", "[server]") {
   CHECK(store->Stats().num_sessions == 1);
 }
 
+TEST_CASE("A session created again under a closed or expired id has a new serial", "[server]") {
+  auto store = NewStore();
+  const std::shared_ptr<Session> first = store->CreateSession("a", SmallConfig()).value();
+  const std::shared_ptr<Session> other = store->CreateSession("b", SmallConfig()).value();
+  CHECK(first->serial() != other->serial());
+  REQUIRE(store->Close("a").ok());
+  const std::shared_ptr<Session> second = store->CreateSession("a", SmallConfig()).value();
+  CHECK(second->serial() != first->serial());
+  CHECK(second->serial() != other->serial());
+  REQUIRE(store->ExpireIdleSessions(absl::Now() + absl::Hours(1), absl::Minutes(1)) == 2);
+  const std::shared_ptr<Session> third = store->CreateSession("a", SmallConfig()).value();
+  CHECK(third->serial() != first->serial());
+  CHECK(third->serial() != second->serial());
+}
+
 TEST_CASE("SessionStore rejects bad ids and configs", "[server]") {
   auto store = NewStore();
   CHECK(store->CreateSession("has space", SmallConfig()).status().code() ==
