@@ -41,6 +41,10 @@ ABSL_FLAG(int, index_threads, 1, "Threads that train layer indexes in the backgr
 ABSL_FLAG(std::string, memory_budget, "",
           "Bytes of K/V the server may hold (e.g. 16GiB); default half of physical memory.");
 ABSL_FLAG(std::string, page_size, "64KiB", "K/V arena page size (a multiple of 4KiB).");
+ABSL_FLAG(std::string, max_inflight_gather_bytes, "1GiB",
+          "Most K/V row bytes Retrieve holds gathered outside the arena at once, server-wide "
+          "(rows in responses not yet written, staging of UCX puts); items past it fail with "
+          "RESOURCE_EXHAUSTED before gathering.");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
 ABSL_FLAG(double, max_index_wait_seconds, 60,
           "Longest a Retrieve item waits for its layer's index to finish building.");
@@ -170,6 +174,13 @@ int main(int argc, char** argv) {
   service_options.backend = gpu ? "cuda" : "cpu";
   service_options.data_plane = data_plane.get();
   service_options.data_plane_error = data_plane_error;
+  absl::StatusOr<size_t> gather_bytes =
+      pqkv::server::ParseByteSize(absl::GetFlag(FLAGS_max_inflight_gather_bytes));
+  if (!gather_bytes.ok()) return Fail(gather_bytes.status());
+  if (*gather_bytes == 0) {
+    return Fail(absl::InvalidArgumentError("--max_inflight_gather_bytes must be above 0"));
+  }
+  service_options.max_inflight_gather_bytes = *gather_bytes;
   std::unique_ptr<pqkv::server::TokenAuthenticator> auth;
   if (!absl::GetFlag(FLAGS_auth_tokens_file).empty()) {
     absl::StatusOr<std::unique_ptr<pqkv::server::TokenAuthenticator>> loaded =

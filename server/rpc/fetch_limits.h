@@ -9,8 +9,9 @@
 
 namespace pqkv::server {
 
-// Largest K+V payload of one FetchKv response or one Retrieve item with_kv; bigger ones
-// must be split (the C++ SDK splits fetches).
+// Largest K+V payload of one FetchKv response, or of the with_kv rows of one Retrieve
+// response (its items admitted in request order before gathering); bigger ones must be
+// split (the C++ SDK splits fetches).
 inline constexpr size_t kMaxFetchBytes = size_t{64} << 20;
 // Most row cache slots per kv head a Retrieve item may name (delta transfer).
 // (The server keeps 12 bytes per slot per kv head and layer for the life of a stream.)

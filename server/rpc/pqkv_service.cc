@@ -41,7 +41,11 @@ absl::Status FillFetch(const Session& session, const v1::FetchKvRequest& request
 
 PqkvService::PqkvService(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                          const ServiceOptions& options)
-    : store_(store), compute_pool_(compute_pool), metrics_(metrics), options_(options) {}
+    : store_(store),
+      compute_pool_(compute_pool),
+      metrics_(metrics),
+      options_(options),
+      gather_budget_(options.max_inflight_gather_bytes) {}
 
 grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request,
@@ -80,7 +84,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PqkvService::Retrie
                                   : absl::FromChrono(context->deadline());
   return new RetrieveReactor(store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context),
                              deadline, options_.max_index_wait, &retrieve_items_,
-                             options_.data_plane, options_.data_plane_error);
+                             options_.data_plane, options_.data_plane_error, &gather_budget_);
 }
 
 grpc::ServerUnaryReactor* PqkvService::FetchKv(grpc::CallbackServerContext* context,

@@ -6,12 +6,14 @@
 #define PQKV_SERVER_RPC_PQKV_SERVICE_H_
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "absl/time/time.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "server/dataplane/ucx_data_plane.h"
+#include "server/memory/byte_budget.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/fetch_limits.h"
 #include "server/runtime/thread_pool.h"
@@ -32,6 +34,10 @@ struct ServiceOptions {
   // gRPC responses only.
   UcxDataPlane* data_plane = nullptr;
   std::string data_plane_error = "disabled";
+  // Most bytes of K/V rows that Retrieve may hold gathered at once, server-wide: rows in
+  // responses not yet written and staging of UCX puts (RetrieveReactor). Items past it
+  // fail with RESOURCE_EXHAUSTED before gathering.
+  size_t max_inflight_gather_bytes = size_t{1} << 30;
 };
 
 // The callback service with every method registered raw (grpc::ByteBuffer in and out):
@@ -82,6 +88,8 @@ class PqkvService final : public PqkvCallbackServiceBase {
   Metrics* const metrics_;
   const ServiceOptions options_;
   std::atomic<uint64_t> retrieve_items_{0};
+  // Shared by every Retrieve stream; outlives them (the server is shut down first).
+  ByteBudget gather_budget_;
 };
 
 }  // namespace pqkv::server

@@ -15,7 +15,7 @@ RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, 
                                  absl::StatusOr<std::string> principal, absl::Time call_deadline,
                                  absl::Duration max_index_wait,
                                  std::atomic<uint64_t>* items_counter, UcxDataPlane* data_plane,
-                                 std::string data_plane_error)
+                                 std::string data_plane_error, ByteBudget* gather_budget)
     : store_(store),
       compute_pool_(compute_pool),
       metrics_(metrics),
@@ -24,7 +24,8 @@ RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, 
       max_index_wait_(max_index_wait),
       items_counter_(items_counter),
       data_plane_(data_plane),
-      data_plane_error_(std::move(data_plane_error)) {
+      data_plane_error_(std::move(data_plane_error)),
+      gather_budget_(gather_budget) {
   if (!principal.ok()) {
     metrics_->RecordStatus("Retrieve", principal.status());
     absl::MutexLock lock(&mu_);
@@ -66,6 +67,7 @@ void RetrieveReactor::OnReadDone(bool ok) {
   const int items = request_.items_size();
   for (int i = 0; i < items; ++i) response_->add_results();
   rows_.assign(items, {});
+  pending_.assign(items, std::nullopt);
   if (request_.has_open_data_plane()) {
     compute_pool_->Schedule([this] {
       OpenDataPlane();
@@ -84,25 +86,26 @@ void RetrieveReactor::StartItems() {
   }
   // Items run in parallel, so two that share one row cache (same session, cache_slots)
   // would update its directory in an order the client cannot know: the later are refused.
+  // They are answered here, so that the last item to finish is always a pool task's.
   absl::flat_hash_set<std::string> cached;
-  std::vector<bool> refused(items, false);
+  std::vector<int> scheduled;
   for (int i = 0; i < items; ++i) {
     const v1::RetrieveItem& item = request_.items(i);
-    refused[i] =
-        item.with_kv() && item.cache_slots() > 0 && !cached.insert(item.session_id()).second;
-  }
-  items_left_.store(items, std::memory_order_relaxed);
-  for (int i = 0; i < items; ++i) {
-    if (!refused[i]) {
-      compute_pool_->Schedule([this, i] { StartItem(i); });
+    if (!item.with_kv() || item.cache_slots() == 0 || cached.insert(item.session_id()).second) {
+      scheduled.push_back(i);
       continue;
     }
-    response_->mutable_results(i)->set_session_id(request_.items(i).session_id());
+    response_->mutable_results(i)->set_session_id(item.session_id());
     SetItemError(i, absl::InvalidArgumentError(
                         "an earlier item of this request already uses this session's row cache "
                         "(cache_slots): send one such item per session and request"));
-    ItemDone();
   }
+  if (scheduled.empty()) {
+    CompleteRequest();
+    return;
+  }
+  items_left_.store(static_cast<int>(scheduled.size()), std::memory_order_relaxed);
+  for (int i : scheduled) compute_pool_->Schedule([this, i] { StartItem(i); });
 }
 
 void RetrieveReactor::OpenDataPlane() {
@@ -157,7 +160,9 @@ void RetrieveReactor::StartItem(int i) {
 }
 
 void RetrieveReactor::ItemDone() {
-  if (items_left_.fetch_sub(1, std::memory_order_acq_rel) == 1) CompleteRequest();
+  if (items_left_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  GatherResponseRows();
+  CompleteRequest();
 }
 
 void RetrieveReactor::SetItemError(int i, const absl::Status& status) {
@@ -165,6 +170,23 @@ void RetrieveReactor::SetItemError(int i, const absl::Status& status) {
   v1::RetrieveResult* result = response_->mutable_results(i);
   result->set_status_code(CodeOf(status));
   result->set_error_message(std::string(status.message()));
+}
+
+void RetrieveReactor::SetRowsError(int i, const absl::Status& status, bool reset_cache) {
+  const v1::RetrieveItem& item = request_.items(i);
+  if (reset_cache && item.cache_slots() > 0) ResetRowCache(item.session_id());
+  rows_[i].clear();
+  v1::RetrieveResult* result = response_->mutable_results(i);
+  result->Clear();
+  result->set_session_id(item.session_id());
+  SetItemError(i, status);
+}
+
+void RetrieveReactor::RecordItemOk(int i, absl::Time scoring_start) {
+  items_counter_->fetch_add(1, std::memory_order_relaxed);
+  metrics_->RecordStatus("Retrieve", absl::OkStatus());
+  const absl::Time now = absl::Now();
+  metrics_->RecordRetrieveItem(now - request_start_, now - scoring_start);
 }
 
 void RetrieveReactor::ScoreItem(int i, const std::shared_ptr<Session>& session,
@@ -212,25 +234,98 @@ void RetrieveReactor::ScoreItem(int i, const std::shared_ptr<Session>& session,
     absl::StatusOr<HeadRowList> rows =
         RowsToSend(item, *session, *selection, layer.row_bytes(), &missed, result);
     absl::Status status = rows.status();
-    if (status.ok()) {
-      status = item.has_landing() ? LandRows(layer, *rows, item.landing(), result)
-                                  : AddRows(layer, *rows, metrics_, compute_pool_, &rows_[i]);
+    if (status.ok() && !item.has_landing()) {
+      // Gathered, if admitted, once every item is scored (GatherResponseRows).
+      status = PendRows(i, session, layer, *rows, scoring_start, rows_start);
+      if (status.ok()) return;
+    } else if (status.ok()) {
+      status = LandRows(layer, *rows, item.landing(), result);
     }
     if (!status.ok()) {
       // The client will not store these rows: its cache directory must not claim them.
-      if (item.cache_slots() > 0 && rows.ok()) ResetRowCache(item.session_id());
-      rows_[i].clear();
-      result->Clear();
-      result->set_session_id(item.session_id());
-      SetItemError(i, status);
+      SetRowsError(i, status, /*reset_cache=*/rows.ok());
       return;
     }
+    result->set_rows_us(absl::ToDoubleMicroseconds(absl::Now() - rows_start));
   }
-  if (item.with_kv()) result->set_rows_us(absl::ToDoubleMicroseconds(absl::Now() - rows_start));
-  items_counter_->fetch_add(1, std::memory_order_relaxed);
-  metrics_->RecordStatus("Retrieve", absl::OkStatus());
-  const absl::Time now = absl::Now();
-  metrics_->RecordRetrieveItem(now - request_start_, now - scoring_start);
+  RecordItemOk(i, scoring_start);
+}
+
+absl::Status RetrieveReactor::PendRows(int i, std::shared_ptr<Session> session,
+                                       const LayerStore& layer, const HeadRowList& rows,
+                                       absl::Time scoring_start, absl::Time rows_start) {
+  size_t total_rows = 0;
+  for (absl::Span<const uint32_t> head : rows) total_rows += head.size();
+  const size_t bytes = 2 * total_rows * layer.row_bytes();
+  if (bytes > kMaxFetchBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "with_kv would return ", bytes, " bytes for one item, over the ", kMaxFetchBytes,
+        "-byte limit: lower k, open the UCX data plane or fetch with FetchKv"));
+  }
+  PendingRows& pending = pending_[i].emplace();
+  pending.session = std::move(session);
+  pending.layer = &layer;
+  pending.positions.reserve(rows.size());
+  for (absl::Span<const uint32_t> head : rows)
+    pending.positions.emplace_back(head.begin(), head.end());
+  pending.bytes = bytes;
+  pending.scoring_start = scoring_start;
+  pending.rows_us = absl::ToDoubleMicroseconds(absl::Now() - rows_start);
+  return absl::OkStatus();
+}
+
+void RetrieveReactor::GatherResponseRows() {
+  // Admitted in request order, so which items fit does not depend on which item was
+  // scored first; the rest fail before any of their rows are gathered.
+  std::vector<int> admitted;
+  size_t response_bytes = 0;
+  for (int i = 0; i < static_cast<int>(pending_.size()); ++i) {
+    if (!pending_[i].has_value()) continue;
+    const size_t bytes = pending_[i]->bytes;
+    absl::Status status;
+    if (bytes > kMaxFetchBytes - response_bytes) {
+      status = absl::ResourceExhaustedError(absl::StrCat(
+          "the request's with_kv rows exceed ", kMaxFetchBytes,
+          " bytes in one response: this item's ", bytes, " bytes do not fit after the ",
+          response_bytes, " of earlier items; ask for fewer sessions' rows per request"));
+    } else {
+      absl::StatusOr<ByteBudget::Reservation> reserved = gather_budget_->TryReserve(bytes);
+      if (reserved.ok()) {
+        gathered_.push_back(*std::move(reserved));
+        response_bytes += bytes;
+        admitted.push_back(i);
+        continue;
+      }
+      status = absl::ResourceExhaustedError(absl::StrCat(
+          "this item's with_kv rows would pass the server's budget of rows gathered and not yet "
+          "written (--max_inflight_gather_bytes): ",
+          reserved.status().message(), "; retry, or ask for fewer rows per request"));
+    }
+    pending_[i].reset();
+    SetRowsError(i, status, /*reset_cache=*/true);
+  }
+  // Items in parallel when there is enough to copy; each also splits its heads (AddRows).
+  std::vector<absl::Status> status(admitted.size());
+  std::vector<double> gather_us(admitted.size());
+  ParallelFor(response_bytes >= kParallelGatherBytes ? compute_pool_ : nullptr,
+              static_cast<int>(admitted.size()), [&](int j) {
+                const PendingRows& pending = *pending_[admitted[j]];
+                const absl::Time start = absl::Now();
+                const HeadRowList rows(pending.positions.begin(), pending.positions.end());
+                status[j] =
+                    AddRows(*pending.layer, rows, metrics_, compute_pool_, &rows_[admitted[j]]);
+                gather_us[j] = absl::ToDoubleMicroseconds(absl::Now() - start);
+              });
+  for (size_t j = 0; j < admitted.size(); ++j) {
+    const int i = admitted[j];
+    if (!status[j].ok()) {
+      SetRowsError(i, status[j], /*reset_cache=*/true);
+      continue;
+    }
+    response_->mutable_results(i)->set_rows_us(pending_[i]->rows_us + gather_us[j]);
+    RecordItemOk(i, pending_[i]->scoring_start);
+  }
+  pending_.clear();  // the sessions' references go
 }
 
 absl::StatusOr<RetrieveReactor::HeadRowList> RetrieveReactor::RowsToSend(
@@ -303,7 +398,8 @@ absl::Status RetrieveReactor::LandRows(const LayerStore& layer, const HeadRowLis
                                                    ") landings of ", bytes, " bytes overlap"));
   }
   // Same host: gather from the pages straight into the client's buffer. Otherwise
-  // gather into a staging buffer and put it.
+  // gather into a staging buffer, which holds the gather budget while it lives, and put it.
+  ByteBudget::Reservation staging_budget;  // declared first: released after the staging
   std::vector<char> staging;
   char* keys_out;
   char* values_out;
@@ -316,6 +412,14 @@ absl::Status RetrieveReactor::LandRows(const LayerStore& layer, const HeadRowLis
           "the rows would take ", 2 * bytes, " bytes of staging for a UCX put, over the ",
           kMaxStagingBytes, "-byte limit per item: lower k"));
     }
+    absl::StatusOr<ByteBudget::Reservation> reserved = gather_budget_->TryReserve(2 * bytes);
+    if (!reserved.ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the rows' staging for a UCX put would pass the server's budget of rows gathered and "
+          "not yet written (--max_inflight_gather_bytes): ",
+          reserved.status().message(), "; retry, or ask for fewer rows per request"));
+    }
+    staging_budget = *std::move(reserved);
     staging.resize(2 * bytes);
     keys_out = staging.data();
     values_out = staging.data() + bytes;
@@ -340,11 +444,6 @@ absl::Status RetrieveReactor::AddRows(const LayerStore& layer, const HeadRowList
   const size_t row_bytes = layer.row_bytes();
   size_t total_rows = 0;
   for (absl::Span<const uint32_t> head : rows) total_rows += head.size();
-  if (2 * total_rows * row_bytes > kMaxFetchBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "with_kv would return ", 2 * total_rows * row_bytes, " bytes for one item, over the ",
-        kMaxFetchBytes, "-byte limit: lower k, open the UCX data plane or fetch with FetchKv"));
-  }
   // Gathered straight into the slices the response will reference: no copy when it is
   // serialised.
   std::vector<char*> keys_out(rows.size()), values_out(rows.size());
@@ -393,39 +492,19 @@ absl::Status RetrieveReactor::GatherHeads(const LayerStore& layer, const HeadRow
 }
 
 void RetrieveReactor::CompleteRequest() {
-  // Rows of many with_kv items could together pass what a client accepts in one
-  // message; drop rows from the last items first and say why in those items.
-  auto bytes_of = [](const std::vector<HeadRowSlices>& heads) {
-    size_t bytes = 0;
-    for (const HeadRowSlices& head : heads) bytes += head.keys.size() + head.values.size();
-    return bytes;
-  };
-  size_t rows_bytes = 0;
-  for (const std::vector<HeadRowSlices>& heads : rows_) rows_bytes += bytes_of(heads);
-  for (int i = response_->results_size() - 1; i >= 0 && rows_bytes > kMaxFetchBytes; --i) {
-    v1::RetrieveResult* result = response_->mutable_results(i);
-    if (rows_[i].empty()) continue;
-    rows_bytes -= bytes_of(rows_[i]);
-    rows_[i].clear();
-    const std::string session_id = result->session_id();
-    if (request_.items(i).cache_slots() > 0) ResetRowCache(session_id);
-    result->Clear();
-    result->set_session_id(session_id);
-    SetItemError(i, absl::ResourceExhaustedError(absl::StrCat(
-                        "the request's with_kv rows exceed ", kMaxFetchBytes,
-                        " bytes in one response: ask for fewer sessions' rows per request")));
-  }
   bool read_now;
-  auto encoded = std::make_unique<grpc::ByteBuffer>(EncodeRetrieveResponse(*response_, rows_));
+  Outbound outbound{std::make_unique<grpc::ByteBuffer>(EncodeRetrieveResponse(*response_, rows_)),
+                    std::move(gathered_)};
+  gathered_.clear();
   response_.reset();
   rows_.clear();
   {
     absl::MutexLock lock(&mu_);
     processing_ = false;
-    outbox_.push_back(std::move(encoded));
+    outbox_.push_back(std::move(outbound));
     if (!writing_) {
       writing_ = true;
-      StartWrite(outbox_.front().get());
+      StartWrite(outbox_.front().message.get());
     }
     read_now = outbox_.size() < kMaxQueuedResponses;
     read_deferred_ = !read_now;
@@ -437,12 +516,12 @@ void RetrieveReactor::OnWriteDone(bool ok) {
   bool read_now = false;
   {
     absl::MutexLock lock(&mu_);
-    outbox_.pop_front();
+    outbox_.pop_front();  // its rows' gather budget comes back
     writing_ = false;
     if (!ok) outbox_.clear();  // the client is gone; nobody will read the rest
     if (!outbox_.empty()) {
       writing_ = true;
-      StartWrite(outbox_.front().get());
+      StartWrite(outbox_.front().message.get());
     }
     if (read_deferred_ && outbox_.size() < kMaxQueuedResponses) {
       read_deferred_ = false;

@@ -12,6 +12,13 @@
 // rows the client's cache misses are sent. A directory belongs to one session instance:
 // a session closed (or expired) and created again under the same id starts cold.
 //
+// Rows bound for the response (with_kv, no landing) are gathered only after every item
+// of the request is scored, and only for the items admitted in request order: those whose
+// rows fit what is left of the response's kMaxFetchBytes and of the server-wide gather
+// budget (gather_budget, --max_inflight_gather_bytes). The others fail with
+// RESOURCE_EXHAUSTED before anything is gathered. An admitted item holds its bytes of the
+// budget until its response is written; a UCX put's staging holds them while it runs.
+//
 // Per-item errors (unknown session, bad layer, k, query) go into the item's result;
 // the stream itself only ends when the client ends it. The next request is read only
 // while fewer than kMaxQueuedResponses responses wait to be written, so a client that
@@ -25,6 +32,7 @@
 #include <atomic>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,6 +44,7 @@
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "server/dataplane/row_cache_directory.h"
 #include "server/dataplane/ucx_data_plane.h"
+#include "server/memory/byte_budget.h"
 #include "server/metrics/metrics.h"
 #include "server/rpc/retrieve_response_encoder.h"
 #include "server/runtime/thread_pool.h"
@@ -55,10 +64,13 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   // most max_index_wait after its request arrived; items_counter counts answered items.
   // principal: the caller, or the authentication error that ends the stream at once.
   // data_plane: the server's UCX end, or null (data_plane_error says why) when UCX is off.
+  // gather_budget: the server-wide budget of gathered rows not yet written; must outlive
+  // the reactor.
   RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                   absl::StatusOr<std::string> principal, absl::Time call_deadline,
                   absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter,
-                  UcxDataPlane* data_plane, std::string data_plane_error);
+                  UcxDataPlane* data_plane, std::string data_plane_error,
+                  ByteBudget* gather_budget);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -77,6 +89,11 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   void ScoreItem(int i, const std::shared_ptr<Session>& session, const LayerStore& layer,
                  bool parked);
   void SetItemError(int i, const absl::Status& status);
+  // Fails with_kv item `i` after its rows were chosen: clears its result (and, when
+  // `reset_cache`, its row cache directory, whose rows the client will not get).
+  void SetRowsError(int i, const absl::Status& status, bool reset_cache);
+  // Counts item `i` as answered OK (scoring began at scoring_start).
+  void RecordItemOk(int i, absl::Time scoring_start);
   // Positions whose rows to send, per kv head.
   using HeadRowList = std::vector<absl::Span<const uint32_t>>;
   // The rows to send for `item` of `session`: every selected row (spans of `selection`),
@@ -88,6 +105,13 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
                                          v1::RetrieveResult* result);
   // Forgets the row cache directory of (session, layer): the next selection sends all.
   void ResetRowCache(const std::string& session_id);
+  // Keeps item `i`'s rows for the response in pending_[i], to gather once admitted;
+  // INVALID_ARGUMENT when they alone pass kMaxFetchBytes.
+  absl::Status PendRows(int i, std::shared_ptr<Session> session, const LayerStore& layer,
+                        const HeadRowList& rows, absl::Time scoring_start, absl::Time rows_start);
+  // Once every item is scored: admits the pending rows in request order against the
+  // response's cap and the gather budget, fails the rest, and gathers the admitted.
+  void GatherResponseRows();
   // Gathers the K and V rows of `rows` (per kv head) into new slices in `out` (with_kv,
   // no landing).
   static absl::Status AddRows(const LayerStore& layer, const HeadRowList& rows, Metrics* metrics,
@@ -118,6 +142,7 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   std::atomic<uint64_t>* const items_counter_;
   UcxDataPlane* const data_plane_;
   const std::string data_plane_error_;
+  ByteBudget* const gather_budget_;
 
   // The open data plane; replaced only between requests, read by the items' tasks.
   std::unique_ptr<UcxPeer> peer_;
@@ -139,6 +164,19 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   std::unique_ptr<v1::RetrieveResponse> response_;
   // Rows of each result of response_, kept out of the message (see the class comment).
   std::vector<std::vector<HeadRowSlices>> rows_;
+  // An item's rows bound for the response, chosen but not yet gathered.
+  struct PendingRows {
+    std::shared_ptr<Session> session;  // keeps `layer` alive
+    const LayerStore* layer = nullptr;
+    std::vector<std::vector<uint32_t>> positions;  // per kv head, the rows to send
+    size_t bytes = 0;                              // K and V
+    absl::Time scoring_start;
+    double rows_us = 0;  // choosing them (row cache); the gather adds its own time
+  };
+  // Per item of request_: written by the item's task only, read once all are done.
+  std::vector<std::optional<PendingRows>> pending_;
+  // The gather budget held by the current request's admitted rows.
+  std::vector<ByteBudget::Reservation> gathered_;
   std::atomic<int> items_left_{0};
   // Until when the current request's parked items may wait for a building index.
   absl::Time wait_until_;
@@ -151,8 +189,13 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   // A read is due but waits for the outbox to drain (backpressure on slow readers).
   bool read_deferred_ ABSL_GUARDED_BY(mu_) = false;
+  // A response and the gather budget its rows hold until it is written.
+  struct Outbound {
+    std::unique_ptr<grpc::ByteBuffer> message;
+    std::vector<ByteBudget::Reservation> gathered;
+  };
   // Responses waiting to be written; the front one is in flight while writing_.
-  std::deque<std::unique_ptr<grpc::ByteBuffer>> outbox_ ABSL_GUARDED_BY(mu_);
+  std::deque<Outbound> outbox_ ABSL_GUARDED_BY(mu_);
   // OK, or why the stream ended early (a request that did not parse).
   grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
 };

@@ -24,6 +24,8 @@ class ServerProcess {
   int port() const { return port_; }
   // Port of the server's /metrics endpoint.
   int metrics_port() const { return metrics_port_; }
+  // The server's process id (e.g. to read its memory from /proc/<pid>/status).
+  pid_t pid() const { return pid_; }
   // Sends SIGTERM and waits; returns the exit status (as from waitpid).
   int Stop();
 
