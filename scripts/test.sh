@@ -1,64 +1,58 @@
 #!/usr/bin/env bash
 # Sets up (Debian packages), builds and runs every test, then prints one line:
 # "N passed, N failed", counting test cases from the JUnit results Bazel keeps: Catch2's
-# and pytest's (tests/python), one case per other test target. Test cases reported
-# skipped (the CUDA tests without a GPU, the torch tests without torch) are counted
-# apart, in a line "N skipped (...)" just before it.
+# and pytest's (tests/python), one case per other test target
+# (scripts/count_test_results.py). Test cases reported skipped (the CUDA tests without a
+# GPU, the torch tests without torch) are counted apart, in a line "N skipped (...)" just
+# before it.
+#
+#   scripts/test.sh [--sanitizers] [bazel flags]
+#
+# --sanitizers (what CI runs): also builds the server, client and integration tests with
+# AddressSanitizer and UndefinedBehaviorSanitizer (--config=sanitizers, .bazelrc, in an
+# output tree of their own) and runs them; their cases count in the same total.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh || exit 1
 
-targets=(//...)
+sanitizers=0
+if [ "${1:-}" = "--sanitizers" ]; then
+  sanitizers=1
+  shift
+fi
+flags=()
+excluded=()
 if [ ! -x /usr/local/cuda/bin/nvcc ]; then
   # No CUDA toolkit: build the CPU backend only and leave the CUDA kernels out.
   echo "test.sh: no /usr/local/cuda/bin/nvcc; building without CUDA (--define=pqkv_cuda=off)"
-  targets=(--define=pqkv_cuda=off -- //... -//kernels/cuda/... -//tests/kernels/cuda/... -//third_party/cuda:cudart)
+  flags=(--define=pqkv_cuda=off)
+  excluded=(-//kernels/cuda/... -//tests/kernels/cuda/... -//third_party/cuda:cudart)
 fi
-# Bazel's summary names every test target of this run; only their results are counted
-# (bazel-testlogs also keeps results of targets since deleted or renamed).
-summary=$(mktemp)
-trap 'rm -f "$summary"' EXIT
-bazel test --test_summary=short "$@" "${targets[@]}" 2>&1 | tee "$summary"
-bazel_status=${PIPESTATUS[0]}
 
-python3 - "$bazel_status" "$summary" <<'PY'
-import os, re, sys, xml.etree.ElementTree as ET
-passed = failed = 0
-skipped = []
-status_line = re.compile(r"^(//\S*:\S+)\s+(?:\(cached\)\s+)?(PASSED|FAILED|TIMEOUT|FLAKY|NO STATUS|"
-                         r"INCOMPLETE|REMOTE FAILURE|FAILED TO BUILD|SKIPPED)\b")
-targets = {}
-with open(sys.argv[2], errors="replace") as f:
-    for line in f:
-        match = status_line.match(line.strip())
-        if match:
-            targets[match.group(1)] = match.group(2)
-for label, status in sorted(targets.items()):
-    path = os.path.join("bazel-testlogs", label[2:].replace(":", "/"), "test.xml")
-    if not os.path.exists(path) or status in ("NO STATUS", "FAILED TO BUILD", "INCOMPLETE"):
-        failed += 1
-        print(f"FAILED: {label}: {status}, no results")
-        continue
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError:
-        failed += 1
-        print(f"unreadable test results: {path}")
-        continue
-    for case in root.iter("testcase"):
-        if case.find("failure") is not None or case.find("error") is not None:
-            failed += 1
-            print(f"FAILED: {path.split('/')[1:-1]} {case.get('name')}")
-        elif case.find("skipped") is not None:
-            reason = case.find("skipped").get("message") or "skipped"
-            skipped.append(f"{'/'.join(path.split('/')[1:-1])} {case.get('name')}: {reason}")
-        else:
-            passed += 1
-bazel_status = int(sys.argv[1])
-if bazel_status != 0 and failed == 0:
-    failed = 1  # the build itself failed, or a test left no results
-    print(f"bazel test exited with {bazel_status}")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# run_pass NAME ARGS...: one `bazel test`, its results counted into $work/tally (a
+# counter that cannot count counts as one failure).
+run_pass() {
+  local name=$1
+  shift
+  bazel test --test_summary=short "$@" 2>&1 | tee "$work/$name.summary"
+  python3 scripts/count_test_results.py "$name" "${PIPESTATUS[0]}" "$work/$name.summary" \
+    "$work/tally" || echo '{"passed": 0, "failed": 1, "skipped": []}' >>"$work/tally"
+}
+
+run_pass tests "${flags[@]}" "$@" -- //... "${excluded[@]}"
+if [ "$sanitizers" = 1 ]; then
+  run_pass asan+ubsan --config=sanitizers "${flags[@]}" "$@" -- \
+    //tests/server/... //tests/client/... //tests/integration/...
+fi
+
+python3 - "$work/tally" <<'PY'
+import json, sys
+runs = [json.loads(line) for line in open(sys.argv[1])]
+skipped = [case for run in runs for case in run["skipped"]]
 print(f"{len(skipped)} skipped ({'; '.join(skipped) if skipped else 'none'})")
-print(f"{passed} passed, {failed} failed")
+failed = sum(run["failed"] for run in runs)
+print(f"{sum(run['passed'] for run in runs)} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY

@@ -26,6 +26,15 @@ namespace {
 constexpr size_t kMiB = size_t{1} << 20;
 constexpr size_t kResponseCap = 64 * kMiB;  // server/rpc/fetch_limits.h kMaxFetchBytes
 
+// Under AddressSanitizer (scripts/test.sh --sanitizers builds the server with it too) freed
+// memory waits in ASan's quarantine, so resident sizes say nothing about what the server
+// keeps: the memory checks below hold only for the normal build; the statuses hold always.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kResidentSizeMeansSomething = false;
+#else
+constexpr bool kResidentSizeMeansSomething = true;
+#endif
+
 std::unique_ptr<testing::ServerProcess> StartServer(std::vector<std::string> extra_args = {}) {
   std::vector<std::string> args = {"--memory_budget=1GiB", "--log_level=warn", "--noucx"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
@@ -155,7 +164,7 @@ TEST_CASE("Retrieve with_kv fails the items whose rows do not fit the response b
   // One item's rows were gathered (and the selections of all 30): not 30 items' rows.
   INFO("RSS before " << rss_before / kMiB << " MiB, peak " << peak / kMiB << " MiB"
                      << (peak_reset ? "" : " (VmHWM not resettable: RSS after)"));
-  CHECK(peak < rss_before + 3 * kResponseCap);
+  if (kResidentSizeMeansSomething) CHECK(peak < rss_before + 3 * kResponseCap);
   client.reset();
   CHECK(server->Stop() == 0);
 }
@@ -190,7 +199,7 @@ TEST_CASE("Retrieve with_kv rows gathered for a response come back after it", "[
   // What stays is of the order of one response's rows (freed, but kept by malloc's
   // arenas; 45-90 MiB measured), not of 5000 items' (570 MiB when every item's rows were
   // gathered before the cap was applied).
-  CHECK(rss_after < rss_before + 3 * kResponseCap);
+  if (kResidentSizeMeansSomething) CHECK(rss_after < rss_before + 3 * kResponseCap);
   client.reset();
   CHECK(server->Stop() == 0);
 }
