@@ -93,10 +93,10 @@ uint64_t Mix(uint64_t x) {  // splitmix64's finalizer
 // hash of its coordinates, exponent 13..16 (magnitudes 0.25 to 4), always finite.
 uint16_t KvHalf(uint32_t session, uint32_t layer, uint32_t head, uint64_t token, uint32_t dim,
                 bool is_value) {
-  const uint64_t h = Mix(Mix(Mix((uint64_t{session} << 32) | (layer << 16) | (head << 1) |
-                                 (is_value ? 1 : 0)) ^
-                             token) ^
-                         dim);
+  const uint64_t h =
+      Mix(Mix(Mix((uint64_t{session} << 32) | (layer << 16) | (head << 1) | (is_value ? 1 : 0)) ^
+              token) ^
+          dim);
   return static_cast<uint16_t>(((h >> 15) & 1) << 15 | (13 + (h & 3)) << 10 | ((h >> 2) & 0x3ff));
 }
 
@@ -297,7 +297,8 @@ void RunStream(Client& client, const Shape& s, uint32_t stream_index, uint32_t s
         }
       }
       const auto start = std::chrono::steady_clock::now();
-      const absl::Status appended = client.AppendToken(ids[j], position, new_k.data(), new_v.data());
+      const absl::Status appended =
+          client.AppendToken(ids[j], position, new_k.data(), new_v.data());
       t.append_us.push_back(Since(start));
       if (!appended.ok()) {
         errors.Add(absl::StrCat("append: ", appended.ToString()));
@@ -324,9 +325,9 @@ std::string JsonMib(long kib) { return kib < 0 ? "null" : absl::StrFormat("%.1f"
 
 int Run() {
   const bool json = absl::GetFlag(FLAGS_json);
-  const Shape s{absl::GetFlag(FLAGS_layers),   absl::GetFlag(FLAGS_kv_heads),
+  const Shape s{absl::GetFlag(FLAGS_layers),      absl::GetFlag(FLAGS_kv_heads),
                 absl::GetFlag(FLAGS_query_heads), absl::GetFlag(FLAGS_head_dim),
-                absl::GetFlag(FLAGS_tokens),   absl::GetFlag(FLAGS_k)};
+                absl::GetFlag(FLAGS_tokens),      absl::GetFlag(FLAGS_k)};
   const uint32_t num_sessions = absl::GetFlag(FLAGS_sessions);
   const uint32_t steps = absl::GetFlag(FLAGS_steps);
   const uint32_t streams = std::max(1u, std::min(absl::GetFlag(FLAGS_streams), num_sessions));
@@ -404,9 +405,9 @@ int Run() {
 
   Timings all;
   for (Timings& t : timings) {
-    for (auto [to, from] : {std::pair{&all.upload_us, &t.upload_us},
-                            std::pair{&all.retrieve_us, &t.retrieve_us},
-                            std::pair{&all.append_us, &t.append_us}}) {
+    for (auto [to, from] :
+         {std::pair{&all.upload_us, &t.upload_us}, std::pair{&all.retrieve_us, &t.retrieve_us},
+          std::pair{&all.append_us, &t.append_us}}) {
       to->insert(to->end(), from->begin(), from->end());
     }
     all.rows_checked += t.rows_checked;
@@ -442,13 +443,13 @@ int Run() {
         "\"sessions_left\": %lu, \"rows_checked\": %lu, \"rows_mismatched\": %lu, "
         "\"errors\": %lu, \"error_messages\": [%s]}\n",
         num_sessions, steps, streams, s.layers, s.kv_heads, s.query_heads, s.head_dim, s.tokens,
-        s.k, all.data_path.c_str(), prefill_s, index_wait_s, decode_s, static_cast<unsigned long>(all.items),
-        p(all.upload_us, 0.5), p(all.upload_us, 0.99), p(all.retrieve_us, 0.5),
-        p(all.retrieve_us, 0.99), p(all.append_us, 0.5), p(all.append_us, 0.99),
-        JsonMib(at_start.rss_kib).c_str(), JsonMib(after_prefill.rss_kib).c_str(),
-        JsonMib(before_close.rss_kib).c_str(), JsonMib(peak_kib).c_str(),
-        JsonMib(at_end.rss_kib).c_str(), end_vs_start, static_cast<unsigned long>(sessions_left),
-        static_cast<unsigned long>(all.rows_checked),
+        s.k, all.data_path.c_str(), prefill_s, index_wait_s, decode_s,
+        static_cast<unsigned long>(all.items), p(all.upload_us, 0.5), p(all.upload_us, 0.99),
+        p(all.retrieve_us, 0.5), p(all.retrieve_us, 0.99), p(all.append_us, 0.5),
+        p(all.append_us, 0.99), JsonMib(at_start.rss_kib).c_str(),
+        JsonMib(after_prefill.rss_kib).c_str(), JsonMib(before_close.rss_kib).c_str(),
+        JsonMib(peak_kib).c_str(), JsonMib(at_end.rss_kib).c_str(), end_vs_start,
+        static_cast<unsigned long>(sessions_left), static_cast<unsigned long>(all.rows_checked),
         static_cast<unsigned long>(all.rows_mismatched), static_cast<unsigned long>(error_count),
         absl::StrJoin(quoted, ", ").c_str());
   } else {
@@ -456,19 +457,19 @@ int Run() {
         "\nprefill %.1f s, index builds %.1f s more, decode %.1f s (%lu Retrieve items, rows by "
         "%s)\n",
         prefill_s, index_wait_s, decode_s, static_cast<unsigned long>(all.items),
-                all.data_path.empty() ? "-" : all.data_path.c_str());
+        all.data_path.empty() ? "-" : all.data_path.c_str());
     std::printf("%-10s %8s %12s %12s\n", "call", "count", "p50_us", "p99_us");
-    for (auto [name, v] : {std::pair{"upload", &all.upload_us},
-                           std::pair{"retrieve", &all.retrieve_us},
-                           std::pair{"append", &all.append_us}}) {
+    for (auto [name, v] :
+         {std::pair{"upload", &all.upload_us}, std::pair{"retrieve", &all.retrieve_us},
+          std::pair{"append", &all.append_us}}) {
       std::printf("%-10s %8zu %12.1f %12.1f\n", name, v->size(), p(*v, 0.5), p(*v, 0.99));
     }
     std::printf(
         "server RSS MiB: start %s, after prefill %s, before close %s, peak %s, end %s "
         "(end vs start %+.1f%%); sessions left %lu\n",
         Mib(at_start.rss_kib).c_str(), Mib(after_prefill.rss_kib).c_str(),
-        Mib(before_close.rss_kib).c_str(), Mib(peak_kib).c_str(),
-        Mib(at_end.rss_kib).c_str(), 100 * end_vs_start, static_cast<unsigned long>(sessions_left));
+        Mib(before_close.rss_kib).c_str(), Mib(peak_kib).c_str(), Mib(at_end.rss_kib).c_str(),
+        100 * end_vs_start, static_cast<unsigned long>(sessions_left));
     std::printf("rows checked %lu, differing %lu\nerrors %lu\n",
                 static_cast<unsigned long>(all.rows_checked),
                 static_cast<unsigned long>(all.rows_mismatched),
