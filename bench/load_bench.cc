@@ -5,11 +5,12 @@
 // and a buffer here), then one AppendToken. The sessions are spread round-robin over
 // --streams threads, each with its own RetrievalStream; a thread's Retrieve call carries
 // one query per session it drives (one request per layer per step, as a batching worker
-// sends it).
+// sends it). Queries are fresh Gaussian vectors every step; results carry positions
+// only (with_scores false), as the reference worker asks.
 //
 //   bazel build //bench:load_bench
 //   bazel-bin/bench/load_bench --sessions=64 --steps=1000
-//   bazel-bin/bench/load_bench --sessions=4 --steps=5 --json      # what the smoke test runs
+//   bazel-bin/bench/load_bench --sessions=4 --steps=5 --json      # as the smoke test does
 //   bazel-bin/bench/load_bench --server=host:50051 --server_pid=1234   # a running server
 //
 // Flags: --sessions, --steps, --streams (threads, one RetrievalStream each), --layers,
@@ -25,10 +26,11 @@
 // Reports: errors (count and the first few messages), rows checked and how many differed,
 // median and p99 microseconds per call kind (upload: one layer's UploadPrefill; retrieve:
 // one stream's Retrieve of one layer; append: one AppendToken), and the server's RSS
-// (/proc/<pid>/status VmRSS) at start, after prefill, at its peak (VmHWM) and at the end,
-// once every session is closed. Decoding starts when the server has no index build
-// pending (the wait is reported). --json prints one JSON object with the same fields and
-// the setup on stderr. Exits 1 on any error or differing row.
+// (/proc/<pid>/status VmRSS) at start, after prefill, before the sessions close, at its
+// peak (VmHWM) and at the end, once every session is closed. Decoding starts when the
+// server has no index build pending (the wait is reported). --json prints one JSON
+// object with the same fields and the setup on stderr. Exits 1 on any error or differing
+// row.
 #include <sys/types.h>
 
 #include <algorithm>
