@@ -82,9 +82,26 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PqkvService::Retrie
   const absl::Time deadline = context->deadline() == std::chrono::system_clock::time_point::max()
                                   ? absl::InfiniteFuture()
                                   : absl::FromChrono(context->deadline());
-  return new RetrieveReactor(store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context),
-                             deadline, options_.max_index_wait, &retrieve_items_,
-                             options_.data_plane, options_.data_plane_error, &gather_budget_);
+  // gRPC calls OnDone only after this returns, so the stream is registered before it
+  // can remove itself.
+  auto* reactor = new RetrieveReactor(
+      store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context), deadline,
+      options_.max_index_wait, &retrieve_items_, options_.data_plane, options_.data_plane_error,
+      &gather_budget_, [this](RetrieveReactor* done) {
+        absl::MutexLock lock(&streams_mu_);
+        streams_.erase(done);
+      });
+  absl::MutexLock lock(&streams_mu_);
+  streams_.insert(reactor);
+  if (ending_streams_) reactor->EndWhenIdle();
+  return reactor;
+}
+
+void PqkvService::EndRetrieveStreams() {
+  absl::MutexLock lock(&streams_mu_);
+  ending_streams_ = true;
+  // Under streams_mu_ no stream can be deleted (OnDone takes it first).
+  for (RetrieveReactor* stream : streams_) stream->EndWhenIdle();
 }
 
 grpc::ServerUnaryReactor* PqkvService::FetchKv(grpc::CallbackServerContext* context,

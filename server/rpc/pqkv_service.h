@@ -10,6 +10,9 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "server/dataplane/ucx_data_plane.h"
@@ -21,6 +24,8 @@
 #include "server/store/session_store.h"
 
 namespace pqkv::server {
+
+class RetrieveReactor;
 
 struct ServiceOptions {
   // Longest a Retrieve item waits for a building index after its request arrived
@@ -82,6 +87,12 @@ class PqkvService final : public PqkvCallbackServiceBase {
                                            const grpc::ByteBuffer* request,
                                            grpc::ByteBuffer* response) override;
 
+  // Before grpc::Server::Shutdown: ends every open Retrieve stream that has no request in
+  // processing now with UNAVAILABLE "server shutting down", and each other one as soon as
+  // its request is answered; streams opened after it end the same way. The shutdown's
+  // grace is then spent on work in flight only (idle streams would hold it to the end).
+  void EndRetrieveStreams();
+
  private:
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
@@ -90,6 +101,10 @@ class PqkvService final : public PqkvCallbackServiceBase {
   std::atomic<uint64_t> retrieve_items_{0};
   // Shared by every Retrieve stream; outlives them (the server is shut down first).
   ByteBudget gather_budget_;
+  // Retrieve streams not yet done (each removes itself in OnDone).
+  absl::Mutex streams_mu_;
+  absl::flat_hash_set<RetrieveReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);
+  bool ending_streams_ ABSL_GUARDED_BY(streams_mu_) = false;
 };
 
 }  // namespace pqkv::server

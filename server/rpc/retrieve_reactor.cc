@@ -15,7 +15,8 @@ RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, 
                                  absl::StatusOr<std::string> principal, absl::Time call_deadline,
                                  absl::Duration max_index_wait,
                                  std::atomic<uint64_t>* items_counter, UcxDataPlane* data_plane,
-                                 std::string data_plane_error, ByteBudget* gather_budget)
+                                 std::string data_plane_error, ByteBudget* gather_budget,
+                                 std::function<void(RetrieveReactor*)> on_done)
     : store_(store),
       compute_pool_(compute_pool),
       metrics_(metrics),
@@ -25,7 +26,8 @@ RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, 
       items_counter_(items_counter),
       data_plane_(data_plane),
       data_plane_error_(std::move(data_plane_error)),
-      gather_budget_(gather_budget) {
+      gather_budget_(gather_budget),
+      on_done_(std::move(on_done)) {
   if (!principal.ok()) {
     metrics_->RecordStatus("Retrieve", principal.status());
     absl::MutexLock lock(&mu_);
@@ -42,6 +44,15 @@ void RetrieveReactor::OnReadDone(bool ok) {
     reads_done_ = true;
     MaybeFinishLocked();
     return;
+  }
+  {
+    // Shutting down: a request that arrives now is not processed (the stream ends
+    // UNAVAILABLE; the client retries elsewhere).
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_ || finished_) {
+      MaybeFinishLocked();
+      return;
+    }
   }
   // The raw method hands over bytes; a request that does not parse ends the stream.
   const grpc::Status parsed =
@@ -133,6 +144,7 @@ void RetrieveReactor::OnDone() {
   if (peer_ != nullptr) {
     compute_pool_->Schedule([peer = std::move(peer_)]() mutable { peer.reset(); });
   }
+  if (on_done_) on_done_(this);
   delete this;
 }
 
@@ -506,8 +518,12 @@ void RetrieveReactor::CompleteRequest() {
       writing_ = true;
       StartWrite(outbox_.front().message.get());
     }
-    read_now = outbox_.size() < kMaxQueuedResponses;
-    read_deferred_ = !read_now;
+    if (shutting_down_) {
+      read_now = false;  // finished once the outbox drains (OnWriteDone)
+    } else {
+      read_now = outbox_.size() < kMaxQueuedResponses;
+      read_deferred_ = !read_now;
+    }
   }
   if (read_now) StartRead(&request_buffer_);
 }
@@ -523,19 +539,32 @@ void RetrieveReactor::OnWriteDone(bool ok) {
       writing_ = true;
       StartWrite(outbox_.front().message.get());
     }
-    if (read_deferred_ && outbox_.size() < kMaxQueuedResponses) {
+    if (read_deferred_ && outbox_.size() < kMaxQueuedResponses && !shutting_down_) {
       read_deferred_ = false;
       read_now = true;
     } else {
+      if (shutting_down_) read_deferred_ = false;  // that read will never be started
       MaybeFinishLocked();
     }
   }
   if (read_now) StartRead(&request_buffer_);
 }
 
+void RetrieveReactor::EndWhenIdle() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+  if (!processing_ && !writing_) read_deferred_ = false;
+  MaybeFinishLocked();
+}
+
 void RetrieveReactor::MaybeFinishLocked() {
-  if (finished_ || !reads_done_ || processing_ || writing_ || read_deferred_) return;
+  if (finished_ || processing_ || writing_ || read_deferred_) return;
+  if (!reads_done_ && !shutting_down_) return;
   finished_ = true;
+  // A read may still be pending: gRPC completes it (not ok) before OnDone.
+  if (shutting_down_ && !reads_done_ && final_status_.ok()) {
+    final_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down");
+  }
   Finish(final_status_);
 }
 

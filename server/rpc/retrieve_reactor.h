@@ -24,13 +24,18 @@
 // while fewer than kMaxQueuedResponses responses wait to be written, so a client that
 // does not read cannot make the server buffer without bound.
 //
-// Owned by gRPC; deletes itself in OnDone, which gRPC calls only after Finish, which is
+// Shutdown: EndWhenIdle ends the stream with UNAVAILABLE "server shutting down" as soon as
+// no request is in processing and no response waits to be written (at once when idle); no
+// request is read after it. The server's grace is then spent only on work in flight.
+//
+// Owned by gRPC; deletes itself in OnDone (after calling on_done), which gRPC calls only after Finish, which is
 // only called once no pool task refers to the reactor.
 #ifndef PQKV_SERVER_RPC_RETRIEVE_REACTOR_H_
 #define PQKV_SERVER_RPC_RETRIEVE_REACTOR_H_
 
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -70,7 +75,12 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
                   absl::StatusOr<std::string> principal, absl::Time call_deadline,
                   absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter,
                   UcxDataPlane* data_plane, std::string data_plane_error,
-                  ByteBudget* gather_budget);
+                  ByteBudget* gather_budget, std::function<void(RetrieveReactor*)> on_done);
+
+  // Ends the stream (UNAVAILABLE "server shutting down") once nothing is in processing or
+  // waiting to be written, at once if so now. Thread-safe; call only before OnDone (the
+  // service calls it under the lock that on_done takes).
+  void EndWhenIdle();
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -143,6 +153,7 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   UcxDataPlane* const data_plane_;
   const std::string data_plane_error_;
   ByteBudget* const gather_budget_;
+  const std::function<void(RetrieveReactor*)> on_done_;
 
   // The open data plane; replaced only between requests, read by the items' tasks.
   std::unique_ptr<UcxPeer> peer_;
@@ -189,6 +200,8 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   // A read is due but waits for the outbox to drain (backpressure on slow readers).
   bool read_deferred_ ABSL_GUARDED_BY(mu_) = false;
+  // EndWhenIdle was called: no more reads; finish once idle.
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   // A response and the gather budget its rows hold until it is written.
   struct Outbound {
     std::unique_ptr<grpc::ByteBuffer> message;
