@@ -45,6 +45,9 @@ ABSL_FLAG(std::string, max_inflight_gather_bytes, "1GiB",
           "Most K/V row bytes Retrieve holds gathered outside the arena at once, server-wide "
           "(rows in responses not yet written, staging of UCX puts); items past it fail with "
           "RESOURCE_EXHAUSTED before gathering.");
+ABSL_FLAG(std::string, max_row_cache_bytes, "256MiB",
+          "Most bytes Retrieve's row cache directories (cache_slots, delta transfer) take, "
+          "server-wide; items past it fail with RESOURCE_EXHAUSTED.");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
 ABSL_FLAG(double, max_index_wait_seconds, 60,
           "Longest a Retrieve item waits for its layer's index to finish building.");
@@ -181,6 +184,10 @@ int main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--max_inflight_gather_bytes must be above 0"));
   }
   service_options.max_inflight_gather_bytes = *gather_bytes;
+  absl::StatusOr<size_t> row_cache_bytes =
+      pqkv::server::ParseByteSize(absl::GetFlag(FLAGS_max_row_cache_bytes));
+  if (!row_cache_bytes.ok()) return Fail(row_cache_bytes.status());
+  service_options.max_row_cache_bytes = *row_cache_bytes;
   std::unique_ptr<pqkv::server::TokenAuthenticator> auth;
   if (!absl::GetFlag(FLAGS_auth_tokens_file).empty()) {
     absl::StatusOr<std::unique_ptr<pqkv::server::TokenAuthenticator>> loaded =

@@ -1,11 +1,15 @@
 #include "server/dataplane/row_cache_directory.h"
 
+#include <algorithm>
 #include <cassert>
 
 namespace pqkv::server {
 
-RowCacheDirectory::RowCacheDirectory(uint32_t slots)
-    : slot_position_(slots, kNone), prev_(slots, kNone), next_(slots, kNone) {}
+uint32_t RowCacheDirectory::NewSlotsFor(absl::Span<const uint32_t> positions) const {
+  uint32_t misses = 0;
+  for (uint32_t position : positions) misses += slot_of_.contains(position) ? 0 : 1;
+  return std::min(misses, slots_ - used_);
+}
 
 void RowCacheDirectory::Unlink(uint32_t slot) {
   if (prev_[slot] != kNone)
@@ -46,7 +50,11 @@ RowCacheDirectory::Placement RowCacheDirectory::Place(absl::Span<const uint32_t>
     missed[i] = true;
     uint32_t slot;
     if (used_ < slots()) {
+      // A new slot: the directory grows only as slots come into use.
       slot = used_++;
+      slot_position_.push_back(kNone);
+      prev_.push_back(kNone);
+      next_.push_back(kNone);
     } else {
       slot = tail_;
       Unlink(slot);

@@ -2,6 +2,8 @@
 // layer, kv head): which token position each of the client's `slots` cache slots holds,
 // evicting the least recently selected position first. Deterministic, so the client
 // never needs its own copy: the server tells it the slot of every selected position.
+// Its memory grows with the slots in use (about kBytesPerSlot each), never to `slots` up
+// front: a layer of few candidate tokens costs few slots whatever the client's cache size.
 //
 // Not thread-safe: the owner (one Retrieve stream) serialises calls.
 #ifndef PQKV_SERVER_DATAPLANE_ROW_CACHE_DIRECTORY_H_
@@ -17,9 +19,19 @@ namespace pqkv::server {
 
 class RowCacheDirectory {
  public:
-  explicit RowCacheDirectory(uint32_t slots);
+  // Upper bound of the bytes one slot in use takes (its position, recency links and
+  // hash map entry), for charging directories to a budget.
+  static constexpr size_t kBytesPerSlot = 48;
 
-  uint32_t slots() const { return static_cast<uint32_t>(slot_position_.size()); }
+  explicit RowCacheDirectory(uint32_t slots) : slots_(slots) {}
+
+  // The client's cache size.
+  uint32_t slots() const { return slots_; }
+  // Slots that hold a position (allocated; never more than slots()).
+  uint32_t used() const { return used_; }
+  // How many more slots Place(positions) would put in use: its misses, up to the free
+  // slots. Does not change the directory.
+  uint32_t NewSlotsFor(absl::Span<const uint32_t> positions) const;
 
   struct Placement {
     std::vector<uint32_t> slots;  // slot of each selected position, in selection order
@@ -35,8 +47,9 @@ class RowCacheDirectory {
   void Unlink(uint32_t slot);
   void PushFront(uint32_t slot);  // most recently used
 
+  uint32_t slots_;
   absl::flat_hash_map<uint32_t, uint32_t> slot_of_;  // position -> slot
-  std::vector<uint32_t> slot_position_;              // slot -> position, kNone if free
+  std::vector<uint32_t> slot_position_;              // slot -> position, for slots in use
   // Recency list over slots in use: head_ most recent, tail_ least.
   std::vector<uint32_t> prev_, next_;
   uint32_t head_ = kNone, tail_ = kNone;

@@ -1,5 +1,6 @@
 #include "server/memory/byte_budget.h"
 
+#include <cassert>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -25,6 +26,13 @@ void ByteBudget::Reservation::Release() {
   }
   budget_ = nullptr;
   bytes_ = 0;
+}
+
+void ByteBudget::Reservation::Absorb(Reservation other) {
+  if (other.budget_ == nullptr) return;
+  assert(budget_ == nullptr || budget_ == other.budget_);
+  budget_ = std::exchange(other.budget_, nullptr);
+  bytes_ += std::exchange(other.bytes_, 0);
 }
 
 absl::StatusOr<ByteBudget::Reservation> ByteBudget::TryReserve(size_t bytes) {

@@ -27,6 +27,8 @@ class ByteBudget {
     size_t bytes() const { return bytes_; }
     // Gives the bytes back now (nothing happens the second time).
     void Release();
+    // Takes over `other`'s bytes, which must be of the same budget (or none).
+    void Absorb(Reservation other);
 
    private:
     friend class ByteBudget;

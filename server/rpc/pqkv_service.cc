@@ -45,7 +45,8 @@ PqkvService::PqkvService(SessionStore* store, ThreadPool* compute_pool, Metrics*
       compute_pool_(compute_pool),
       metrics_(metrics),
       options_(options),
-      gather_budget_(options.max_inflight_gather_bytes) {}
+      gather_budget_(options.max_inflight_gather_bytes),
+      row_cache_budget_(options.max_row_cache_bytes) {}
 
 grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request,
@@ -87,7 +88,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PqkvService::Retrie
   auto* reactor = new RetrieveReactor(
       store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context), deadline,
       options_.max_index_wait, &retrieve_items_, options_.data_plane, options_.data_plane_error,
-      &gather_budget_, [this](RetrieveReactor* done) {
+      &gather_budget_, &row_cache_budget_, [this](RetrieveReactor* done) {
         absl::MutexLock lock(&streams_mu_);
         streams_.erase(done);
       });

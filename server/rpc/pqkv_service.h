@@ -43,6 +43,9 @@ struct ServiceOptions {
   // responses not yet written and staging of UCX puts (RetrieveReactor). Items past it
   // fail with RESOURCE_EXHAUSTED before gathering.
   size_t max_inflight_gather_bytes = size_t{1} << 30;
+  // Most bytes all Retrieve streams' row cache directories (cache_slots) may take,
+  // server-wide; an item whose directories would pass it fails with RESOURCE_EXHAUSTED.
+  size_t max_row_cache_bytes = size_t{256} << 20;
 };
 
 // The callback service with every method registered raw (grpc::ByteBuffer in and out):
@@ -101,6 +104,8 @@ class PqkvService final : public PqkvCallbackServiceBase {
   std::atomic<uint64_t> retrieve_items_{0};
   // Shared by every Retrieve stream; outlives them (the server is shut down first).
   ByteBudget gather_budget_;
+  // Shared by every Retrieve stream's row cache directories.
+  ByteBudget row_cache_budget_;
   // Retrieve streams not yet done (each removes itself in OnDone).
   absl::Mutex streams_mu_;
   absl::flat_hash_set<RetrieveReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);

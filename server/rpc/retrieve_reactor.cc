@@ -16,6 +16,7 @@ RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, 
                                  absl::Duration max_index_wait,
                                  std::atomic<uint64_t>* items_counter, UcxDataPlane* data_plane,
                                  std::string data_plane_error, ByteBudget* gather_budget,
+                                 ByteBudget* row_cache_budget,
                                  std::function<void(RetrieveReactor*)> on_done)
     : store_(store),
       compute_pool_(compute_pool),
@@ -27,6 +28,7 @@ RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, 
       data_plane_(data_plane),
       data_plane_error_(std::move(data_plane_error)),
       gather_budget_(gather_budget),
+      row_cache_budget_(row_cache_budget),
       on_done_(std::move(on_done)) {
   if (!principal.ok()) {
     metrics_->RecordStatus("Retrieve", principal.status());
@@ -89,7 +91,21 @@ void RetrieveReactor::OnReadDone(bool ok) {
   StartItems();
 }
 
+void RetrieveReactor::DropClosedRowCaches() {
+  absl::MutexLock lock(&cache_mu_);
+  for (auto it = row_caches_.begin(); it != row_caches_.end();) {
+    std::shared_ptr<Session> session = it->second.session.lock();
+    if (session == nullptr || session->closed()) {
+      row_caches_.erase(it++);  // its budget comes back
+    } else {
+      ++it;
+    }
+  }
+}
+
 void RetrieveReactor::StartItems() {
+  // No item of this stream runs now: a cheap moment to give back closed sessions' caches.
+  DropClosedRowCaches();
   const int items = request_.items_size();
   if (items == 0) {
     CompleteRequest();
@@ -244,7 +260,7 @@ void RetrieveReactor::ScoreItem(int i, const std::shared_ptr<Session>& session,
   if (item.with_kv()) {
     std::vector<std::vector<uint32_t>> missed;
     absl::StatusOr<HeadRowList> rows =
-        RowsToSend(item, *session, *selection, layer.row_bytes(), &missed, result);
+        RowsToSend(item, session, *selection, layer.row_bytes(), &missed, result);
     absl::Status status = rows.status();
     if (status.ok() && !item.has_landing()) {
       // Gathered, if admitted, once every item is scored (GatherResponseRows).
@@ -341,7 +357,8 @@ void RetrieveReactor::GatherResponseRows() {
 }
 
 absl::StatusOr<RetrieveReactor::HeadRowList> RetrieveReactor::RowsToSend(
-    const v1::RetrieveItem& item, const Session& session, const LayerSelection& selection,
+    const v1::RetrieveItem& item, const std::shared_ptr<Session>& session,
+    const LayerSelection& selection,
     size_t row_bytes, std::vector<std::vector<uint32_t>>* missed, v1::RetrieveResult* result) {
   HeadRowList rows(selection.heads.size());
   const uint32_t slots = item.cache_slots();
@@ -359,10 +376,40 @@ absl::StatusOr<RetrieveReactor::HeadRowList> RetrieveReactor::RowsToSend(
   // Another instance of the session (the id closed or expired and created again) holds
   // other rows under the same positions: its directory says nothing about this one.
   std::vector<RowCacheDirectory>& directories = cache.heads;
-  if (cache.session_serial != session.serial() || directories.size() != rows.size() ||
+  const auto over_budget = [&](size_t bytes, const absl::Status& refused) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "this item's row cache directories (cache_slots) need ", bytes,
+        " more bytes, past the server's budget for row cache directories "
+        "(--max_row_cache_bytes): ",
+        refused.message(), "; lower cache_slots or k, or close sessions or streams"));
+  };
+  if (cache.session_serial != session->serial() || directories.size() != rows.size() ||
       directories[0].slots() != slots) {
-    cache.session_serial = session.serial();
+    cache.charged.Release();
+    directories.clear();
+    // Each directory's own object; its slots are charged as they come into use.
+    const size_t bytes = rows.size() * sizeof(RowCacheDirectory);
+    absl::StatusOr<ByteBudget::Reservation> reserved = row_cache_budget_->TryReserve(bytes);
+    if (!reserved.ok()) {
+      row_caches_.erase(std::make_pair(item.session_id(), request_.layer()));
+      return over_budget(bytes, reserved.status());
+    }
+    cache.charged = *std::move(reserved);
+    cache.session_serial = session->serial();
+    cache.session = session;
     directories.assign(rows.size(), RowCacheDirectory(slots));
+  }
+  // Charged before anything is placed, so that a refused item leaves the directories as
+  // they were (the client's cache is unchanged too).
+  size_t new_slots = 0;
+  for (size_t h = 0; h < rows.size(); ++h) {
+    new_slots += directories[h].NewSlotsFor(selection.heads[h].positions);
+  }
+  if (new_slots > 0) {
+    const size_t bytes = new_slots * RowCacheDirectory::kBytesPerSlot;
+    absl::StatusOr<ByteBudget::Reservation> reserved = row_cache_budget_->TryReserve(bytes);
+    if (!reserved.ok()) return over_budget(bytes, reserved.status());
+    cache.charged.Absorb(*std::move(reserved));
   }
   uint64_t saved_rows = 0;
   for (size_t h = 0; h < rows.size(); ++h) {

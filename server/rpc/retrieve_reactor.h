@@ -11,6 +11,10 @@
 // Items with cache_slots use the stream's row cache directories (delta transfer): only
 // rows the client's cache misses are sent. A directory belongs to one session instance:
 // a session closed (or expired) and created again under the same id starts cold.
+// Directories grow with the slots in use, never to cache_slots up front, and are charged
+// to the server-wide row_cache_budget (--max_row_cache_bytes): an item whose directories
+// would pass it fails with RESOURCE_EXHAUSTED. A closed session's directories are
+// dropped (and their bytes given back) when the stream's next request arrives.
 //
 // Rows bound for the response (with_kv, no landing) are gathered only after every item
 // of the request is scored, and only for the items admitted in request order: those whose
@@ -69,13 +73,14 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   // most max_index_wait after its request arrived; items_counter counts answered items.
   // principal: the caller, or the authentication error that ends the stream at once.
   // data_plane: the server's UCX end, or null (data_plane_error says why) when UCX is off.
-  // gather_budget: the server-wide budget of gathered rows not yet written; must outlive
-  // the reactor.
+  // gather_budget: the server-wide budget of gathered rows not yet written;
+  // row_cache_budget: that of row cache directories; both must outlive the reactor.
   RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                   absl::StatusOr<std::string> principal, absl::Time call_deadline,
                   absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter,
                   UcxDataPlane* data_plane, std::string data_plane_error,
-                  ByteBudget* gather_budget, std::function<void(RetrieveReactor*)> on_done);
+                  ByteBudget* gather_budget, ByteBudget* row_cache_budget,
+                  std::function<void(RetrieveReactor*)> on_done);
 
   // Ends the stream (UNAVAILABLE "server shutting down") once nothing is in processing or
   // waiting to be written, at once if so now. Thread-safe; call only before OnDone (the
@@ -109,7 +114,8 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   // The rows to send for `item` of `session`: every selected row (spans of `selection`),
   // or with a row cache those it misses (spans of `*missed`); fills the heads' slots and
   // sent lists of `result`.
-  absl::StatusOr<HeadRowList> RowsToSend(const v1::RetrieveItem& item, const Session& session,
+  absl::StatusOr<HeadRowList> RowsToSend(const v1::RetrieveItem& item,
+                                         const std::shared_ptr<Session>& session,
                                          const LayerSelection& selection, size_t row_bytes,
                                          std::vector<std::vector<uint32_t>>* missed,
                                          v1::RetrieveResult* result);
@@ -153,6 +159,7 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   UcxDataPlane* const data_plane_;
   const std::string data_plane_error_;
   ByteBudget* const gather_budget_;
+  ByteBudget* const row_cache_budget_;
   const std::function<void(RetrieveReactor*)> on_done_;
 
   // The open data plane; replaced only between requests, read by the items' tasks.
@@ -163,8 +170,13 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   // instance whose Session::serial() it records (a new instance replaces it, cold).
   struct RowCache {
     uint64_t session_serial = 0;
+    std::weak_ptr<Session> session;  // dropped once it is closed
     std::vector<RowCacheDirectory> heads;
+    // The row cache budget its directories hold: their objects and slots in use.
+    ByteBudget::Reservation charged;
   };
+  // Drops the row caches of closed sessions.
+  void DropClosedRowCaches();
   absl::Mutex cache_mu_;
   absl::flat_hash_map<std::pair<std::string, uint32_t>, RowCache> row_caches_
       ABSL_GUARDED_BY(cache_mu_);

@@ -56,5 +56,25 @@ TEST_CASE("RowCacheDirectory keeps every selected position in a distinct slot", 
   }
 }
 
+TEST_CASE("RowCacheDirectory puts slots in use only as positions need them", "[server]") {
+  RowCacheDirectory directory(65536);
+  CHECK(directory.slots() == 65536);
+  CHECK(directory.used() == 0);
+  const std::vector<uint32_t> first = {3, 1, 4};
+  CHECK(directory.NewSlotsFor(first) == 3);
+  directory.Place(first);
+  CHECK(directory.used() == 3);
+  const std::vector<uint32_t> second = {4, 1, 5, 9};
+  CHECK(directory.NewSlotsFor(second) == 2);
+  directory.Place(second);
+  CHECK(directory.used() == 5);
+  // Full: misses evict, so no new slot comes into use.
+  RowCacheDirectory small(2);
+  small.Place(std::vector<uint32_t>{1, 2});
+  CHECK(small.NewSlotsFor(std::vector<uint32_t>{7, 8}) == 0);
+  small.Place(std::vector<uint32_t>{7, 8});
+  CHECK(small.used() == 2);
+}
+
 }  // namespace
 }  // namespace pqkv::server

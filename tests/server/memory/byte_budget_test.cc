@@ -70,5 +70,20 @@ TEST_CASE("ByteBudget never lets concurrent reservations pass its capacity", "[s
   CHECK(budget.in_use() == 0);
 }
 
+
+TEST_CASE("ByteBudget::Reservation::Absorb holds both reservations' bytes as one", "[server]") {
+  ByteBudget budget(100);
+  ByteBudget::Reservation held;
+  held.Absorb(ByteBudget::Reservation());  // nothing to take
+  CHECK(held.bytes() == 0);
+  held.Absorb(budget.TryReserve(30).value());
+  held.Absorb(budget.TryReserve(50).value());
+  CHECK(held.bytes() == 80);
+  CHECK(budget.in_use() == 80);
+  CHECK_FALSE(budget.TryReserve(21).ok());
+  held.Release();
+  CHECK(budget.in_use() == 0);
+}
+
 }  // namespace
 }  // namespace pqkv::server
