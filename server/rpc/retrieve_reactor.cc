@@ -358,8 +358,8 @@ void RetrieveReactor::GatherResponseRows() {
 
 absl::StatusOr<RetrieveReactor::HeadRowList> RetrieveReactor::RowsToSend(
     const v1::RetrieveItem& item, const std::shared_ptr<Session>& session,
-    const LayerSelection& selection,
-    size_t row_bytes, std::vector<std::vector<uint32_t>>* missed, v1::RetrieveResult* result) {
+    const LayerSelection& selection, size_t row_bytes, std::vector<std::vector<uint32_t>>* missed,
+    v1::RetrieveResult* result) {
   HeadRowList rows(selection.heads.size());
   const uint32_t slots = item.cache_slots();
   if (slots == 0) {
@@ -377,11 +377,11 @@ absl::StatusOr<RetrieveReactor::HeadRowList> RetrieveReactor::RowsToSend(
   // other rows under the same positions: its directory says nothing about this one.
   std::vector<RowCacheDirectory>& directories = cache.heads;
   const auto over_budget = [&](size_t bytes, const absl::Status& refused) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "this item's row cache directories (cache_slots) need ", bytes,
-        " more bytes, past the server's budget for row cache directories "
-        "(--max_row_cache_bytes): ",
-        refused.message(), "; lower cache_slots or k, or close sessions or streams"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("this item's row cache directories (cache_slots) need ", bytes,
+                     " more bytes, past the server's budget for row cache directories "
+                     "(--max_row_cache_bytes): ",
+                     refused.message(), "; lower cache_slots or k, or close sessions or streams"));
   };
   if (cache.session_serial != session->serial() || directories.size() != rows.size() ||
       directories[0].slots() != slots) {

@@ -32,8 +32,8 @@
 // no request is in processing and no response waits to be written (at once when idle); no
 // request is read after it. The server's grace is then spent only on work in flight.
 //
-// Owned by gRPC; deletes itself in OnDone (after calling on_done), which gRPC calls only after Finish, which is
-// only called once no pool task refers to the reactor.
+// Owned by gRPC; deletes itself in OnDone (after calling on_done), which gRPC calls only after
+// Finish, which is only called once no pool task refers to the reactor.
 #ifndef PQKV_SERVER_RPC_RETRIEVE_REACTOR_H_
 #define PQKV_SERVER_RPC_RETRIEVE_REACTOR_H_
 
@@ -78,9 +78,8 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
                   absl::StatusOr<std::string> principal, absl::Time call_deadline,
                   absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter,
-                  UcxDataPlane* data_plane, std::string data_plane_error,
-                  ByteBudget* gather_budget, ByteBudget* row_cache_budget,
-                  std::function<void(RetrieveReactor*)> on_done);
+                  UcxDataPlane* data_plane, std::string data_plane_error, ByteBudget* gather_budget,
+                  ByteBudget* row_cache_budget, std::function<void(RetrieveReactor*)> on_done);
 
   // Ends the stream (UNAVAILABLE "server shutting down") once nothing is in processing or
   // waiting to be written, at once if so now. Thread-safe; call only before OnDone (the

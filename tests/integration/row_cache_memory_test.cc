@@ -135,8 +135,8 @@ TEST_CASE("Row cache directories grow with use, not to cache_slots", "[server]")
   }
   const size_t after = ResidentBytes(server->pid());
   const double grown_mib = (static_cast<double>(after) - static_cast<double>(before)) / kMiB;
-  INFO("resident " << before / kMiB << " MiB -> " << after / kMiB << " MiB for "
-                   << shape.num_layers << " layers' directories (was about 790 MB each)");
+  INFO("resident " << before / kMiB << " MiB -> " << after / kMiB << " MiB for " << shape.num_layers
+                   << " layers' directories (was about 790 MB each)");
   if (kResidentSizeMeansSomething) CHECK(grown_mib < 100);
 }
 
@@ -158,7 +158,8 @@ TEST_CASE("Row cache directories are charged to --max_row_cache_bytes; a closed 
   // A second session's directory does not fit what is left.
   response = stream.Call(CachedRequest(b, 0, 4, 1500, 4096));
   INFO(response.results(0).error_message());
-  REQUIRE(response.results(0).status_code() == static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+  REQUIRE(response.results(0).status_code() ==
+          static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
   CHECK(absl::StrContains(response.results(0).error_message(), "--max_row_cache_bytes"));
   CHECK(response.results(0).heads_size() == 0);
 

@@ -70,7 +70,6 @@ TEST_CASE("ByteBudget never lets concurrent reservations pass its capacity", "[s
   CHECK(budget.in_use() == 0);
 }
 
-
 TEST_CASE("ByteBudget::Reservation::Absorb holds both reservations' bytes as one", "[server]") {
   ByteBudget budget(100);
   ByteBudget::Reservation held;
