@@ -39,7 +39,11 @@ ABSL_FLAG(int, compute_spin_us, 200,
           "sleeping thread can take longer than a layer's row gather); 0: sleep at once.");
 ABSL_FLAG(int, index_threads, 1, "Threads that train layer indexes in the background.");
 ABSL_FLAG(std::string, memory_budget, "",
-          "Bytes of K/V the server may hold (e.g. 16GiB); default half of physical memory.");
+          "Bytes of K/V the server may hold (e.g. 16GiB), sessions' metadata included; default "
+          "half of physical memory.");
+ABSL_FLAG(int, max_sessions, 4096,
+          "Live sessions at most; CreateSession past it fails with RESOURCE_EXHAUSTED (close one "
+          "first).");
 ABSL_FLAG(std::string, page_size, "64KiB", "K/V arena page size (a multiple of 4KiB).");
 ABSL_FLAG(std::string, max_inflight_gather_bytes, "1GiB",
           "Most K/V row bytes Retrieve holds gathered outside the arena at once, server-wide "
@@ -139,6 +143,10 @@ int main(int argc, char** argv) {
   store_options.gpu = gpu.get();
   store_options.session_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_ttl_seconds));
   store_options.index_threads = absl::GetFlag(FLAGS_index_threads);
+  if (absl::GetFlag(FLAGS_max_sessions) < 1) {
+    return Fail(absl::InvalidArgumentError("--max_sessions must be at least 1"));
+  }
+  store_options.max_sessions = static_cast<size_t>(absl::GetFlag(FLAGS_max_sessions));
   if (absl::GetFlag(FLAGS_memory_budget).empty()) {
     store_options.memory_budget_bytes = DefaultMemoryBudget();
   } else {

@@ -102,7 +102,7 @@ void SessionInfoToProto(const Session& session, bool with_layers, v1::SessionInf
     info->set_num_encoded(status.num_encoded);
     info->set_index_build_ms(status.index_build_ms);
   }
-  out->set_bytes_held(bytes);
+  out->set_bytes_held(bytes + session.metadata_bytes_held());
 }
 
 }  // namespace pqkv::server

@@ -60,6 +60,15 @@ LayerStore::LayerStore(uint32_t layer, const SessionConfig& config, PageArena* a
   }
 }
 
+size_t LayerStore::MetadataBytes(const SessionConfig& config) {
+  // glibc malloc: 16 bytes of header and alignment per block, about.
+  constexpr size_t kBlockOverhead = 16;
+  const size_t heads = config.shape.num_kv_heads;
+  const size_t per_row_list =
+      sizeof(std::unique_ptr<PagedRows>) + sizeof(PagedRows) + kBlockOverhead;
+  return sizeof(LayerStore) + kBlockOverhead + 2 * (heads * per_row_list + kBlockOverhead);
+}
+
 absl::Status LayerStore::Append(uint64_t token_begin, uint32_t num_tokens, absl::string_view keys,
                                 absl::string_view values) {
   const ModelShape& shape = config_.shape;

@@ -62,6 +62,11 @@ class LayerStore {
   LayerStore(const LayerStore&) = delete;
   LayerStore& operator=(const LayerStore&) = delete;
 
+  // Heap bytes one LayerStore of `config` takes before it holds any token: the object and
+  // its per-kv-head row lists (with the allocator's per-block overhead, about). Charged
+  // to the memory budget with the session (Session::MetadataBytes).
+  static size_t MetadataBytes(const SessionConfig& config);
+
   // Appends num_tokens tokens at token_begin, which must equal the tokens held.
   // keys, values: [kv_head][token][head_dim] in the session's dtype, finite (NaN or Inf
   // is refused, naming the first such row). All or nothing: on error nothing changes.

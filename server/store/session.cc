@@ -10,17 +10,32 @@ std::atomic<uint64_t> next_serial{1};
 }  // namespace
 
 Session::Session(std::string id, const SessionConfig& config, std::shared_ptr<PageArena> arena,
-                 GpuScorer* gpu, std::string owner)
+                 GpuScorer* gpu, std::string owner, std::vector<uint32_t> metadata_pages)
     : id_(std::move(id)),
       serial_(next_serial.fetch_add(1, std::memory_order_relaxed)),
       owner_(std::move(owner)),
       config_(config),
       created_(absl::Now()),
       arena_(std::move(arena)),
+      metadata_pages_(std::move(metadata_pages)),
       last_used_ns_(absl::ToUnixNanos(created_)) {
+  layers_.reserve(config_.shape.num_layers);
   for (uint32_t l = 0; l < config_.shape.num_layers; ++l) {
     layers_.push_back(std::make_unique<LayerStore>(l, config_, arena_.get(), gpu));
   }
+}
+
+Session::~Session() {
+  layers_.clear();
+  if (!metadata_pages_.empty()) arena_->Free(metadata_pages_);
+}
+
+size_t Session::MetadataBytes(const SessionConfig& config) {
+  constexpr size_t kBlockOverhead = 16;  // glibc malloc, about
+  return sizeof(Session) + kBlockOverhead +
+         config.shape.num_layers *
+             (sizeof(std::unique_ptr<LayerStore>) + LayerStore::MetadataBytes(config)) +
+         kBlockOverhead;
 }
 
 absl::StatusOr<LayerStore*> Session::layer(uint32_t layer) const {
@@ -34,7 +49,7 @@ absl::StatusOr<LayerStore*> Session::layer(uint32_t layer) const {
 size_t Session::bytes_held() const {
   size_t bytes = 0;
   for (const auto& layer : layers_) bytes += layer->Status().bytes_held;
-  return bytes;
+  return bytes + metadata_bytes_held();
 }
 
 }  // namespace pqkv::server

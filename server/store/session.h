@@ -27,8 +27,21 @@ class Session {
   // shutdown) still returns its pages to a live arena. gpu: the CUDA backend or null;
   // must outlive the session. owner: the principal that created it ("" without
   // authentication).
+  // metadata_pages: arena pages (from PageArena::Allocate, never written, so never
+  // resident) that charge MetadataBytes(config) to the memory budget; the session frees
+  // them when it is destroyed.
   Session(std::string id, const SessionConfig& config, std::shared_ptr<PageArena> arena,
-          GpuScorer* gpu = nullptr, std::string owner = "");
+          GpuScorer* gpu = nullptr, std::string owner = "",
+          std::vector<uint32_t> metadata_pages = {});
+  ~Session();
+
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Heap bytes a session of `config` takes before it holds any K/V: the Session and one
+  // empty LayerStore per layer (LayerStore::MetadataBytes). SessionStore charges them to
+  // the memory budget, in whole arena pages, before it creates the session.
+  static size_t MetadataBytes(const SessionConfig& config);
 
   const std::string& id() const { return id_; }
   // A number no other Session of this process has had (1, 2, ...): tells this session
@@ -54,7 +67,10 @@ class Session {
   void MarkClosed() { closed_.store(true, std::memory_order_relaxed); }
   bool closed() const { return closed_.load(std::memory_order_relaxed); }
 
+  // Bytes charged to the memory budget: every layer's K/V pages plus the metadata pages.
   size_t bytes_held() const;
+  // The metadata pages' bytes alone (MetadataBytes rounded up to whole pages).
+  size_t metadata_bytes_held() const { return metadata_pages_.size() * arena_->page_bytes(); }
 
  private:
   const std::string id_;
@@ -63,6 +79,7 @@ class Session {
   const SessionConfig config_;
   const absl::Time created_;
   const std::shared_ptr<PageArena> arena_;  // declared before layers_: outlives them
+  const std::vector<uint32_t> metadata_pages_;
   std::vector<std::unique_ptr<LayerStore>> layers_;
   std::atomic<bool> closed_{false};
   std::atomic<int64_t> last_used_ns_;

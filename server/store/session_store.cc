@@ -42,6 +42,7 @@ absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(
 SessionStore::SessionStore(std::unique_ptr<PageArena> arena, const SessionStoreOptions& options)
     : arena_(std::move(arena)),
       gpu_(options.gpu),
+      max_sessions_(options.max_sessions),
       session_ttl_(options.session_ttl),
       on_index_built_(options.on_index_built),
       index_pool_("pqkv-index", options.index_threads) {
@@ -103,7 +104,23 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
   } else if (sessions_.count(Key(owner, id)) > 0) {
     return absl::AlreadyExistsError(absl::StrCat("session \"", id, "\" already exists"));
   }
-  auto session = std::make_shared<Session>(id, config, arena_, gpu_, owner);
+  if (sessions_.size() >= max_sessions_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        sessions_.size(), " sessions are live, the most this server takes (--max_sessions=",
+        max_sessions_, "); close one first"));
+  }
+  // Charged before the session is built, so that a refused one never costs memory.
+  const size_t metadata_bytes = Session::MetadataBytes(config);
+  absl::StatusOr<std::vector<uint32_t>> metadata_pages =
+      arena_->Allocate((metadata_bytes + arena_->page_bytes() - 1) / arena_->page_bytes());
+  if (!metadata_pages.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a session of ", config.shape.num_layers, " layers x ", config.shape.num_kv_heads,
+        " kv heads needs ", metadata_bytes,
+        " bytes of metadata, charged to the memory budget: ", metadata_pages.status().message()));
+  }
+  auto session =
+      std::make_shared<Session>(id, config, arena_, gpu_, owner, *std::move(metadata_pages));
   sessions_.emplace(Key(owner, id), session);
   ServerLogger().info(
       "session {} created: {} layers x {} kv heads x {} query heads x {} dims, "

@@ -30,6 +30,8 @@ struct SessionStoreOptions {
   size_t memory_budget_bytes = size_t{8} << 30;
   size_t page_bytes = size_t{64} << 10;
   int index_threads = 1;
+  // Live sessions at most (--max_sessions); CreateSession past it is RESOURCE_EXHAUSTED.
+  size_t max_sessions = 4096;
   // The CUDA backend, or null for the CPU one; must outlive the store.
   GpuScorer* gpu = nullptr;
   // Sessions unused for this long are closed by a background sweep; zero: never.
@@ -40,6 +42,7 @@ struct SessionStoreOptions {
 
 struct SessionStoreStats {
   size_t num_sessions = 0;
+  // Arena bytes in use: K/V pages and the pages that charge sessions' metadata.
   size_t bytes_held = 0;
   size_t bytes_capacity = 0;
   size_t page_bytes = 0;
@@ -51,8 +54,11 @@ class SessionStore {
  public:
   static absl::StatusOr<std::unique_ptr<SessionStore>> Create(const SessionStoreOptions& options);
 
-  // Creates a session under `requested_id`, or a fresh id when it is empty.
-  // ALREADY_EXISTS for a live id; INVALID_ARGUMENT for a bad id or config.
+  // Creates a session under `requested_id`, or a fresh id when it is empty. Its metadata
+  // (Session::MetadataBytes, rounded up to whole pages) is charged to the arena first.
+  // ALREADY_EXISTS for a live id; INVALID_ARGUMENT for a bad id or config;
+  // RESOURCE_EXHAUSTED, with the numbers, at max_sessions or when the metadata does not
+  // fit the memory budget.
   absl::StatusOr<std::shared_ptr<Session>> CreateSession(const std::string& requested_id,
                                                          const SessionConfig& config,
                                                          const std::string& owner = "");
@@ -85,6 +91,7 @@ class SessionStore {
   // Shared with every session, which may outlive the store by a task's reference.
   const std::shared_ptr<PageArena> arena_;
   GpuScorer* const gpu_;
+  const size_t max_sessions_;
   mutable absl::Mutex mu_;
   // Keyed by (owner, id): each principal has its own id space.
   std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);

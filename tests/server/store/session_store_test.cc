@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "absl/strings/match.h"
 #include "catch2/catch.hpp"
 
 namespace pqkv::server {
@@ -158,7 +159,49 @@ TEST_CASE("Idle sessions expire after the TTL and free their memory", "[server]"
   CHECK(store->ExpireIdleSessions(later, ttl) == 1);
   CHECK(store->Get("idle").status().code() == absl::StatusCode::kNotFound);
   CHECK(store->Get("busy").ok());
+  // Only the live session's metadata pages are left.
+  CHECK(store->Stats().bytes_held == store->Get("busy").value()->bytes_held());
+}
+
+TEST_CASE("A session's metadata is charged to the budget before it is built", "[server]") {
+  SessionConfig wide = SmallConfig();
+  wide.shape.num_layers = 1024;
+  wide.shape.num_kv_heads = 64;
+  wide.shape.num_query_heads = 64;
+  const size_t metadata = Session::MetadataBytes(wide);
+  CHECK(metadata > size_t{1024} * 64 * 2 * sizeof(PagedRows));
+  auto store = NewStore(size_t{24} << 20);  // room for two
+  auto first = store->CreateSession("a", wide);
+  REQUIRE(first.ok());
+  CHECK((*first)->bytes_held() >= metadata);
+  CHECK((*first)->bytes_held() < metadata + 4096);  // whole pages
+  CHECK(store->Stats().bytes_held == (*first)->bytes_held());
+  REQUIRE(store->CreateSession("b", wide).ok());
+  absl::StatusOr<std::shared_ptr<Session>> third = store->CreateSession("c", wide);
+  CHECK(third.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(absl::StrContains(third.status().message(), std::to_string(metadata)));
+  CHECK(store->Stats().num_sessions == 2);
+  first->reset();
+  REQUIRE(store->Close("a").ok());
+  CHECK(store->CreateSession("c", wide).ok());
+  REQUIRE(store->Close("b").ok());
+  REQUIRE(store->Close("c").ok());
   CHECK(store->Stats().bytes_held == 0);
+}
+
+TEST_CASE("SessionStore refuses sessions past max_sessions", "[server]") {
+  SessionStoreOptions options;
+  options.memory_budget_bytes = 64 << 20;
+  options.page_bytes = 4096;
+  options.max_sessions = 2;
+  auto store = SessionStore::Create(options).value();
+  REQUIRE(store->CreateSession("a", SmallConfig()).ok());
+  REQUIRE(store->CreateSession("b", SmallConfig()).ok());
+  absl::StatusOr<std::shared_ptr<Session>> third = store->CreateSession("c", SmallConfig());
+  CHECK(third.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(absl::StrContains(third.status().message(), "--max_sessions=2"));
+  REQUIRE(store->Close("a").ok());
+  CHECK(store->CreateSession("c", SmallConfig()).ok());
 }
 
 }  // namespace

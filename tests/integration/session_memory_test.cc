@@ -1,0 +1,139 @@
+// Memory a session costs before it holds any K/V: its per-layer and per-kv-head
+// structures are charged to the memory budget (bytes_held counts them, admission refuses
+// what does not fit), --max_sessions caps live sessions, create/close cycles give the
+// memory back,. The server's
+// resident memory is read from /proc/<pid>/status.
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "catch2/catch.hpp"
+#include "client/pqkv_client.h"
+#include "tests/testing/server_process.h"
+
+namespace pqkv {
+namespace {
+
+constexpr size_t kMiB = size_t{1} << 20;
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kResidentSizeMeansSomething = false;  // ASan's quarantine keeps freed memory
+#else
+constexpr bool kResidentSizeMeansSomething = true;
+#endif
+
+std::unique_ptr<testing::ServerProcess> StartServer(std::vector<std::string> extra_args) {
+  std::vector<std::string> args = {"--log_level=warn", "--noucx"};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  auto server = testing::ServerProcess::Start("server/pqkv-server", args);
+  REQUIRE(server.ok());
+  return *std::move(server);
+}
+
+size_t ResidentBytes(pid_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (!absl::StartsWith(line, "VmRSS:")) continue;
+    std::string digits;
+    for (char c : line) {
+      if (c >= '0' && c <= '9') digits += c;
+    }
+    uint64_t kib = 0;
+    REQUIRE(absl::SimpleAtoi(digits, &kib));
+    return kib * 1024;
+  }
+  FAIL("no VmRSS in /proc/" << pid << "/status");
+  return 0;
+}
+
+// 1024 layers x 64 kv heads, nothing uploaded: about 9 MiB of structures.
+SessionOptions WideEmptySession() {
+  SessionOptions options;
+  options.shape = {1024, 64, 64, 128, DType::kFp16};
+  return options;
+}
+
+TEST_CASE("Empty sessions are charged to the memory budget and refused past it", "[integration]") {
+  auto server = StartServer({"--memory_budget=64MiB"});
+  auto client = Client::Connect(server->address()).value();
+  const size_t rss_start = ResidentBytes(server->pid());
+
+  absl::StatusOr<std::string> first = client->CreateSession(WideEmptySession());
+  REQUIRE(first.ok());
+  const uint64_t one = client->GetServerStats()->bytes_held;
+  CHECK(one >= 4 * kMiB);  // its layer and kv-head structures
+  absl::StatusOr<std::vector<SessionInfo>> listed = client->ListSessions();
+  REQUIRE(listed.ok());
+  REQUIRE(listed->size() == 1);
+  CHECK((*listed)[0].bytes_held == one);
+
+  // 40 would take about 350 MiB; the budget is 64 MiB.
+  absl::Status refused;
+  int created = 1;
+  for (; created < 40; ++created) {
+    absl::StatusOr<std::string> id = client->CreateSession(WideEmptySession());
+    if (!id.ok()) {
+      refused = id.status();
+      break;
+    }
+  }
+  INFO(refused);
+  CHECK(created < 40);
+  CHECK(refused.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(absl::StrContains(refused.message(), "67108864"));  // the budget, in the message
+  CHECK(client->GetServerStats()->bytes_held <= 64 * kMiB);
+  if (kResidentSizeMeansSomething) {
+    CHECK(ResidentBytes(server->pid()) < rss_start + 96 * kMiB);
+  }
+  // Closing gives the budget back.
+  REQUIRE(client->CloseSession(*first).ok());
+  CHECK(client->GetServerStats()->bytes_held == one * (created - 1));
+  CHECK(client->CreateSession(WideEmptySession()).ok());
+  CHECK(server->Stop() == 0);
+}
+
+TEST_CASE("--max_sessions caps live sessions", "[integration]") {
+  auto server = StartServer({"--memory_budget=64MiB", "--max_sessions=3"});
+  auto client = Client::Connect(server->address()).value();
+  SessionOptions small;
+  small.shape = {1, 1, 1, 8, DType::kFp32};
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(client->CreateSession(small).value());
+  absl::StatusOr<std::string> fourth = client->CreateSession(small);
+  CHECK(fourth.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(absl::StrContains(fourth.status().message(), "3"));
+  REQUIRE(client->CloseSession(ids[0]).ok());
+  CHECK(client->CreateSession(small).ok());
+  CHECK(server->Stop() == 0);
+}
+
+TEST_CASE("Create/close cycles of empty sessions do not grow the server's memory",
+          "[integration]") {
+  if (!kResidentSizeMeansSomething) return;
+  auto server = StartServer({"--memory_budget=1GiB"});
+  auto client = Client::Connect(server->address()).value();
+  const auto cycle = [&] {
+    std::vector<std::string> ids;
+    for (int i = 0; i < 40; ++i) ids.push_back(client->CreateSession(WideEmptySession()).value());
+    for (const std::string& id : ids) REQUIRE(client->CloseSession(id).ok());
+  };
+  cycle();
+  cycle();
+  const size_t settled = ResidentBytes(server->pid());
+  for (int i = 0; i < 6; ++i) cycle();
+  const size_t after = ResidentBytes(server->pid());
+  INFO("resident after 2 cycles " << settled << ", after 8 " << after);
+  CHECK(after < settled + 16 * kMiB);
+  CHECK(client->GetServerStats()->bytes_held == 0);
+  CHECK(server->Stop() == 0);
+}
+
+}  // namespace
+}  // namespace pqkv
