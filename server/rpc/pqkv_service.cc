@@ -194,7 +194,10 @@ grpc::ServerUnaryReactor* PqkvService::GetServerStats(grpc::CallbackServerContex
   absl::StatusOr<std::string> principal =
       call->Start(PrincipalOf(options_.auth, *context), *request);
   if (!principal.ok()) return call;
-  const SessionStoreStats stats = store_->Stats();
+  // With authentication, a token sees its own sessions and bytes; totals are for the
+  // principal named "admin" (kAdminPrincipal) and for every caller without authentication.
+  const bool totals = options_.auth == nullptr || *principal == kAdminPrincipal;
+  const SessionStoreStats stats = totals ? store_->Stats() : store_->StatsOf(*principal);
   v1::GetServerStatsResponse* out = call->response();
   out->set_num_sessions(stats.num_sessions);
   out->set_bytes_held(stats.bytes_held);

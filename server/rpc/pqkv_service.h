@@ -27,6 +27,10 @@ namespace pqkv::server {
 
 class RetrieveReactor;
 
+// The principal (the name of a tokens file's `name:token` line) to which GetServerStats
+// shows server-wide totals when authentication is on.
+inline constexpr char kAdminPrincipal[] = "admin";
+
 struct ServiceOptions {
   // Longest a Retrieve item waits for a building index after its request arrived
   // (less when the call's deadline comes first).
@@ -34,6 +38,8 @@ struct ServiceOptions {
   // Compute backend in use, reported by GetServerStats: "cpu" or "cuda".
   std::string backend = "cpu";
   // Bearer-token authentication, or null: no authentication, every caller is "".
+  // GetServerStats shows a principal its own sessions and bytes; server-wide totals go to
+  // the principal named kAdminPrincipal and to every caller without authentication.
   const TokenAuthenticator* auth = nullptr;
   // The UCX data plane, or null (data_plane_error says why): rows then travel in
   // gRPC responses only.

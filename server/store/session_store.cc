@@ -204,4 +204,15 @@ SessionStoreStats SessionStore::Stats() const {
   return stats;
 }
 
+SessionStoreStats SessionStore::StatsOf(const std::string& principal) const {
+  SessionStoreStats stats = Stats();
+  const std::vector<std::shared_ptr<Session>> sessions = List(principal);
+  stats.num_sessions = sessions.size();
+  stats.bytes_held = 0;
+  for (const std::shared_ptr<Session>& session : sessions) {
+    stats.bytes_held += session->bytes_held();
+  }
+  return stats;
+}
+
 }  // namespace pqkv::server

@@ -75,7 +75,10 @@ class SessionStore {
   // Marks the layer's prefill complete and queues its index build when it needs one.
   void SealPrefill(const std::shared_ptr<Session>& session, uint32_t layer);
 
+  // Server-wide totals.
   SessionStoreStats Stats() const;
+  // The same, but num_sessions and bytes_held count only the sessions `principal` owns.
+  SessionStoreStats StatsOf(const std::string& principal) const;
 
   // Closes every session last used before now - ttl; returns how many. The sweep thread
   // calls it; tests call it with a chosen `now`.

@@ -1,7 +1,7 @@
 // Memory a session costs before it holds any K/V: its per-layer and per-kv-head
 // structures are charged to the memory budget (bytes_held counts them, admission refuses
 // what does not fit), --max_sessions caps live sessions, create/close cycles give the
-// memory back,. The server's
+// memory back, and GetServerStats shows a token only its own sessions. The server's
 // resident memory is read from /proc/<pid>/status.
 #include <cstdint>
 #include <cstdlib>
@@ -132,6 +132,44 @@ TEST_CASE("Create/close cycles of empty sessions do not grow the server's memory
   INFO("resident after 2 cycles " << settled << ", after 8 " << after);
   CHECK(after < settled + 16 * kMiB);
   CHECK(client->GetServerStats()->bytes_held == 0);
+  CHECK(server->Stop() == 0);
+}
+
+TEST_CASE("GetServerStats shows a token its own sessions; totals without auth or for admin",
+          "[integration]") {
+  const std::string tokens = std::string(std::getenv("TEST_TMPDIR")) + "/stats_tokens";
+  std::ofstream(tokens) << "alice:token-a\nbob:token-b\nadmin:token-admin\n";
+  auto server = StartServer({"--memory_budget=64MiB", "--auth_tokens_file=" + tokens});
+  const auto connect_as = [&](const std::string& token) {
+    ClientOptions options;
+    options.auth_token = token;
+    return Client::Connect(server->address(), options).value();
+  };
+  auto alice = connect_as("token-a");
+  auto bob = connect_as("token-b");
+  auto admin = connect_as("token-admin");
+  SessionOptions options;
+  options.shape = {1, 1, 2, 8, DType::kFp32};
+  REQUIRE(alice->CreateSession(options).ok());
+  REQUIRE(alice->CreateSession(options).ok());
+  REQUIRE(bob->CreateSession(options).ok());
+  std::vector<float> kv(200 * 8, 0.5f);
+  const std::string id = alice->ListSessions()->at(0).session_id;
+  REQUIRE(alice->UploadPrefill(id, 0, 0, 200, kv.data(), kv.data(), true).ok());
+
+  const ServerStats of_alice = alice->GetServerStats().value();
+  const ServerStats of_bob = bob->GetServerStats().value();
+  const ServerStats of_admin = admin->GetServerStats().value();
+  CHECK(of_alice.num_sessions == 2);
+  CHECK(of_bob.num_sessions == 1);
+  CHECK(of_admin.num_sessions == 3);
+  uint64_t alice_listed = 0;
+  const std::vector<SessionInfo> alices = alice->ListSessions().value();
+  for (const SessionInfo& s : alices) alice_listed += s.bytes_held;
+  CHECK(of_alice.bytes_held == alice_listed);
+  CHECK(of_bob.bytes_held < of_alice.bytes_held);
+  CHECK(of_admin.bytes_held == of_alice.bytes_held + of_bob.bytes_held);
+  CHECK(of_bob.bytes_capacity == of_admin.bytes_capacity);  // the budget is no secret
   CHECK(server->Stop() == 0);
 }
 

@@ -204,5 +204,20 @@ TEST_CASE("SessionStore refuses sessions past max_sessions", "[server]") {
   CHECK(store->CreateSession("c", SmallConfig()).ok());
 }
 
+TEST_CASE("StatsOf counts one principal's sessions and bytes", "[server]") {
+  auto store = NewStore();
+  REQUIRE(store->CreateSession("a", SmallConfig(), "alice").ok());
+  REQUIRE(store->CreateSession("b", SmallConfig(), "alice").ok());
+  auto bobs = store->CreateSession("a", SmallConfig(), "bob");
+  REQUIRE(bobs.ok());
+  CHECK(store->StatsOf("alice").num_sessions == 2);
+  CHECK(store->StatsOf("bob").num_sessions == 1);
+  CHECK(store->StatsOf("bob").bytes_held == (*bobs)->bytes_held());
+  CHECK(store->StatsOf("carol").num_sessions == 0);
+  CHECK(store->StatsOf("carol").bytes_held == 0);
+  CHECK(store->Stats().bytes_held ==
+        store->StatsOf("alice").bytes_held + store->StatsOf("bob").bytes_held);
+}
+
 }  // namespace
 }  // namespace pqkv::server
