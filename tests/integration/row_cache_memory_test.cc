@@ -33,7 +33,9 @@ constexpr bool kResidentSizeMeansSomething = true;
 #endif
 
 std::unique_ptr<testing::ServerProcess> StartServer(std::vector<std::string> extra_args = {}) {
-  std::vector<std::string> args = {"--memory_budget=256MiB", "--log_level=warn", "--noucx"};
+  // 512 MiB: the shape takes a 64 KiB page per kv head for K and for V (256 MiB
+  // for its two layers), and the session's metadata takes pages of the budget too.
+  std::vector<std::string> args = {"--memory_budget=512MiB", "--log_level=warn", "--noucx"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   auto server = testing::ServerProcess::Start("server/pqkv-server", args);
   REQUIRE(server.ok());
@@ -92,10 +94,10 @@ std::string Upload(Client& client, const ModelShape& shape, size_t tokens) {
   const std::string id = client.CreateSession(options).value();
   const testing::PatternedLayer layer = testing::MakePatternedLayer(shape, tokens, 1);
   for (uint32_t l = 0; l < shape.num_layers; ++l) {
-    REQUIRE(client
-                .UploadPrefill(id, l, 0, static_cast<uint32_t>(tokens), layer.keys.data(),
-                               layer.values.data(), false)
-                .ok());
+    const absl::Status uploaded = client.UploadPrefill(
+        id, l, 0, static_cast<uint32_t>(tokens), layer.keys.data(), layer.values.data(), false);
+    INFO(uploaded.ToString());
+    REQUIRE(uploaded.ok());
   }
   return id;
 }
