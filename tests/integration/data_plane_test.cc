@@ -25,6 +25,7 @@
 #include "client/ucx_receiver.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "tests/testing/patterned_kv.h"
+#include "tests/testing/retrieve_test_stream.h"
 #include "tests/testing/server_process.h"
 
 namespace pqkv {
@@ -316,31 +317,6 @@ TEST_CASE("Delta transfer: a session id closed or expired and created again star
   CHECK(server->Stop() == 0);  // LeakSanitizer build: no leaks
 }
 
-// Raw stub calls, for requests the SDK never makes.
-class RawStream {
- public:
-  explicit RawStream(const testing::ServerProcess& server)
-      : channel_(grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials())),
-        stub_(v1::Pqkv::NewStub(channel_)),
-        stream_(stub_->Retrieve(&context_)) {}
-  ~RawStream() {
-    stream_->WritesDone();
-    stream_->Finish();
-  }
-  v1::RetrieveResponse Call(const v1::RetrieveRequest& request) {
-    REQUIRE(stream_->Write(request));
-    v1::RetrieveResponse response;
-    REQUIRE(stream_->Read(&response));
-    return response;
-  }
-
- private:
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Pqkv::Stub> stub_;
-  grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::RetrieveRequest, v1::RetrieveResponse>> stream_;
-};
-
 v1::RetrieveRequest ItemRequest(const std::string& id, const std::vector<float>& query, uint32_t k,
                                 std::optional<std::pair<uint64_t, uint64_t>> landing) {
   v1::RetrieveRequest request;
@@ -373,7 +349,7 @@ TEST_CASE("The server writes only inside the buffer a client registered", "[data
     return std::all_of(usable, receiver->data() + receiver->size(),
                        [](char c) { return static_cast<uint8_t>(c) == 0xAB; });
   };
-  auto stream = std::make_unique<RawStream>(*server);
+  auto stream = std::make_unique<testing::RetrieveTestStream>(*server);
   // Registered: the first 64 KiB only, although the buffer is bigger.
   v1::RetrieveRequest offer;
   *offer.mutable_open_data_plane() = receiver->Offer();
@@ -423,7 +399,7 @@ TEST_CASE("A bad or missing data plane fails the items that need it, not the str
   const ModelShape shape{1, 2, 8, 64, DType::kFp16};
   const Uploaded up = Upload(*client, shape, 2048);
   const std::vector<float> query = Query(shape, 5);
-  auto stream = std::make_unique<RawStream>(*server);
+  auto stream = std::make_unique<testing::RetrieveTestStream>(*server);
   // A landing before any offer.
   auto early = stream->Call(ItemRequest(up.id, query, 50, {{0, 1 << 20}}));
   CHECK(early.results(0).status_code() == grpc::StatusCode::FAILED_PRECONDITION);
@@ -474,17 +450,17 @@ TEST_CASE("An offer reaching past its segment, or of a buffer in use, is refused
   *offer.mutable_open_data_plane() = receiver->Offer();
   {
     // The server would map the segment and write past it, into its own memory.
-    RawStream stream(*server);
+    testing::RetrieveTestStream stream(*server);
     offer.mutable_open_data_plane()->set_buffer_bytes(receiver->size() + 4096);
     auto response = stream.Call(offer);
     CHECK(response.data_plane().status_code() == grpc::StatusCode::INVALID_ARGUMENT);
     CHECK(response.data_plane().error_message().find("runs past") != std::string::npos);
   }
   offer.mutable_open_data_plane()->set_buffer_bytes(receiver->size());
-  auto first = std::make_unique<RawStream>(*server);
+  auto first = std::make_unique<testing::RetrieveTestStream>(*server);
   CHECK(first->Call(offer).data_plane().status_code() == 0);
   {
-    RawStream second(*server);
+    testing::RetrieveTestStream second(*server);
     auto response = second.Call(offer);
     CHECK(response.data_plane().status_code() == grpc::StatusCode::ABORTED);
     CHECK(response.data_plane().error_message().find("another stream") != std::string::npos);
@@ -493,7 +469,7 @@ TEST_CASE("An offer reaching past its segment, or of a buffer in use, is refused
     // Check bytes that are not at the start of the buffer: not provably the client's.
     auto wrong = offer;
     wrong.mutable_open_data_plane()->set_buffer_check(std::string(16, '\x11'));
-    RawStream other(*server);
+    testing::RetrieveTestStream other(*server);
     auto response = other.Call(wrong);
     CHECK(response.data_plane().status_code() == 0);
     CHECK(response.data_plane().method() == "ucx-put");

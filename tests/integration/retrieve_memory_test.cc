@@ -18,6 +18,8 @@
 #include "client/pqkv_client.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "tests/testing/patterned_kv.h"
+#include "tests/testing/proc_status.h"
+#include "tests/testing/retrieve_test_stream.h"
 #include "tests/testing/server_process.h"
 
 namespace pqkv {
@@ -43,24 +45,6 @@ std::unique_ptr<testing::ServerProcess> StartServer(std::vector<std::string> ext
   return *std::move(server);
 }
 
-// A field of /proc/<pid>/status in bytes (VmRSS: resident now, VmHWM: its peak).
-size_t ProcStatusBytes(pid_t pid, const std::string& field) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(status, line)) {
-    if (!absl::StartsWith(line, field + ":")) continue;
-    std::string digits;
-    for (char c : line) {
-      if (c >= '0' && c <= '9') digits += c;
-    }
-    uint64_t kib = 0;
-    REQUIRE(absl::SimpleAtoi(digits, &kib));
-    return kib * 1024;
-  }
-  FAIL("no " << field << " in /proc/" << pid << "/status");
-  return 0;
-}
-
 // Resets the process's peak resident size (VmHWM) to its current one; false where the
 // kernel does not allow it.
 bool ResetPeak(pid_t pid) {
@@ -83,36 +67,6 @@ std::string Upload(Client& client, size_t tokens) {
               .ok());
   return id;
 }
-
-// Raw stub calls: requests of many items and responses past the SDK's receive limit.
-class RawStream {
- public:
-  explicit RawStream(const testing::ServerProcess& server) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(-1);
-    args.SetMaxSendMessageSize(-1);
-    channel_ =
-        grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args);
-    stub_ = v1::Pqkv::NewStub(channel_);
-    stream_ = stub_->Retrieve(&context_);
-  }
-  ~RawStream() {
-    stream_->WritesDone();
-    stream_->Finish();
-  }
-  v1::RetrieveResponse Call(const v1::RetrieveRequest& request) {
-    REQUIRE(stream_->Write(request));
-    v1::RetrieveResponse response;
-    REQUIRE(stream_->Read(&response));
-    return response;
-  }
-
- private:
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Pqkv::Stub> stub_;
-  grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::RetrieveRequest, v1::RetrieveResponse>> stream_;
-};
 
 // `items` items of the same session, query and k, all with_kv, rows in the response.
 v1::RetrieveRequest WithKvRequest(const std::string& id, int items, uint32_t k) {
@@ -140,17 +94,17 @@ TEST_CASE("Retrieve with_kv fails the items whose rows do not fit the response b
   auto server = StartServer();
   auto client = Client::Connect(server->address()).value();
   const std::string id = Upload(*client, 70000);
-  RawStream stream(*server);
+  testing::RetrieveTestStream stream(*server);
   // Scored once first, so that the index is built and its memory already counted.
   REQUIRE(stream.Call(WithKvRequest(id, 1, 10)).results(0).status_code() == 0);
 
   // 30 items of 60000 rows: 58.6 MiB of K+V each, one fits the response's 64 MiB.
   const uint32_t k = 60000;
   const size_t item_bytes = size_t{2} * k * 512;
-  const size_t rss_before = ProcStatusBytes(server->pid(), "VmRSS");
+  const size_t rss_before = testing::ProcStatusBytes(server->pid(), "VmRSS");
   const bool peak_reset = ResetPeak(server->pid());
   const v1::RetrieveResponse response = stream.Call(WithKvRequest(id, 30, k));
-  const size_t peak = ProcStatusBytes(server->pid(), peak_reset ? "VmHWM" : "VmRSS");
+  const size_t peak = testing::ProcStatusBytes(server->pid(), peak_reset ? "VmHWM" : "VmRSS");
   REQUIRE(response.results_size() == 30);
   CHECK(response.results(0).status_code() == 0);
   CHECK(RowBytesOf(response.results(0)) == item_bytes);
@@ -173,11 +127,11 @@ TEST_CASE("Retrieve with_kv rows gathered for a response come back after it", "[
   auto server = StartServer();
   auto client = Client::Connect(server->address()).value();
   const std::string id = Upload(*client, 2000);
-  RawStream stream(*server);
+  testing::RetrieveTestStream stream(*server);
   REQUIRE(stream.Call(WithKvRequest(id, 1, 10)).results(0).status_code() == 0);
   // 5000 items of 100 rows (100 KiB each, 488 MiB in all): 655 fit one response.
   const v1::RetrieveRequest request = WithKvRequest(id, 5000, 100);
-  const size_t rss_before = ProcStatusBytes(server->pid(), "VmRSS");
+  const size_t rss_before = testing::ProcStatusBytes(server->pid(), "VmRSS");
   size_t rss_first = 0;  // after the first request
   for (int round = 0; round < 3; ++round) {
     const v1::RetrieveResponse response = stream.Call(request);
@@ -191,9 +145,9 @@ TEST_CASE("Retrieve with_kv rows gathered for a response come back after it", "[
     CHECK(ok == static_cast<int>(kResponseCap / (2 * 100 * 512)));
     CHECK(bytes <= kResponseCap);
     CHECK(response.results(4999).status_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
-    if (round == 0) rss_first = ProcStatusBytes(server->pid(), "VmRSS");
+    if (round == 0) rss_first = testing::ProcStatusBytes(server->pid(), "VmRSS");
   }
-  const size_t rss_after = ProcStatusBytes(server->pid(), "VmRSS");
+  const size_t rss_after = testing::ProcStatusBytes(server->pid(), "VmRSS");
   INFO("RSS before " << rss_before / kMiB << " MiB, after 1 request " << rss_first / kMiB
                      << " MiB, after 3 " << rss_after / kMiB << " MiB");
   // What stays is of the order of one response's rows (freed, but kept by malloc's
@@ -209,7 +163,7 @@ TEST_CASE("Retrieve with_kv items past the server's in-flight gather budget fail
   auto server = StartServer({"--max_inflight_gather_bytes=1MiB"});
   auto client = Client::Connect(server->address()).value();
   const std::string id = Upload(*client, 4000);
-  RawStream stream(*server);
+  testing::RetrieveTestStream stream(*server);
   // 600 rows: 600 KiB of K+V. One fits the budget, a second in the same response not.
   const v1::RetrieveResponse two = stream.Call(WithKvRequest(id, 2, 600));
   REQUIRE(two.results_size() == 2);

@@ -17,6 +17,8 @@
 #include "client/pqkv_client.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
 #include "tests/testing/patterned_kv.h"
+#include "tests/testing/proc_status.h"
+#include "tests/testing/retrieve_test_stream.h"
 #include "tests/testing/server_process.h"
 
 namespace pqkv {
@@ -41,48 +43,6 @@ std::unique_ptr<testing::ServerProcess> StartServer(std::vector<std::string> ext
   REQUIRE(server.ok());
   return *std::move(server);
 }
-
-size_t ResidentBytes(pid_t pid) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(status, line)) {
-    if (!absl::StartsWith(line, "VmRSS:")) continue;
-    std::string digits;
-    for (char c : line) {
-      if (c >= '0' && c <= '9') digits += c;
-    }
-    uint64_t kib = 0;
-    REQUIRE(absl::SimpleAtoi(digits, &kib));
-    return kib * 1024;
-  }
-  FAIL("no VmRSS in /proc/" << pid << "/status");
-  return 0;
-}
-
-class RawStream {
- public:
-  explicit RawStream(const testing::ServerProcess& server) {
-    channel_ = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
-    stub_ = v1::Pqkv::NewStub(channel_);
-    stream_ = stub_->Retrieve(&context_);
-  }
-  ~RawStream() {
-    stream_->WritesDone();
-    stream_->Finish();
-  }
-  v1::RetrieveResponse Call(const v1::RetrieveRequest& request) {
-    REQUIRE(stream_->Write(request));
-    v1::RetrieveResponse response;
-    REQUIRE(stream_->Read(&response));
-    return response;
-  }
-
- private:
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Pqkv::Stub> stub_;
-  grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReaderWriter<v1::RetrieveRequest, v1::RetrieveResponse>> stream_;
-};
 
 // A session of `shape`, no sinks and no recent window (every token a candidate), `tokens`
 // tokens in every layer, scored exactly (no index).
@@ -125,8 +85,8 @@ TEST_CASE("Row cache directories grow with use, not to cache_slots", "[server]")
   // The issue's shape: 1024 kv heads x 2 dims, one token per layer; an 8 KB query.
   const ModelShape shape{2, 1024, 1024, 2, DType::kFp32};
   const std::string id = Upload(*client, shape, 1);
-  RawStream stream(*server);
-  const size_t before = ResidentBytes(server->pid());
+  testing::RetrieveTestStream stream(*server);
+  const size_t before = testing::ProcStatusBytes(server->pid(), "VmRSS");
   for (uint32_t layer = 0; layer < shape.num_layers; ++layer) {
     const v1::RetrieveResponse response =
         stream.Call(CachedRequest(id, layer, 1024 * 2, /*k=*/1, /*cache_slots=*/65536));
@@ -135,7 +95,7 @@ TEST_CASE("Row cache directories grow with use, not to cache_slots", "[server]")
     REQUIRE(response.results(0).status_code() == 0);
     REQUIRE(response.results(0).heads_size() == 1024);
   }
-  const size_t after = ResidentBytes(server->pid());
+  const size_t after = testing::ProcStatusBytes(server->pid(), "VmRSS");
   const double grown_mib = (static_cast<double>(after) - static_cast<double>(before)) / kMiB;
   INFO("resident " << before / kMiB << " MiB -> " << after / kMiB << " MiB for " << shape.num_layers
                    << " layers' directories (was about 790 MB each)");
@@ -150,7 +110,7 @@ TEST_CASE("Row cache directories are charged to --max_row_cache_bytes; a closed 
   const ModelShape shape{1, 1, 1, 4, DType::kFp32};
   const std::string a = Upload(*client, shape, 2000);
   const std::string b = Upload(*client, shape, 2000);
-  RawStream stream(*server);
+  testing::RetrieveTestStream stream(*server);
 
   v1::RetrieveResponse response = stream.Call(CachedRequest(a, 0, 4, 1500, 4096));
   INFO(response.results(0).error_message());

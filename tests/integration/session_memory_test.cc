@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "catch2/catch.hpp"
 #include "client/pqkv_client.h"
+#include "tests/testing/proc_status.h"
 #include "tests/testing/server_process.h"
 
 namespace pqkv {
@@ -36,23 +37,6 @@ std::unique_ptr<testing::ServerProcess> StartServer(std::vector<std::string> ext
   return *std::move(server);
 }
 
-size_t ResidentBytes(pid_t pid) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(status, line)) {
-    if (!absl::StartsWith(line, "VmRSS:")) continue;
-    std::string digits;
-    for (char c : line) {
-      if (c >= '0' && c <= '9') digits += c;
-    }
-    uint64_t kib = 0;
-    REQUIRE(absl::SimpleAtoi(digits, &kib));
-    return kib * 1024;
-  }
-  FAIL("no VmRSS in /proc/" << pid << "/status");
-  return 0;
-}
-
 // 1024 layers x 64 kv heads, nothing uploaded: about 9 MiB of structures.
 SessionOptions WideEmptySession() {
   SessionOptions options;
@@ -63,7 +47,7 @@ SessionOptions WideEmptySession() {
 TEST_CASE("Empty sessions are charged to the memory budget and refused past it", "[integration]") {
   auto server = StartServer({"--memory_budget=64MiB"});
   auto client = Client::Connect(server->address()).value();
-  const size_t rss_start = ResidentBytes(server->pid());
+  const size_t rss_start = testing::ProcStatusBytes(server->pid(), "VmRSS");
 
   absl::StatusOr<std::string> first = client->CreateSession(WideEmptySession());
   REQUIRE(first.ok());
@@ -90,7 +74,7 @@ TEST_CASE("Empty sessions are charged to the memory budget and refused past it",
   CHECK(absl::StrContains(refused.message(), "67108864"));  // the budget, in the message
   CHECK(client->GetServerStats()->bytes_held <= 64 * kMiB);
   if (kResidentSizeMeansSomething) {
-    CHECK(ResidentBytes(server->pid()) < rss_start + 96 * kMiB);
+    CHECK(testing::ProcStatusBytes(server->pid(), "VmRSS") < rss_start + 96 * kMiB);
   }
   // Closing gives the budget back.
   REQUIRE(client->CloseSession(*first).ok());
@@ -126,9 +110,9 @@ TEST_CASE("Create/close cycles of empty sessions do not grow the server's memory
   };
   cycle();
   cycle();
-  const size_t settled = ResidentBytes(server->pid());
+  const size_t settled = testing::ProcStatusBytes(server->pid(), "VmRSS");
   for (int i = 0; i < 6; ++i) cycle();
-  const size_t after = ResidentBytes(server->pid());
+  const size_t after = testing::ProcStatusBytes(server->pid(), "VmRSS");
   INFO("resident after 2 cycles " << settled << ", after 8 " << after);
   CHECK(after < settled + 16 * kMiB);
   CHECK(client->GetServerStats()->bytes_held == 0);
