@@ -2,6 +2,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -21,7 +22,10 @@ constexpr int kMaxGridY = 65535;
 constexpr uint64_t kMaxItems = std::numeric_limits<int32_t>::max();
 
 // A device allocation that grows on demand and is reused; freed on destruction (the
-// owner makes its device current first).
+// owner makes its device current first). It grows geometrically, to at least 1.5 times
+// its old capacity: n grows by one token per decode step, and growing to exactly the
+// bytes asked for would free and reallocate (cudaFree and cudaMalloc synchronize the
+// device) on nearly every call.
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
@@ -32,18 +36,21 @@ class DeviceBuffer {
   }
 
   // Makes room for `bytes`; the contents are not kept. No work may be pending on it.
-  absl::Status Reserve(size_t bytes) {
+  // Counts each cudaMalloc in *allocations.
+  absl::Status Reserve(size_t bytes, uint64_t* allocations) {
     if (bytes <= capacity_) return absl::OkStatus();
+    const size_t target = std::max(bytes, capacity_ + capacity_ / 2);
     if (data_ != nullptr) cudaFree(data_);
     data_ = nullptr;
     capacity_ = 0;
-    const cudaError_t error = cudaMalloc(&data_, bytes);
+    ++*allocations;
+    const cudaError_t error = cudaMalloc(&data_, target);
     if (error != cudaSuccess) {
       cudaGetLastError();  // an allocation failure is not sticky: clear it
       data_ = nullptr;
-      return CudaStatus(error, absl::StrCat("cudaMalloc of ", bytes, " bytes"));
+      return CudaStatus(error, absl::StrCat("cudaMalloc of ", target, " bytes"));
     }
-    capacity_ = bytes;
+    capacity_ = target;
     return absl::OkStatus();
   }
 
@@ -146,6 +153,11 @@ struct CudaLayerRetriever::Impl {
 
   DeviceBuffer queries, centroids, codes, tables, logits, partial_max, partial_sum, max, inv_sum,
       head_scores, top_k_scratch, positions, top_scores;
+  uint64_t allocations = 0;  // cudaMalloc calls of the buffers above
+
+  absl::Status Reserve(DeviceBuffer& buffer, size_t bytes) {
+    return buffer.Reserve(bytes, &allocations);
+  }
 
   ~Impl() {
     cudaSetDevice(device);
@@ -172,7 +184,7 @@ struct CudaLayerRetriever::Impl {
 
   template <typename T>
   absl::Status CopyIn(DeviceBuffer& buffer, const T* host, size_t count) {
-    RETURN_IF_ERROR(buffer.Reserve(count * sizeof(T)));
+    RETURN_IF_ERROR(Reserve(buffer, count * sizeof(T)));
     RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(buffer.as<void>(), host, count * sizeof(T),
                                          cudaMemcpyHostToDevice, stream));
     return absl::OkStatus();
@@ -190,9 +202,9 @@ struct CudaLayerRetriever::Impl {
   absl::Status EnqueueTopK(int heads, uint32_t n, uint32_t begin, uint32_t end, uint32_t k) {
     size_t scratch_bytes = 0;
     RETURN_IF_CUDA_ERROR(TopKScratchBytes(heads, end - begin, &scratch_bytes));
-    RETURN_IF_ERROR(top_k_scratch.Reserve(scratch_bytes));
-    RETURN_IF_ERROR(positions.Reserve(static_cast<size_t>(heads) * k * sizeof(uint32_t)));
-    RETURN_IF_ERROR(top_scores.Reserve(static_cast<size_t>(heads) * k * sizeof(float)));
+    RETURN_IF_ERROR(Reserve(top_k_scratch, scratch_bytes));
+    RETURN_IF_ERROR(Reserve(positions, static_cast<size_t>(heads) * k * sizeof(uint32_t)));
+    RETURN_IF_ERROR(Reserve(top_scores, static_cast<size_t>(heads) * k * sizeof(float)));
     RETURN_IF_CUDA_ERROR(LaunchTopK(head_scores.as<float>(), heads, n, begin, end, k,
                                     top_k_scratch.as<void>(), top_k_scratch.capacity(),
                                     positions.as<uint32_t>(), top_scores.as<float>(), stream));
@@ -219,17 +231,17 @@ struct CudaLayerRetriever::Impl {
     RETURN_IF_ERROR(CopyIn(codes, in.codes, static_cast<size_t>(H) * n * M));
     RETURN_IF_ERROR(Record(kCopiedIn, timed));
 
-    RETURN_IF_ERROR(tables.Reserve(static_cast<size_t>(Q) * M * ksub * sizeof(float)));
+    RETURN_IF_ERROR(Reserve(tables, static_cast<size_t>(Q) * M * ksub * sizeof(float)));
     RETURN_IF_CUDA_ERROR(LaunchInnerProductTables(queries.as<float>(), centroids.as<float>(), H, G,
                                                   M, ksub, dsub, tables.as<float>(), stream));
     RETURN_IF_ERROR(Record(kTables, timed));
 
-    RETURN_IF_ERROR(logits.Reserve(static_cast<size_t>(Q) * n * sizeof(float)));
-    RETURN_IF_ERROR(partial_max.Reserve(static_cast<size_t>(Q) * blocks * sizeof(float)));
-    RETURN_IF_ERROR(partial_sum.Reserve(static_cast<size_t>(Q) * blocks * sizeof(float)));
-    RETURN_IF_ERROR(max.Reserve(Q * sizeof(float)));
-    RETURN_IF_ERROR(inv_sum.Reserve(Q * sizeof(float)));
-    RETURN_IF_ERROR(head_scores.Reserve(static_cast<size_t>(H) * n * sizeof(float)));
+    RETURN_IF_ERROR(Reserve(logits, static_cast<size_t>(Q) * n * sizeof(float)));
+    RETURN_IF_ERROR(Reserve(partial_max, static_cast<size_t>(Q) * blocks * sizeof(float)));
+    RETURN_IF_ERROR(Reserve(partial_sum, static_cast<size_t>(Q) * blocks * sizeof(float)));
+    RETURN_IF_ERROR(Reserve(max, Q * sizeof(float)));
+    RETURN_IF_ERROR(Reserve(inv_sum, Q * sizeof(float)));
+    RETURN_IF_ERROR(Reserve(head_scores, static_cast<size_t>(H) * n * sizeof(float)));
     RETURN_IF_CUDA_ERROR(LaunchAdcScan(tables.as<float>(), codes.as<uint8_t>(), H, G, M, ksub, n,
                                        scale, logits.as<float>(), partial_max.as<float>(),
                                        partial_sum.as<float>(), stream));
@@ -268,6 +280,8 @@ CudaLayerRetriever::CudaLayerRetriever(std::unique_ptr<Impl> impl) : impl_(std::
 CudaLayerRetriever::~CudaLayerRetriever() = default;
 
 int CudaLayerRetriever::device() const { return impl_->device; }
+
+uint64_t CudaLayerRetriever::device_allocations() const { return impl_->allocations; }
 
 absl::StatusOr<std::unique_ptr<CudaLayerRetriever>> CudaLayerRetriever::Create(int device) {
   int count = 0;

@@ -1,6 +1,8 @@
 // CUDA PQ retrieval of one layer: the inner-product tables, the ADC scan, the GQA
 // softmax-sum and the per-kv-head top-k of PQCache in one launch sequence on one stream,
-// plus a gather that packs the selected K/V rows into one contiguous (pinned) buffer.
+// plus a gather that packs the selected K/V rows into one contiguous (pinned) buffer
+// (tested and timed; the server does not use it, as its paged host arena is not
+// registered with CUDA).
 // The plain kernels in kernels/pq_scan.h, kernels/gqa_softmax.h and kernels/top_k.h are
 // the contract and the test oracle of every step.
 //
@@ -119,7 +121,9 @@ struct GatherRequest {
 };
 
 // Runs PQ retrieval layers on one CUDA device. Owns a non-blocking stream and device
-// buffers that grow to the largest layer seen and are reused.
+// buffers that grow geometrically (to at least 1.5 times their old size) to the largest
+// layer seen and are reused, so that a layer growing by one token per call reallocates
+// once every half again as many tokens, not on every call.
 class CudaLayerRetriever {
  public:
   // UNAVAILABLE when there is no CUDA device or driver; INVALID_ARGUMENT for a device
@@ -150,6 +154,8 @@ class CudaLayerRetriever {
   absl::Status Gather(const GatherRequest& request, float* kernel_ms = nullptr);
 
   int device() const;
+  // cudaMalloc calls of the retriever's own buffers so far (tests: growth is geometric).
+  uint64_t device_allocations() const;
 
  private:
   struct Impl;

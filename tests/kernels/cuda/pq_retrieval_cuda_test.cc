@@ -13,13 +13,16 @@
 // and fp64 exponentials).
 //
 // Runs only where a CUDA device exists; cuda_test_main.cc reports the binary skipped
-// elsewhere.
+// elsewhere. With PQKV_CUDA_TEST_SMALL set (device_check.sh does so under
+// compute-sanitizer, which runs kernels tens of times slower) cases of more than 5000
+// tokens are left out.
 #include "kernels/cuda/pq_retrieval_cuda.h"
 
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -34,6 +37,10 @@
 
 namespace pqkv::kernels::cuda {
 namespace {
+
+// Whether to leave out the cases of more than kSmallTokens tokens (see the top).
+constexpr uint32_t kSmallTokens = 5000;
+bool SmallOnly() { return std::getenv("PQKV_CUDA_TEST_SMALL") != nullptr; }
 
 // One retriever for the whole binary, so buffers are reused across shapes (large, then
 // smaller, then larger again) as in the service.
@@ -128,8 +135,13 @@ TEST_CASE("CudaLayerRetriever matches the plain kernels step by step", "[cuda]")
                LayerCase{1, 1, 8, 8, 1, 333, true},      // dsub = 1, two centroids
                LayerCase{4, 4, 64, 16, 4, 777, false},   // G = 1
                LayerCase{2, 4, 128, 64, 8, 517, false},  // table too large for shared memory
-               LayerCase{2, 12, 32, 2, 6, 7, true});     // fewer tokens than a warp
+               LayerCase{2, 12, 32, 2, 6, 7, true},      // fewer tokens than a warp
+               // Past every grid-stride cap: the scan's 2048 blocks x 256 threads x 4
+               // tokens (2,097,152 tokens), the score kernel's 4096 x 256 (1,048,576
+               // tokens) and the top-k kernels' 4096 x 256 (1,048,576 items).
+               LayerCase{1, 2, 16, 2, 6, 2100001, true});
   INFO(c);
+  if (SmallOnly() && c.num_tokens > kSmallTokens) return;
   const LayerData data = MakeLayer(c, c.num_tokens * 31 + c.bits);
   const CudaLayerShape& shape = data.shape;
   const int H = shape.kv_heads, Q = shape.query_heads, G = shape.group_size();
@@ -242,9 +254,12 @@ TEST_CASE("CudaLayerRetriever matches the plain kernels step by step", "[cuda]")
 
 TEST_CASE("CudaLayerRetriever::TopK equals kernels::TopK, ties by lower position", "[cuda]") {
   const int heads = GENERATE(1, 3, 8);
-  const uint32_t n = GENERATE(1u, 2u, 31u, 4099u, 131073u);
+  // 1100009 tokens: 3 or 8 heads of candidates are past the top-k kernels' grid-stride
+  // cap (4096 blocks x 256 threads = 1,048,576 items).
+  const uint32_t n = GENERATE(1u, 2u, 31u, 4099u, 131073u, 1100009u);
   const int distinct = GENERATE(3, 1000000);  // few distinct values: many ties
   INFO("heads=" << heads << " n=" << n << " distinct=" << distinct);
+  if (SmallOnly() && n > kSmallTokens) return;
   std::mt19937 rng(heads * 7919 + n + distinct);
   std::uniform_int_distribution<int> value(0, distinct - 1);
   std::vector<float> scores(static_cast<size_t>(heads) * n);
@@ -320,6 +335,136 @@ TEST_CASE("CudaLayerRetriever rejects bad layer arguments", "[cuda]") {
   }
 }
 
+TEST_CASE("k == 0 and an empty candidate range skip the top-k and still score", "[cuda]") {
+  const LayerCase c{2, 8, 64, 2, 6, 100, true};
+  const LayerData data = MakeLayer(c, 2);
+  const int H = data.shape.kv_heads, G = data.shape.group_size();
+  const uint32_t n = c.num_tokens;
+  LayerRetrievalInput in;
+  in.shape = data.shape;
+  in.queries = data.queries.data();
+  in.centroids = data.centroids.data();
+  in.codes = data.codes.data();
+  in.num_tokens = n;
+  in.k = 0;
+  std::vector<float> head_scores(static_cast<size_t>(H) * n, -1.0f);
+  LayerRetrievalOutput out;  // no positions or scores: not needed when k == 0
+  out.head_scores = head_scores.data();
+  CudaLayerRetriever& retriever = SharedRetriever();
+
+  // The all-CPU scores of kv head h.
+  const auto want_scores = [&](int h) {
+    const int M = data.shape.pq.subspaces, ksub = data.shape.pq.centroids_per_subspace;
+    const int d = data.shape.head_dim();
+    std::vector<float> table(static_cast<size_t>(M) * ksub), logits(n), scores(n, 0.0f);
+    for (int g = 0; g < G; ++g) {
+      ComputeInnerProductTable(
+          data.shape.pq, data.queries.data() + static_cast<size_t>(h * G + g) * d,
+          data.centroids.data() + static_cast<size_t>(h) * M * ksub * data.shape.pq.subspace_dim,
+          table.data());
+      AdcScan(data.shape.pq, table.data(), data.codes.data() + static_cast<size_t>(h) * n * M, n,
+              logits.data());
+      AccumulateSoftmax(logits.data(), n, 1.0f / std::sqrt(static_cast<float>(d)), scores.data());
+    }
+    return scores;
+  };
+
+  SECTION("RetrieveLayer, empty range") {
+    in.candidate_begin = in.candidate_end = 40;
+    const absl::Status status = retriever.RetrieveLayer(in, out);
+    INFO(status);
+    REQUIRE(status.ok());
+    for (int h = 0; h < H; ++h) {
+      const std::vector<float> want = want_scores(h);
+      REQUIRE_CLOSE("scores of kv head " << h, head_scores.data() + static_cast<size_t>(h) * n,
+                    want.data(), n, 2e-5, 1e-30);
+    }
+  }
+  SECTION("RetrieveLayer, candidates but k == 0") {
+    in.candidate_begin = 0;
+    in.candidate_end = n;
+    const absl::Status status = retriever.RetrieveLayer(in, out);
+    INFO(status);
+    REQUIRE(status.ok());
+    const std::vector<float> want = want_scores(0);
+    REQUIRE_CLOSE("scores of kv head 0", head_scores.data(), want.data(), n, 2e-5, 1e-30);
+  }
+  SECTION("RetrieveLayer, empty range at the end, k == 1 is refused") {
+    in.candidate_begin = in.candidate_end = n;
+    in.k = 1;
+    std::vector<uint32_t> positions(H);
+    std::vector<float> scores(H);
+    out.positions = positions.data();
+    out.scores = scores.data();
+    CHECK(retriever.RetrieveLayer(in, out).code() == absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("TopK") {
+    std::vector<float> scores(static_cast<size_t>(H) * n, 1.0f);
+    uint32_t position = 12345;
+    CHECK(retriever.TopK(scores.data(), H, n, 7, 7, 0, &position, nullptr).ok());
+    CHECK(retriever.TopK(scores.data(), H, n, 0, n, 0, &position, nullptr).ok());
+    CHECK(retriever.TopK(scores.data(), H, n, n, n, 0, nullptr, nullptr).ok());
+    CHECK(position == 12345);  // nothing written
+    CHECK(retriever.TopK(scores.data(), H, n, 7, 7, 1, &position, nullptr).code() ==
+          absl::StatusCode::kInvalidArgument);
+  }
+  SECTION("and still works afterwards") {
+    in.candidate_begin = 10;
+    in.candidate_end = 90;
+    in.k = 5;
+    std::vector<uint32_t> positions(static_cast<size_t>(H) * 5);
+    std::vector<float> scores(positions.size());
+    out.positions = positions.data();
+    out.scores = scores.data();
+    const absl::Status status = retriever.RetrieveLayer(in, out);
+    INFO(status);
+    REQUIRE(status.ok());
+    for (int h = 0; h < H; ++h) {
+      std::vector<uint32_t> want(5);
+      TopK(head_scores.data() + static_cast<size_t>(h) * n, 10, 90, 5, want.data());
+      RequireEqual("positions vs kernels::TopK", positions.data() + h * 5, want);
+    }
+  }
+}
+
+TEST_CASE("Device buffers grow geometrically as n grows by one token per call", "[cuda]") {
+  if (SmallOnly()) return;  // 100 calls; the other cases take these paths too
+  // A retriever of its own, so that its allocation count starts at 0.
+  absl::StatusOr<std::unique_ptr<CudaLayerRetriever>> created = CudaLayerRetriever::Create();
+  INFO(created.status());
+  REQUIRE(created.ok());
+  CudaLayerRetriever& retriever = **created;
+  constexpr uint32_t kFirst = 5000, kSteps = 100;
+  const LayerData data = MakeLayer(LayerCase{2, 8, 64, 2, 6, kFirst + kSteps, false}, 3);
+  LayerRetrievalInput in;
+  in.shape = data.shape;
+  in.queries = data.queries.data();
+  in.centroids = data.centroids.data();
+  in.codes = data.codes.data();  // [H][n][M] read for each n: a valid (different) layer
+  std::vector<uint32_t> positions(2 * 64);
+  std::vector<float> scores(positions.size());
+  LayerRetrievalOutput out;
+  out.positions = positions.data();
+  out.scores = scores.data();
+  uint64_t after_first = 0;
+  for (uint32_t n = kFirst; n < kFirst + kSteps; ++n) {
+    in.num_tokens = n;
+    in.candidate_begin = 32;
+    in.candidate_end = n - 64;
+    in.k = 64;
+    const absl::Status status = retriever.RetrieveLayer(in, out);
+    INFO("n = " << n << ": " << status);
+    REQUIRE(status.ok());
+    if (n == kFirst) after_first = retriever.device_allocations();
+  }
+  // 100 tokens past 5000 is 2% growth: each of the retriever's 13 buffers grows at most
+  // once (growing to exactly the size asked for reallocated 4 or more of them per call).
+  INFO("allocations after the first call " << after_first << ", after " << kSteps << " calls "
+                                           << retriever.device_allocations());
+  CHECK(after_first > 0);
+  CHECK(retriever.device_allocations() - after_first <= 13);
+}
+
 // Pinned host memory from cudaHostAlloc, freed on scope exit.
 struct PinnedBytes {
   explicit PinnedBytes(size_t bytes) {
@@ -335,6 +480,9 @@ struct DeviceBytes {
   explicit DeviceBytes(const std::vector<uint8_t>& host) {
     REQUIRE(cudaMalloc(&data, host.size()) == cudaSuccess);
     REQUIRE(cudaMemcpy(data, host.data(), host.size(), cudaMemcpyHostToDevice) == cudaSuccess);
+    // A cudaMemcpy from pageable memory may return before its DMA to the device ends, and
+    // the retriever's stream does not wait for the legacy stream (it is non-blocking).
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   }
   ~DeviceBytes() { cudaFree(data); }
   void* data = nullptr;
@@ -352,8 +500,12 @@ TEST_CASE("CudaLayerRetriever::Gather packs K then V rows like memcpy", "[cuda]"
                                 GatherCase{3, 777, 155, 132},   // fp32, d = 33
                                 GatherCase{2, 101, 21, 24},     // bf16, d = 12
                                 GatherCase{1, 1, 1, 14},        // fp16, d = 7
-                                GatherCase{4, 50, 50, 256});    // k = n
+                                GatherCase{4, 50, 50, 256},     // k = n
+                                // 2 x 8 x 20000 rows of 16 chunks of 16 bytes: past the
+                                // kernel's grid-stride cap (8192 x 256 = 2,097,152 chunks).
+                                GatherCase{8, 60000, 20000, 256});
   INFO("H=" << c.kv_heads << " n=" << c.num_tokens << " k=" << c.k << " row=" << c.row_bytes);
+  if (SmallOnly() && c.num_tokens > kSmallTokens) return;
   const size_t tensor_bytes = static_cast<size_t>(c.kv_heads) * c.num_tokens * c.row_bytes;
   std::mt19937 rng(c.num_tokens + c.row_bytes);
   std::uniform_int_distribution<int> byte(0, 255);
