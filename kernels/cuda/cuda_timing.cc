@@ -18,6 +18,8 @@
 // Every retrieval row: median device time (cudaEvent) of each phase of one call (host
 // to device copy of queries, codebooks and codes; step 1; steps 2-3; step 4; copy of
 // the positions and scores back), their sum, and the median wall time of the whole call.
+// Rows "+1/call" time calls on n, n+1, n+2, ... tokens, as a server answering one decode
+// step after another does (its buffers grow as the layer does).
 // Gather rows: median kernel time packing H * k K rows and H * k V rows from device
 // memory into pinned host memory, or into device memory, and the bandwidth.
 #include <cuda_runtime_api.h>
@@ -96,13 +98,16 @@ absl::Status PrintSetup(int device) {
 }
 
 // Times RetrieveLayer for PQ shape M x bits; leaves the last selection in `positions`.
-absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits,
+// growing: call i runs on n + i tokens instead of n.
+absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits, bool growing,
                            std::vector<uint32_t>& positions) {
   const int H = absl::GetFlag(FLAGS_kv_heads);
   const int Q = absl::GetFlag(FLAGS_query_heads);
   const int d = absl::GetFlag(FLAGS_head_dim);
   const uint32_t n = absl::GetFlag(FLAGS_tokens);
   const uint32_t k = absl::GetFlag(FLAGS_k);
+  const int iterations = absl::GetFlag(FLAGS_iterations);
+  const uint32_t max_n = growing ? n + kWarmup + iterations : n;
   if (M < 1 || d % M != 0 || bits < 1 || bits > 8) {
     return absl::InvalidArgumentError("bad PQ shape in --shapes");
   }
@@ -112,7 +117,7 @@ absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits,
   std::uniform_int_distribution<int> code(0, ksub - 1);
   std::vector<float> queries(static_cast<size_t>(Q) * d);
   std::vector<float> centroids(static_cast<size_t>(H) * ksub * d);
-  std::vector<uint8_t> codes(static_cast<size_t>(H) * n * M);
+  std::vector<uint8_t> codes(static_cast<size_t>(H) * max_n * M);
   for (float& v : queries) v = normal(rng);
   for (float& v : centroids) v = normal(rng);
   for (uint8_t& v : codes) v = static_cast<uint8_t>(code(rng));
@@ -136,8 +141,11 @@ absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits,
   out.scores = scores.data();
 
   std::vector<float> copy_in, table, scan, top_k, copy_out, kernels, total, wall;
-  const int iterations = absl::GetFlag(FLAGS_iterations);
   for (int i = 0; i < kWarmup + iterations; ++i) {
+    if (growing) {  // codes is [H][max_n][M]: read as [H][n + i][M], a valid layer
+      in.num_tokens = n + i;
+      in.candidate_end = std::max(in.candidate_begin, in.num_tokens > 64 ? in.num_tokens - 64 : 0);
+    }
     LayerTimings t;
     const auto start = std::chrono::steady_clock::now();
     const absl::Status status = retriever.RetrieveLayer(in, out, &t);
@@ -153,10 +161,11 @@ absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits,
     total.push_back(t.total_ms());
     wall.push_back(std::chrono::duration<float, std::milli>(stop - start).count());
   }
-  std::printf("%-12s %8.3f %8.3f %10.3f %8.3f %9.3f %9.3f %8.3f %8.3f\n",
-              (std::to_string(M) + " x " + std::to_string(bits) + " bits").c_str(), Median(copy_in),
-              Median(table), Median(scan), Median(top_k), Median(copy_out), Median(kernels),
-              Median(total), Median(wall));
+  std::printf(
+      "%-14s %8.3f %8.3f %10.3f %8.3f %9.3f %9.3f %8.3f %8.3f\n",
+      (std::to_string(M) + " x " + std::to_string(bits) + (growing ? " +1/call" : " bits")).c_str(),
+      Median(copy_in), Median(table), Median(scan), Median(top_k), Median(copy_out),
+      Median(kernels), Median(total), Median(wall));
   return absl::OkStatus();
 }
 
@@ -196,7 +205,7 @@ absl::Status Run() {
   CudaLayerRetriever& retriever = *retriever_owner;
   RETURN_IF_ERROR(PrintSetup(device));
 
-  std::printf("%-12s %8s %8s %10s %8s %9s %9s %8s %8s\n", "PQ shape", "copy_in", "table",
+  std::printf("%-14s %8s %8s %10s %8s %9s %9s %8s %8s\n", "PQ shape", "copy_in", "table",
               "scan+smax", "top_k", "copy_out", "kernels", "total", "wall");
   std::vector<uint32_t> positions;
   for (absl::string_view shape : absl::StrSplit(absl::GetFlag(FLAGS_shapes), ',')) {
@@ -206,7 +215,9 @@ absl::Status Run() {
         !absl::SimpleAtoi(parts[1], &bits)) {
       return absl::InvalidArgumentError(std::string("bad --shapes entry: ") + std::string(shape));
     }
-    RETURN_IF_ERROR(TimeRetrieval(retriever, M, bits, positions));
+    RETURN_IF_ERROR(TimeRetrieval(retriever, M, bits, /*growing=*/false, positions));
+    std::vector<uint32_t> unused;
+    RETURN_IF_ERROR(TimeRetrieval(retriever, M, bits, /*growing=*/true, unused));
   }
   if (positions.empty()) return absl::OkStatus();
 
