@@ -138,6 +138,7 @@ int main(int argc, char** argv) {
   }
 
   pqkv::server::Metrics metrics;
+  metrics.SetGpuScorer(gpu.get());
   pqkv::server::SessionStoreOptions store_options;
   store_options.on_index_built = [&metrics](absl::Duration d) { metrics.RecordIndexBuild(d); };
   store_options.gpu = gpu.get();

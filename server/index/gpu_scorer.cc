@@ -2,7 +2,10 @@
 
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "kernels/cuda/pq_retrieval_cuda.h"
+#include "server/runtime/server_logger.h"
 
 namespace pqkv::server {
 
@@ -19,6 +22,11 @@ GpuScorer::GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retrieve
     : retriever_(std::move(retriever)) {}
 
 GpuScorer::~GpuScorer() = default;
+
+uint64_t GpuScorer::layers_scored() const {
+  absl::MutexLock lock(&mu_);
+  return layers_scored_;
+}
 
 absl::StatusOr<std::vector<HeadSelection>> GpuScorer::ScoreLayer(const GpuLayerInput& input) {
   kernels::cuda::LayerRetrievalInput in;
@@ -37,10 +45,20 @@ absl::StatusOr<std::vector<HeadSelection>> GpuScorer::ScoreLayer(const GpuLayerI
   kernels::cuda::LayerRetrievalOutput out;
   out.positions = positions.data();
   out.scores = scores.data();
+  const absl::Time now = absl::Now();
+  if (!health_.TryDevice(now)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the GPU backend is ", GpuBackendStateName(health_.state()), ": ", health_.last_error()));
+  }
   {
     absl::MutexLock lock(&mu_);
     absl::Status status = retriever_->RetrieveLayer(in, out);
-    if (!status.ok()) return status;
+    if (!status.ok()) {
+      const std::string line = health_.RecordFailure(status, now);
+      if (!line.empty()) ServerLogger().warn("{}", line);
+      return status;
+    }
+    ++layers_scored_;
   }
   std::vector<HeadSelection> heads(input.kv_heads);
   for (int h = 0; h < input.kv_heads; ++h) {

@@ -5,17 +5,24 @@
 // Thread-safe: calls are serialised, as the retriever owns one CUDA stream and its
 // device buffers (the GPU's executor). Inputs are copied to the device per call; codes
 // are not kept resident yet.
+//
+// Failures are remembered (GpuBackendHealth): after a persistent CUDA error every call
+// fails at once with FAILED_PRECONDITION, without touching the device, and the caller
+// answers from the CPU; out of device memory does the same for a cooldown. The scorer
+// logs failures itself, rate-limited; callers need not.
 #ifndef PQKV_SERVER_INDEX_GPU_SCORER_H_
 #define PQKV_SERVER_INDEX_GPU_SCORER_H_
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/pq_scan.h"
+#include "server/index/gpu_backend_health.h"
 #include "server/index/head_scorer.h"
 
 namespace pqkv::kernels::cuda {
@@ -46,14 +53,25 @@ class GpuScorer {
   static absl::StatusOr<std::unique_ptr<GpuScorer>> Create(int device = 0);
   ~GpuScorer();
 
-  // One HeadSelection per kv head, best first, ties by lower position.
+  // One HeadSelection per kv head, best first, ties by lower position. On error the
+  // caller scores on the CPU: FAILED_PRECONDITION while the backend is not kReady (see
+  // the top), else the CUDA error.
   absl::StatusOr<std::vector<HeadSelection>> ScoreLayer(const GpuLayerInput& input);
+
+  // The backend's state (exported as a metric) and the error behind it ("" if none).
+  GpuBackendState state() const { return health_.state(); }
+  std::string last_error() const { return health_.last_error(); }
+  // Layers scored on the device, and calls the CPU answered instead, so far.
+  uint64_t layers_scored() const;
+  uint64_t cpu_fallbacks() const { return health_.cpu_fallbacks(); }
 
  private:
   explicit GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever);
 
-  absl::Mutex mu_;
+  GpuBackendHealth health_;
+  mutable absl::Mutex mu_;
   std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever_ ABSL_GUARDED_BY(mu_);
+  uint64_t layers_scored_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace pqkv::server

@@ -19,6 +19,8 @@ GpuScorer::GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retrieve
 
 GpuScorer::~GpuScorer() = default;
 
+uint64_t GpuScorer::layers_scored() const { return 0; }
+
 absl::StatusOr<std::vector<HeadSelection>> GpuScorer::ScoreLayer(const GpuLayerInput& input) {
   return absl::UnavailableError("this pqkv-server was built without CUDA");
 }

@@ -121,6 +121,22 @@ std::string Metrics::Render(const SessionStore& store) const {
                   "# TYPE pqkv_kv_bytes_saved_by_cache_total counter\n"
                   "pqkv_kv_bytes_saved_by_cache_total ",
                   cache_saved_bytes_.load(std::memory_order_relaxed), "\n");
+  if (const GpuScorer* gpu = gpu_.load(std::memory_order_acquire); gpu != nullptr) {
+    absl::StrAppend(
+        &out,
+        "# HELP pqkv_gpu_backend_state CUDA backend: 0 ready, 1 cooling down after running out "
+        "of device memory (the CPU answers), 2 failed until the server restarts (the CPU "
+        "answers).\n"
+        "# TYPE pqkv_gpu_backend_state gauge\npqkv_gpu_backend_state ",
+        static_cast<int>(gpu->state()), "\n",
+        "# HELP pqkv_gpu_layers_scored_total Layers scored on the GPU.\n"
+        "# TYPE pqkv_gpu_layers_scored_total counter\npqkv_gpu_layers_scored_total ",
+        gpu->layers_scored(), "\n",
+        "# HELP pqkv_gpu_cpu_fallbacks_total Layers the CPU scored because the GPU failed or "
+        "was not ready.\n"
+        "# TYPE pqkv_gpu_cpu_fallbacks_total counter\npqkv_gpu_cpu_fallbacks_total ",
+        gpu->cpu_fallbacks(), "\n");
+  }
   absl::StrAppend(&out,
                   "# HELP pqkv_requests_total Calls and Retrieve items, by RPC and status code.\n"
                   "# TYPE pqkv_requests_total counter\n");

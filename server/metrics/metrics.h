@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/index/gpu_scorer.h"
 #include "server/store/session_store.h"
 
 namespace pqkv::server {
@@ -50,6 +51,10 @@ class Metrics {
   // K/V bytes a client's row cache made unnecessary (delta transfer).
   void RecordCacheSavedBytes(uint64_t bytes);
 
+  // The CUDA backend whose state Render exports (pqkv_gpu_backend_state and its
+  // counters), or null (the CPU backend: no such lines). Must outlive this object.
+  void SetGpuScorer(const GpuScorer* gpu) { gpu_.store(gpu, std::memory_order_release); }
+
   // The exposition text, with gauges read from `store`.
   std::string Render(const SessionStore& store) const;
 
@@ -61,6 +66,7 @@ class Metrics {
   std::atomic<uint64_t> ucx_shm_bytes_sent_{0};
   std::atomic<uint64_t> ucx_put_bytes_sent_{0};
   std::atomic<uint64_t> cache_saved_bytes_{0};
+  std::atomic<const GpuScorer*> gpu_{nullptr};
   mutable absl::Mutex mu_;
   // (rpc, code) -> count
   std::vector<std::pair<std::string, uint64_t>> statuses_ ABSL_GUARDED_BY(mu_);

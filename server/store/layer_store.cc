@@ -315,12 +315,10 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
   if (gpu_ != nullptr && !plain && use_codes && num_encoded_ == n) {
     absl::StatusOr<std::vector<HeadSelection>> heads = RetrieveOnGpu(
         query, static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k);
+    // On error the CPU scores below; the GPU scorer logs it (rate-limited) and remembers.
     if (heads.ok()) {
       selection.heads = *std::move(heads);
       scored = true;
-    } else {
-      ServerLogger().warn("layer {}: GPU retrieval failed, scoring on the CPU: {}", layer_,
-                          heads.status().ToString());
     }
   }
   if (!scored) {
