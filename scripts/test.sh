@@ -26,7 +26,8 @@ if [ ! -x /usr/local/cuda/bin/nvcc ]; then
   # No CUDA toolkit: build the CPU backend only and leave the CUDA kernels out.
   echo "test.sh: no /usr/local/cuda/bin/nvcc; building without CUDA (--define=pqkv_cuda=off)"
   flags=(--define=pqkv_cuda=off)
-  excluded=(-//kernels/cuda/... -//tests/kernels/cuda/... -//third_party/cuda:cudart)
+  excluded=(-//kernels/cuda/... -//tests/kernels/cuda/... -//third_party/cuda:cudart
+    -//tests/server/store:layer_store_gpu_test)
 fi
 
 work=$(mktemp -d)
