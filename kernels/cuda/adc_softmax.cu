@@ -30,7 +30,7 @@ constexpr int kMaxScoreBlocks = 4096;
 template <bool kSharedTable>
 __global__ void __launch_bounds__(kScanThreads)
     AdcScanKernel(const float* __restrict__ tables, const uint8_t* __restrict__ codes, int group,
-                  int subspaces, int ksub, uint32_t num_tokens, float scale,
+                  int subspaces, int ksub, uint32_t num_tokens, uint32_t code_stride, float scale,
                   float* __restrict__ logits, float* __restrict__ partial_max,
                   float* __restrict__ partial_sum) {
   extern __shared__ float shared_table[];
@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(kScanThreads)
     __syncthreads();
     table = shared_table;
   }
-  const uint8_t* head_codes = codes + static_cast<size_t>(h) * num_tokens * subspaces;
+  const uint8_t* head_codes = codes + static_cast<size_t>(h) * code_stride * subspaces;
   float* out = logits + static_cast<size_t>(q) * num_tokens;
   const unsigned mask = static_cast<unsigned>(ksub - 1);
   float run_max = -CUDART_INF_F;
@@ -118,16 +118,19 @@ int ScanBlocks(uint32_t num_tokens) {
 }
 
 cudaError_t LaunchAdcScan(const float* tables, const uint8_t* codes, int kv_heads, int group,
-                          int subspaces, int ksub, uint32_t num_tokens, float scale, float* logits,
-                          float* partial_max, float* partial_sum, cudaStream_t stream) {
+                          int subspaces, int ksub, uint32_t num_tokens, uint32_t code_stride,
+                          float scale, float* logits, float* partial_max, float* partial_sum,
+                          cudaStream_t stream) {
   const dim3 grid(ScanBlocks(num_tokens), kv_heads * group);
   const int table_floats = subspaces * ksub;
   if (table_floats <= kMaxSharedTableFloats) {
     AdcScanKernel<true><<<grid, kScanThreads, table_floats * sizeof(float), stream>>>(
-        tables, codes, group, subspaces, ksub, num_tokens, scale, logits, partial_max, partial_sum);
+        tables, codes, group, subspaces, ksub, num_tokens, code_stride, scale, logits, partial_max,
+        partial_sum);
   } else {
-    AdcScanKernel<false><<<grid, kScanThreads, 0, stream>>>(
-        tables, codes, group, subspaces, ksub, num_tokens, scale, logits, partial_max, partial_sum);
+    AdcScanKernel<false><<<grid, kScanThreads, 0, stream>>>(tables, codes, group, subspaces, ksub,
+                                                            num_tokens, code_stride, scale, logits,
+                                                            partial_max, partial_sum);
   }
   return cudaGetLastError();
 }

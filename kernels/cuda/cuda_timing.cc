@@ -18,8 +18,9 @@
 // Every retrieval row: median device time (cudaEvent) of each phase of one call (host
 // to device copy of queries, codebooks and codes; step 1; steps 2-3; step 4; copy of
 // the positions and scores back), their sum, and the median wall time of the whole call.
-// Rows "+1/call" time calls on n, n+1, n+2, ... tokens, as a server answering one decode
-// step after another does (its buffers grow as the layer does).
+// Rows "+1/call" time calls on n, n+1, n+2, ... tokens with the codebooks and codes kept
+// on the device (ResidentLayer), as the server's decode steps run: copy_in is then the
+// queries and one new token's codes, and the buffers grow as the layer does.
 // Gather rows: median kernel time packing H * k K rows and H * k V rows from device
 // memory into pinned host memory, or into device memory, and the bandwidth.
 #include <cuda_runtime_api.h>
@@ -140,9 +141,22 @@ absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits, bool 
   out.positions = positions.data();
   out.scores = scores.data();
 
+  // Growing: the codes stay on the device; head h's tokens are codes[h][0 .. n + i).
+  ResidentLayer resident(retriever.device(), H, in.shape.pq);
+  std::vector<const float*> head_centroids(H);
+  std::vector<const uint8_t*> head_codes(H);
+  for (int h = 0; h < H; ++h) {
+    head_centroids[h] = centroids.data() + static_cast<size_t>(h) * ksub * d;
+    head_codes[h] = codes.data() + static_cast<size_t>(h) * max_n * M;
+  }
+  if (growing) {
+    in.resident = &resident;
+    in.head_centroids = head_centroids.data();
+    in.head_codes = head_codes.data();
+  }
   std::vector<float> copy_in, table, scan, top_k, copy_out, kernels, total, wall;
   for (int i = 0; i < kWarmup + iterations; ++i) {
-    if (growing) {  // codes is [H][max_n][M]: read as [H][n + i][M], a valid layer
+    if (growing) {
       in.num_tokens = n + i;
       in.candidate_end = std::max(in.candidate_begin, in.num_tokens > 64 ? in.num_tokens - 64 : 0);
     }

@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -59,6 +60,45 @@ class DeviceBuffer {
     return static_cast<T*>(data_);
   }
   size_t capacity() const { return capacity_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// Pinned (page-locked) host memory that grows like DeviceBuffer; staging for the small
+// per-call copies (queries in; positions and scores out; a resident layer's new codes),
+// so that they are DMA from and to memory the device can reach, not pageable copies.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (data_ != nullptr) cudaFreeHost(data_);
+  }
+
+  // Makes room for `bytes`; the contents are not kept. No copy may be pending on it.
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= capacity_) return absl::OkStatus();
+    const size_t target = std::max(bytes, capacity_ + capacity_ / 2);
+    if (data_ != nullptr) cudaFreeHost(data_);
+    data_ = nullptr;
+    capacity_ = 0;
+    const cudaError_t error = cudaHostAlloc(&data_, target, cudaHostAllocDefault);
+    if (error != cudaSuccess) {
+      cudaGetLastError();
+      data_ = nullptr;
+      return CudaStatus(error, absl::StrCat("cudaHostAlloc of ", target, " bytes"));
+    }
+    capacity_ = target;
+    return absl::OkStatus();
+  }
+
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
 
  private:
   void* data_ = nullptr;
@@ -154,6 +194,7 @@ struct CudaLayerRetriever::Impl {
   DeviceBuffer queries, centroids, codes, tables, logits, partial_max, partial_sum, max, inv_sum,
       head_scores, top_k_scratch, positions, top_scores;
   uint64_t allocations = 0;  // cudaMalloc calls of the buffers above
+  PinnedBuffer query_staging, code_staging, positions_staging, scores_staging;
 
   absl::Status Reserve(DeviceBuffer& buffer, size_t bytes) {
     return buffer.Reserve(bytes, &allocations);
@@ -226,14 +267,31 @@ struct CudaLayerRetriever::Impl {
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
 
     RETURN_IF_ERROR(Record(kStart, timed));
-    RETURN_IF_ERROR(CopyIn(queries, in.queries, Q * d));
-    RETURN_IF_ERROR(CopyIn(centroids, in.centroids, static_cast<size_t>(H) * M * ksub * dsub));
-    RETURN_IF_ERROR(CopyIn(codes, in.codes, static_cast<size_t>(H) * n * M));
+    const size_t query_bytes = Q * d * sizeof(float);
+    RETURN_IF_ERROR(query_staging.Reserve(query_bytes));
+    std::memcpy(query_staging.as<void>(), in.queries, query_bytes);
+    RETURN_IF_ERROR(Reserve(queries, query_bytes));
+    RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(queries.as<void>(), query_staging.as<void>(), query_bytes,
+                                         cudaMemcpyHostToDevice, stream));
+    const float* layer_centroids = nullptr;
+    const uint8_t* layer_codes = nullptr;
+    uint32_t code_stride = n;
+    if (in.resident != nullptr) {
+      RETURN_IF_ERROR(SyncResident(in));
+      layer_centroids = static_cast<const float*>(in.resident->centroids_);
+      layer_codes = static_cast<const uint8_t*>(in.resident->codes_);
+      code_stride = in.resident->capacity_;
+    } else {
+      RETURN_IF_ERROR(CopyIn(centroids, in.centroids, static_cast<size_t>(H) * M * ksub * dsub));
+      RETURN_IF_ERROR(CopyIn(codes, in.codes, static_cast<size_t>(H) * n * M));
+      layer_centroids = centroids.as<float>();
+      layer_codes = codes.as<uint8_t>();
+    }
     RETURN_IF_ERROR(Record(kCopiedIn, timed));
 
     RETURN_IF_ERROR(Reserve(tables, static_cast<size_t>(Q) * M * ksub * sizeof(float)));
-    RETURN_IF_CUDA_ERROR(LaunchInnerProductTables(queries.as<float>(), centroids.as<float>(), H, G,
-                                                  M, ksub, dsub, tables.as<float>(), stream));
+    RETURN_IF_CUDA_ERROR(LaunchInnerProductTables(queries.as<float>(), layer_centroids, H, G, M,
+                                                  ksub, dsub, tables.as<float>(), stream));
     RETURN_IF_ERROR(Record(kTables, timed));
 
     RETURN_IF_ERROR(Reserve(logits, static_cast<size_t>(Q) * n * sizeof(float)));
@@ -242,9 +300,9 @@ struct CudaLayerRetriever::Impl {
     RETURN_IF_ERROR(Reserve(max, Q * sizeof(float)));
     RETURN_IF_ERROR(Reserve(inv_sum, Q * sizeof(float)));
     RETURN_IF_ERROR(Reserve(head_scores, static_cast<size_t>(H) * n * sizeof(float)));
-    RETURN_IF_CUDA_ERROR(LaunchAdcScan(tables.as<float>(), codes.as<uint8_t>(), H, G, M, ksub, n,
-                                       scale, logits.as<float>(), partial_max.as<float>(),
-                                       partial_sum.as<float>(), stream));
+    RETURN_IF_CUDA_ERROR(LaunchAdcScan(tables.as<float>(), layer_codes, H, G, M, ksub, n,
+                                       code_stride, scale, logits.as<float>(),
+                                       partial_max.as<float>(), partial_sum.as<float>(), stream));
     RETURN_IF_CUDA_ERROR(LaunchSoftmaxNormalizers(partial_max.as<float>(), partial_sum.as<float>(),
                                                   Q, blocks, max.as<float>(), inv_sum.as<float>(),
                                                   stream));
@@ -257,13 +315,85 @@ struct CudaLayerRetriever::Impl {
     }
     RETURN_IF_ERROR(Record(kTopK, timed));
 
+    // Positions and scores come back through pinned staging (RetrieveLayer copies them
+    // out once the stream is done).
     const size_t selected = static_cast<size_t>(H) * in.k;
-    RETURN_IF_ERROR(CopyOut(out.positions, positions, selected));
-    RETURN_IF_ERROR(CopyOut(out.scores, top_scores, selected));
+    if (selected > 0) {
+      RETURN_IF_ERROR(positions_staging.Reserve(selected * sizeof(uint32_t)));
+      RETURN_IF_ERROR(scores_staging.Reserve(selected * sizeof(float)));
+      RETURN_IF_ERROR(CopyOut(positions_staging.as<uint32_t>(), positions, selected));
+      RETURN_IF_ERROR(CopyOut(scores_staging.as<float>(), top_scores, selected));
+    }
     RETURN_IF_ERROR(CopyOut(out.tables, tables, static_cast<size_t>(Q) * M * ksub));
     RETURN_IF_ERROR(CopyOut(out.logits, logits, static_cast<size_t>(Q) * n));
     RETURN_IF_ERROR(CopyOut(out.head_scores, head_scores, static_cast<size_t>(H) * n));
     RETURN_IF_ERROR(Record(kCopiedOut, timed));
+    return absl::OkStatus();
+  }
+
+  // Brings in.resident up to date (see LayerRetrievalInput::resident): the codebooks if
+  // it has none, a larger allocation when the codes outgrow it (the old codes copied on
+  // the device), then the new tokens' codes through pinned staging in one 2D copy.
+  absl::Status SyncResident(const LayerRetrievalInput& in) {
+    ResidentLayer& r = *in.resident;
+    const size_t H = static_cast<size_t>(r.kv_heads_);
+    const size_t M = static_cast<size_t>(r.pq_.subspaces);
+    if (r.centroids_ == nullptr) {
+      const size_t head_bytes =
+          M * r.pq_.centroids_per_subspace * r.pq_.subspace_dim * sizeof(float);
+      void* centroids = nullptr;
+      cudaError_t error = cudaMalloc(&centroids, H * head_bytes);
+      if (error != cudaSuccess) {
+        cudaGetLastError();
+        return CudaStatus(error, absl::StrCat("cudaMalloc of ", H * head_bytes,
+                                              " bytes for a resident layer's codebooks"));
+      }
+      for (size_t h = 0; h < H && error == cudaSuccess; ++h) {
+        error = cudaMemcpyAsync(static_cast<char*>(centroids) + h * head_bytes,
+                                in.head_centroids[h], head_bytes, cudaMemcpyHostToDevice, stream);
+      }
+      if (error != cudaSuccess) {  // the layer stays without codebooks: the next call retries
+        cudaStreamSynchronize(stream);
+        cudaFree(centroids);
+        return CudaStatus(error, "cudaMemcpyAsync of a resident layer's codebooks");
+      }
+      r.centroids_ = centroids;
+    }
+    const uint32_t n = in.num_tokens;
+    if (n == r.num_tokens_) return absl::OkStatus();
+    if (n > r.capacity_) {
+      const uint64_t capacity = std::max<uint64_t>(n, uint64_t{r.capacity_} + r.capacity_ / 2);
+      void* grown = nullptr;
+      const cudaError_t error = cudaMalloc(&grown, H * capacity * M);
+      if (error != cudaSuccess) {
+        cudaGetLastError();
+        return CudaStatus(error, absl::StrCat("cudaMalloc of ", H * capacity * M,
+                                              " bytes for a resident layer's codes"));
+      }
+      if (r.num_tokens_ > 0) {
+        const cudaError_t copied =
+            cudaMemcpy2DAsync(grown, capacity * M, r.codes_, size_t{r.capacity_} * M,
+                              size_t{r.num_tokens_} * M, H, cudaMemcpyDeviceToDevice, stream);
+        if (copied == cudaSuccess) cudaStreamSynchronize(stream);
+        if (copied != cudaSuccess) {
+          cudaFree(grown);
+          return CudaStatus(copied, "cudaMemcpy2DAsync of a resident layer's codes");
+        }
+      }
+      if (r.codes_ != nullptr) cudaFree(r.codes_);
+      r.codes_ = grown;
+      r.capacity_ = static_cast<uint32_t>(capacity);
+    }
+    const size_t row = size_t{n - r.num_tokens_} * M;  // new bytes per kv head
+    RETURN_IF_ERROR(code_staging.Reserve(H * row));
+    for (size_t h = 0; h < H; ++h) {
+      std::memcpy(code_staging.as<uint8_t>() + h * row,
+                  in.head_codes[h] + size_t{r.num_tokens_} * M, row);
+    }
+    RETURN_IF_CUDA_ERROR(cudaMemcpy2DAsync(
+        static_cast<uint8_t*>(r.codes_) + size_t{r.num_tokens_} * M, size_t{r.capacity_} * M,
+        code_staging.as<void>(), row, row, H, cudaMemcpyHostToDevice, stream));
+    r.num_tokens_ = n;
     return absl::OkStatus();
   }
 
@@ -312,8 +442,27 @@ absl::Status CudaLayerRetriever::RetrieveLayer(const LayerRetrievalInput& in,
   RETURN_IF_ERROR(ValidateShape(in.shape));
   RETURN_IF_ERROR(
       ValidateTopK(in.shape.kv_heads, in.num_tokens, in.candidate_begin, in.candidate_end, in.k));
-  if (in.queries == nullptr || in.centroids == nullptr || in.codes == nullptr) {
-    return absl::InvalidArgumentError("queries, centroids and codes are required");
+  if (in.queries == nullptr) return absl::InvalidArgumentError("queries are required");
+  if (in.resident != nullptr) {
+    const ResidentLayer& r = *in.resident;
+    const PqShape& pq = in.shape.pq;
+    if (r.device() != impl_->device || r.kv_heads() != in.shape.kv_heads ||
+        r.pq().subspaces != pq.subspaces ||
+        r.pq().centroids_per_subspace != pq.centroids_per_subspace ||
+        r.pq().subspace_dim != pq.subspace_dim) {
+      return absl::InvalidArgumentError(
+          "the resident layer's device, kv heads or PQ shape differ from the call's");
+    }
+    if (in.num_tokens < r.num_tokens()) {
+      return absl::InvalidArgumentError(absl::StrCat("the resident layer holds ", r.num_tokens(),
+                                                     " tokens; a call cannot take fewer (",
+                                                     in.num_tokens, ")"));
+    }
+    if (in.head_centroids == nullptr || in.head_codes == nullptr) {
+      return absl::InvalidArgumentError("head_centroids and head_codes are required");
+    }
+  } else if (in.centroids == nullptr || in.codes == nullptr) {
+    return absl::InvalidArgumentError("centroids and codes are required");
   }
   if (in.k > 0 && (out.positions == nullptr || out.scores == nullptr)) {
     return absl::InvalidArgumentError("positions and scores are required when k > 0");
@@ -322,6 +471,12 @@ absl::Status CudaLayerRetriever::RetrieveLayer(const LayerRetrievalInput& in,
   cudaGetLastError();  // clear a stale, non-sticky error of an earlier call
   const bool timed = timings != nullptr;
   RETURN_IF_ERROR(impl_->Finish(impl_->EnqueueRetrieval(in, out, timed)));
+  const size_t selected = static_cast<size_t>(in.shape.kv_heads) * in.k;
+  if (selected > 0) {
+    std::memcpy(out.positions, impl_->positions_staging.as<uint32_t>(),
+                selected * sizeof(uint32_t));
+    std::memcpy(out.scores, impl_->scores_staging.as<float>(), selected * sizeof(float));
+  }
   if (timed) {
     timings->copy_in_ms = impl_->Elapsed(Impl::kStart, Impl::kCopiedIn);
     timings->table_ms = impl_->Elapsed(Impl::kCopiedIn, Impl::kTables);

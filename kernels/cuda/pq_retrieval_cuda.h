@@ -29,6 +29,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cuda/resident_layer.h"
 #include "kernels/pq_scan.h"
 
 namespace pqkv::kernels::cuda {
@@ -66,6 +67,18 @@ struct LayerRetrievalInput {
   uint32_t candidate_end = 0;
   // Positions selected per kv head, <= candidate_end - candidate_begin; 0 skips step 4.
   uint32_t k = 0;
+
+  // Optional: the layer's codebooks and codes kept on the device between calls (see
+  // resident_layer.h), of this retriever's device and this shape's kv_heads and pq.
+  // When set, `centroids` and `codes` are not read: the call first uploads
+  // head_centroids if the layer has none yet, and the codes of tokens
+  // [resident->num_tokens(), num_tokens) from head_codes (n may not shrink), then scans
+  // the resident codes. The codebooks are taken as unchanged once uploaded.
+  ResidentLayer* resident = nullptr;
+  // [H] pointers: kv head h's codebook, fp32 [M][ksub][dsub].
+  const float* const* head_centroids = nullptr;
+  // [H] pointers: kv head h's codes, uint8 [n][M] (only the tail is read).
+  const uint8_t* const* head_codes = nullptr;
 };
 
 // Host outputs of one layer's retrieval, written when the call returns OK. The optional
@@ -89,7 +102,7 @@ struct LayerRetrievalOutput {
 
 // Device time of each phase of one RetrieveLayer call, milliseconds (cudaEvent).
 struct LayerTimings {
-  float copy_in_ms = 0;       // queries, codebooks and codes, host to device
+  float copy_in_ms = 0;       // queries, codebooks and codes (resident: the new ones), in
   float table_ms = 0;         // step 1
   float scan_softmax_ms = 0;  // steps 2 and 3
   float top_k_ms = 0;         // step 4
@@ -135,9 +148,11 @@ class CudaLayerRetriever {
   CudaLayerRetriever& operator=(const CudaLayerRetriever&) = delete;
 
   // Steps 1-4 for one layer: copies the inputs in, runs the launch sequence on the
-  // stream, copies the outputs out and waits. INVALID_ARGUMENT for a bad shape, range,
-  // k or missing buffer; RESOURCE_EXHAUSTED when device memory runs out; INTERNAL for
-  // a CUDA failure. `timings`, when not null, receives each phase's device time.
+  // stream, copies the outputs out and waits. The queries go in, and the positions and
+  // scores come back, through pinned staging buffers the retriever keeps. INVALID_ARGUMENT
+  // for a bad shape, range, k, missing buffer or a resident layer that does not match;
+  // RESOURCE_EXHAUSTED when device or pinned memory runs out; INTERNAL for a CUDA failure.
+  // `timings`, when not null, receives each phase's device time.
   absl::Status RetrieveLayer(const LayerRetrievalInput& input, const LayerRetrievalOutput& output,
                              LayerTimings* timings = nullptr);
 

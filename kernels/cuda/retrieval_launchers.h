@@ -37,12 +37,14 @@ int ScanBlocks(uint32_t num_tokens);
 // tables[q][m][codes[q / G][t][m]], and for each query head q and token block b the
 // softmax normaliser of scale * logits[q][t] over the block's tokens:
 // partial_max[q][b] = max, partial_sum[q][b] = sum exp(scale * logit - max).
-// tables: fp32 [H*G][M][ksub]. codes: uint8 [H][n][M], each < ksub (higher bits are
-// masked off). logits: fp32 [H*G][n]. partial_max, partial_sum: fp32 [H*G][ScanBlocks(n)].
+// tables: fp32 [H*G][M][ksub]. codes: uint8 [H][code_stride][M] (code_stride >= n; tokens
+// [n, code_stride) of each head are not read), each < ksub (higher bits are masked off).
+// logits: fp32 [H*G][n]. partial_max, partial_sum: fp32 [H*G][ScanBlocks(n)].
 // Requires H*G <= 65535, n < 2^31.
 cudaError_t LaunchAdcScan(const float* tables, const uint8_t* codes, int kv_heads, int group,
-                          int subspaces, int ksub, uint32_t num_tokens, float scale, float* logits,
-                          float* partial_max, float* partial_sum, cudaStream_t stream);
+                          int subspaces, int ksub, uint32_t num_tokens, uint32_t code_stride,
+                          float scale, float* logits, float* partial_max, float* partial_sum,
+                          cudaStream_t stream);
 
 // Step 3, normalisers: per query head, max[q] = max over blocks, inv_sum[q] = 1 / sum over
 // blocks of partial_sum * exp(partial_max - max) (summed in fp64).

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "kernels/cuda/pq_retrieval_cuda.h"
+#include "kernels/cuda/resident_layer.h"
 #include "server/runtime/server_logger.h"
 
 namespace pqkv::server {
@@ -23,19 +24,49 @@ GpuScorer::GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retrieve
 
 GpuScorer::~GpuScorer() = default;
 
+uint64_t GpuScorer::RegisterLayer() {
+  absl::MutexLock lock(&mu_);
+  const uint64_t layer = next_layer_++;
+  resident_.emplace(layer, nullptr);
+  return layer;
+}
+
+void GpuScorer::ReleaseLayer(uint64_t layer) {
+  std::unique_ptr<kernels::cuda::ResidentLayer> released;
+  absl::MutexLock lock(&mu_);  // no call is using it: calls hold the lock throughout
+  auto it = resident_.find(layer);
+  if (it == resident_.end()) return;
+  released = std::move(it->second);
+  resident_.erase(it);
+  released.reset();  // cudaFree, under the lock
+}
+
+size_t GpuScorer::resident_bytes() const {
+  absl::MutexLock lock(&mu_);
+  size_t bytes = 0;
+  for (const auto& [layer, resident] : resident_) {
+    if (resident != nullptr) bytes += resident->device_bytes();
+  }
+  return bytes;
+}
+
 uint64_t GpuScorer::layers_scored() const {
   absl::MutexLock lock(&mu_);
   return layers_scored_;
 }
 
 absl::StatusOr<std::vector<HeadSelection>> GpuScorer::ScoreLayer(const GpuLayerInput& input) {
+  if (input.head_centroids.size() != static_cast<size_t>(input.kv_heads) ||
+      input.head_codes.size() != static_cast<size_t>(input.kv_heads)) {
+    return absl::InvalidArgumentError("head_centroids and head_codes need one entry per kv head");
+  }
   kernels::cuda::LayerRetrievalInput in;
   in.shape.kv_heads = input.kv_heads;
   in.shape.query_heads = input.query_heads;
   in.shape.pq = input.pq;
   in.queries = input.queries;
-  in.centroids = input.centroids;
-  in.codes = input.codes;
+  in.head_centroids = input.head_centroids.data();
+  in.head_codes = input.head_codes.data();
   in.num_tokens = input.num_tokens;
   in.candidate_begin = input.candidate_begin;
   in.candidate_end = input.candidate_end;
@@ -52,6 +83,16 @@ absl::StatusOr<std::vector<HeadSelection>> GpuScorer::ScoreLayer(const GpuLayerI
   }
   {
     absl::MutexLock lock(&mu_);
+    auto resident = resident_.find(input.layer);
+    if (resident == resident_.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GPU layer ", input.layer, " is not registered"));
+    }
+    if (resident->second == nullptr) {
+      resident->second = std::make_unique<kernels::cuda::ResidentLayer>(retriever_->device(),
+                                                                        input.kv_heads, input.pq);
+    }
+    in.resident = resident->second.get();
     absl::Status status = retriever_->RetrieveLayer(in, out);
     if (!status.ok()) {
       const std::string line = health_.RecordFailure(status, now);

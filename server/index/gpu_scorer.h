@@ -3,8 +3,9 @@
 // CudaLayerRetriever.
 //
 // Thread-safe: calls are serialised, as the retriever owns one CUDA stream and its
-// device buffers (the GPU's executor). Inputs are copied to the device per call; codes
-// are not kept resident yet.
+// device buffers (the GPU's executor). Each registered layer's codebooks and codes stay
+// on the device between calls (kernels/cuda/resident_layer.h): a call uploads its
+// queries and the codes of the tokens encoded since the layer's last call, nothing more.
 //
 // Failures are remembered (GpuBackendHealth): after a persistent CUDA error every call
 // fails at once with FAILED_PRECONDITION, without touching the device, and the caller
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -27,18 +29,23 @@
 
 namespace pqkv::kernels::cuda {
 class CudaLayerRetriever;
+class ResidentLayer;
 }  // namespace pqkv::kernels::cuda
 
 namespace pqkv::server {
 
 // One layer, every token encoded.
 struct GpuLayerInput {
+  uint64_t layer = 0;  // GpuScorer::RegisterLayer's id for this layer
   int kv_heads = 0;
   int query_heads = 0;
   kernels::PqShape pq;
-  const float* queries = nullptr;    // fp32 [query_heads][head_dim]
-  const float* centroids = nullptr;  // fp32 [kv_heads][M][ksub][dsub]
-  const uint8_t* codes = nullptr;    // uint8 [kv_heads][num_tokens][M]
+  const float* queries = nullptr;  // fp32 [query_heads][head_dim]
+  // Per kv head: its codebook, fp32 [M][ksub][dsub], read on the layer's first call only
+  // (codebooks never change once trained), and its codes, uint8 [num_tokens][M], of
+  // which only tokens not yet on the device are read. num_tokens never shrinks.
+  std::vector<const float*> head_centroids;
+  std::vector<const uint8_t*> head_codes;
   uint32_t num_tokens = 0;
   uint32_t candidate_begin = 0;
   uint32_t candidate_end = 0;
@@ -58,6 +65,14 @@ class GpuScorer {
   // the top), else the CUDA error.
   absl::StatusOr<std::vector<HeadSelection>> ScoreLayer(const GpuLayerInput& input);
 
+  // A layer whose codebooks and codes will stay on the device between ScoreLayer calls
+  // (from its first call on). ReleaseLayer frees that device memory; call it before the
+  // layer's codes go away (LayerStore's destructor). Ids are never 0.
+  uint64_t RegisterLayer();
+  void ReleaseLayer(uint64_t layer);
+  // Device bytes the registered layers hold (exported as a metric).
+  size_t resident_bytes() const;
+
   // The backend's state (exported as a metric) and the error behind it ("" if none).
   GpuBackendState state() const { return health_.state(); }
   std::string last_error() const { return health_.last_error(); }
@@ -72,6 +87,10 @@ class GpuScorer {
   mutable absl::Mutex mu_;
   std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever_ ABSL_GUARDED_BY(mu_);
   uint64_t layers_scored_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_layer_ ABSL_GUARDED_BY(mu_) = 1;
+  // Registered layers; null until their first call.
+  std::unordered_map<uint64_t, std::unique_ptr<kernels::cuda::ResidentLayer>> resident_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace pqkv::server

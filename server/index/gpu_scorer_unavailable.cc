@@ -4,6 +4,7 @@
 
 namespace pqkv::kernels::cuda {
 class CudaLayerRetriever {};
+class ResidentLayer {};
 }  // namespace pqkv::kernels::cuda
 
 namespace pqkv::server {
@@ -20,6 +21,12 @@ GpuScorer::GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retrieve
 GpuScorer::~GpuScorer() = default;
 
 uint64_t GpuScorer::layers_scored() const { return 0; }
+
+uint64_t GpuScorer::RegisterLayer() { return 0; }
+
+void GpuScorer::ReleaseLayer(uint64_t layer) {}
+
+size_t GpuScorer::resident_bytes() const { return 0; }
 
 absl::StatusOr<std::vector<HeadSelection>> GpuScorer::ScoreLayer(const GpuLayerInput& input) {
   return absl::UnavailableError("this pqkv-server was built without CUDA");

@@ -135,7 +135,11 @@ std::string Metrics::Render(const SessionStore& store) const {
         "# HELP pqkv_gpu_cpu_fallbacks_total Layers the CPU scored because the GPU failed or "
         "was not ready.\n"
         "# TYPE pqkv_gpu_cpu_fallbacks_total counter\npqkv_gpu_cpu_fallbacks_total ",
-        gpu->cpu_fallbacks(), "\n");
+        gpu->cpu_fallbacks(), "\n",
+        "# HELP pqkv_gpu_resident_bytes Device bytes of the PQ codebooks and codes kept on the "
+        "GPU between retrievals.\n"
+        "# TYPE pqkv_gpu_resident_bytes gauge\npqkv_gpu_resident_bytes ",
+        gpu->resident_bytes(), "\n");
   }
   absl::StrAppend(&out,
                   "# HELP pqkv_requests_total Calls and Retrieve items, by RPC and status code.\n"

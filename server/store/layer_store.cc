@@ -52,12 +52,20 @@ std::string FirstNonFiniteRow(const ModelShape& shape, absl::string_view bytes, 
 
 LayerStore::LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena,
                        GpuScorer* gpu)
-    : layer_(layer), config_(config), arena_(arena), gpu_(gpu) {
+    : layer_(layer),
+      config_(config),
+      arena_(arena),
+      gpu_(gpu),
+      gpu_layer_(gpu != nullptr ? gpu->RegisterLayer() : 0) {
   absl::MutexLock lock(&mu_);
   for (uint32_t h = 0; h < config_.shape.num_kv_heads; ++h) {
     keys_.push_back(std::make_unique<PagedRows>(arena_, config_.shape.row_bytes()));
     values_.push_back(std::make_unique<PagedRows>(arena_, config_.shape.row_bytes()));
   }
+}
+
+LayerStore::~LayerStore() {
+  if (gpu_ != nullptr) gpu_->ReleaseLayer(gpu_layer_);
 }
 
 size_t LayerStore::MetadataBytes(const SessionConfig& config) {
@@ -354,16 +362,13 @@ absl::StatusOr<std::vector<HeadSelection>> LayerStore::RetrieveOnGpu(absl::Span<
                                                                      uint32_t candidate_end,
                                                                      uint32_t k) const {
   const ModelShape& shape = config_.shape;
-  const kernels::PqShape& pq = codebooks_[0].shape();
-  // The GPU takes every head's codebook and codes in one buffer each.
-  std::vector<float> centroids;
-  std::vector<uint8_t> codes;
-  centroids.reserve(codebooks_[0].centroids().size() * shape.num_kv_heads);
-  codes.reserve(num_tokens_ * pq.subspaces * shape.num_kv_heads);
+  // The scorer keeps each head's codebook and codes on the device; it reads only what
+  // it does not hold yet (the codebooks once, then the codes of new tokens).
+  GpuLayerInput input;
+  input.layer = gpu_layer_;
   for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
-    centroids.insert(centroids.end(), codebooks_[h].centroids().begin(),
-                     codebooks_[h].centroids().end());
-    codes.insert(codes.end(), codes_[h].codes(), codes_[h].codes() + num_tokens_ * pq.subspaces);
+    input.head_centroids.push_back(codebooks_[h].centroids().data());
+    input.head_codes.push_back(codes_[h].codes());
   }
   // Queries in the codebooks' dimension order (kv head h's group is contiguous); every
   // head of a layer has the same order, so without RoPE pairs the query is used as is.
@@ -376,13 +381,10 @@ absl::StatusOr<std::vector<HeadSelection>> LayerStore::RetrieveOnGpu(absl::Span<
                                 ordered.data() + h * group_floats);
     }
   }
-  GpuLayerInput input;
   input.kv_heads = static_cast<int>(shape.num_kv_heads);
   input.query_heads = static_cast<int>(shape.num_query_heads);
-  input.pq = pq;
+  input.pq = codebooks_[0].shape();
   input.queries = ordered.empty() ? query.data() : ordered.data();
-  input.centroids = centroids.data();
-  input.codes = codes.data();
   input.num_tokens = static_cast<uint32_t>(num_tokens_);
   input.candidate_begin = candidate_begin;
   input.candidate_end = candidate_end;

@@ -58,6 +58,8 @@ class LayerStore {
   // gpu: the CUDA backend, or null for the CPU one; must outlive the store.
   LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena,
              GpuScorer* gpu = nullptr);
+  // Releases the layer's device memory on the GPU scorer, if any.
+  ~LayerStore();
 
   LayerStore(const LayerStore&) = delete;
   LayerStore& operator=(const LayerStore&) = delete;
@@ -128,6 +130,8 @@ class LayerStore {
   const SessionConfig config_;
   PageArena* const arena_;
   GpuScorer* const gpu_;
+  // The layer's id on gpu_ (its codebooks and codes stay on the device); 0 without one.
+  const uint64_t gpu_layer_;
 
   mutable absl::Mutex mu_;
   uint64_t num_tokens_ ABSL_GUARDED_BY(mu_) = 0;

@@ -465,6 +465,110 @@ TEST_CASE("Device buffers grow geometrically as n grows by one token per call", 
   CHECK(retriever.device_allocations() - after_first <= 13);
 }
 
+TEST_CASE("A resident layer scores what a full upload does as n grows", "[cuda]") {
+  const LayerCase c =
+      GENERATE(LayerCase{2, 8, 64, 2, 6, 2600, false}, LayerCase{3, 6, 64, 4, 8, 2600, true});
+  INFO(c);
+  // Codes of up to 2600 tokens per kv head, [H][2600][M]: head h's first n tokens are the
+  // layer at n tokens (tokens are only appended).
+  const LayerData data = MakeLayer(c, 4);
+  const int H = c.kv_heads, M = c.subspaces;
+  const size_t table_floats = static_cast<size_t>(M) * (1u << c.bits) * (c.head_dim / M);
+  std::vector<const float*> head_centroids(H);
+  std::vector<const uint8_t*> head_codes(H);
+  for (int h = 0; h < H; ++h) {
+    head_centroids[h] = data.centroids.data() + h * table_floats;
+    head_codes[h] = data.codes.data() + static_cast<size_t>(h) * c.num_tokens * M;
+  }
+  CudaLayerRetriever& retriever = SharedRetriever();
+  ResidentLayer resident(retriever.device(), H, data.shape.pq);
+  CHECK(resident.num_tokens() == 0);
+  CHECK(resident.device_bytes() == 0);
+
+  const uint32_t k = 20;
+  std::vector<uint32_t> capacities;
+  // n = 1000, 1001, ..., 1039, then a jump past the capacity, then one more.
+  std::vector<uint32_t> steps;
+  for (uint32_t n = 1000; n < 1040; ++n) steps.push_back(n);
+  steps.push_back(2500);
+  steps.push_back(2501);
+  for (uint32_t n : steps) {
+    INFO("n = " << n);
+    LayerRetrievalInput in;
+    in.shape = data.shape;
+    in.queries = data.queries.data();
+    in.num_tokens = n;
+    in.candidate_begin = 32;
+    in.candidate_end = n - 64;
+    in.k = k;
+    // The full upload: [H][n][M].
+    std::vector<uint8_t> codes(static_cast<size_t>(H) * n * M);
+    for (int h = 0; h < H; ++h) {
+      std::memcpy(codes.data() + static_cast<size_t>(h) * n * M, head_codes[h],
+                  static_cast<size_t>(n) * M);
+    }
+    in.centroids = data.centroids.data();
+    in.codes = codes.data();
+    std::vector<uint32_t> want_positions(static_cast<size_t>(H) * k);
+    std::vector<float> want_scores(want_positions.size()), want_head_scores(size_t{n} * H);
+    LayerRetrievalOutput out;
+    out.positions = want_positions.data();
+    out.scores = want_scores.data();
+    out.head_scores = want_head_scores.data();
+    absl::Status status = retriever.RetrieveLayer(in, out);
+    INFO(status);
+    REQUIRE(status.ok());
+
+    in.centroids = nullptr;
+    in.codes = nullptr;
+    in.resident = &resident;
+    in.head_centroids = head_centroids.data();
+    in.head_codes = head_codes.data();
+    std::vector<uint32_t> got_positions(want_positions.size());
+    std::vector<float> got_scores(want_scores.size()), got_head_scores(want_head_scores.size());
+    out.positions = got_positions.data();
+    out.scores = got_scores.data();
+    out.head_scores = got_head_scores.data();
+    status = retriever.RetrieveLayer(in, out);
+    INFO(status);
+    REQUIRE(status.ok());
+    CHECK(resident.num_tokens() == n);
+    CHECK(resident.capacity() >= n);
+    if (capacities.empty() || capacities.back() != resident.capacity()) {
+      capacities.push_back(resident.capacity());
+    }
+    // The same kernels on the same codes: bit-equal.
+    RequireEqual("positions", got_positions.data(), want_positions);
+    RequireEqual("scores", got_scores.data(), want_scores);
+    RequireEqual("head scores", got_head_scores.data(), want_head_scores);
+  }
+  // Exactly 1000 at first, 1.5x at 1001 (enough for 1002..1039), the jump to 2500 taken
+  // as asked (more than 1.5x), then 1.5x again at 2501.
+  CHECK(capacities == std::vector<uint32_t>{1000, 1500, 2500, 3750});
+  CHECK(resident.device_bytes() >= static_cast<size_t>(H) * 2501 * M);
+
+  SECTION("n may not shrink; the shape must match") {
+    LayerRetrievalInput in;
+    in.shape = data.shape;
+    in.queries = data.queries.data();
+    in.num_tokens = 2000;
+    in.candidate_end = 2000;
+    in.resident = &resident;
+    in.head_centroids = head_centroids.data();
+    in.head_codes = head_codes.data();
+    LayerRetrievalOutput out;
+    CHECK(retriever.RetrieveLayer(in, out).code() == absl::StatusCode::kInvalidArgument);
+    ResidentLayer other(retriever.device(), H + 1, data.shape.pq);
+    in.resident = &other;
+    CHECK(retriever.RetrieveLayer(in, out).code() == absl::StatusCode::kInvalidArgument);
+    in.resident = &resident;
+    in.head_codes = nullptr;
+    in.num_tokens = 2501;
+    in.candidate_end = 2501;
+    CHECK(retriever.RetrieveLayer(in, out).code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
 // Pinned host memory from cudaHostAlloc, freed on scope exit.
 struct PinnedBytes {
   explicit PinnedBytes(size_t bytes) {

@@ -2,7 +2,8 @@
 // data: Retrieve's selections and scores, decode step after decode step (n growing by
 // one token per call, and once by a chunk), for PQ 2 x 6 and 4 x 8, RoPE pairs on and
 // off, with and without exact re-ranking. Both stores train the same codebooks (training
-// is deterministic), so the GPU scans the same codes the CPU does.
+// is deterministic), so the GPU scans the same codes the CPU does; the GPU keeps them on
+// the device and receives only each step's new ones.
 //
 // Equal selections: the same positions rank by rank, except that two positions whose
 // scores are within the tolerance may swap (fp32 expf on the GPU against the CPU's
@@ -155,6 +156,24 @@ TEST_CASE("LayerStore's GPU Retrieve selects what its CPU Retrieve does", "[cuda
   CHECK(scorer.layers_scored() - scored_before == static_cast<uint64_t>(calls));
   CHECK(scorer.cpu_fallbacks() == fallbacks_before);
   CHECK(scorer.state() == GpuBackendState::kReady);
+  // The layer's codes stayed on the device: 2 heads x n tokens x M bytes at least.
+  CHECK(scorer.resident_bytes() >= size_t{kKvHeads} * n * c.subspaces);
+}
+
+TEST_CASE("A closed layer's codes leave the device", "[cuda]") {
+  GpuScorer& scorer = SharedScorer();
+  const size_t before = scorer.resident_bytes();
+  {
+    const SessionConfig config = Config(GpuCase{2, 6, false, 0});
+    std::unique_ptr<PageArena> arena = PageArena::Create(64 << 20, 4096).value();
+    LayerStore layer(0, config, arena.get(), &scorer);
+    REQUIRE(layer.Append(0, 1000, Bytes(1000, 1), Bytes(1000, 2)).ok());
+    REQUIRE(layer.SealPrefill());
+    layer.BuildIndex();
+    REQUIRE(layer.Retrieve(Query(1), 10, absl::InfiniteFuture()).ok());
+    CHECK(scorer.resident_bytes() >= before + size_t{kKvHeads} * 1000 * 2);
+  }
+  CHECK(scorer.resident_bytes() == before);
 }
 
 TEST_CASE("The metrics export the GPU backend's state", "[cuda]") {
@@ -170,6 +189,7 @@ TEST_CASE("The metrics export the GPU backend's state", "[cuda]") {
   CHECK(text.find("pqkv_gpu_backend_state 0\n") != std::string::npos);
   CHECK(text.find("pqkv_gpu_layers_scored_total ") != std::string::npos);
   CHECK(text.find("pqkv_gpu_cpu_fallbacks_total ") != std::string::npos);
+  CHECK(text.find("pqkv_gpu_resident_bytes ") != std::string::npos);
 }
 
 }  // namespace
