@@ -66,7 +66,9 @@ cudaError_t TopKScratchBytes(int heads, uint32_t candidates, size_t* bytes);
 
 // Step 4: per head h, the k positions p in [begin, end) with the largest scores[h][p],
 // best first, equal scores by lower position (kernels::TopK's contract), and their
-// scores. A stable radix sort (CUB) of (head, score) keys over the candidates.
+// scores. A radix select of each head's k best when k * 4 <= end - begin, then a stable
+// radix sort (CUB) of the winners' (head, score) keys; otherwise the sort of every
+// candidate (see top_k.cu).
 // scores: fp32 [heads][n], no NaN. scratch: TopKScratchBytes(heads, end - begin) bytes.
 // positions: uint32 [heads][k]. top_scores: fp32 [heads][k].
 // Requires 0 < k <= end - begin, end <= n.
