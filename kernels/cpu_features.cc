@@ -3,6 +3,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 namespace pqkv::kernels {
 
 bool UseAvx2() {
@@ -11,9 +15,11 @@ bool UseAvx2() {
     if (disable != nullptr && std::strcmp(disable, "1") == 0) return false;
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    // F16C (fp16 loads) came before AVX2 on every x86 CPU; checked anyway.
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    // F16C (fp16 loads) came before AVX2 on every x86 CPU; checked anyway, with CPUID
+    // leaf 1 (clang's __builtin_cpu_supports does not know "f16c").
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
     return false;
 #endif
