@@ -5,6 +5,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <mutex>
 
 #include "absl/status/status.h"
@@ -55,6 +57,21 @@ absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int di
   if (n < ksub) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot train ", ksub, " centroids on ", n, " keys"));
+  }
+  // k-means compares squared L2 distances in fp32: |x|^2 + |c|^2 - 2 x.c over a sub-space's
+  // dim / M elements, each term at most (dim / M) max|x|^2 (centroids are means of keys). Past
+  // that every distance is infinite, FAISS assigns a point no centroid and its assertion
+  // aborts the process: refuse such keys (the layer is then scored exactly).
+  const size_t subspace_dim = static_cast<size_t>(dim / subspaces);
+  const float limit = std::sqrt(std::numeric_limits<float>::max() / (8.0f * subspace_dim));
+  float max_abs = 0;
+  for (size_t i = 0; i < n * static_cast<size_t>(dim); ++i) {
+    max_abs = std::max(max_abs, std::fabs(keys[i]));
+  }
+  if (!(max_abs <= limit)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("keys up to ", max_abs, " in magnitude: k-means distances over ", subspace_dim,
+                     " dims would overflow fp32 (largest trainable magnitude ", limit, ")"));
   }
   // Training runs on background threads beside retrievals. FAISS's OpenMP team and
   // OpenBLAS's threads spin while they wait; on a few cores they would starve both the

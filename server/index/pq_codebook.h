@@ -31,7 +31,9 @@ class PqCodebook {
  public:
   // Trains M sub-space codebooks of 2^bits centroids on `keys` (fp32 [n][dim]) with
   // `iterations` Lloyd iterations from a fixed seed (same input, same codebook).
-  // Needs n >= 2^bits; FAISS subsamples to 256 points per centroid.
+  // Needs n >= 2^bits; FAISS subsamples to 256 points per centroid. INVALID_ARGUMENT for
+  // keys so large that fp32 k-means distances would overflow (about 1e18 at 64 dims per
+  // sub-space: FAISS would abort the process).
   static absl::StatusOr<PqCodebook> Train(const float* keys, size_t n, int dim, int subspaces,
                                           int bits, int iterations, bool rope_pairs = false);
 

@@ -2,6 +2,7 @@
 
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "catch2/catch.hpp"
@@ -99,6 +100,31 @@ TEST_CASE("PqCodebook refuses shapes it cannot train", "[server]") {
         absl::StatusCode::kInvalidArgument);
   CHECK(PqCodebook::Train(keys.data(), 100, 64, 2, 8, 5).status().code() ==
         absl::StatusCode::kFailedPrecondition);
+}
+
+// Found by append_kv_fuzzer: finite keys of 1e30 made every k-means distance overflow to
+// infinity, FAISS assigned no centroid and its assertion (Clustering.cpp:169) aborted the
+// server from the index build thread.
+TEST_CASE("PqCodebook refuses keys whose k-means distances would overflow fp32", "[server]") {
+  const int dim = 16, M = 2, bits = 4;
+  const size_t n = 64;
+  std::vector<float> keys = RandomKeys(n, dim, 3);
+  const float huge = GENERATE(1e30f, -3e38f, 1e19f);
+  keys[5 * dim + 3] = huge;
+  const absl::StatusOr<PqCodebook> codebook = PqCodebook::Train(keys.data(), n, dim, M, bits, 5);
+  CHECK(codebook.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(codebook.status().message()), Catch::Contains("overflow"));
+}
+
+TEST_CASE("PqCodebook encodes keys far outside its training range to real centroids", "[server]") {
+  const int dim = 16, M = 2, bits = 4;
+  const std::vector<float> keys = RandomKeys(256, dim, 4);
+  const PqCodebook codebook = PqCodebook::Train(keys.data(), 256, dim, M, bits, 5).value();
+  std::vector<float> far(dim, 3e38f);
+  far[1] = -3e38f;
+  std::vector<uint8_t> codes(M, 0xff);
+  codebook.Encode(far.data(), 1, codes.data());
+  for (uint8_t code : codes) CHECK(code < (1 << bits));
 }
 
 }  // namespace
