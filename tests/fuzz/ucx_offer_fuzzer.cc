@@ -1,0 +1,45 @@
+// Fuzz target: the check of a client's UCX data plane offer before any of it reaches UCX
+// (server/dataplane/ucx_offer_check.h). The input is a DataPlaneOffer's bytes as a client
+// sends it in a Retrieve request: CheckWorkerAddress on its worker address and PrepareRkey
+// on its packed remote key (framing, memory type, System V sections, whose segments are
+// looked up and pinned, and the trailer). Checks: a prepared key is the offered key less the
+// sections it dropped, one pin per kept segment, and preparing it again changes nothing.
+#include <cstdint>
+#include <string>
+
+#include "pqkv/v1/pqkv.pb.h"
+#include "server/dataplane/ucx_offer_check.h"
+#include "tests/fuzz/fuzz_check.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  namespace server = pqkv::server;
+  pqkv::v1::DataPlaneOffer offer;
+  if (!offer.ParseFromArray(data, static_cast<int>(size))) return 0;
+  const std::string& address = offer.worker_address();
+  // UCX 1.13 writes version 0 addresses; the check must refuse any other and short ones.
+  const bool address_ok = server::CheckWorkerAddress(address, 0).ok();
+  FUZZ_CHECK(address_ok == (address.size() >= 2 && (static_cast<uint8_t>(address[0]) & 0xf) == 0),
+             "CheckWorkerAddress of %zu bytes says %d", address.size(), address_ok);
+
+  absl::StatusOr<server::PreparedRkey> prepared = server::PrepareRkey(offer.rkey());
+  if (!prepared.ok()) {
+    FUZZ_CHECK(prepared.status().code() == absl::StatusCode::kInvalidArgument, "%s",
+               prepared.status().ToString().c_str());
+    return 0;
+  }
+  constexpr size_t kSysvSection = 1 + 12;  // length byte, shmid, owner address
+  FUZZ_CHECK(
+      prepared->packed.size() + kSysvSection * prepared->dropped_sections == offer.rkey().size(),
+      "%zu-byte key prepared as %zu bytes with %d sections dropped", offer.rkey().size(),
+      prepared->packed.size(), prepared->dropped_sections);
+  FUZZ_CHECK(prepared->pins.size() == prepared->segments.size(), "%zu pins for %zu segments",
+             prepared->pins.size(), prepared->segments.size());
+  FUZZ_CHECK(prepared->packed.compare(8, 1, offer.rkey(), 8, 1) == 0, "memory type changed");
+  // The kept segments are pinned, so preparing the prepared key keeps all of them.
+  absl::StatusOr<server::PreparedRkey> again = server::PrepareRkey(prepared->packed);
+  FUZZ_CHECK(again.ok(), "the prepared key is refused: %s", again.status().ToString().c_str());
+  FUZZ_CHECK(again->packed == prepared->packed && again->dropped_sections == 0,
+             "preparing the prepared key changed it (%d more sections dropped)",
+             again->dropped_sections);
+  return 0;
+}
