@@ -15,6 +15,7 @@ packages=(
   libucx-dev             # the UCX data plane (rows into clients' registered buffers)
   docker-compose         # validates deploy/docker-compose.yml in the tests (no engine needed)
   catch2
+  clang libclang-rt-14-dev   # the libFuzzer targets (scripts/fuzz.sh): clang 14, libFuzzer, ASan, UBSan
   python3 python3-yaml   # test results (.ci/run, scripts/test.sh); the compose test reads YAML
   iproute2               # the two-host test makes network namespaces (ip netns, veth)
   openssl                # the TLS test makes its CA and certificates

@@ -10,7 +10,9 @@
 #
 # --sanitizers (what CI runs): also builds the server, client and integration tests with
 # AddressSanitizer and UndefinedBehaviorSanitizer (--config=sanitizers, .bazelrc, in an
-# output tree of their own) and runs them; their cases count in the same total.
+# output tree of their own) and runs them; their cases count in the same total. Then it
+# runs every libFuzzer target for 60 s (scripts/fuzz.sh; PQKV_FUZZ_SECONDS changes it), each
+# target one case in the total.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh || exit 1
@@ -46,6 +48,7 @@ run_pass tests "${flags[@]}" "$@" -- //... "${excluded[@]}"
 if [ "$sanitizers" = 1 ]; then
   run_pass asan+ubsan --config=sanitizers "${flags[@]}" "$@" -- \
     //tests/server/... //tests/client/... //tests/integration/...
+  scripts/fuzz.sh --seconds "${PQKV_FUZZ_SECONDS:-60}" --tally "$work/tally" "$@"
 fi
 
 python3 - "$work/tally" <<'PY'
