@@ -161,6 +161,10 @@ void RetrieveReactor::OnDone() {
     compute_pool_->Schedule([peer = std::move(peer_)]() mutable { peer.reset(); });
   }
   if (on_done_) on_done_(this);
+  // Finish is called under mu_ (MaybeFinishLocked), and gRPC may call OnDone on another
+  // thread before that caller has unlocked: wait for it, so that it never unlocks a mutex
+  // of a deleted reactor.
+  { absl::MutexLock lock(&mu_); }
   delete this;
 }
 
@@ -571,8 +575,16 @@ void RetrieveReactor::CompleteRequest() {
       read_now = outbox_.size() < kMaxQueuedResponses;
       read_deferred_ = !read_now;
     }
+    if (read_now) ++starting_reads_;
   }
-  if (read_now) StartRead(&request_buffer_);
+  if (read_now) StartDecidedRead();
+}
+
+void RetrieveReactor::StartDecidedRead() {
+  StartRead(&request_buffer_);
+  absl::MutexLock lock(&mu_);
+  --starting_reads_;
+  MaybeFinishLocked();  // EndWhenIdle may have come meanwhile
 }
 
 void RetrieveReactor::OnWriteDone(bool ok) {
@@ -589,12 +601,13 @@ void RetrieveReactor::OnWriteDone(bool ok) {
     if (read_deferred_ && outbox_.size() < kMaxQueuedResponses && !shutting_down_) {
       read_deferred_ = false;
       read_now = true;
+      ++starting_reads_;
     } else {
       if (shutting_down_) read_deferred_ = false;  // that read will never be started
       MaybeFinishLocked();
     }
   }
-  if (read_now) StartRead(&request_buffer_);
+  if (read_now) StartDecidedRead();
 }
 
 void RetrieveReactor::EndWhenIdle() {
@@ -605,7 +618,7 @@ void RetrieveReactor::EndWhenIdle() {
 }
 
 void RetrieveReactor::MaybeFinishLocked() {
-  if (finished_ || processing_ || writing_ || read_deferred_) return;
+  if (finished_ || processing_ || writing_ || read_deferred_ || starting_reads_ > 0) return;
   if (!reads_done_ && !shutting_down_) return;
   finished_ = true;
   // A read may still be pending: gRPC completes it (not ok) before OnDone.

@@ -147,6 +147,9 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   // Called once the current request's last item is done.
   void CompleteRequest();
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts a read decided under mu_ (counted in starting_reads_), then finishes if due
+  // meanwhile.
+  void StartDecidedRead();
 
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
@@ -213,6 +216,9 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   bool read_deferred_ ABSL_GUARDED_BY(mu_) = false;
   // EndWhenIdle was called: no more reads; finish once idle.
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  // Reads decided under mu_ and being started outside it: no Finish until they are
+  // (StartRead after Finish uses a stream gRPC may have freed).
+  int starting_reads_ ABSL_GUARDED_BY(mu_) = 0;
   // A response and the gather budget its rows hold until it is written.
   struct Outbound {
     std::unique_ptr<grpc::ByteBuffer> message;
