@@ -8,6 +8,8 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/cuda_host_register.h"
 
 namespace pqkv {
@@ -93,6 +95,20 @@ UcxReceiver::~UcxReceiver() {
     stop_.store(true);
     ucp_worker_signal(worker_);
     progress_.join();
+  }
+  if (worker_ != nullptr) {
+    // The worker may still be connecting back to a server to answer its wireup request;
+    // UCX 1.13 aborts the process if ucp_worker_destroy drops such a queued message, so
+    // let it go out first (bounded: a server that is gone never takes it).
+    ucp_request_param_t params{};
+    void* flush = ucp_worker_flush_nbx(worker_, &params);
+    if (UCS_PTR_IS_PTR(flush)) {
+      const absl::Time deadline = absl::Now() + absl::Seconds(1);
+      while (ucp_request_check_status(flush) == UCS_INPROGRESS && absl::Now() < deadline) {
+        ucp_worker_progress(worker_);
+      }
+      ucp_request_free(flush);
+    }
   }
   if (cuda_registered_) CudaHostUnregister(data_);
   if (page_locked_) munlock(data_, size_);

@@ -11,7 +11,12 @@
 // A progress thread drives the worker, sleeping on its wakeup fd between events: some
 // transports (TCP) complete a server's put only while the receiving worker progresses.
 //
-// Thread-safe after Create: the worker is used by the progress thread only.
+// Thread-safe after Create: the worker is used by the progress thread only. The destructor
+// first lets the worker send what it has queued (at most 1 s): a server that writes by
+// emulated puts (TCP) asks this worker for its endpoint id, and UCX 1.13 aborts the
+// process when a reply still queued is dropped. Destroy the receiver while the servers it
+// offered to are still up; one that goes away in the moment the reply is being sent can
+// still abort the process (UCX 1.13; the assertion is gone in 1.14).
 #ifndef PQKV_CLIENT_UCX_RECEIVER_H_
 #define PQKV_CLIENT_UCX_RECEIVER_H_
 

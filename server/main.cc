@@ -25,6 +25,7 @@
 #include "server/rpc/pqkv_service.h"
 #include "server/runtime/server_logger.h"
 #include "server/runtime/thread_pool.h"
+#include "server/security/network_allowlist.h"
 #include "server/security/tls_credentials.h"
 #include "server/security/token_authenticator.h"
 #include "server/store/session_store.h"
@@ -72,6 +73,11 @@ ABSL_FLAG(bool, ucx, true,
 ABSL_FLAG(int, ucx_workers, 1,
           "UCX workers of the data plane; streams are spread over them, and puts on different "
           "workers run in parallel (the same-host path needs none: it copies directly).");
+ABSL_FLAG(std::string, ucx_allowed_networks, "",
+          "Networks (comma-separated CIDRs, e.g. 10.0.0.0/16,fd00::/8) whose addresses a "
+          "client's UCX worker address may name for TCP: the server dials no other host for a "
+          "data plane (PERMISSION_DENIED). Empty: loopback and the subnets of this host's own "
+          "interfaces.");
 ABSL_FLAG(std::string, tls_cert_file, "",
           "Server certificate chain (PEM); with --tls_key_file the gRPC port speaks TLS only.");
 ABSL_FLAG(std::string, tls_key_file, "", "The certificate's private key (PEM).");
@@ -162,8 +168,19 @@ int main(int argc, char** argv) {
   std::unique_ptr<pqkv::server::UcxDataPlane> data_plane;
   std::string data_plane_error = "turned off with --noucx";
   if (absl::GetFlag(FLAGS_ucx)) {
+    pqkv::server::NetworkAllowlist allowed_networks =
+        pqkv::server::NetworkAllowlist::LoopbackAndLocalSubnets();
+    if (!absl::GetFlag(FLAGS_ucx_allowed_networks).empty()) {
+      absl::StatusOr<pqkv::server::NetworkAllowlist> parsed =
+          pqkv::server::NetworkAllowlist::Parse(absl::GetFlag(FLAGS_ucx_allowed_networks));
+      if (!parsed.ok()) return Fail(parsed.status());
+      allowed_networks = *std::move(parsed);
+    }
+    log.info("UCX data plane: clients' worker addresses may name TCP endpoints in {}",
+             allowed_networks.ToString());
     absl::StatusOr<std::unique_ptr<pqkv::server::UcxDataPlane>> created =
-        pqkv::server::UcxDataPlane::Create(absl::GetFlag(FLAGS_ucx_workers));
+        pqkv::server::UcxDataPlane::Create(absl::GetFlag(FLAGS_ucx_workers),
+                                           std::move(allowed_networks));
     if (created.ok()) {
       data_plane = *std::move(created);
     } else {

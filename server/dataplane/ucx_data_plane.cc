@@ -1,5 +1,6 @@
 #include "server/dataplane/ucx_data_plane.h"
 
+#include <poll.h>
 #include <ucp/api/ucp.h>
 
 #include <algorithm>
@@ -14,6 +15,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "server/dataplane/ucx_offer_check.h"
+#include "server/dataplane/ucx_worker_address.h"
+
+// libucs's (exported, not in its public headers): how addresses name transports.
+extern "C" uint16_t ucs_crc16_string(const char* s);
 
 namespace pqkv::server {
 namespace {
@@ -52,9 +57,15 @@ std::string LaneTransports(ucp_ep_h ep) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create(int workers) {
+absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create(
+    int workers, NetworkAllowlist allowed_networks) {
   if (workers < 1) return absl::InvalidArgumentError("the UCX data plane needs at least 1 worker");
-  std::unique_ptr<UcxDataPlane> plane(new UcxDataPlane());
+  if (ucs_crc16_string("tcp") != kUcxTcpNameChecksum) {
+    return absl::UnavailableError(
+        "this UCX names transports in worker addresses differently from UCX 1.13: the server "
+        "cannot check offers' TCP endpoints");
+  }
+  std::unique_ptr<UcxDataPlane> plane(new UcxDataPlane(std::move(allowed_networks)));
   ucp_config_t* config = nullptr;
   ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
   if (status != UCS_OK) return UcxError(absl::StatusCode::kUnavailable, "ucp_config_read", status);
@@ -64,7 +75,7 @@ absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create(int workers) 
   if (std::getenv("UCX_TLS") == nullptr) ucp_config_modify(config, "TLS", "^posix");
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-  params.features = UCP_FEATURE_RMA;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
   params.mt_workers_shared = 1;  // several workers, each used by one thread at a time
   status = ucp_init(&params, config, &plane->context_);
   ucp_config_release(config);
@@ -80,22 +91,58 @@ absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create(int workers) 
       worker->handle = nullptr;
       return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_create", status);
     }
-    if (w == 0) {
-      ucp_address_t* own = nullptr;
-      size_t own_bytes = 0;
-      status = ucp_worker_get_address(worker->handle, &own, &own_bytes);
-      if (status != UCS_OK) {
-        return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_get_address", status);
-      }
-      plane->address_version_ = *reinterpret_cast<const uint8_t*>(own) & 0xf;
-      ucp_worker_release_address(worker->handle, own);
+    ucp_address_t* own = nullptr;
+    size_t own_bytes = 0;
+    status = ucp_worker_get_address(worker->handle, &own, &own_bytes);
+    if (status != UCS_OK) {
+      return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_get_address", status);
     }
+    const std::string own_address(reinterpret_cast<const char*>(own), own_bytes);
+    ucp_worker_release_address(worker->handle, own);
+    if (w == 0) plane->address_version_ = static_cast<uint8_t>(own_address[0]) & 0xf;
+    // Clients' addresses are parsed as this one is: if it does not parse (another UCX
+    // version, UCX_UNIFIED_MODE), no offer would be checked, so there is no data plane.
+    absl::StatusOr<UcxWorkerAddress> parsed =
+        UcxWorkerAddress::Parse(own_address, plane->address_version_);
+    if (!parsed.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "this UCX's own worker address is not in the format the server checks offers "
+          "against (UCX 1.13, UCX_UNIFIED_MODE=n): ",
+          parsed.status().message()));
+    }
+    plane->own_uuids_.push_back(parsed->uuid());
+    int fd = -1;
+    if (ucp_worker_get_efd(worker->handle, &fd) == UCS_OK) plane->event_fds_.push_back(fd);
     plane->workers_.push_back(std::move(worker));
   }
+  if (plane->event_fds_.size() != plane->workers_.size()) plane->event_fds_.clear();
+  plane->progress_ = std::thread([p = plane.get()] { p->ProgressLoop(); });
   return plane;
 }
 
+void UcxDataPlane::ProgressLoop() {
+  std::vector<pollfd> events;
+  for (int fd : event_fds_) events.push_back({fd, POLLIN, 0});
+  while (!stop_.load(std::memory_order_relaxed)) {
+    bool busy = false;
+    for (const std::unique_ptr<UcxWorker>& worker : workers_) {
+      absl::MutexLock lock(&worker->mu);
+      while (ucp_worker_progress(worker->handle) != 0) {
+      }
+      // UCS_ERR_BUSY: events arrived meanwhile; progress again before sleeping.
+      if (!events.empty() && ucp_worker_arm(worker->handle) == UCS_ERR_BUSY) busy = true;
+    }
+    if (busy) continue;
+    for (pollfd& event : events) event.revents = 0;
+    poll(events.data(), events.size(), /*timeout_ms=*/10);
+  }
+}
+
 UcxDataPlane::~UcxDataPlane() {
+  if (progress_.joinable()) {
+    stop_.store(true);
+    progress_.join();
+  }
   for (const std::unique_ptr<UcxWorker>& worker : workers_) {
     absl::MutexLock lock(&worker->mu);
     if (worker->handle != nullptr) ucp_worker_destroy(worker->handle);
@@ -111,9 +158,20 @@ absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const v1::DataPla
     return absl::InvalidArgumentError(
         "the data plane offer needs a worker address, an rkey and a buffer of at least 1 byte");
   }
-  if (absl::Status framed = CheckWorkerAddress(offer.worker_address(), address_version_);
-      !framed.ok()) {
-    return framed;
+  absl::StatusOr<UcxWorkerAddress> address =
+      UcxWorkerAddress::Parse(offer.worker_address(), address_version_);
+  if (!address.ok()) return address.status();
+  if (std::find(own_uuids_.begin(), own_uuids_.end(), address->uuid()) != own_uuids_.end()) {
+    return absl::InvalidArgumentError("the worker address is this server's own");
+  }
+  for (const UcxTcpEndpoint& endpoint : address->tcp_endpoints()) {
+    if (!allowed_networks_.Allows(endpoint.family, endpoint.ip.data())) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("the worker address names TCP endpoint ", endpoint.ToString(),
+                       ", outside the networks this server may dial for a data plane "
+                       "(--ucx_allowed_networks=",
+                       allowed_networks_.ToString(), ")"));
+    }
   }
   // Pinned, the key's segments cannot vanish while UCX attaches them in the unpack below;
   // those that cannot be pinned are cut from the key.
@@ -121,21 +179,41 @@ absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const v1::DataPla
   if (!rkey.ok()) return rkey.status();
   UcxWorker* worker = workers_[next_worker_.fetch_add(1) % workers_.size()].get();
   std::unique_ptr<UcxPeer> peer(new UcxPeer(this, worker, buffer_address, buffer_bytes));
-  absl::MutexLock lock(&worker->mu);
-  ucp_ep_params_t params{};
-  params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  params.address = reinterpret_cast<const ucp_address_t*>(offer.worker_address().data());
-  params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-  params.err_handler.cb = OnEndpointError;
-  params.err_handler.arg = peer->health_;
-  ucs_status_t status = ucp_ep_create(worker->handle, &params, &peer->ep_);
-  if (status != UCS_OK) {
-    peer->ep_ = nullptr;
-    return UcxError(absl::StatusCode::kInvalidArgument,
-                    "cannot reach the client's UCX worker address", status);
+  void* flush = nullptr;
+  {
+    absl::MutexLock lock(&worker->mu);
+    ucp_ep_params_t params{};
+    params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                        UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    params.address = reinterpret_cast<const ucp_address_t*>(offer.worker_address().data());
+    params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    params.err_handler.cb = OnEndpointError;
+    params.err_handler.arg = peer->health_;
+    const ucs_status_t status = ucp_ep_create(worker->handle, &params, &peer->ep_);
+    if (status != UCS_OK) {
+      peer->ep_ = nullptr;
+      return UcxError(absl::StatusCode::kInvalidArgument,
+                      "cannot reach the client's UCX worker address", status);
+    }
+    // Completes once every lane is connected (see the header: nothing may be queued
+    // behind a lane still connecting when the key is unpacked).
+    ucp_request_param_t flush_params{};
+    flush = ucp_ep_flush_nbx(peer->ep_, &flush_params);
   }
-  status = ucp_ep_rkey_unpack(peer->ep_, rkey->packed.data(), &peer->rkey_);
+  if (absl::Status connected = Wait(*worker, flush, absl::Now() + kConnectTimeout);
+      !connected.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the client's UCX worker did not answer: ",
+        connected.code() == absl::StatusCode::kDeadlineExceeded
+            ? absl::StrCat("no connection within ", absl::FormatDuration(kConnectTimeout))
+            : std::string(connected.message())));
+  }
+  absl::MutexLock lock(&worker->mu);
+  if (peer->health_->failed) {
+    return absl::UnavailableError(
+        absl::StrCat("the client's UCX endpoint failed: ", peer->health_->failure));
+  }
+  ucs_status_t status = ucp_ep_rkey_unpack(peer->ep_, rkey->packed.data(), &peer->rkey_);
   if (status != UCS_OK) {
     peer->rkey_ = nullptr;
     return UcxError(absl::StatusCode::kInvalidArgument, "cannot unpack the client's rkey", status);

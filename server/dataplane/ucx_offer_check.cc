@@ -18,14 +18,6 @@ absl::Status Corrupt() { return absl::InvalidArgumentError("the rkey is truncate
 
 }  // namespace
 
-absl::Status CheckWorkerAddress(const std::string& address, uint8_t version) {
-  if (address.size() < 2 || (static_cast<uint8_t>(address[0]) & 0xf) != version) {
-    return absl::InvalidArgumentError(
-        "the worker address is not a UCX 1.13 worker address (wrong format version)");
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<PreparedRkey> PrepareRkey(const std::string& rkey) {
   constexpr size_t kHeader = sizeof(uint64_t) + 1;
   if (rkey.size() < kHeader) {

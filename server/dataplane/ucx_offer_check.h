@@ -1,9 +1,9 @@
-// Checks on a client's DataPlaneOffer before any of it reaches UCX. UCX 1.13 trusts
-// worker addresses and packed remote keys: a malformed one trips an assertion, and a
-// key whose shared-memory segment is gone crashes ucp_ep_rkey_unpack (its error path
-// frees what it never set up). So the framing is checked here, and the System V
-// segments a key names (the ones a same-host server maps with ucp_rkey_ptr) are looked
-// up and pinned while UCX unpacks the key.
+// Checks on a client's DataPlaneOffer's rkey before it reaches UCX (its worker address:
+// ucx_worker_address.h). UCX 1.13 trusts packed remote keys: a malformed one trips an
+// assertion, and a key whose shared-memory segment is gone crashes ucp_ep_rkey_unpack
+// (its error path frees what it never set up). So the framing is checked here, and the
+// System V segments a key names (the ones a same-host server maps with ucp_rkey_ptr) are
+// looked up and pinned while UCX unpacks the key.
 //
 // Packed key framing in UCX 1.13: a 64-bit memory-domain map, a memory-type byte, then
 // per domain in the map a length byte and that many bytes, then at most a system-device
@@ -20,10 +20,6 @@
 #include "absl/status/statusor.h"
 
 namespace pqkv::server {
-
-// INVALID_ARGUMENT unless `address` starts like a worker address of format `version`
-// (the low 4 bits of its first byte).
-absl::Status CheckWorkerAddress(const std::string& address, uint8_t version);
 
 // A System V shared-memory segment named by a packed key, as the kernel reports it.
 struct SysvSegment {

@@ -57,7 +57,7 @@ TEST_CASE("PrepareRkey cuts the section of a segment that is gone", "[server]") 
   CHECK(prepared->dropped_sections == 1);
 }
 
-TEST_CASE("PrepareRkey rejects corrupt keys and CheckWorkerAddress foreign ones", "[server]") {
+TEST_CASE("PrepareRkey rejects corrupt keys", "[server]") {
   CHECK(PrepareRkey("short").status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(PrepareRkey(Key(0b1, 3, std::string(1, '\0'))).status().code() ==
         absl::StatusCode::kInvalidArgument);                                 // not host memory
@@ -65,9 +65,6 @@ TEST_CASE("PrepareRkey rejects corrupt keys and CheckWorkerAddress foreign ones"
   CHECK(!PrepareRkey(Key(0b1, 0, std::string("\x05xy", 3))).ok());           // truncated
   CHECK(!PrepareRkey(Key(0b1, 0, std::string(1, '\0') + "ab")).ok());        // bad trailer
   CHECK(PrepareRkey(Key(0b1, 0, std::string(1, '\0') + "d" + "abc")).ok());  // device trailer
-  CHECK(CheckWorkerAddress(std::string("\x20\x01\x02", 3), 0).ok());
-  CHECK(CheckWorkerAddress("not an address", 0).code() == absl::StatusCode::kInvalidArgument);
-  CHECK(CheckWorkerAddress("", 0).code() == absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
