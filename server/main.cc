@@ -283,8 +283,9 @@ int main(int argc, char** argv) {
   health->SetServingStatus(false);  // probes see NOT_SERVING while in-flight calls finish
   log.info("signal {}: shutting down, in-flight calls get {} s", signal_number,
            absl::GetFlag(FLAGS_shutdown_grace_seconds));
-  // Idle Retrieve streams end now (UNAVAILABLE); the grace is for work in flight.
-  service.EndRetrieveStreams();
+  // Idle Retrieve and AppendKv streams end now (UNAVAILABLE); the grace is for work in
+  // flight.
+  service.EndIdleStreams();
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
   server->Wait();

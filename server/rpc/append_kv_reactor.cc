@@ -9,39 +9,76 @@
 namespace pqkv::server {
 
 AppendKvReactor::AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
-                                 absl::StatusOr<std::string> principal, grpc::ByteBuffer* response)
+                                 absl::StatusOr<std::string> principal, grpc::ByteBuffer* response,
+                                 std::function<void(AppendKvReactor*)> on_done)
     : store_(store),
       compute_pool_(compute_pool),
       metrics_(metrics),
       principal_(principal.ok() ? *principal : ""),
-      response_buffer_(response) {
+      response_buffer_(response),
+      on_done_(std::move(on_done)) {
+  absl::MutexLock lock(&mu_);
   if (!principal.ok()) {  // authentication failed: end the stream before reading
     metrics_->RecordStatus("AppendKv", principal.status());
-    Finish(ToGrpcStatus(principal.status()));
+    FinishLocked(ToGrpcStatus(principal.status()));
     return;
   }
   StartRead(&message_);
 }
 
+void AppendKvReactor::OnDone() {
+  if (on_done_) on_done_(this);
+  delete this;
+}
+
+void AppendKvReactor::EndWhenIdle() {
+  absl::MutexLock lock(&mu_);
+  shutting_down_ = true;
+  // Waiting for the client's next message: end now (gRPC completes that read, not ok).
+  // Applying a chunk: the pool task ends the stream once it is applied.
+  if (!applying_) {
+    metrics_->RecordStatus("AppendKv", absl::UnavailableError("server shutting down"));
+    FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down"));
+  }
+}
+
+void AppendKvReactor::FinishLocked(const grpc::Status& status) {
+  if (finished_) return;
+  finished_ = true;
+  Finish(status);
+}
+
 void AppendKvReactor::OnReadDone(bool ok) {
-  if (!ok) {  // client finished writing (or went away)
+  absl::MutexLock lock(&mu_);
+  if (finished_) return;  // ended while this read was pending (EndWhenIdle)
+  if (!ok) {              // client finished writing (or went away)
     bool own_buffer = false;
     const grpc::Status serialized = grpc::SerializationTraits<v1::AppendKvResponse>::Serialize(
         response_, response_buffer_, &own_buffer);
     metrics_->RecordStatus("AppendKv", FromGrpcStatus(serialized));
-    Finish(serialized);
+    FinishLocked(serialized);
     return;
   }
   ++messages_read_;
+  applying_ = true;
   compute_pool_->Schedule([this] {
     absl::Status status = ParseAndApply();
+    absl::MutexLock lock(&mu_);
+    applying_ = false;
     if (!status.ok()) {
       ServerLogger().debug("AppendKv rejected a chunk: {}", status.ToString());
       metrics_->RecordStatus("AppendKv", status);
       // The response message is not sent with an error: say in the message what stays.
-      Finish(ToGrpcStatus(absl::Status(
+      FinishLocked(ToGrpcStatus(absl::Status(
           status.code(), absl::StrCat(status.message(), " (this stream applied ",
                                       response_.chunks_applied(), " chunks before it)"))));
+      return;
+    }
+    if (shutting_down_) {  // this chunk was the work the grace waited for; read no more
+      metrics_->RecordStatus("AppendKv", absl::UnavailableError("server shutting down"));
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                absl::StrCat("server shutting down (this stream applied ",
+                                             response_.chunks_applied(), " chunks)")));
       return;
     }
     StartRead(&message_);

@@ -74,8 +74,18 @@ grpc::ServerUnaryReactor* PqkvService::CreateSession(grpc::CallbackServerContext
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* PqkvService::AppendKv(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
-  return new AppendKvReactor(store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context),
-                             response);
+  // gRPC calls OnDone only after this returns, so the stream is registered before it
+  // can remove itself.
+  auto* reactor =
+      new AppendKvReactor(store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context),
+                          response, [this](AppendKvReactor* done) {
+                            absl::MutexLock lock(&streams_mu_);
+                            append_streams_.erase(done);
+                          });
+  absl::MutexLock lock(&streams_mu_);
+  append_streams_.insert(reactor);
+  if (ending_streams_) reactor->EndWhenIdle();
+  return reactor;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PqkvService::Retrieve(
@@ -98,11 +108,12 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PqkvService::Retrie
   return reactor;
 }
 
-void PqkvService::EndRetrieveStreams() {
+void PqkvService::EndIdleStreams() {
   absl::MutexLock lock(&streams_mu_);
   ending_streams_ = true;
   // Under streams_mu_ no stream can be deleted (OnDone takes it first).
   for (RetrieveReactor* stream : streams_) stream->EndWhenIdle();
+  for (AppendKvReactor* stream : append_streams_) stream->EndWhenIdle();
 }
 
 grpc::ServerUnaryReactor* PqkvService::FetchKv(grpc::CallbackServerContext* context,

@@ -25,6 +25,7 @@
 
 namespace pqkv::server {
 
+class AppendKvReactor;
 class RetrieveReactor;
 
 // The principal (the name of a tokens file's `name:token` line) to which GetServerStats
@@ -97,10 +98,11 @@ class PqkvService final : public PqkvCallbackServiceBase {
                                            grpc::ByteBuffer* response) override;
 
   // Before grpc::Server::Shutdown: ends every open Retrieve stream that has no request in
-  // processing now with UNAVAILABLE "server shutting down", and each other one as soon as
-  // its request is answered; streams opened after it end the same way. The shutdown's
-  // grace is then spent on work in flight only (idle streams would hold it to the end).
-  void EndRetrieveStreams();
+  // processing now, and every AppendKv stream that has no chunk being applied, with
+  // UNAVAILABLE "server shutting down"; each other one as soon as its request is answered
+  // or its chunk applied. Streams opened after it end the same way. The shutdown's grace
+  // is then spent on work in flight only (idle streams would hold it to the end).
+  void EndIdleStreams();
 
  private:
   SessionStore* const store_;
@@ -112,9 +114,10 @@ class PqkvService final : public PqkvCallbackServiceBase {
   ByteBudget gather_budget_;
   // Shared by every Retrieve stream's row cache directories.
   ByteBudget row_cache_budget_;
-  // Retrieve streams not yet done (each removes itself in OnDone).
+  // Retrieve and AppendKv streams not yet done (each removes itself in OnDone).
   absl::Mutex streams_mu_;
   absl::flat_hash_set<RetrieveReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);
+  absl::flat_hash_set<AppendKvReactor*> append_streams_ ABSL_GUARDED_BY(streams_mu_);
   bool ending_streams_ ABSL_GUARDED_BY(streams_mu_) = false;
 };
 
