@@ -4,6 +4,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -113,6 +114,12 @@ int Fail(const absl::Status& status) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Blocks of 128 KiB or more (upload messages, gathered rows, index training sets) are
+  // mapped for themselves and unmapped when freed. glibc's default raises this threshold
+  // to the size of the largest such block freed (up to 32 MiB), after which they come from
+  // the heaps of whatever threads served them, and stay resident there after the sessions
+  // that needed them close (bench/load_bench, docs/benchmarks.md "Load").
+  mallopt(M_MMAP_THRESHOLD, 128 << 10);
   absl::SetProgramUsageMessage("pqkv-server: PQ-indexed KV cache retrieval service");
   absl::ParseCommandLine(argc, argv);
   // Signals are taken by sigwait below, not by whatever thread they land on: block them

@@ -28,13 +28,17 @@ Session::Session(std::string id, const SessionConfig& config, std::shared_ptr<Pa
 }
 
 Session::~Session() {
+  const size_t held = bytes_held();
   layers_.clear();
   if (!metadata_pages_.empty()) arena_->Free(metadata_pages_);
-  // A wide session's structures are many small blocks (a 1024 x 64 one, 262,144), which
-  // glibc keeps in its heaps once freed: create/close cycles grew the resident size by
-  // several MB each. Trimming hands them back; it walks the heaps, so only after a session
-  // whose structures took a megabyte or more.
-  if (metadata_bytes_held() >= (size_t{1} << 20)) malloc_trim(0);
+  // glibc keeps freed heap: a wide session's structures are many small blocks (a 1024 x 64
+  // one, 262,144), and a used session's calls left their buffers (messages, gathered rows,
+  // index training) in the heaps of the threads that served them. Create/close cycles of
+  // empty wide sessions grew the resident size by several MB each, and 64 sessions of
+  // bench/load_bench closed left 106 MiB more than at start. Trimming hands free pages
+  // back; it walks the heaps (about a millisecond), so only after a session that held a
+  // megabyte or more.
+  if (held >= kTrimAfterBytes) malloc_trim(0);
 }
 
 size_t Session::MetadataBytes(const SessionConfig& config) {

@@ -23,6 +23,11 @@ namespace pqkv::server {
 
 class Session {
  public:
+  // A session that held this many bytes or more (bytes_held) trims glibc's heaps
+  // (malloc_trim) when it is destroyed, handing back the free memory its structures and
+  // its calls' buffers left there.
+  static constexpr size_t kTrimAfterBytes = size_t{1} << 20;
+
   // arena: shared, so that a session released by a task that outlives the store (at
   // shutdown) still returns its pages to a live arena. gpu: the CUDA backend or null;
   // must outlive the session. owner: the principal that created it ("" without

@@ -360,7 +360,7 @@ TEST_CASE("Killed clients, an idle stream and a recycled id under load: the serv
   const size_t rss_end = testing::ProcStatusBytes(server->pid(), "VmRSS");
   INFO("server RSS at start " << rss_start / double(kMiB) << " MiB, at the end "
                               << rss_end / double(kMiB) << " MiB");
-  if (kResidentSizeMeansSomething) CHECK(rss_end < rss_start + 64 * kMiB);
+  if (kResidentSizeMeansSomething) CHECK(rss_end < rss_start + 16 * kMiB);
 
   // Still serving: a new session, its rows exact; the idle stream is still open.
   {
