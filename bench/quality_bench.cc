@@ -16,8 +16,10 @@
 // --json prints one object per (method, PQ setting, head type, budget) with fields method,
 // pq, data, tokens, budget, head_type ("all": the mean over every kv head), heads,
 // recall_at_k, mass_recall, output_rel_error, retrieve_us (the pqkv rows of head_type all:
-// median round trip of one layer's Retrieve, every kv head; 0 otherwise). Progress goes to
-// a terminal's stderr.
+// median round trip of one layer's Retrieve, every kv head; 0 otherwise), score_error_mean
+// and score_error_max (pqkv: |returned score / exact score - 1| over every returned
+// position, the exact score being the GQA softmax-sum over the tokens the server held; -1
+// otherwise). Progress goes to a terminal's stderr.
 #include <unistd.h>
 
 #include <cstdio>
@@ -158,10 +160,12 @@ int Run() {
         std::printf(
             "{\"method\": \"%s\", \"pq\": \"%s\", \"data\": \"%s\", \"tokens\": %u, \"budget\": "
             "%g, \"head_type\": \"%s\", \"heads\": %u, \"recall_at_k\": %.4f, \"mass_recall\": "
-            "%.4f, \"output_rel_error\": %.4f, \"retrieve_us\": %.0f}\n",
+            "%.4f, \"output_rel_error\": %.4f, \"retrieve_us\": %.0f, \"score_error_mean\": "
+            "%.4g, \"score_error_max\": %.4g}\n",
             row.method.c_str(), row.pq.c_str(), data_name.c_str(), data.num_tokens, budget,
             row.head_type.c_str(), row.heads, row.quality.recall_at_k, row.quality.mass_recall,
-            row.quality.output_rel_error, row.retrieve_median_us);
+            row.quality.output_rel_error, row.retrieve_median_us, row.score_error_mean,
+            row.score_error_max);
       }
       continue;
     }
@@ -170,19 +174,23 @@ int Run() {
         report->k_last,
         report->head_types_measured ? "classified from the data's attention" : "as generated",
         absl::ToDoubleSeconds(absl::Now() - start));
-    std::printf("%-10s %-20s %-10s %5s  %9s  %11s  %16s  %11s\n", "method", "pq", "head_type",
-                "heads", "recall@k", "mass_recall", "output_rel_error", "retrieve_us");
+    std::printf("%-10s %-20s %-10s %5s  %9s  %11s  %16s  %11s  %10s  %10s\n", "method", "pq",
+                "head_type", "heads", "recall@k", "mass_recall", "output_rel_error", "retrieve_us",
+                "score_err", "score_max");
     for (const quality::QualityRow& row : report->rows) {
-      std::printf("%-10s %-20s %-10s %5u  %9.4f  %11.4f  %16.4f  %11s\n", row.method.c_str(),
-                  row.pq.empty() ? "-" : row.pq.c_str(), row.head_type.c_str(), row.heads,
-                  row.quality.recall_at_k, row.quality.mass_recall, row.quality.output_rel_error,
-                  row.retrieve_median_us > 0
-                      ? absl::StrFormat("%.0f", row.retrieve_median_us).c_str()
-                      : "-");
+      std::printf(
+          "%-10s %-20s %-10s %5u  %9.4f  %11.4f  %16.4f  %11s  %10s  %10s\n", row.method.c_str(),
+          row.pq.empty() ? "-" : row.pq.c_str(), row.head_type.c_str(), row.heads,
+          row.quality.recall_at_k, row.quality.mass_recall, row.quality.output_rel_error,
+          row.retrieve_median_us > 0 ? absl::StrFormat("%.0f", row.retrieve_median_us).c_str()
+                                     : "-",
+          row.score_error_mean >= 0 ? absl::StrFormat("%.3g", row.score_error_mean).c_str() : "-",
+          row.score_error_max >= 0 ? absl::StrFormat("%.3g", row.score_error_max).c_str() : "-");
     }
     std::printf(
         "retrieve_us: median round trip of one layer's Retrieve (all kv heads, indices "
-        "only) over loopback\n");
+        "only) over loopback; score_err, score_max: |returned score / exact score - 1|, mean "
+        "and largest over every returned position\n");
   }
   return 0;
 }

@@ -8,6 +8,8 @@
 //   pqkv           the server's retrieval (LayerStore::Retrieve, fast kernels), kv heads
 //                  split over all cores
 //   pqkv-1core     the same on the calling thread only
+//   pqkv-rerank    pqkv with exact re-ranking (RetrieveQuery.rerank = --rerank): the scan
+//                  picks rerank x k candidates, RerankExact keeps the best k
 //   plain          the foundation's plain kernels (scalar ADC, double exp, nth_element)
 //   faiss-indexpq  FAISS IndexPQ with the same codebooks, METRIC_INNER_PRODUCT, search
 //                  with the same k for every query head; a kv head's selection merges
@@ -16,7 +18,10 @@
 //                  split over all cores
 // Prints median and p99 microseconds, the ratio to pqkv, recall@k against the exact
 // top-k (GQA softmax-sum of exact logits), the index build rate, and the floor: the
-// code bytes the pqkv scan reads divided by a memory bandwidth measured here.
+// code bytes the pqkv scan reads divided by a memory bandwidth measured here. For the
+// pqkv methods also the scores' error against that exact score (softmax over all tokens
+// of the fp32 keys): the mean and the largest |returned / exact - 1| over every returned
+// position.
 // --json prints one JSON object per method instead of the table.
 #include <faiss/IndexPQ.h>
 
@@ -69,7 +74,8 @@ ABSL_FLAG(uint32_t, k, 4096, "Tokens selected per kv head.");
 ABSL_FLAG(uint32_t, repeats, 20, "Timed runs per method.");
 ABSL_FLAG(uint32_t, kmeans_iterations, 10, "k-means iterations for the index.");
 ABSL_FLAG(bool, json, false, "One JSON object per method instead of the table.");
-ABSL_FLAG(std::string, methods, "pqkv,pqkv-1core,plain,faiss-indexpq,exact",
+ABSL_FLAG(uint32_t, rerank, 4, "pqkv-rerank: candidates scanned per selected token.");
+ABSL_FLAG(std::string, methods, "pqkv,pqkv-1core,pqkv-rerank,plain,faiss-indexpq,exact",
           "Comma-separated methods to run (pqkv always runs: it is the baseline).");
 
 namespace pqkv::server {
@@ -85,6 +91,9 @@ constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
 struct Timing {
   std::string method;
   double median_us = 0, p99_us = 0, recall = 0;
+  // |returned score / exact score - 1| over every returned position: mean and largest;
+  // -1 where the method returns no scores.
+  double score_error_mean = -1, score_error_max = -1;
 };
 
 // Read bandwidth of this machine, all cores: sums a 1 GiB buffer, best of 3, bytes/s.
@@ -194,27 +203,43 @@ int Run() {
 
   // Exact top-k per kv head: the reference every recall is measured against.
   std::vector<std::vector<uint32_t>> exact_top(H);
+  std::vector<std::vector<float>> exact_scores(H);
   for (uint32_t h = 0; h < H; ++h) {
-    const std::vector<float> scores = workload::ExactGqaScores(
-        data.keys.data() + size_t{h} * n * d, n, data.query.data() + size_t{h} * G * d, G, d);
+    exact_scores[h] = workload::ExactGqaScores(data.keys.data() + size_t{h} * n * d, n,
+                                               data.query.data() + size_t{h} * G * d, G, d);
     exact_top[h].resize(k);
-    kernels::SelectTopK(scores.data(), cand_begin, cand_end, k, exact_top[h].data());
+    kernels::SelectTopK(exact_scores[h].data(), cand_begin, cand_end, k, exact_top[h].data());
   }
 
   std::vector<Timing> results;
   LayerSelection selection;
-  const auto run_store = [&](const char* name, ThreadPool* p, bool plain) {
+  const auto run_store = [&](const char* name, ThreadPool* p, bool plain, uint32_t rerank) {
     Timing t{name};
-    const std::vector<double> us =
-        Time(repeats, [&] { selection = layer.Retrieve(data.query, k, far, p, plain).value(); });
+    const std::vector<double> us = Time(
+        repeats, [&] { selection = layer.Retrieve(data.query, k, far, p, plain, rerank).value(); });
     t.median_us = Percentile(us, 0.5);
     t.p99_us = Percentile(us, 0.99);
     t.recall = Recall(Positions(selection), exact_top);
+    double sum = 0, max = 0;
+    size_t count = 0;
+    for (uint32_t h = 0; h < H; ++h) {
+      const HeadSelection& head = selection.heads[h];
+      for (size_t i = 0; i < head.positions.size(); ++i) {
+        const double error =
+            std::abs(static_cast<double>(head.scores[i]) / exact_scores[h][head.positions[i]] - 1);
+        sum += error;
+        max = std::max(max, error);
+        ++count;
+      }
+    }
+    t.score_error_mean = count > 0 ? sum / count : 0;
+    t.score_error_max = max;
     results.push_back(t);
   };
-  run_store("pqkv", &pool, false);
-  if (wanted("pqkv-1core")) run_store("pqkv-1core", nullptr, false);
-  if (wanted("plain")) run_store("plain", nullptr, true);
+  run_store("pqkv", &pool, false, 0);
+  if (wanted("pqkv-1core")) run_store("pqkv-1core", nullptr, false, 0);
+  if (wanted("pqkv-rerank")) run_store("pqkv-rerank", &pool, false, absl::GetFlag(FLAGS_rerank));
+  if (wanted("plain")) run_store("plain", nullptr, true, 0);
 
   if (wanted("faiss-indexpq")) {
     // IndexPQ per kv head with the server's own codebook: train once through LayerStore,
@@ -365,19 +390,25 @@ int Run() {
       std::printf(
           "{\"method\": \"%s\", \"tokens\": %u, \"kv_heads\": %u, \"query_heads\": %u, "
           "\"head_dim\": %u, \"subspaces\": %u, \"bits\": %u, \"k\": %u, \"median_us\": %.1f, "
-          "\"p99_us\": %.1f, \"ratio_vs_pqkv\": %.2f, \"recall_at_k\": %.4f, \"scan_path\": "
-          "\"%s\", "
+          "\"p99_us\": %.1f, \"ratio_vs_pqkv\": %.2f, \"recall_at_k\": %.4f, "
+          "\"score_error_mean\": %.3g, \"score_error_max\": %.3g, \"scan_path\": \"%s\", "
           "\"floor_us\": %.1f, \"index_build_tokens_per_s\": %.0f}\n",
           t.method.c_str(), n, H, Q, d, M, bits, k, t.median_us, t.p99_us, t.median_us / pqkv_us,
-          t.recall, kernels::ScanPathName(path), floor_us, n / build_s);
+          t.recall, t.score_error_mean, t.score_error_max, kernels::ScanPathName(path), floor_us,
+          n / build_s);
     }
     return 0;
   }
-  std::printf("\n%-14s %12s %12s %14s %10s\n", "method", "median_us", "p99_us", "ratio_vs_pqkv",
-              "recall@k");
+  std::printf("\n%-14s %12s %12s %14s %10s %12s %12s\n", "method", "median_us", "p99_us",
+              "ratio_vs_pqkv", "recall@k", "score_err", "score_err_max");
   for (const Timing& t : results) {
-    std::printf("%-14s %12.1f %12.1f %14.2f %10.4f\n", t.method.c_str(), t.median_us, t.p99_us,
+    std::printf("%-14s %12.1f %12.1f %14.2f %10.4f", t.method.c_str(), t.median_us, t.p99_us,
                 t.median_us / pqkv_us, t.recall);
+    if (t.score_error_mean >= 0) {
+      std::printf(" %12.3g %12.3g\n", t.score_error_mean, t.score_error_max);
+    } else {
+      std::printf(" %12s %12s\n", "-", "-");
+    }
   }
   std::printf(
       "\nscan path %s; floor %.1f us (%.1f MiB of codes at %.1f GB/s measured read bandwidth); "

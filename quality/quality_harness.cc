@@ -23,8 +23,12 @@ namespace {
 using workload::KvDataSet;
 using workload::KvLayer;
 
-// One pqkv run's picks: [layer][query][kv head] -> positions.
-using RunPicks = std::vector<std::vector<std::vector<std::vector<uint32_t>>>>;
+// One pqkv run's picks: [layer][query][kv head] -> positions and the server's scores.
+struct HeadPick {
+  std::vector<uint32_t> positions;
+  std::vector<float> scores;
+};
+using RunPicks = std::vector<std::vector<std::vector<HeadPick>>>;
 
 absl::Status CheckFits(const KvDataSet& data, const HarnessOptions& options) {
   if (data.layers.empty() || data.query_positions.empty()) {
@@ -75,7 +79,7 @@ absl::Status RunPqkv(const KvDataSet& data, Client& client, const HarnessOptions
   const size_t d = data.head_dim;
   const size_t query_floats = static_cast<size_t>(data.num_query_heads) * d;
   picks->assign(data.layers.size(),
-                std::vector<std::vector<std::vector<uint32_t>>>(data.query_positions.size()));
+                std::vector<std::vector<HeadPick>>(data.query_positions.size()));
   uint32_t held = prefill;
   for (size_t qi = 0; qi < data.query_positions.size(); ++qi) {
     const uint32_t p = data.query_positions[qi];
@@ -100,7 +104,7 @@ absl::Status RunPqkv(const KvDataSet& data, Client& client, const HarnessOptions
               .count());
       RETURN_IF_ERROR(results[0].status);
       for (const pqkv::HeadSelection& head : results[0].heads) {
-        (*picks)[l][qi].push_back(head.positions);
+        (*picks)[l][qi].push_back({head.positions, head.scores});
       }
     }
     if (options.progress) {
@@ -128,6 +132,17 @@ struct Accumulator {
       m.output_rel_error /= count;
     }
     return m;
+  }
+};
+
+// |server score / exact score - 1| over returned positions: the sum, count and largest.
+struct ScoreError {
+  double sum = 0, max = 0;
+  size_t count = 0;
+  void Add(const ScoreError& e) {
+    sum += e.sum;
+    count += e.count;
+    max = std::max(max, e.max);
   }
 };
 
@@ -222,6 +237,8 @@ absl::StatusOr<HarnessReport> RunQualityHarness(const KvDataSet& data, Client* c
   // [slot][layer * H + kv head]
   std::vector<std::vector<Accumulator>> per_head(slots.size(),
                                                  std::vector<Accumulator>(data.layers.size() * H));
+  std::vector<std::vector<ScoreError>> score_error(slots.size(),
+                                                   std::vector<ScoreError>(data.layers.size() * H));
   std::vector<workload::HeadType> types(data.layers.size() * H);
   for (size_t l = 0; l < data.layers.size(); ++l) {
     const KvLayer& layer = data.layers[l];
@@ -251,7 +268,22 @@ absl::StatusOr<HarnessReport> RunQualityHarness(const KvDataSet& data, Client* c
           std::vector<uint32_t> selected;
           const std::string& m = slots[s].method;
           if (m == "pqkv") {
-            selected = picks[pqkv_run++][l][qi][h];
+            const HeadPick& pick = picks[pqkv_run++][l][qi][h];
+            selected = pick.positions;
+            // The server held [0, p) when it scored (the query's own token joins after),
+            // so its scores compare with exact softmax over [0, p): each query head's
+            // probabilities over [0, p] divided by 1 - p_g[p].
+            ScoreError& error = score_error[s][l * H + h];
+            for (size_t i = 0; i < pick.scores.size(); ++i) {
+              double exact = 0;
+              for (uint32_t g = 0; g < group; ++g) {
+                exact += attention.probs[g][pick.positions[i]] / (1.0 - attention.probs[g][p]);
+              }
+              const double e = std::abs(pick.scores[i] / exact - 1);
+              error.sum += e;
+              error.max = std::max(error.max, e);
+              ++error.count;
+            }
           } else if (m == "oracle") {
             selected = oracle;
           } else if (m == "streaming") {
@@ -282,19 +314,30 @@ absl::StatusOr<HarnessReport> RunQualityHarness(const KvDataSet& data, Client* c
 
   for (size_t s = 0; s < slots.size(); ++s) {
     std::map<std::string, Accumulator> by_type;
+    std::map<std::string, ScoreError> error_by_type;
     Accumulator all;
+    ScoreError all_error;
     for (size_t i = 0; i < types.size(); ++i) {
       const SelectionQuality head_mean = per_head[s][i].Mean();
       by_type[workload::HeadTypeName(types[i])].Add(head_mean);
+      error_by_type[workload::HeadTypeName(types[i])].Add(score_error[s][i]);
       all.Add(head_mean);
+      all_error.Add(score_error[s][i]);
     }
-    report.rows.push_back(
-        {slots[s].method, slots[s].pq, "all", all.count, all.Mean(), slots[s].retrieve_median_us});
+    const bool scored = slots[s].method == "pqkv";
+    auto row = [&](const char* type, const Accumulator& a, const ScoreError& e, double us) {
+      QualityRow r{slots[s].method, slots[s].pq, type, a.count, a.Mean(), us};
+      if (scored && e.count > 0) {
+        r.score_error_mean = e.sum / e.count;
+        r.score_error_max = e.max;
+      }
+      return r;
+    };
+    report.rows.push_back(row("all", all, all_error, slots[s].retrieve_median_us));
     for (const char* type : {"streaming", "retrieval", "diffuse"}) {
       auto it = by_type.find(type);
       if (it == by_type.end()) continue;
-      report.rows.push_back(
-          {slots[s].method, slots[s].pq, type, it->second.count, it->second.Mean()});
+      report.rows.push_back(row(type, it->second, error_by_type[type], 0));
     }
   }
   return report;

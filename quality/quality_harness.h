@@ -70,6 +70,11 @@ struct QualityRow {
   // pqkv, head type "all": median round trip of one layer's Retrieve (every kv head,
   // indices only), microseconds; 0 otherwise.
   double retrieve_median_us = 0;
+  // pqkv: |returned score / exact score - 1| over every returned position, the exact
+  // score being the GQA sum of softmax over the tokens the server held; mean and
+  // largest. -1 for the other methods.
+  double score_error_mean = -1;
+  double score_error_max = -1;
 };
 
 struct HarnessReport {
