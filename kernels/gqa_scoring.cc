@@ -42,7 +42,7 @@ void TailLogits(const GqaScoringInput& in, const float* q, float* out) {
   ExactScores(q, in.exact_keys, in.num_exact, in.head_dim, out);
 }
 
-bool ScoreJoined(const GqaScoringInput& in, float scale, float* scores) {
+bool ScoreJoined(const GqaScoringInput& in, float scale, float* scores, double* log_z) {
   const PqCodeStore& codes = *in.codes;
   const PqShape shape = ShapeOf(in);
   const size_t n = codes.size();
@@ -77,6 +77,7 @@ bool ScoreJoined(const GqaScoringInput& in, float scale, float* scores) {
     ExpAndSum(joined, distinct, scale, scale * max, joined);
     double z = ExpAndSum(tail, in.num_exact, scale, scale * max, tail);
     for (size_t c = 0; c < distinct; ++c) z += static_cast<double>(histogram[c]) * joined[c];
+    if (log_z != nullptr) log_z[g] = static_cast<double>(scale * max) + std::log(z);
     const float inv_z = static_cast<float>(1.0 / z);
     for (size_t c = 0; c < distinct; ++c) combined[c] += joined[c] * inv_z;
     for (size_t t = 0; t < in.num_exact; ++t) scores[n + t] += tail[t] * inv_z;
@@ -86,7 +87,7 @@ bool ScoreJoined(const GqaScoringInput& in, float scale, float* scores) {
   return true;
 }
 
-bool ScoreFastScan(const GqaScoringInput& in, float scale, float* scores) {
+bool ScoreFastScan(const GqaScoringInput& in, float scale, float* scores, double* log_z) {
   const PqCodeStore& codes = *in.codes;
   const PqShape shape = ShapeOf(in);
   const int M = shape.subspaces;
@@ -126,6 +127,7 @@ bool ScoreFastScan(const GqaScoringInput& in, float scale, float* scores) {
     ExpAndSum(l, levels, scale, scale * max, l);
     double z = ExpAndSum(tail, in.num_exact, scale, scale * max, tail);
     for (size_t v = 0; v <= top; ++v) z += static_cast<double>(histogram[v]) * l[v];
+    if (log_z != nullptr) log_z[g] = static_cast<double>(scale * max) + std::log(z);
     const float inv_z = static_cast<float>(1.0 / z);
     for (size_t v = 0; v < levels; ++v) l[v] *= inv_z;
     for (size_t t = 0; t < in.num_exact; ++t) scores[n + t] += tail[t] * inv_z;
@@ -251,7 +253,7 @@ void ChunkLogits(const GqaScoringInput& in, const float* tables, size_t begin, s
   }
 }
 
-bool ScoreByLogits(const GqaScoringInput& in, float scale, float* scores) {
+bool ScoreByLogits(const GqaScoringInput& in, float scale, float* scores, double* log_z) {
   const size_t encoded = in.codes ? in.codes->size() : 0;
   const size_t n = encoded + in.num_exact;
   const int G = in.group_size;
@@ -303,6 +305,9 @@ bool ScoreByLogits(const GqaScoringInput& in, float scale, float* scores) {
   }
   std::vector<float> inv_z(G);
   for (int g = 0; g < G; ++g) inv_z[g] = static_cast<float>(1.0 / z[g]);
+  if (log_z != nullptr) {
+    for (int g = 0; g < G; ++g) log_z[g] = static_cast<double>(shift[g]) + std::log(z[g]);
+  }
   std::vector<double> unused(G);
   for (size_t begin = 0; begin < n; begin += kChunkTokens) {
     const size_t len = std::min(kChunkTokens, n - begin);
@@ -348,18 +353,52 @@ ScanPath ChooseScanPath(const PqCodeStore* codes) {
   return ScanPath::kGeneric;
 }
 
-bool ScoreGqa(const GqaScoringInput& input, float* scores) {
+bool ScoreGqa(const GqaScoringInput& input, float* scores, double* log_normalisers) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(input.head_dim));
   switch (ChooseScanPath(input.codes)) {
     case ScanPath::kJoined:
-      return ScoreJoined(input, scale, scores);
+      return ScoreJoined(input, scale, scores, log_normalisers);
     case ScanPath::kFastScan:
-      return ScoreFastScan(input, scale, scores);
+      return ScoreFastScan(input, scale, scores, log_normalisers);
     case ScanPath::kGeneric:
     case ScanPath::kExactOnly:
-      return ScoreByLogits(input, scale, scores);
+      return ScoreByLogits(input, scale, scores, log_normalisers);
   }
   return false;
+}
+
+void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size_t count,
+                   float* out) {
+  if (count == 0) return;
+  const PqShape shape = ShapeOf(input);
+  const int M = shape.subspaces, ksub = shape.centroids_per_subspace;
+  const uint8_t* codes = input.codes->codes();
+  const bool fast_scan = ChooseScanPath(input.codes) == ScanPath::kFastScan;
+  std::vector<float> table(static_cast<size_t>(M) * ksub);
+  std::vector<uint8_t> quantized(fast_scan ? static_cast<size_t>(M) * 16 : 0);
+  for (int g = 0; g < input.group_size; ++g) {
+    ComputeInnerProductTable(shape, input.group_queries + static_cast<size_t>(g) * input.head_dim,
+                             input.centroids, table.data());
+    float* dst = out + static_cast<size_t>(g) * count;
+    if (fast_scan) {
+      // As ScoreFastScan: offset + step * (the uint16 sum of quantised entries).
+      const QuantizedTable params = QuantizeTable(table.data(), M, quantized.data());
+      for (size_t i = 0; i < count; ++i) {
+        const uint8_t* code = codes + static_cast<size_t>(positions[i]) * M;
+        size_t sum = 0;
+        for (int m = 0; m < M; ++m) sum += quantized[m * 16 + code[m]];
+        dst[i] = params.offset + params.scale * sum;
+      }
+      continue;
+    }
+    // As the joined and generic scans: sub-space 0's entry, then each next one added.
+    for (size_t i = 0; i < count; ++i) {
+      const uint8_t* code = codes + static_cast<size_t>(positions[i]) * M;
+      float logit = table[code[0]];
+      for (int m = 1; m < M; ++m) logit += table[static_cast<size_t>(m) * ksub + code[m]];
+      dst[i] = logit;
+    }
+  }
 }
 
 }  // namespace pqkv::kernels

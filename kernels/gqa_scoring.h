@@ -20,6 +20,7 @@
 #define PQKV_KERNELS_GQA_SCORING_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include "kernels/pq_code_store.h"
 #include "kernels/pq_scan.h"
@@ -47,8 +48,18 @@ struct GqaScoringInput {
 
 // Writes the score of every token, fp32 [codes->size() + num_exact], to `scores`.
 // Returns false, with scores undefined, when a logit is not finite (finite queries and
-// keys can still overflow fp32).
-bool ScoreGqa(const GqaScoringInput& input, float* scores);
+// keys can still overflow fp32). With `log_normalisers` (double [group_size]) also writes
+// each query head's log Z_g = log sum_t exp(logit_gt / sqrt(head_dim)) over all tokens,
+// natural log, with the logits this path computes: score_t = sum_g exp(logit_gt /
+// sqrt(head_dim) - log Z_g).
+bool ScoreGqa(const GqaScoringInput& input, float* scores, double* log_normalisers = nullptr);
+
+// The logits ScoreGqa's path computes for the encoded tokens `positions` (each below
+// codes->size()), unscaled: out[g * count + i], fp32 [group_size][count]. The fast-scan
+// path's are those of its quantised tables; the others sum the float tables in the same
+// order as the scan. Lets a caller take tokens out of ScoreGqa's normalisers (RerankExact).
+void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size_t count,
+                   float* out);
 
 }  // namespace pqkv::kernels
 

@@ -90,6 +90,66 @@ TEST_CASE("ScoreGqa equals the plain softmax-sum on every scan path", "[kernels]
   }
 }
 
+TEST_CASE("ScoreGqa's log normalisers and GqaCodeLogits give back its scores on every path",
+          "[kernels]") {
+  // What RerankExact relies on: the scan's normaliser and the logits it used for any
+  // token, so that tokens can be taken out of the normaliser exactly.
+  const Case c =
+      GENERATE(Case{2, 6, 32, 4, 3000, 17}, Case{3, 4, 24, 1, 777, 3}, Case{4, 8, 32, 4, 2001, 5},
+               Case{16, 4, 32, 4, 1000, 9}, Case{2, 4, 16, 3, 700, 0});
+  const int ksub = 1 << c.bits;
+  std::mt19937 rng(c.M * 7 + c.bits + c.encoded);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> code(0, ksub - 1);
+  std::vector<float> centroids(static_cast<size_t>(c.M) * ksub * (c.dim / c.M));
+  for (float& v : centroids) v = normal(rng);
+  std::vector<uint8_t> codes(c.encoded * c.M);
+  for (uint8_t& v : codes) v = static_cast<uint8_t>(code(rng));
+  std::vector<float> keys(c.exact * c.dim), queries(static_cast<size_t>(c.group) * c.dim);
+  for (float& v : keys) v = normal(rng);
+  for (float& v : queries) v = 3 * normal(rng);
+  PqCodeStore store(c.M, c.bits);
+  store.Append(codes.data(), c.encoded);
+  GqaScoringInput input;
+  input.head_dim = c.dim;
+  input.centroids = centroids.data();
+  input.codes = &store;
+  input.exact_keys = keys.data();
+  input.num_exact = c.exact;
+  input.group_queries = queries.data();
+  input.group_size = c.group;
+  const size_t n = c.encoded + c.exact;
+  std::vector<float> scores(n);
+  std::vector<double> log_z(c.group);
+  REQUIRE(ScoreGqa(input, scores.data(), log_z.data()));
+  std::vector<uint32_t> positions(c.encoded);
+  for (size_t t = 0; t < c.encoded; ++t) positions[t] = static_cast<uint32_t>(c.encoded - 1 - t);
+  std::vector<float> logits(static_cast<size_t>(c.group) * c.encoded);
+  GqaCodeLogits(input, positions.data(), positions.size(), logits.data());
+
+  const double scale = 1 / std::sqrt(double(c.dim));
+  std::vector<double> rebuilt(n, 0.0);
+  for (int g = 0; g < c.group; ++g) {
+    double mass = 0;
+    for (size_t i = 0; i < c.encoded; ++i) {
+      const double p = std::exp(scale * logits[g * c.encoded + i] - log_z[g]);
+      rebuilt[positions[i]] += p;
+      mass += p;
+    }
+    std::vector<float> tail(c.exact);
+    ExactScores(queries.data() + g * c.dim, keys.data(), c.exact, c.dim, tail.data());
+    for (size_t t = 0; t < c.exact; ++t) {
+      const double p = std::exp(scale * tail[t] - log_z[g]);
+      rebuilt[c.encoded + t] += p;
+      mass += p;
+    }
+    CHECK(mass == Approx(1.0).epsilon(1e-5));  // each query head's softmax sums to 1
+  }
+  for (size_t t = 0; t < n; ++t) {
+    REQUIRE(scores[t] == Approx(rebuilt[t]).epsilon(1e-4).margin(1e-9));
+  }
+}
+
 TEST_CASE("ChooseScanPath picks the layout's path", "[kernels]") {
   PqCodeStore joined(2, 6), fast(16, 4), generic(4, 8);
   const uint8_t zeros[16] = {0};
