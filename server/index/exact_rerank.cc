@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "kernels/gqa_scoring.h"
 #include "kernels/radix_select.h"
 #include "kernels/row_dots.h"
 #include "kernels/vector_exp.h"
@@ -15,34 +16,89 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
                           uint32_t candidate_begin, uint32_t candidate_end,
                           const HeadSelection& candidates, uint32_t k) {
   const absl::Time start = absl::Now();
-  const size_t c = candidates.positions.size();
-  // The candidates in position order, so the rows are read front to back.
-  std::vector<uint32_t> positions = candidates.positions;
-  std::sort(positions.begin(), positions.end());
-  // Rows scored exactly, read in place: the candidates first, then sinks and the recent
-  // window (for the normalisers).
-  std::vector<const void*> rows;
-  rows.reserve(c + candidate_begin + (keys.num_tokens - candidate_end));
-  for (uint32_t p : positions) rows.push_back(keys.rows->Row(p));
-  for (uint32_t t = 0; t < candidate_begin; ++t) rows.push_back(keys.rows->Row(t));
-  for (size_t t = candidate_end; t < keys.num_tokens; ++t) rows.push_back(keys.rows->Row(t));
-  std::vector<float> logits(rows.size() * group_size);  // [group][row]
-  kernels::RowDots(keys.dtype, rows.data(), rows.size(), keys.head_dim, group_queries, group_size,
-                   logits.data());
-
-  const float scale = 1.0f / std::sqrt(static_cast<float>(keys.head_dim));
-  std::vector<float> score(c, 0.0f);
   HeadSelection out;
-  for (int g = 0; g < group_size; ++g) {
-    float* head = logits.data() + static_cast<size_t>(g) * rows.size();
-    const float max_logit = kernels::MaxOf(head, rows.size());
-    const double z = kernels::ExpAndSum(head, rows.size(), scale, max_logit * scale, head);
-    if (!std::isfinite(max_logit) || !std::isfinite(z)) {
+  std::vector<double> log_z = candidates.log_normalisers;
+  if (log_z.size() != static_cast<size_t>(group_size)) {
+    log_z = LogNormalisers(keys, group_queries, group_size);
+    if (log_z.empty()) {
       out.overflow = true;
       return out;
     }
-    const float inverse_z = static_cast<float>(1.0 / z);
-    for (size_t i = 0; i < c; ++i) score[i] += head[i] * inverse_z;
+  }
+  const size_t c = candidates.positions.size();
+  // The re-ranked set R, scored exactly, in position order so the rows are read front to
+  // back: the candidates (sorted), then the sinks and the recent window.
+  std::vector<uint32_t> tokens = candidates.positions;
+  std::sort(tokens.begin(), tokens.end());
+  tokens.reserve(c + candidate_begin + (keys.num_tokens - candidate_end));
+  for (uint32_t t = 0; t < candidate_begin; ++t) tokens.push_back(t);
+  for (size_t t = candidate_end; t < keys.num_tokens; ++t) tokens.push_back(t);
+  const size_t r = tokens.size();
+  std::vector<const void*> rows(r);
+  for (size_t i = 0; i < r; ++i) rows[i] = keys.rows->Row(tokens[i]);
+  std::vector<float> logits(r * group_size);  // [group][row]
+  kernels::RowDots(keys.dtype, rows.data(), r, keys.head_dim, group_queries, group_size,
+                   logits.data());
+
+  // The scan's logits of R's encoded tokens (its tail tokens were scored exactly, so their
+  // approximate logits are the exact ones), in the codebook's dimension order.
+  const size_t num_encoded = keys.codes != nullptr ? keys.codes->size() : 0;
+  std::vector<uint32_t> encoded;
+  std::vector<size_t> encoded_row;
+  for (size_t i = 0; i < r; ++i) {
+    if (tokens[i] < num_encoded) {
+      encoded.push_back(tokens[i]);
+      encoded_row.push_back(i);
+    }
+  }
+  std::vector<float> approx(encoded.size() * group_size);  // [group][encoded]
+  if (!encoded.empty()) {
+    std::vector<float> ordered;
+    const float* queries = group_queries;
+    if (keys.codebook->permutes()) {
+      ordered.resize(static_cast<size_t>(group_size) * keys.head_dim);
+      keys.codebook->PermuteDims(group_queries, group_size, ordered.data());
+      queries = ordered.data();
+    }
+    kernels::GqaScoringInput input;
+    input.head_dim = keys.head_dim;
+    input.centroids = keys.codebook->centroids().data();
+    input.codes = keys.codes;
+    input.group_queries = queries;
+    input.group_size = group_size;
+    kernels::GqaCodeLogits(input, encoded.data(), encoded.size(), approx.data());
+  }
+
+  // Per query head: Z = (the scan's Z minus its terms for R) + R's exact terms, i.e. exact
+  // terms for R and the scan's approximate ones for every other token. Shifted by the
+  // largest exponent so nothing overflows; the scan's share outside R is clamped at 0
+  // against rounding when R holds nearly all of it.
+  const float scale = 1.0f / std::sqrt(static_cast<float>(keys.head_dim));
+  std::vector<float> score(c, 0.0f);
+  std::vector<float> exps(r), mixed(r);
+  for (int g = 0; g < group_size; ++g) {
+    const float* exact = logits.data() + static_cast<size_t>(g) * r;
+    const float* scan = approx.data() + static_cast<size_t>(g) * encoded.size();
+    const float max_logit = kernels::MaxOf(exact, r);
+    if (!std::isfinite(max_logit) || !std::isfinite(log_z[g])) {
+      out.overflow = true;
+      return out;
+    }
+    // The scan's logits of R: its code logits for the encoded tokens, exact for the rest.
+    for (size_t i = 0, next = 0; i < r; ++i) {
+      const bool coded = next < encoded.size() && encoded_row[next] == i;
+      mixed[i] = coded ? scan[next++] : exact[i];
+    }
+    // The scan's probability mass of R.
+    const double inside =
+        kernels::ExpAndSum(mixed.data(), r, scale, static_cast<float>(log_z[g]), mixed.data());
+    const double shift = std::max(log_z[g], static_cast<double>(scale * max_logit));
+    const double exact_sum =
+        kernels::ExpAndSum(exact, r, scale, static_cast<float>(shift), exps.data());
+    const double outside =
+        std::exp(log_z[g] - static_cast<float>(shift)) * std::max(0.0, 1 - inside);
+    const float inverse_z = static_cast<float>(1.0 / (exact_sum + outside));
+    for (size_t i = 0; i < c; ++i) score[i] += exps[i] * inverse_z;
   }
   // Best first; ties to the lower index, which is the lower position (sorted above).
   std::vector<uint32_t> order(k);
@@ -50,7 +106,7 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   out.positions.reserve(k);
   out.scores.reserve(k);
   for (uint32_t i = 0; i < k; ++i) {
-    out.positions.push_back(positions[order[i]]);
+    out.positions.push_back(tokens[order[i]]);
     out.scores.push_back(score[order[i]]);
   }
   out.scan_us = candidates.scan_us;

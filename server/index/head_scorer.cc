@@ -1,6 +1,7 @@
 #include "server/index/head_scorer.h"
 
 #include <cmath>
+#include <utility>
 
 #include "absl/time/clock.h"
 #include "kernels/gqa_scoring.h"
@@ -60,10 +61,10 @@ HeadSelection Select(const std::vector<float>& scores, uint32_t begin, uint32_t 
   return selection;
 }
 
-}  // namespace
-
-HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, int group_size,
-                             uint32_t candidate_begin, uint32_t candidate_end, uint32_t k) {
+// Runs kernels::ScoreGqa over every token into `scores` (at least num_tokens floats),
+// with each query head's log normaliser into log_normalisers[group_size].
+bool ScoreAll(const HeadKeys& keys, const float* group_queries, int group_size, float* scores,
+              double* log_normalisers) {
   std::vector<float> ordered;
   group_queries = OrderedQueries(keys, group_queries, group_size, &ordered);
   const std::vector<float> exact_keys = ExactKeys(keys);
@@ -77,17 +78,31 @@ HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, i
   input.num_exact = keys.num_tokens - NumEncoded(keys);
   input.group_queries = group_queries;
   input.group_size = group_size;
-  // Reused per thread: a fresh n-float array per head and call costs page faults.
+  return kernels::ScoreGqa(input, scores, log_normalisers);
+}
+
+// Reused per thread: a fresh n-float array per head and call costs page faults.
+std::vector<float>& ScoreScratch(size_t n) {
   thread_local std::vector<float> scores;
-  if (scores.size() < keys.num_tokens) scores.resize(keys.num_tokens);
+  if (scores.size() < n) scores.resize(n);
+  return scores;
+}
+
+}  // namespace
+
+HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, int group_size,
+                             uint32_t candidate_begin, uint32_t candidate_end, uint32_t k) {
+  std::vector<float>& scores = ScoreScratch(keys.num_tokens);
+  std::vector<double> log_normalisers(group_size);
   const absl::Time start = absl::Now();
-  if (!kernels::ScoreGqa(input, scores.data())) {
+  if (!ScoreAll(keys, group_queries, group_size, scores.data(), log_normalisers.data())) {
     HeadSelection overflow;
     overflow.overflow = true;
     return overflow;
   }
   const absl::Time scanned = absl::Now();
   HeadSelection selection = Select(scores, candidate_begin, candidate_end, k, /*plain=*/false);
+  selection.log_normalisers = std::move(log_normalisers);
   selection.scan_us = absl::ToDoubleMicroseconds(scanned - start);
   selection.select_us = absl::ToDoubleMicroseconds(absl::Now() - scanned);
   return selection;
@@ -128,6 +143,16 @@ HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queri
     }
   }
   return Select(combined, candidate_begin, candidate_end, k, /*plain=*/true);
+}
+
+std::vector<double> LogNormalisers(const HeadKeys& keys, const float* group_queries,
+                                   int group_size) {
+  std::vector<double> log_normalisers(group_size);
+  if (!ScoreAll(keys, group_queries, group_size, ScoreScratch(keys.num_tokens).data(),
+                log_normalisers.data())) {
+    return {};
+  }
+  return log_normalisers;
 }
 
 }  // namespace pqkv::server

@@ -25,6 +25,11 @@ struct HeadSelection {
   std::vector<uint32_t> positions;  // best first
   std::vector<float> scores;        // GQA softmax-sum of each position
   bool overflow = false;            // a logit was not finite: positions mean nothing
+  // Per query head of the group, log Z_g = log sum_t exp(logit_gt / sqrt(head_dim)) over
+  // all tokens with the logits the scores came from (natural log); filled by
+  // ScoreAndSelect, empty from the plain kernels and the GPU backend. RerankExact corrects
+  // these instead of summing a normaliser over the re-ranked tokens only.
+  std::vector<double> log_normalisers;
   // Time this head spent scoring (tables, scan, softmax) and selecting top-k,
   // microseconds; 0 where they are not measured apart (the GPU backend).
   double scan_us = 0;
@@ -49,6 +54,11 @@ HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, i
 
 HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queries, int group_size,
                                   uint32_t candidate_begin, uint32_t candidate_end, uint32_t k);
+
+// ScoreAndSelect's log_normalisers alone (the same scan, no selection), for selections
+// that carry none. Empty when a logit is not finite.
+std::vector<double> LogNormalisers(const HeadKeys& keys, const float* group_queries,
+                                   int group_size);
 
 }  // namespace pqkv::server
 

@@ -341,7 +341,7 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
     ParallelFor(pool, static_cast<int>(shape.num_kv_heads), [&](int h) {
       if (selection.heads[h].overflow) return;
       selection.heads[h] =
-          RerankExact(head_keys(h, /*with_codes=*/false), group_queries_of(h),
+          RerankExact(head_keys(h, use_codes), group_queries_of(h),
                       static_cast<int>(shape.group_size()), static_cast<uint32_t>(candidate_begin),
                       static_cast<uint32_t>(candidate_end), selection.heads[h], k_final);
     });
