@@ -32,4 +32,27 @@ void PqCodeStore::Append(const uint8_t* codes, size_t n) {
   size_ += n;
 }
 
+void PqCodeStore::Reserve(size_t tokens) {
+  codes_.reserve(tokens * subspaces_);
+  if (has_joined()) joined_.reserve(tokens);
+  if (has_fast_scan()) {
+    blocks_.reserve((tokens + kBlockTokens - 1) / kBlockTokens * block_bytes());
+  }
+}
+
+size_t PqCodeStore::bytes() const {
+  return codes_.capacity() + joined_.capacity() * sizeof(uint16_t) +
+         histogram_.capacity() * sizeof(uint32_t) + blocks_.capacity();
+}
+
+size_t PqCodeStore::BytesFor(int subspaces, int bits, size_t tokens) {
+  PqCodeStore shape(subspaces, bits);
+  size_t bytes = tokens * subspaces + shape.histogram_.capacity() * sizeof(uint32_t);
+  if (shape.has_joined()) bytes += tokens * sizeof(uint16_t);
+  if (shape.has_fast_scan()) {
+    bytes += (tokens + kBlockTokens - 1) / kBlockTokens * shape.block_bytes();
+  }
+  return bytes;
+}
+
 }  // namespace pqkv::kernels

@@ -26,6 +26,15 @@ class PqCodeStore {
 
   // Appends n tokens' codes, uint8 [n][M].
   void Append(const uint8_t* codes, size_t n);
+  // Makes room for `tokens` tokens in every layout, so that appending up to that many
+  // allocates nothing; never shrinks.
+  void Reserve(size_t tokens);
+  // Tokens the store holds room for (Reserve, or what appending left).
+  size_t capacity() const { return codes_.capacity() / subspaces_; }
+  // Heap bytes the store holds: its layouts' capacities.
+  size_t bytes() const;
+  // bytes() of a store of this shape after Reserve(tokens), with no more appended.
+  static size_t BytesFor(int subspaces, int bits, size_t tokens);
 
   size_t size() const { return size_; }
   int subspaces() const { return subspaces_; }

@@ -31,6 +31,15 @@ std::vector<uint32_t> RopePairOrder(int dim) {
 
 }  // namespace
 
+size_t PqCodebook::bytes() const {
+  size_t floats = centroids_.capacity();
+  if (pq_ != nullptr) {
+    floats += pq_->centroids.capacity() + pq_->transposed_centroids.capacity() +
+              pq_->centroids_sq_lengths.capacity() + pq_->sdc_table.capacity();
+  }
+  return floats * sizeof(float) + order_.capacity() * sizeof(uint32_t);
+}
+
 void PqCodebook::PermuteDims(const float* in, size_t rows, float* out) const {
   const size_t dim = static_cast<size_t>(shape_.subspaces) * shape_.subspace_dim;
   if (order_.empty()) {

@@ -46,6 +46,10 @@ class PqCodebook {
   // by PermuteDims(q) . centroid.
   const std::vector<float>& centroids() const { return centroids_; }
 
+  // Heap bytes the codebook holds, about: its centroids, FAISS's copy of them and the
+  // dimension order.
+  size_t bytes() const;
+
   // Whether PermuteDims reorders anything (RoPE pairs on).
   bool permutes() const { return !order_.empty(); }
   // out[j] = in[order[j]] for `rows` vectors of dim floats; a copy without RoPE pairs.

@@ -66,6 +66,8 @@ LayerStore::LayerStore(uint32_t layer, const SessionConfig& config, PageArena* a
 
 LayerStore::~LayerStore() {
   if (gpu_ != nullptr) gpu_->ReleaseLayer(gpu_layer_);
+  absl::MutexLock lock(&mu_);
+  if (!index_pages_.empty()) arena_->Free(index_pages_);
 }
 
 size_t LayerStore::MetadataBytes(const SessionConfig& config) {
@@ -110,6 +112,14 @@ absl::Status LayerStore::Append(uint64_t token_begin, uint32_t num_tokens, absl:
   if (num_tokens_ + num_tokens > UINT32_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat("layer ", layer_, " would exceed ", UINT32_MAX, " tokens"));
+  }
+  // The new tokens' codes first: pages charging them, and code stores with room for them
+  // (so that encoding allocates nothing uncharged).
+  if (index_state_ == IndexState::kReady) {
+    if (absl::Status charged = ReserveIndexLocked(num_tokens_ + num_tokens, codebooks_, codes_);
+        !charged.ok()) {
+      return charged;
+    }
   }
   // Every kv head's K and V rows grow alike, so one head tells how many pages each needs.
   const size_t pages_per_tensor = keys_[0]->PagesNeededFor(num_tokens);
@@ -206,6 +216,16 @@ void LayerStore::SettleIndex(IndexState state, std::vector<PqCodebook> codebooks
     absl::MutexLock lock(&mu_);
     index_build_ms_ = build_ms;
     if (state == IndexState::kReady) {
+      // Tokens appended while training are encoded below: room for them too.
+      if (absl::Status charged = ReserveIndexLocked(num_tokens_, codebooks, codes); !charged.ok()) {
+        ServerLogger().error("layer {} index dropped, scoring exactly: {}", layer_,
+                             charged.ToString());
+        state = IndexState::kFailed;
+        codebooks.clear();
+        codes.clear();
+      }
+    }
+    if (state == IndexState::kReady) {
       codebooks_ = std::move(codebooks);
       num_encoded_ = codes.empty() ? 0 : codes[0].size();
       codes_ = std::move(codes);
@@ -222,6 +242,33 @@ bool LayerStore::DeferUntilIndexSettled(absl::AnyInvocable<void() &&>& ready) {
   if (index_state_ != IndexState::kBuilding) return false;
   settle_waiters_.push_back(std::move(ready));
   return true;
+}
+
+absl::Status LayerStore::ReserveIndexLocked(size_t tokens, const std::vector<PqCodebook>& codebooks,
+                                            std::vector<kernels::PqCodeStore>& codes) {
+  if (codes.empty()) return absl::OkStatus();
+  const IndexOptions& options = config_.index;
+  // Grown by half at least, so that one token at a time costs amortised O(1) copies.
+  size_t capacity = codes[0].capacity();
+  if (tokens > capacity) capacity = std::max(tokens, capacity + capacity / 2);
+  size_t bytes = 0;
+  for (const PqCodebook& codebook : codebooks) bytes += codebook.bytes();
+  bytes += codes.size() * kernels::PqCodeStore::BytesFor(static_cast<int>(options.subspaces),
+                                                         static_cast<int>(options.bits), capacity);
+  const size_t pages = (bytes + arena_->page_bytes() - 1) / arena_->page_bytes();
+  if (pages > index_pages_.size()) {
+    absl::StatusOr<std::vector<uint32_t>> more = arena_->Allocate(pages - index_pages_.size());
+    if (!more.ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "layer ", layer_, ": the PQ index of ", codes.size(), " kv heads for ", tokens,
+          " tokens (", options.subspaces, " x ", options.bits, " bits) needs ", bytes,
+          " bytes of codebooks and codes, which does not fit the memory budget: ",
+          more.status().message()));
+    }
+    index_pages_.insert(index_pages_.end(), more->begin(), more->end());
+  }
+  for (kernels::PqCodeStore& store : codes) store.Reserve(capacity);
+  return absl::OkStatus();
 }
 
 void LayerStore::EncodeTailLocked() {
@@ -419,6 +466,7 @@ LayerStatus LayerStore::Status() const {
   status.index_build_ms = index_build_ms_;
   for (const auto& rows : keys_) status.bytes_held += rows->bytes_held();
   for (const auto& rows : values_) status.bytes_held += rows->bytes_held();
+  status.bytes_held += index_pages_.size() * arena_->page_bytes();
   return status;
 }
 

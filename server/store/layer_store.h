@@ -36,7 +36,7 @@ enum class IndexState {
   kBuilding,  // codebooks training: Retrieve waits
   kReady,     // scored from PQ codes
   kExact,     // too few tokens to train: scored exactly
-  kFailed,    // training failed: scored exactly
+  kFailed,    // training failed, or its codes did not fit the memory budget: scored exactly
 };
 
 struct LayerStatus {
@@ -44,7 +44,7 @@ struct LayerStatus {
   IndexState index_state = IndexState::kOpen;
   uint64_t num_encoded = 0;
   double index_build_ms = 0;
-  size_t bytes_held = 0;
+  size_t bytes_held = 0;  // K/V pages and the pages charging the PQ index
 };
 
 struct LayerSelection {
@@ -58,7 +58,8 @@ class LayerStore {
   // gpu: the CUDA backend, or null for the CPU one; must outlive the store.
   LayerStore(uint32_t layer, const SessionConfig& config, PageArena* arena,
              GpuScorer* gpu = nullptr);
-  // Releases the layer's device memory on the GPU scorer, if any.
+  // Releases the layer's device memory on the GPU scorer, if any, and the pages that
+  // charge its PQ index.
   ~LayerStore();
 
   LayerStore(const LayerStore&) = delete;
@@ -69,7 +70,9 @@ class LayerStore {
   // to the memory budget with the session (Session::MetadataBytes).
   static size_t MetadataBytes(const SessionConfig& config);
 
-  // Appends num_tokens tokens at token_begin, which must equal the tokens held.
+  // Appends num_tokens tokens at token_begin, which must equal the tokens held. Once the
+  // index is ready their codes are charged to the memory budget too (RESOURCE_EXHAUSTED
+  // with the numbers when they do not fit).
   // keys, values: [kv_head][token][head_dim] in the session's dtype, finite (NaN or Inf
   // is refused, naming the first such row). All or nothing: on error nothing changes.
   absl::Status Append(uint64_t token_begin, uint32_t num_tokens, absl::string_view keys,
@@ -80,6 +83,9 @@ class LayerStore {
   bool SealPrefill();
 
   // Trains the codebooks and encodes every token. Call once after SealPrefill() == true.
+  // The codebooks and codes are charged to the memory budget (arena pages) before they
+  // are installed; when they do not fit, the layer is kFailed (scored exactly) and the
+  // log says so with the numbers.
   void BuildIndex();
   // Instead of BuildIndex, when the build will not run (its session closed): the layer
   // is scored exactly from now on.
@@ -114,6 +120,13 @@ class LayerStore {
   // Leaves the building state; runs what DeferUntilIndexSettled kept.
   void SettleIndex(IndexState state, std::vector<PqCodebook> codebooks,
                    std::vector<kernels::PqCodeStore> codes, double build_ms);
+  // Makes the index pages charge the codebooks and codes of `tokens` tokens per kv head,
+  // growing every code store's capacity (by half at least) when it holds less; with
+  // `codebooks` and `codes` about to be installed, or the installed ones (null). Nothing
+  // changes on RESOURCE_EXHAUSTED, which gives the numbers.
+  absl::Status ReserveIndexLocked(size_t tokens, const std::vector<PqCodebook>& codebooks,
+                                  std::vector<kernels::PqCodeStore>& codes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Encodes tokens [num_encoded_, num_tokens_) with the installed codebooks.
   void EncodeTailLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies kv head h's keys [0, n) as fp32 [n][head_dim].
@@ -142,6 +155,9 @@ class LayerStore {
   std::vector<PqCodebook> codebooks_ ABSL_GUARDED_BY(mu_);        // per kv head once ready
   std::vector<kernels::PqCodeStore> codes_ ABSL_GUARDED_BY(mu_);  // per kv head once ready
   uint64_t num_encoded_ ABSL_GUARDED_BY(mu_) = 0;
+  // Arena pages (never written, so never resident) that charge the codebooks' and code
+  // stores' heap bytes to the memory budget; freed with the layer.
+  std::vector<uint32_t> index_pages_ ABSL_GUARDED_BY(mu_);
   double index_build_ms_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<absl::AnyInvocable<void() &&>> settle_waiters_ ABSL_GUARDED_BY(mu_);
 };

@@ -119,6 +119,73 @@ TEST_CASE("Create/close cycles of empty sessions do not grow the server's memory
   CHECK(server->Stop() == 0);
 }
 
+// 1 layer x 8 kv heads x 64 dims, fp32, indexed 16 x 4 bits (fast-scan): 24 bytes of
+// codes per token and kv head (16 one-byte codes + 8 packed), 192 per token.
+SessionOptions IndexedSession() {
+  SessionOptions options;
+  options.shape = {1, 8, 8, 64, DType::kFp32};
+  options.index.subspaces = 16;
+  options.index.bits = 4;
+  options.index.kmeans_iterations = 2;
+  options.index.sink_tokens = 4;
+  options.index.recent_window = 16;
+  return options;
+}
+
+// Uploads n tokens of random K/V as the whole prefill and waits (a Retrieve waits for the
+// build) until the layer's index settles; returns its state.
+IndexState UploadAndIndex(Client& client, const std::string& id, uint32_t n) {
+  const SessionOptions options = IndexedSession();
+  const size_t floats = size_t{n} * options.shape.num_kv_heads * options.shape.head_dim;
+  std::vector<float> keys(floats), values(floats);
+  uint32_t x = 12345;
+  for (size_t i = 0; i < floats; ++i) {
+    x = x * 1664525u + 1013904223u;
+    keys[i] = static_cast<float>(x >> 8) / (1 << 24) - 0.5f;
+    values[i] = keys[i];
+  }
+  REQUIRE(client.UploadPrefill(id, 0, 0, n, keys.data(), values.data(), true).ok());
+  auto stream = client.OpenRetrievalStream().value();
+  std::vector<float> query(size_t{options.shape.num_query_heads} * options.shape.head_dim, 0.1f);
+  RetrieveQuery retrieve;
+  retrieve.session_id = id;
+  retrieve.query = query;
+  retrieve.k = 8;
+  REQUIRE(stream->Retrieve(0, absl::MakeConstSpan(&retrieve, 1)).ok());
+  REQUIRE(stream->Close().ok());
+  return client.GetSession(id)->layers.at(0).index_state;
+}
+
+TEST_CASE("PQ codes are charged to the memory budget and bytes_held", "[integration]") {
+  constexpr uint32_t kTokens = 32768;
+  // K/V: 32768 x 8 x 64 x 4 bytes x 2 = 128 MiB; codes: 32768 x 8 x 24 = 6 MiB.
+  constexpr size_t kCodeBytes = size_t{kTokens} * 8 * 24;
+  SECTION("bytes_held grows by the codes once the index is built, and closing gives it back") {
+    auto server = StartServer({"--memory_budget=256MiB"});
+    auto client = Client::Connect(server->address()).value();
+    const std::string id = client->CreateSession(IndexedSession()).value();
+    const uint64_t empty = client->GetServerStats()->bytes_held;
+    REQUIRE(UploadAndIndex(*client, id, kTokens) == IndexState::kReady);
+    const uint64_t kv = size_t{kTokens} * 8 * 64 * 4 * 2;
+    const uint64_t held = client->GetSession(id)->bytes_held;
+    INFO("empty " << empty << ", held " << held << ", K/V " << kv << ", codes " << kCodeBytes);
+    CHECK(held >= empty + kv + kCodeBytes);
+    CHECK(client->GetServerStats()->bytes_held == held);
+    REQUIRE(client->CloseSession(id).ok());
+    CHECK(client->GetServerStats()->bytes_held == 0);
+    CHECK(server->Stop() == 0);
+  }
+  SECTION("an index that does not fit is refused (the log has the numbers); exact scoring") {
+    // The K/V fits in 132 MiB, its codes do not.
+    auto server = StartServer({"--memory_budget=132MiB"});
+    auto client = Client::Connect(server->address()).value();
+    const std::string id = client->CreateSession(IndexedSession()).value();
+    CHECK(UploadAndIndex(*client, id, kTokens) == IndexState::kFailed);
+    CHECK(client->GetServerStats()->bytes_held <= 132 * kMiB);
+    CHECK(server->Stop() == 0);
+  }
+}
+
 TEST_CASE("GetServerStats shows a token its own sessions; totals without auth or for admin",
           "[integration]") {
   const std::string tokens = std::string(std::getenv("TEST_TMPDIR")) + "/stats_tokens";

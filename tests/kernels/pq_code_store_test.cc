@@ -1,6 +1,7 @@
 #include "kernels/pq_code_store.h"
 
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "catch2/catch.hpp"
@@ -52,6 +53,23 @@ TEST_CASE("PqCodeStore keeps every layout consistent across appends", "[kernels]
   }
   CHECK(store.has_joined() == (M * bits <= 12));
   CHECK(store.has_fast_scan() == (bits == 4 && M % 2 == 0));
+}
+
+TEST_CASE("PqCodeStore::Reserve makes room that appends use, and BytesFor says its size",
+          "[kernels]") {
+  const auto [M, bits] = GENERATE(std::pair{2, 6}, std::pair{16, 4}, std::pair{4, 8});
+  PqCodeStore store(M, bits);
+  store.Reserve(1000);
+  CHECK(store.capacity() == 1000);
+  const size_t reserved = store.bytes();
+  CHECK(reserved == PqCodeStore::BytesFor(M, bits, 1000));
+  const std::vector<uint8_t> codes(static_cast<size_t>(999) * M, 1);
+  store.Append(codes.data(), 999);
+  store.Append(codes.data(), 1);
+  CHECK(store.bytes() == reserved);  // nothing allocated past the reservation
+  CHECK(store.capacity() == 1000);
+  store.Reserve(10);  // never shrinks
+  CHECK(store.bytes() == reserved);
 }
 
 }  // namespace
