@@ -26,7 +26,8 @@ pipeline  A decode step over every layer with a worker-side computation of about
           Per mode: the computation's measured median (compute_us), the serial loop's
           median round trip (serial_rt_us), the median step time of --steps steps each
           way, pipelined / serial, and the median time the pipelined loop waited for a
-          layer's result (stall_us; near 0 when the computation bounds the loop).
+          layer's result (stall_us; near 0 when the computation bounds the loop) and
+          that retrieve_async took to return (submit_us: placing and sending the request).
 
 --json prints one JSON object per row on stdout (the tables go to stderr).
 """
@@ -196,9 +197,9 @@ def main() -> None:
                 f"{hot_s * 1e6:.0f} us between calls (cpu: {count} numpy 96x96 matmuls), "
                 f"{args.steps} steps")
             log(f"{'compute':8} {'compute_us':>10} {'serial_rt_us':>12} {'serial_ms':>10} "
-                f"{'pipelined_ms':>13} {'ratio':>7} {'stall_us':>9}")
+                f"{'pipelined_ms':>13} {'ratio':>7} {'stall_us':>9} {'submit_us':>9}")
             for name, compute in computations.items():
-                serial, pipelined, stalls, computed, round_trips = [], [], [], [], []
+                serial, pipelined, stalls, computed, round_trips, submits = [], [], [], [], [], []
 
                 def timed(fn, into):
                     t1 = time.perf_counter()
@@ -217,16 +218,18 @@ def main() -> None:
                     for layer in range(args.layers):
                         timed(future.result, stalls)
                         if layer + 1 < args.layers:
-                            future = stream.retrieve_async(layer + 1, [pq_query])
+                            future = timed(lambda: stream.retrieve_async(layer + 1, [pq_query]),
+                                           submits)
                         timed(compute, computed)
                     pipelined.append(time.perf_counter() - t0)
                 s, p = statistics.median(serial) * 1e3, statistics.median(pipelined) * 1e3
                 row = {"mode": "pipeline", "compute": name,
                        "compute_us": statistics.median(computed),
                        "serial_rt_us": statistics.median(round_trips), "serial_ms": s,
-                       "pipelined_ms": p, "ratio": p / s, "stall_us": statistics.median(stalls)}
+                       "pipelined_ms": p, "ratio": p / s, "stall_us": statistics.median(stalls),
+                       "submit_us": statistics.median(submits)}
                 log(f"{name:8} {row['compute_us']:10.0f} {row['serial_rt_us']:12.0f} {s:10.2f} "
-                    f"{p:13.2f} {p / s:7.3f} {row['stall_us']:9.0f}")
+                    f"{p:13.2f} {p / s:7.3f} {row['stall_us']:9.0f} {row['submit_us']:9.0f}")
                 rows.append(row)
         session.close()
     if args.json:
