@@ -1,6 +1,6 @@
 // Fuzz target: the check of a client's UCX data plane offer before any of it reaches UCX
 // (server/dataplane/ucx_offer_check.h). The input is a DataPlaneOffer's bytes as a client
-// sends it in a Retrieve request: CheckWorkerAddress on its worker address and PrepareRkey
+// sends it in a Retrieve request: UcxWorkerAddress::Parse on its worker address and PrepareRkey
 // on its packed remote key (framing, memory type, System V sections, whose segments are
 // looked up and pinned, and the trailer). Checks: a prepared key is the offered key less the
 // sections it dropped, one pin per kept segment, and preparing it again changes nothing.
@@ -9,6 +9,7 @@
 
 #include "pqkv/v1/pqkv.pb.h"
 #include "server/dataplane/ucx_offer_check.h"
+#include "server/dataplane/ucx_worker_address.h"
 #include "tests/fuzz/fuzz_check.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -16,10 +17,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   pqkv::v1::DataPlaneOffer offer;
   if (!offer.ParseFromArray(data, static_cast<int>(size))) return 0;
   const std::string& address = offer.worker_address();
-  // UCX 1.13 writes version 0 addresses; the check must refuse any other and short ones.
-  const bool address_ok = server::CheckWorkerAddress(address, 0).ok();
-  FUZZ_CHECK(address_ok == (address.size() >= 2 && (static_cast<uint8_t>(address[0]) & 0xf) == 0),
-             "CheckWorkerAddress of %zu bytes says %d", address.size(), address_ok);
+  // The worker address is parsed whole (every length bounded) before UCX sees it. The walk
+  // is deterministic and must end at the last byte, so an address one byte short of one
+  // that parses never does.
+  for (const uint8_t version : {0, 1}) {
+    absl::StatusOr<server::UcxWorkerAddress> parsed =
+        server::UcxWorkerAddress::Parse(address, version);
+    if (!parsed.ok()) {
+      FUZZ_CHECK(parsed.status().code() == absl::StatusCode::kInvalidArgument &&
+                     !parsed.status().message().empty(),
+                 "%s", parsed.status().ToString().c_str());
+      continue;
+    }
+    FUZZ_CHECK(parsed->interfaces() <= 128, "%d interfaces", parsed->interfaces());
+    for (const server::UcxTcpEndpoint& endpoint : parsed->tcp_endpoints()) {
+      FUZZ_CHECK(!endpoint.ToString().empty(), "an endpoint without a name");
+    }
+    FUZZ_CHECK(
+        !server::UcxWorkerAddress::Parse(absl::string_view(address).substr(0, address.size() - 1),
+                                         version)
+             .ok(),
+        "a %zu-byte address parses, and so does its first %zu bytes", address.size(),
+        address.size() - 1);
+  }
 
   absl::StatusOr<server::PreparedRkey> prepared = server::PrepareRkey(offer.rkey());
   if (!prepared.ok()) {
