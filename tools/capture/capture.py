@@ -21,6 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_PROMPT = os.path.join(HERE, "prompts", "gpl-3.0+apache-2.0.txt")
 sys.path.insert(0, HERE)
+# The model code (GGUF loader, tokenizer, numpy forward pass) is python/pqkv_worker.
+sys.path.insert(0, os.path.join(REPO_ROOT, "python"))
 
 
 def log(msg: str) -> None:
@@ -70,9 +72,9 @@ def capture_gguf(args, text: str):
     import gguf
     import numpy as np
 
-    import gguf_weights
-    import tokenizer as tk
-    from llama_numpy import LlamaNumpy
+    from pqkv_worker import gguf_weights
+    from pqkv_worker import tokenizer as tk
+    from pqkv_worker.llama_numpy import LlamaNumpy
 
     path = args.gguf or gguf_weights.default_gguf_path()
     t0 = time.perf_counter()

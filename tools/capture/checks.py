@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from gguf_weights import LlamaWeights, half_to_interleaved
-from llama_numpy import LlamaNumpy
+from pqkv_worker.gguf_weights import LlamaWeights, half_to_interleaved
+from pqkv_worker.llama_numpy import LlamaNumpy
 
 
 def log(msg: str) -> None:

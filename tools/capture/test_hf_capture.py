@@ -26,13 +26,14 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))  # pqkv_worker
 
 import gguf  # noqa: E402
-import gguf_weights  # noqa: E402
-import tokenizer as tk  # noqa: E402
+from pqkv_worker import gguf_weights  # noqa: E402
+from pqkv_worker import tokenizer as tk  # noqa: E402
 from capture_format import validate_capture  # noqa: E402
-from gguf_weights import LlamaConfig as NpConfig, LlamaWeights  # noqa: E402
-from llama_numpy import LlamaNumpy  # noqa: E402
+from pqkv_worker.gguf_weights import LlamaConfig as NpConfig, LlamaWeights  # noqa: E402
+from pqkv_worker.llama_numpy import LlamaNumpy  # noqa: E402
 
 failures = []
 

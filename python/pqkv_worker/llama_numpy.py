@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gguf_weights import LlamaWeights
+from .gguf_weights import LlamaWeights
 
 
 class KVCache:

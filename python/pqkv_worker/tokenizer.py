@@ -61,7 +61,7 @@ class GgufTokenizer:
 def build_tokenizer(reader) -> GgufTokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    from gguf_weights import field_value
+    from .gguf_weights import field_value
 
     model = field_value(reader, "tokenizer.ggml.model")
     if model != "gpt2":
