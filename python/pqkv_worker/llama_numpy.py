@@ -44,6 +44,11 @@ class LlamaNumpy:
         d = self.cfg.head_dim
         # Angles in float64, then cast: keeps RoPE accurate at 8K positions.
         self.inv_freq = self.cfg.rope_theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+        # cos/sin of every position up to the context length, computed once:
+        # [positions, head_dim / 2] each, float32.
+        ang = np.arange(max(self.cfg.context_length, 1), dtype=np.float64)[:, None] * self.inv_freq
+        self.rope_cos = np.cos(ang).astype(np.float32)
+        self.rope_sin = np.sin(ang).astype(np.float32)
 
     def new_cache(self, capacity: int) -> KVCache:
         c = self.cfg
@@ -51,9 +56,13 @@ class LlamaNumpy:
 
     def rope(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Rotate x [heads, L, head_dim] for the given absolute positions [L]."""
-        ang = positions.astype(np.float64)[:, None] * self.inv_freq[None, :]
-        cos = np.cos(ang).astype(np.float32)
-        sin = np.sin(ang).astype(np.float32)
+        positions = np.asarray(positions)
+        if positions.size and positions.max() < len(self.rope_cos):
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        else:
+            ang = positions.astype(np.float64)[:, None] * self.inv_freq[None, :]
+            cos = np.cos(ang).astype(np.float32)
+            sin = np.sin(ang).astype(np.float32)
         half = x.shape[-1] // 2
         out = np.empty_like(x)
         if self.w.rope_layout == "half":
