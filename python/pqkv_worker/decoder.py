@@ -30,7 +30,8 @@ import numpy as np
 import pqkv
 
 from .llama_numpy import LlamaNumpy, rms_norm, silu
-from .methods import MethodSpec, oracle_topk, quest_select, softmax_last
+from .methods import (QUEST_PAGE_TOKENS, MethodSpec, oracle_topk, quest_bounds, quest_select,
+                      softmax_last)
 
 
 class Prefix:
@@ -88,6 +89,7 @@ class Decoder:
         self._np_dtype = {"fp16": np.float16, "fp32": np.float32}[dtype]
         self._stream = client.retrieval_stream(data_path=data_path) if client else None
         self.prefix: Optional[Prefix] = None
+        self._quest_cache: dict = {}  # (id(prefix), layer) -> its whole pages' bounds
 
     def close(self) -> None:
         if self._stream is not None:
@@ -133,6 +135,7 @@ class Decoder:
         """Makes `prefix` the lanes' shared past; uploads it layer by layer unless it was
         uploaded already (upload_layer during the prefill)."""
         self.prefix = prefix
+        self._quest_cache.clear()
         if upload:
             for layer in range(self.cfg.num_layers):
                 self.upload_layer(lanes, layer, prefix.k[layer], prefix.v[layer])
@@ -212,6 +215,33 @@ class Decoder:
         return (np.matmul(p[..., :n], self.prefix.v[layer]) +
                 np.matmul(p[..., n:], lane.tail_v[layer][:, :pos + 1 - n]))
 
+    def _quest_bounds(self, lane: Lane, layer: int, begin: int, end: int):
+        """quest_bounds of candidates [begin, end), the prefix's whole pages computed once
+        per prefix and layer (they never change), only the edges at every step."""
+        P = QUEST_PAGE_TOKENS
+        key = (id(self.prefix), layer)
+        if key not in self._quest_cache:
+            full = self.prefix.n // P * P
+            self._quest_cache[key] = quest_bounds(np.ascontiguousarray(
+                self.prefix.k[layer][:, :full]), 0, full) if full else None
+        cached = self._quest_cache[key]
+        a = -(-begin // P)  # the first page wholly inside [begin, end)
+        b = min(end // P, 0 if cached is None else cached[0].shape[1])  # cached, whole
+        if b - a < 1:
+            return quest_bounds(self._rows(lane, layer, begin, end), begin, end)
+        los, his = [], []
+        if begin < a * P:
+            lo, hi = quest_bounds(self._rows(lane, layer, begin, a * P), begin, a * P)
+            los.append(lo)
+            his.append(hi)
+        los.append(cached[0][:, a:b])
+        his.append(cached[1][:, a:b])
+        if b * P < end:
+            lo, hi = quest_bounds(self._rows(lane, layer, b * P, end), b * P, end)
+            los.append(lo)
+            his.append(hi)
+        return np.concatenate(los, axis=1), np.concatenate(his, axis=1)
+
     def _attend_rows(self, qg: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         p = softmax_last(np.matmul(qg, keys.transpose(0, 2, 1)) * self.scale)
         return np.matmul(p, values)
@@ -254,7 +284,8 @@ class Decoder:
         if name == "oracle":
             chosen = oracle_topk(logits, begin, end, lane.k)
         elif name == "quest":
-            chosen = quest_select(self._rows(lane, layer, begin, end), qg, begin, end, lane.k)
+            lo, hi = self._quest_bounds(lane, layer, begin, end)
+            chosen = quest_select(lo, hi, qg, begin, end, lane.k)
         else:
             raise ValueError(f"unknown method {name}")
         keep = np.zeros(logits.shape[::2], bool)  # [kv, pos + 1]

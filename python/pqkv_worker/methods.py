@@ -105,31 +105,38 @@ def oracle_topk(logits: np.ndarray, begin: int, end: int, k: int) -> np.ndarray:
     return part + begin
 
 
-def quest_select(keys: np.ndarray, q: np.ndarray, begin: int, end: int, k: int,
-                 page_tokens: int = QUEST_PAGE_TOKENS) -> np.ndarray:
-    """Quest's page selection among candidates [begin, end).
-
-    keys: the candidates' keys [kv_heads, end - begin, d] (positions begin..end-1);
-    q: the group's queries [kv_heads, group, d]. Pages are aligned to absolute positions
-    (multiples of page_tokens); edge pages count only their candidates. A page's bound for
-    a query head is sum_i max(q_i lo_i, q_i hi_i) / sqrt(d); the group's bounds are
-    combined as a sum of softmax over pages (as pqkv combines GQA scores); pages are taken
-    best first until k tokens (the last one cut short). Returns positions [kv_heads, k].
-    """
-    d = keys.shape[-1]
+def quest_bounds(keys: np.ndarray, begin: int, end: int,
+                 page_tokens: int = QUEST_PAGE_TOKENS):
+    """Per-channel min and max of the keys of each page of candidates [begin, end):
+    keys [kv_heads, end - begin, d] -> (lo, hi), each [kv_heads, pages, d]. Pages are
+    aligned to absolute positions (multiples of page_tokens); edge pages count only their
+    candidates."""
     first_page = begin // page_tokens
     starts = [0] + [p * page_tokens - begin
                     for p in range(first_page + 1, (end - 1) // page_tokens + 1)]
     idx = np.asarray(starts)
-    lo = np.minimum.reduceat(keys, idx, axis=1)  # [kv, P, d]
-    hi = np.maximum.reduceat(keys, idx, axis=1)
+    return np.minimum.reduceat(keys, idx, axis=1), np.maximum.reduceat(keys, idx, axis=1)
+
+
+def quest_select(lo: np.ndarray, hi: np.ndarray, q: np.ndarray, begin: int, end: int, k: int,
+                 page_tokens: int = QUEST_PAGE_TOKENS) -> np.ndarray:
+    """Quest's page selection among candidates [begin, end).
+
+    lo, hi: quest_bounds of the candidates' keys; q: the group's queries [kv_heads, group,
+    d]. A page's bound for a query head is sum_i max(q_i lo_i, q_i hi_i) / sqrt(d); the
+    group's bounds are combined as a sum of softmax over pages (as pqkv combines GQA
+    scores); pages are taken best first until k tokens (the last one cut short). Returns
+    positions [kv_heads, k].
+    """
+    d = lo.shape[-1]
+    first_page = begin // page_tokens
     qe = q[:, :, None, :]  # [kv, g, 1, d]
     bound = np.maximum(qe * lo[:, None], qe * hi[:, None]).sum(-1) / np.sqrt(d)  # [kv, g, P]
     combined = softmax_last(bound).sum(axis=1)  # [kv, P]
-    page_begin = np.maximum(begin, (first_page + np.arange(len(idx))) * page_tokens)
+    page_begin = np.maximum(begin, (first_page + np.arange(lo.shape[1])) * page_tokens)
     page_end = np.minimum(end, page_begin // page_tokens * page_tokens + page_tokens)
-    out = np.empty((keys.shape[0], k), np.int64)
-    for h in range(keys.shape[0]):
+    out = np.empty((lo.shape[0], k), np.int64)
+    for h in range(lo.shape[0]):
         order = np.argsort(-combined[h], kind="stable")
         sizes = (page_end - page_begin)[order]
         need = int(np.searchsorted(np.cumsum(sizes), k)) + 1
