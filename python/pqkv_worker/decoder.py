@@ -59,6 +59,7 @@ class Lane:
     tail_k: List[np.ndarray]
     tail_v: List[np.ndarray]
     session: Optional[pqkv.Session] = None
+    owns_session: bool = True  # False: a shared session, never appended to or closed here
     steps: int = 0
     roundtrip_us: List[float] = dataclasses.field(default_factory=list)
     data_path: str = ""
@@ -90,6 +91,9 @@ class Decoder:
         self._stream = client.retrieval_stream(data_path=data_path) if client else None
         self.prefix: Optional[Prefix] = None
         self._quest_cache: dict = {}  # (id(prefix), layer) -> its whole pages' bounds
+        # Where the candidates end, when fixed (shared sessions: the context's length - W);
+        # None: at pos - W, the session growing with every step.
+        self.frozen_end: Optional[int] = None
 
     def close(self) -> None:
         if self._stream is not None:
@@ -99,9 +103,10 @@ class Decoder:
     # -- lanes ------------------------------------------------------------------------
 
     def create_lanes(self, specs: Sequence[MethodSpec], context_tokens: int,
-                     max_steps: int) -> List[Lane]:
+                     max_steps: int, shared: Optional[dict] = None) -> List[Lane]:
         """Lanes for `specs` (k from context_tokens), room for max_steps tokens each; a
-        pqkv lane's session is created here, empty: upload_layer fills it."""
+        pqkv lane's session is created here, empty: upload_layer fills it. With `shared`
+        (share_sessions), pqkv lanes use those sessions instead and append nothing."""
         c = self.cfg
         lanes = []
         for spec in specs:
@@ -109,21 +114,44 @@ class Decoder:
             lane = Lane(spec, spec.k_for(context_tokens),
                         [np.zeros(shape, np.float32) for _ in range(c.num_layers)],
                         [np.zeros(shape, np.float32) for _ in range(c.num_layers)])
-            if spec.uses_pqkv:
+            if spec.uses_pqkv and shared is not None:
+                lane.session = shared[_index_key(spec)]
+                lane.owns_session = False
+            elif spec.uses_pqkv:
                 if self.client is None:
                     raise ValueError(f"{spec.label} needs a pqkv client")
-                index = pqkv.IndexOptions(subspaces=spec.subspaces, bits=spec.bits,
-                                          sink_tokens=self.sinks, recent_window=self.window,
-                                          rope_pairs=spec.rope_pairs or None)
-                lane.session = self.client.create_session(self.shape, index)
+                lane.session = self._new_session(spec)
             lanes.append(lane)
         return lanes
+
+    def _new_session(self, spec: MethodSpec) -> pqkv.Session:
+        index = pqkv.IndexOptions(subspaces=spec.subspaces, bits=spec.bits,
+                                  sink_tokens=self.sinks, recent_window=self.window,
+                                  rope_pairs=spec.rope_pairs or None)
+        return self.client.create_session(self.shape, index)
+
+    def share_sessions(self, specs: Sequence[MethodSpec], prefix: Prefix) -> dict:
+        """One session per distinct index setting among the pqkv specs, holding `prefix`
+        (uploaded layer by layer), for branches that all continue the same context by a
+        few tokens: their lanes keep the branch's tokens in the recent window and append
+        nothing, and every lane's candidates end at prefix.n - W (frozen_end)."""
+        shared = {}
+        for spec in specs:
+            if spec.uses_pqkv and _index_key(spec) not in shared:
+                shared[_index_key(spec)] = self._new_session(spec)
+        for layer in range(self.cfg.num_layers):
+            k = np.ascontiguousarray(prefix.k[layer], self._np_dtype)
+            v = np.ascontiguousarray(prefix.v[layer], self._np_dtype)
+            for session in shared.values():
+                session.upload_prefill(layer, k, v)
+        return shared
 
     def upload_layer(self, lanes: Sequence[Lane], layer: int, keys: np.ndarray,
                      values: np.ndarray) -> None:
         """Uploads one layer's prefix K/V [kv_heads, n, head_dim] to every pqkv lane's
         session with end_of_prefill: the server starts indexing that layer at once."""
-        sessions = [lane.session for lane in lanes if lane.session is not None]
+        sessions = [lane.session for lane in lanes
+                    if lane.session is not None and lane.owns_session]
         if not sessions:
             return
         k = np.ascontiguousarray(keys, self._np_dtype)
@@ -142,9 +170,9 @@ class Decoder:
 
     def close_lanes(self, lanes: Sequence[Lane]) -> None:
         for lane in lanes:
-            if lane.session is not None:
+            if lane.session is not None and lane.owns_session:
                 lane.session.close()
-                lane.session = None
+            lane.session = None
 
     # -- one step ---------------------------------------------------------------------
 
@@ -182,7 +210,7 @@ class Decoder:
             gu = h @ lw["w_gate_up"].T
             x = x + (silu(gu[:, :c.ffn]) * gu[:, c.ffn:]) @ lw["w_down"].T
         for lane in lanes:
-            if lane.session is not None:
+            if lane.session is not None and lane.owns_session:
                 keys = np.stack([t[:, i] for t in lane.tail_k]).astype(self._np_dtype)
                 values = np.stack([t[:, i] for t in lane.tail_v]).astype(self._np_dtype)
                 lane.session.append_token(pos, keys, values)
@@ -254,7 +282,8 @@ class Decoder:
         if name == "full":
             return self._weighted(lane, layer, softmax_last(self._logits(lane, layer, qg, pos)),
                                   pos)
-        begin, end = S, pos - W  # the candidates, as the server has them
+        # The candidates, as the server has them.
+        begin, end = S, pos - W if self.frozen_end is None else self.frozen_end
         if end - begin < lane.k:
             raise ValueError(f"{end - begin} candidates at position {pos}, k = {lane.k}")
         if name == "streaming":
@@ -294,3 +323,7 @@ class Decoder:
         np.put_along_axis(keep, chosen, True, axis=1)
         logits = np.where(keep[:, None, :], logits, np.float32(-np.inf))
         return self._weighted(lane, layer, softmax_last(logits), pos)
+
+
+def _index_key(spec: MethodSpec) -> tuple:
+    return (spec.subspaces, spec.bits, spec.rope_pairs)

@@ -37,17 +37,20 @@ class BranchResult:
 
 def run_branch(decoder: Decoder, cache: KVCache, context_tokens: int, prompt: Sequence[int],
                specs: Sequence[MethodSpec], steps: int,
-               forced: Optional[Sequence[int]] = None) -> BranchResult:
+               forced: Optional[Sequence[int]] = None,
+               shared: Optional[dict] = None) -> BranchResult:
     """Continues the context (the first context_tokens positions of `cache`) with `prompt`.
 
     Greedy when `forced` is None (each lane feeds its own top-1 token), else teacher-forced:
     step j feeds forced[j - 1] and nll scores forced[j]. `steps` steps in all; step 0 feeds
-    prompt[-1]."""
+    prompt[-1]. With `shared` (Decoder.share_sessions of the context) pqkv lanes use those
+    sessions and every lane's candidates end at context_tokens - W."""
     model = decoder.model
     cache.length = context_tokens
     if len(prompt) > 1:
         model.forward(list(prompt[:-1]), cache)
-    lanes = decoder.create_lanes(specs, context_tokens, steps)
+    lanes = decoder.create_lanes(specs, context_tokens, steps, shared)
+    decoder.frozen_end = None if shared is None else context_tokens - decoder.window
     try:
         decoder.start(lanes, Prefix.of_cache(cache))
         feed = [int(prompt[-1])] * len(lanes)
@@ -74,6 +77,7 @@ def run_branch(decoder: Decoder, cache: KVCache, context_tokens: int, prompt: Se
                 out.roundtrip_us[lane.spec.label] = lane.roundtrip_us
         return out
     finally:
+        decoder.frozen_end = None
         decoder.close_lanes(lanes)
 
 
@@ -83,15 +87,32 @@ ANSWER_STEPS = 8  # the question's last token, then " 12345." and one more
 def passkey_answers(decoder: Decoder, cache: KVCache, context: Context,
                     specs: Sequence[MethodSpec], tok) -> List[Dict[str, object]]:
     """Per key: {"key", "depth", "answers": {label: text}, "correct": {label: bool},
-    "roundtrip_us": {label: [...]}}."""
+    "roundtrip_us": {label: [...]}}.
+
+    The keys' branches share one prefill and, per pqkv index setting, one session holding
+    the context (uploaded and indexed once): the question and answer tokens stay in every
+    lane's recent window (at most 32 of them), and the candidates are [S, N - W) for
+    every method, N being the context's length."""
     out = []
-    for pk in context.passkeys:
-        r = run_branch(decoder, cache, len(context.ids), pk.question, specs, ANSWER_STEPS)
-        answers = {label: tok.decode(ids) for label, ids in r.tokens.items()}
-        out.append({"key": pk.key, "depth": pk.depth, "answers": answers,
-                    "correct": {label: answer_key(a) == pk.key for label, a in answers.items()},
-                    "roundtrip_us": r.roundtrip_us, "step_seconds": r.step_seconds})
+    n = len(context.ids)
+    cache.length = n
+    shared = decoder.share_sessions(specs, Prefix.of_cache(cache, n))
+    try:
+        for pk in context.passkeys:
+            out.append(_passkey(decoder, cache, n, pk, specs, tok, shared))
+    finally:
+        for session in shared.values():
+            session.close()
     return out
+
+
+def _passkey(decoder: Decoder, cache: KVCache, n: int, pk, specs: Sequence[MethodSpec], tok,
+             shared: dict) -> Dict[str, object]:
+    r = run_branch(decoder, cache, n, pk.question, specs, ANSWER_STEPS, shared=shared)
+    answers = {label: tok.decode(ids) for label, ids in r.tokens.items()}
+    return {"key": pk.key, "depth": pk.depth, "answers": answers,
+            "correct": {label: answer_key(a) == pk.key for label, a in answers.items()},
+            "roundtrip_us": r.roundtrip_us, "step_seconds": r.step_seconds}
 
 
 def copy_run(decoder: Decoder, cache: KVCache, context: Context,
