@@ -16,7 +16,9 @@ RoPE pairs + rerank 4), oracle, streaming, quest; each but full attends to 4 sin
 64-token window + k = budget x context tokens (a budget >= 1 is k itself).
 
     PY=$(scripts/install_model.sh --print-python)
-    PYTHONPATH=python:bazel-bin/python $PY bench/task_bench.py \\
+    # /tmp/pqkvpy: pqkv (sources + bazel-bin's _native.so) and pqkv_worker, as made in
+    # docs/quality.md's Commands (or any path where both import)
+    PYTHONPATH=/tmp/pqkvpy $PY bench/task_bench.py \\
         --lengths 2048,4096,8192 --budgets 0.03125,0.0625,0.125 \\
         --methods full,pqkv,pqkv-recommended,oracle,streaming,quest --json
 

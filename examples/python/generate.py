@@ -9,7 +9,9 @@ the per-step latency (and pqkv's per-layer round trip).
 
     scripts/install_model.sh                        # the model and its packages, once
     PY=$(scripts/install_model.sh --print-python)
-    PYTHONPATH=python:bazel-bin/python $PY examples/python/generate.py \\
+    # pqkv importable (an installed wheel, or python/pqkv's sources beside bazel-bin's
+    # _native.so, as docs/quality.md's Commands make in /tmp/pqkvpy) and pqkv_worker:
+    PYTHONPATH=/tmp/pqkvpy $PY examples/python/generate.py \\
         --prompt tools/capture/prompts/gpl-3.0.txt --max-tokens 4000 --method pqkv
     ... --method full | pqkv-recommended | oracle | streaming | quest
     ... --budget 0.0625 (a fraction of the prompt) or --k 256; --chat wraps the prompt
@@ -106,8 +108,9 @@ def main() -> int:
             print(tok.decode([token]), end="", flush=True)
         print()
         lane = lanes[0]
+        waits = " (the first waits for the index)" if spec.uses_pqkv else ""
         print(f"{len(step_ms)} steps: per step median {statistics.median(step_ms):.1f} ms, "
-              f"max {max(step_ms):.1f} ms (the first waits for the index)", file=sys.stderr)
+              f"max {max(step_ms):.1f} ms{waits}", file=sys.stderr)
         if lane.roundtrip_us:
             rt = sorted(lane.roundtrip_us)
             print(f"pqkv round trip per layer (k = {lane.k}, rows over {lane.data_path}): "
