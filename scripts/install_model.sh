@@ -26,9 +26,9 @@ stamp="$venv/.pqkv-requirements"
 
 installed() {
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-    PYTHONPATH=python "$venv/bin/python" -c \
-      'import gguf, tokenizers, numpy; from pqkv_worker import gguf_weights as g; g.default_gguf_path()' \
-      >/dev/null 2>&1
+    PYTHONPATH=python "$venv/bin/python" -c 'import gguf, tokenizers, numpy
+from pqkv_worker import gguf_weights
+gguf_weights.default_gguf_path()' >/dev/null 2>&1
 }
 
 if ! installed; then
