@@ -9,7 +9,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -40,17 +39,6 @@ struct RetrievalStream::Impl {
   uint64_t next_request_id = 1;
   bool closed = false;
   absl::Status final_status;
-
-  // The request Send wrote and Receive has not yet answered.
-  struct Pending {
-    uint64_t request_id = 0;
-    // The queries as sent, without their floats (which Receive does not need).
-    std::vector<RetrieveQuery> queries;
-    std::vector<std::vector<size_t>> by_server;  // query indices per server
-    std::vector<absl::Status> sent;              // per server: did its request go
-    std::vector<RetrieveResult> results;         // statuses decided before sending
-  };
-  std::optional<Pending> pending;
 
   // Opens the stream to server `s`, offering the receive buffer first if there is one.
   absl::Status OpenServer(size_t s);

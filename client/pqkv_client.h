@@ -231,13 +231,6 @@ class RetrievalStream {
   // status here means the stream broke and must be reopened.
   absl::StatusOr<std::vector<RetrieveResult>> Retrieve(uint32_t layer,
                                                        absl::Span<const RetrieveQuery> queries);
-  // Retrieve in two halves, for a caller that works while the servers do: Send writes
-  // the requests and returns once they are on their way (the queries' floats may then
-  // be reused); Receive waits for their answers and places the rows. Until Receive
-  // returns, keys_out / values_out must stay valid, and Send may not be called again
-  // (FAILED_PRECONDITION). Send and Receive must not run on two threads at once.
-  absl::Status Send(uint32_t layer, absl::Span<const RetrieveQuery> queries);
-  absl::StatusOr<std::vector<RetrieveResult>> Receive();
   // Ends the stream; returns its final status. Called by the destructor if needed.
   absl::Status Close();
 

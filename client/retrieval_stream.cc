@@ -90,17 +90,7 @@ absl::Status RetrievalStream::Impl::OpenServer(size_t s) {
 
 absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Retrieve(
     uint32_t layer, absl::Span<const RetrieveQuery> queries) {
-  const absl::Status sent = Send(layer, queries);
-  if (!sent.ok()) return sent;
-  return Receive();
-}
-
-absl::Status RetrievalStream::Send(uint32_t layer, absl::Span<const RetrieveQuery> queries) {
   if (impl_->closed) return absl::FailedPreconditionError("the retrieval stream is closed");
-  if (impl_->pending) {
-    return absl::FailedPreconditionError(
-        "a request sent on this retrieval stream is not yet received");
-  }
   // Buffers for rows are checked before anything is sent: nothing lands out of bounds.
   for (const RetrieveQuery& query : queries) {
     if (query.keys_out == nullptr && query.values_out == nullptr) continue;
@@ -168,28 +158,6 @@ absl::Status RetrievalStream::Send(uint32_t layer, absl::Span<const RetrieveQuer
     }
     if (!server.stream->Write(request)) sent[s] = absl::UnavailableError("write failed");
   }
-  Impl::Pending& pending = impl_->pending.emplace();
-  pending.request_id = request_id;
-  pending.queries.assign(queries.begin(), queries.end());
-  for (RetrieveQuery& query : pending.queries) query.query = {};
-  pending.by_server = std::move(by_server);
-  pending.sent = std::move(sent);
-  pending.results = std::move(results);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Receive() {
-  if (!impl_->pending) {
-    return absl::FailedPreconditionError("nothing was sent on this retrieval stream");
-  }
-  Impl::Pending pending = *std::move(impl_->pending);
-  impl_->pending.reset();
-  const uint64_t request_id = pending.request_id;
-  const std::vector<RetrieveQuery>& queries = pending.queries;
-  const std::vector<std::vector<size_t>>& by_server = pending.by_server;
-  const std::vector<absl::Status>& sent = pending.sent;
-  std::vector<RetrieveResult> results = std::move(pending.results);
-  const size_t servers = impl_->servers.size();
   for (size_t s = 0; s < servers; ++s) {
     if (by_server[s].empty()) continue;
     ServerStream& server = impl_->servers[s];
@@ -293,7 +261,6 @@ absl::StatusOr<std::vector<RetrieveResult>> RetrievalStream::Receive() {
 absl::Status RetrievalStream::Close() {
   if (impl_->closed) return impl_->final_status;
   impl_->closed = true;
-  impl_->pending.reset();  // its answers, if any, are drained below
   for (ServerStream& server : impl_->servers) {
     if (!server.stream) continue;
     server.stream->WritesDone();

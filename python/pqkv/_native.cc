@@ -210,12 +210,6 @@ class NativeStream {
   // address, buffer bytes, cache_slots, rerank, with_scores). An address of 0 asks for
   // no rows.
   py::list Retrieve(uint32_t layer, const py::list& items) {
-    Send(layer, items);
-    return Receive();
-  }
-
-  // The first half of Retrieve: the request is written when this returns.
-  void Send(uint32_t layer, const py::list& items) {
     // The query buffers stay held here while the GIL is released.
     std::vector<py::buffer_info> held;
     held.reserve(items.size());
@@ -240,20 +234,10 @@ class NativeStream {
       query.rerank = item[7].cast<uint32_t>();
       query.with_scores = item[8].cast<bool>();
     }
-    absl::Status status;
-    {
-      py::gil_scoped_release release;
-      status = stream_->Send(layer, queries);
-    }
-    ThrowIfError(status);
-  }
-
-  // The second half: waits for the answers to what Send wrote.
-  py::list Receive() {
     absl::StatusOr<std::vector<RetrieveResult>> results;
     {
       py::gil_scoped_release release;
-      results = stream_->Receive();
+      results = stream_->Retrieve(layer, queries);
     }
     py::list out;
     for (const RetrieveResult& result : ValueOrThrow(std::move(results))) {
@@ -478,8 +462,6 @@ PYBIND11_MODULE(_native, m) {
 
   py::class_<NativeStream, std::shared_ptr<NativeStream>>(m, "Stream")
       .def("retrieve", &NativeStream::Retrieve, py::arg("layer"), py::arg("items"))
-      .def("send", &NativeStream::Send, py::arg("layer"), py::arg("items"))
-      .def("receive", &NativeStream::Receive)
       .def("close", &NativeStream::Close)
       .def_property_readonly("receive_buffer_address", &NativeStream::receive_buffer_address)
       .def_property_readonly("receive_buffer_bytes", &NativeStream::receive_buffer_bytes)

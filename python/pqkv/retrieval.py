@@ -121,11 +121,7 @@ class RetrievalStream:
         self._shape_of = shape_of
         # One call at a time runs on the native stream and takes the next buffer region.
         self._lock = threading.Lock()
-        # Orders the calls: held while one is placed (sent, queued, or started).
-        self._order = threading.Lock()
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        # The last retrieve_async's Future: while it runs, later calls queue behind it.
-        self._in_flight: Optional[concurrent.futures.Future] = None
         self._regions = buffer_regions
         self._next_region = 0
         self._buffer: Optional[np.ndarray] = None
@@ -152,28 +148,17 @@ class RetrievalStream:
         """Sends one layer's queries and waits for their selections, in the order given.
         A per-session problem is in that result's `error`; a raised Error means the
         request as a whole failed (the stream reopens itself on the next call)."""
-        with self._order:
-            if self._busy():  # queue behind the calls in flight
-                future = self._submit(int(layer), list(queries))
-            else:
-                self._lock.acquire()
-                future = None
-        if future is not None:
-            return future.result()
-        try:
-            return self._run_locked(int(layer), list(queries))
-        finally:
-            self._lock.release()
+        return self._run(int(layer), list(queries))
 
     def retrieve_async(
             self, layer: int,
             queries: Sequence[Query]) -> "concurrent.futures.Future[List[RetrieveResult]]":
-        """retrieve() in two halves: when nothing is in flight, the request is sent on
-        the calling thread before this returns, and the stream's own thread waits for
-        the answer; otherwise the call queues behind the ones in flight. Returns its
+        """retrieve() on the stream's own thread, in the order of the calls; returns its
         Future at once. Bad queries raise from the Future's result()."""
-        with self._order:
-            return self._submit(int(layer), list(queries))
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="pqkv-retrieve")
+        return self._executor.submit(self._run, int(layer), list(queries))
 
     async def retrieve_aio(self, layer: int, queries: Sequence[Query]) -> List[RetrieveResult]:
         """retrieve() for asyncio: `results = await stream.retrieve_aio(layer, queries)`."""
@@ -238,55 +223,14 @@ class RetrievalStream:
             places.append(rows)
         return items, places
 
-    def _busy(self) -> bool:
-        """Called with self._order held: is a call running or queued?"""
-        return self._lock.locked() or (self._in_flight is not None
-                                       and not self._in_flight.done())
-
-    def _submit(self, layer: int,
-                queries: List[Query]) -> "concurrent.futures.Future[List[RetrieveResult]]":
-        """Called with self._order held."""
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="pqkv-retrieve")
-        if self._busy():
-            future = self._executor.submit(self._run, layer, queries)
-        else:
-            # Sent from here: the request is on its way without waiting for the stream's
-            # thread to wake (on a busy machine that wait measured 80-130 us).
-            try:
-                with self._lock:
-                    items, places = self._prepare(queries)
-                    if items:
-                        self._native.send(layer, items)
-            except Exception as error:  # raised from result(), as documented
-                future = concurrent.futures.Future()
-                future.set_exception(error)
-                return future
-            future = self._executor.submit(self._receive, bool(items), places)
-        self._in_flight = future
-        return future
-
     def _run(self, layer: int, queries: List[Query]) -> List[RetrieveResult]:
-        with self._lock:
-            return self._run_locked(layer, queries)
-
-    def _run_locked(self, layer: int, queries: List[Query]) -> List[RetrieveResult]:
-        items, places = self._prepare(queries)
-        raw = iter(self._native.retrieve(layer, items)) if items else iter(())
-        return _results(raw, places)
-
-    def _receive(self, sent: bool, places: list) -> List[RetrieveResult]:
         raw = iter(())
-        if sent:
-            with self._lock:
-                raw = iter(self._native.receive())
-        return _results(raw, places)
-
-
-def _results(raw, places: list) -> List[RetrieveResult]:
-    return [_failed(*place) if _is_failure(place) else _result(next(raw), place)
-            for place in places]
+        with self._lock:
+            items, places = self._prepare(queries)
+            if items:
+                raw = iter(self._native.retrieve(layer, items))
+        return [_failed(*place) if _is_failure(place) else _result(next(raw), place)
+                for place in places]
 
 
 def _is_failure(place) -> bool:

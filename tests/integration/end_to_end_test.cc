@@ -198,53 +198,6 @@ TEST_CASE("Retrieve with_kv returns the selected rows in the same round trip", "
   CHECK(stream->Retrieve(0, {&q, 1}).ok());  // the stream is still good
 }
 
-TEST_CASE("Send and Receive split a Retrieve; the query can change in between", "[integration]") {
-  auto server = StartServer();
-  auto client = Connect(*server);
-  SessionOptions options;
-  options.shape = {2, 2, 8, 64, DType::kFp16};
-  const std::string id = client->CreateSession(options).value();
-  const size_t n = 1024, row = options.shape.row_bytes(), bytes = 2 * n * row;
-  std::vector<uint8_t> keys(bytes), values(bytes);
-  for (size_t i = 0; i < bytes; ++i) {
-    keys[i] = static_cast<uint8_t>(i % 2 ? (i * 7 + 3) & 0x3f : i * 7 + 3);  // finite fp16
-    values[i] = static_cast<uint8_t>(i % 2 ? (i * 13 + 1) & 0x3f : i * 13 + 1);
-  }
-  for (uint32_t layer = 0; layer < 2; ++layer) {
-    REQUIRE(client->UploadPrefill(id, layer, 0, n, keys.data(), values.data(), true).ok());
-  }
-  std::vector<float> query(8 * 64);
-  for (size_t i = 0; i < query.size(); ++i) query[i] = static_cast<float>(i % 17) * 0.05f;
-  const uint32_t k = 64;
-  std::vector<uint8_t> k_out(2 * k * row), v_out(2 * k * row), k_ref(k_out), v_ref(v_out);
-  auto stream = client->OpenRetrievalStream().value();
-
-  RetrieveQuery reference{id, query, k, k_ref.data(), v_ref.data(), k_ref.size()};
-  auto expected = stream->Retrieve(1, {&reference, 1});
-  REQUIRE(expected.ok());
-  REQUIRE((*expected)[0].status.ok());
-
-  CHECK(stream->Receive().status().code() == absl::StatusCode::kFailedPrecondition);
-  std::vector<float> reused = query;
-  RetrieveQuery q{id, reused, k, k_out.data(), v_out.data(), k_out.size()};
-  REQUIRE(stream->Send(1, {&q, 1}).ok());
-  CHECK(stream->Send(1, {&q, 1}).code() == absl::StatusCode::kFailedPrecondition);
-  std::fill(reused.begin(), reused.end(), -1.0f);  // sent already: changes nothing
-  auto results = stream->Receive();
-  REQUIRE(results.ok());
-  REQUIRE((*results)[0].status.ok());
-  for (uint32_t h = 0; h < 2; ++h) {
-    CHECK((*results)[0].heads[h].positions == (*expected)[0].heads[h].positions);
-    CHECK((*results)[0].heads[h].scores == (*expected)[0].heads[h].scores);
-  }
-  CHECK(k_out == k_ref);
-  CHECK(v_out == v_ref);
-  CHECK(stream->Receive().status().code() == absl::StatusCode::kFailedPrecondition);
-  // A sent request that is never received is drained when the stream closes.
-  REQUIRE(stream->Send(0, {&q, 1}).ok());
-  CHECK(stream->Close().ok());
-}
-
 TEST_CASE("Retrieve re-ranks exactly when asked, within its limit", "[integration]") {
   auto server = StartServer();
   auto client = Connect(*server);

@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import faulthandler
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -64,51 +63,6 @@ def test_python_runs_while_a_retrieval_waits_on_the_server():
         assert same_bits(blocking[0].keys, rows_at(keys, blocking[0].positions))
     finally:
         faulthandler.cancel_dump_traceback_later()
-
-
-class _OtherThreadsHeld:
-    """Wraps the native stream: a call from any thread but the one that made this waits
-    until `release` is set."""
-
-    def __init__(self, native):
-        self._native = native
-        self._owner = threading.get_ident()
-        self.release = threading.Event()
-
-    def __getattr__(self, name):
-        attr = getattr(self._native, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            if threading.get_ident() != self._owner:
-                assert self.release.wait(60)
-            return attr(*args, **kwargs)
-
-        return call
-
-
-def test_retrieve_async_sends_before_it_returns(client):
-    """The request reaches the server while the stream's own thread is held: it went
-    from the calling thread, without waiting for that thread to wake."""
-    with client.create_session(SHAPE) as session:
-        keys, values = random_kv("fp16")
-        session.upload_prefill(0, keys, values)
-        query = pqkv.Query(session, random_query(), K, with_kv=True)
-        with client.retrieval_stream() as stream:
-            held = _OtherThreadsHeld(stream._native)
-            stream._native = held
-            before = client.server_stats().retrieve_items
-            future = stream.retrieve_async(0, [query])
-            deadline = time.monotonic() + 20
-            while client.server_stats().retrieve_items == before:
-                assert time.monotonic() < deadline, "the request never reached the server"
-                time.sleep(0.01)
-            assert not future.done()
-            held.release.set()
-            (result,) = future.result(timeout=60)
-        assert same_bits(result.keys, rows_at(keys, result.positions))
-        assert same_bits(result.values, rows_at(values, result.positions))
 
 
 def test_pipelined_layers_match_serial(client):
