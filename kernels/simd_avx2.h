@@ -15,6 +15,9 @@ float MaxOf(const float* x, size_t n);
 // how many were appended.
 size_t ShortlistKeys(const float* scores, uint32_t begin, uint32_t end, uint32_t cut,
                      uint32_t* keys, uint32_t* positions);
+// See AssignNearest in kmeans.h.
+void AssignNearest(const float* points, size_t n, int dim, size_t stride, const float* centroids,
+                   const float* c_norms, int k, uint32_t* assign, float* distances);
 // See ExpAndSumGrouped in vector_exp.h; requires 8 % group == 0.
 void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
                       float* out, double* sums);

@@ -1,0 +1,139 @@
+// AVX2 + FMA nearest-centroid assignment (kernels/kmeans.h); compiled with -mavx2 -mfma.
+//
+// Centroids are laid out once per call as blocks of 16: [k / 16][dim][16], padded with
+// zero centroids whose norm is +inf (never chosen). Points go 6 at a time: for each block,
+// 12 accumulators hold the 6 x 16 dot products (per dimension: 2 loads, 6 broadcasts,
+// 12 FMAs), then the distances ||c||^2 - 2 x.c are folded into each point's running
+// (distance, index) per lane. Lanes see their centroids in increasing order and keep the
+// first strict minimum; the final reduction over lanes takes the lowest index among equal
+// distances, so ties go to the lower index as in the portable code.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "kernels/simd_avx2.h"
+
+namespace pqkv::kernels::avx2 {
+namespace {
+
+constexpr int kPoints = 6;
+constexpr int kBlock = 16;
+
+struct Best {
+  __m256 value;
+  __m256i index;
+};
+
+template <int P>
+inline void Block(const float* const* x, int dim, const float* block, const float* norms, int c0,
+                  Best* best) {
+  __m256 lo[P], hi[P];
+  for (int p = 0; p < P; ++p) lo[p] = hi[p] = _mm256_setzero_ps();
+  for (int i = 0; i < dim; ++i) {
+    const __m256 c_lo = _mm256_loadu_ps(block + i * kBlock);
+    const __m256 c_hi = _mm256_loadu_ps(block + i * kBlock + 8);
+    for (int p = 0; p < P; ++p) {
+      const __m256 xv = _mm256_broadcast_ss(x[p] + i);
+      lo[p] = _mm256_fmadd_ps(xv, c_lo, lo[p]);
+      hi[p] = _mm256_fmadd_ps(xv, c_hi, hi[p]);
+    }
+  }
+  const __m256 minus2 = _mm256_set1_ps(-2.0f);
+  const __m256 n_lo = _mm256_loadu_ps(norms + c0), n_hi = _mm256_loadu_ps(norms + c0 + 8);
+  const __m256i i_lo =
+      _mm256_add_epi32(_mm256_set1_epi32(c0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i i_hi = _mm256_add_epi32(i_lo, _mm256_set1_epi32(8));
+  for (int p = 0; p < P; ++p) {
+    const __m256 d_lo = _mm256_fmadd_ps(lo[p], minus2, n_lo);
+    __m256 lt = _mm256_cmp_ps(d_lo, best[p].value, _CMP_LT_OQ);
+    best[p].value = _mm256_blendv_ps(best[p].value, d_lo, lt);
+    best[p].index = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(best[p].index), _mm256_castsi256_ps(i_lo), lt));
+    const __m256 d_hi = _mm256_fmadd_ps(hi[p], minus2, n_hi);
+    lt = _mm256_cmp_ps(d_hi, best[p].value, _CMP_LT_OQ);
+    best[p].value = _mm256_blendv_ps(best[p].value, d_hi, lt);
+    best[p].index = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(best[p].index), _mm256_castsi256_ps(i_hi), lt));
+  }
+}
+
+template <int P>
+void Group(const float* points, size_t stride, int dim, const std::vector<float>& blocks,
+           const std::vector<float>& norms, int num_blocks, uint32_t* assign, float* distances) {
+  const float* x[P];
+  for (int p = 0; p < P; ++p) x[p] = points + p * stride;
+  Best best[P];
+  for (int p = 0; p < P; ++p) {
+    best[p].value = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+    best[p].index = _mm256_setzero_si256();
+  }
+  for (int b = 0; b < num_blocks; ++b) {
+    Block<P>(x, dim, blocks.data() + static_cast<size_t>(b) * dim * kBlock, norms.data(),
+             b * kBlock, best);
+  }
+  for (int p = 0; p < P; ++p) {
+    alignas(32) float value[8];
+    alignas(32) uint32_t index[8];
+    _mm256_store_ps(value, best[p].value);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(index), best[p].index);
+    float v = value[0];
+    uint32_t c = index[0];
+    for (int l = 1; l < 8; ++l) {
+      if (value[l] < v || (value[l] == v && index[l] < c)) {
+        v = value[l];
+        c = index[l];
+      }
+    }
+    assign[p] = c;
+    if (distances != nullptr) distances[p] = v;
+  }
+}
+
+}  // namespace
+
+void AssignNearest(const float* points, size_t n, int dim, size_t stride, const float* centroids,
+                   const float* c_norms, int k, uint32_t* assign, float* distances) {
+  const int num_blocks = (k + kBlock - 1) / kBlock;
+  std::vector<float> blocks(static_cast<size_t>(num_blocks) * dim * kBlock, 0.0f);
+  std::vector<float> norms(static_cast<size_t>(num_blocks) * kBlock,
+                           std::numeric_limits<float>::infinity());
+  for (int c = 0; c < k; ++c) {
+    float* block = blocks.data() + static_cast<size_t>(c / kBlock) * dim * kBlock + c % kBlock;
+    for (int i = 0; i < dim; ++i) block[i * kBlock] = centroids[static_cast<size_t>(c) * dim + i];
+    norms[c] = c_norms[c];
+  }
+  size_t r = 0;
+  for (; r + kPoints <= n; r += kPoints) {
+    Group<kPoints>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
+                   distances == nullptr ? nullptr : distances + r);
+  }
+  float* tail_distances = distances == nullptr ? nullptr : distances + r;
+  switch (n - r) {
+    case 5:
+      Group<5>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
+               tail_distances);
+      break;
+    case 4:
+      Group<4>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
+               tail_distances);
+      break;
+    case 3:
+      Group<3>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
+               tail_distances);
+      break;
+    case 2:
+      Group<2>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
+               tail_distances);
+      break;
+    case 1:
+      Group<1>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
+               tail_distances);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace pqkv::kernels::avx2
