@@ -1,18 +1,13 @@
 #include "server/index/pq_codebook.h"
 
-#include <faiss/impl/FaissException.h>
-#include <faiss/impl/ProductQuantizer.h>
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <mutex>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-
-extern "C" void openblas_set_num_threads(int threads);
+#include "kernels/kmeans.h"
+#include "server/index/kmeans.h"
 
 namespace pqkv::server {
 
@@ -51,8 +46,23 @@ void PqCodebook::PermuteDims(const float* in, size_t rows, float* out) const {
   }
 }
 
+PqCodebook::PqCodebook(kernels::PqShape shape, std::vector<float> centroids,
+                       std::vector<uint32_t> order, int iterations_run)
+    : shape_(shape),
+      centroids_(std::move(centroids)),
+      norms_(static_cast<size_t>(shape.subspaces) * shape.centroids_per_subspace),
+      order_(std::move(order)),
+      iterations_run_(iterations_run) {
+  const size_t ksub = shape_.centroids_per_subspace, dsub = shape_.subspace_dim;
+  for (int m = 0; m < shape_.subspaces; ++m) {
+    kernels::CentroidNorms(centroids_.data() + m * ksub * dsub, static_cast<int>(ksub),
+                           static_cast<int>(dsub), norms_.data() + m * ksub);
+  }
+}
+
 absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int dim, int subspaces,
-                                             int bits, int iterations, bool rope_pairs) {
+                                             int bits, int iterations, bool rope_pairs,
+                                             const PqTrainOptions& options) {
   if (subspaces <= 0 || dim % subspaces != 0 || bits < 1 || bits > 8 || iterations < 1) {
     return absl::InvalidArgumentError(absl::StrCat("bad PQ shape: dim ", dim, ", subspaces ",
                                                    subspaces, ", bits ", bits, ", iterations ",
@@ -69,9 +79,11 @@ absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int di
   }
   // k-means compares squared L2 distances in fp32: |x|^2 + |c|^2 - 2 x.c over a sub-space's
   // dim / M elements, each term at most (dim / M) max|x|^2 (centroids are means of keys). Past
-  // that every distance is infinite, FAISS assigns a point no centroid and its assertion
-  // aborts the process: refuse such keys (the layer is then scored exactly).
-  const size_t subspace_dim = static_cast<size_t>(dim / subspaces);
+  // that every distance is infinite and no centroid is nearest (FAISS, which trained
+  // these codebooks before, aborted the process): refuse such keys (the layer is then
+  // scored exactly).
+  const int dsub = dim / subspaces;
+  const size_t subspace_dim = static_cast<size_t>(dsub);
   const float limit = std::sqrt(std::numeric_limits<float>::max() / (8.0f * subspace_dim));
   float max_abs = 0;
   for (size_t i = 0; i < n * static_cast<size_t>(dim); ++i) {
@@ -82,13 +94,7 @@ absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int di
         absl::StrCat("keys up to ", max_abs, " in magnitude: k-means distances over ", subspace_dim,
                      " dims would overflow fp32 (largest trainable magnitude ", limit, ")"));
   }
-  // Training runs on background threads beside retrievals. FAISS's OpenMP team and
-  // OpenBLAS's threads spin while they wait; on a few cores they would starve both the
-  // retrievals and each other (measured: 14 s instead of 0.5 s for one 32K-token layer).
-  static std::once_flag single_threaded_blas;
-  std::call_once(single_threaded_blas, [] { openblas_set_num_threads(1); });
-  omp_set_num_threads(1);  // this thread's OpenMP regions only
-  kernels::PqShape shape{subspaces, static_cast<int>(ksub), dim / subspaces};
+  kernels::PqShape shape{subspaces, static_cast<int>(ksub), dsub};
   std::vector<uint32_t> order = rope_pairs ? RopePairOrder(dim) : std::vector<uint32_t>();
   std::vector<float> reordered;
   if (!order.empty()) {
@@ -98,36 +104,46 @@ absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int di
     }
     keys = reordered.data();
   }
-  try {
-    auto pq = std::make_shared<faiss::ProductQuantizer>(dim, subspaces, bits);
-    pq->cp.niter = iterations;
-    pq->cp.seed = 1234;
-    // Short prefills are legitimate here; FAISS would warn below 39 points per centroid.
-    pq->cp.min_points_per_centroid = 1;
-    pq->verbose = false;
-    pq->train(static_cast<faiss::Index::idx_t>(n), keys);
-    std::vector<float> centroids(pq->centroids.begin(), pq->centroids.end());
-    return PqCodebook(shape, std::move(centroids), std::move(pq), std::move(order));
-  } catch (const faiss::FaissException& e) {
-    return absl::InternalError(absl::StrCat("FAISS k-means failed: ", e.what()));
+  KMeansOptions kmeans;
+  kmeans.max_iterations = iterations;
+  kmeans.max_points_per_centroid = options.max_points_per_centroid;
+  kmeans.stop_fraction = options.stop_fraction;
+  std::vector<float> centroids(static_cast<size_t>(subspaces) * ksub * dsub);
+  int iterations_run = 0;
+  for (int m = 0; m < subspaces; ++m) {
+    kmeans.seed = 1234 + m;
+    KMeansResult result = TrainKMeans(keys + static_cast<size_t>(m) * dsub, n, dsub, dim,
+                                      static_cast<int>(ksub), kmeans);
+    std::copy(result.centroids.begin(), result.centroids.end(),
+              centroids.begin() + static_cast<size_t>(m) * ksub * dsub);
+    iterations_run = std::max(iterations_run, result.iterations);
   }
+  return PqCodebook(shape, std::move(centroids), std::move(order), iterations_run);
 }
 
 void PqCodebook::Encode(const float* keys, size_t n, uint8_t* codes) const {
-  omp_set_num_threads(1);  // see Train: this runs beside retrievals
-  const int M = shape_.subspaces;
-  // FAISS packs codes bit-tight (M x bits bits per token); unpack to one byte each.
-  std::vector<uint8_t> packed(n * pq_->code_size);
-  if (order_.empty()) {
-    pq_->compute_codes(keys, packed.data(), n);
-  } else {
-    std::vector<float> reordered(n * order_.size());
+  const int M = shape_.subspaces, ksub = shape_.centroids_per_subspace, dsub = shape_.subspace_dim;
+  const size_t dim = static_cast<size_t>(M) * dsub;
+  std::vector<float> reordered;
+  if (!order_.empty()) {
+    reordered.resize(n * dim);
     PermuteDims(keys, n, reordered.data());
-    pq_->compute_codes(reordered.data(), packed.data(), n);
+    keys = reordered.data();
   }
-  for (size_t t = 0; t < n; ++t) {
-    faiss::PQDecoderGeneric decoder(packed.data() + t * pq_->code_size, pq_->nbits);
-    for (int m = 0; m < M; ++m) codes[t * M + m] = static_cast<uint8_t>(decoder.decode());
+  // Blocks of 1024 keys: the assignments stay in cache between the kernel and the bytes.
+  constexpr size_t kChunk = 1024;
+  std::vector<uint32_t> assign(kChunk);
+  for (size_t begin = 0; begin < n; begin += kChunk) {
+    const size_t count = std::min(kChunk, n - begin);
+    for (int m = 0; m < M; ++m) {
+      kernels::AssignNearest(keys + begin * dim + static_cast<size_t>(m) * dsub, count, dsub, dim,
+                             centroids_.data() + static_cast<size_t>(m) * ksub * dsub,
+                             norms_.data() + static_cast<size_t>(m) * ksub, ksub, assign.data(),
+                             nullptr);
+      for (size_t t = 0; t < count; ++t) {
+        codes[(begin + t) * M + m] = static_cast<uint8_t>(assign[t]);
+      }
+    }
   }
 }
 

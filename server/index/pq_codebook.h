@@ -1,5 +1,7 @@
-// PqCodebook: the product-quantization codebook of one (layer, kv head), trained with
-// FAISS k-means, and the encoder that gives a key its M one-byte codes.
+// PqCodebook: the product-quantization codebook of one (layer, kv head), trained with our
+// own k-means (server/index/kmeans.h: AVX2 assignment, a sample of at most
+// max_points_per_centroid keys per centroid, early stop), and the encoder that gives a key
+// its M one-byte codes.
 //
 // Optionally k-means sees the key dimensions reordered (RoPE pairs), which costs nothing
 // at query time but changes what the sub-spaces hold (docs/quality.md measures it):
@@ -15,31 +17,41 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/pq_scan.h"
 
-namespace faiss {
-struct ProductQuantizer;
-}  // namespace faiss
-
 namespace pqkv::server {
+
+// How k-means trains each sub-space (server/index/kmeans.h). The defaults are what
+// LayerStore uses; docs/benchmarks.md ("Index build") measures each against time and mass
+// recall.
+struct PqTrainOptions {
+  static constexpr size_t kDefaultPointsPerCentroid = 256;
+  static constexpr double kDefaultStopFraction = 0;
+  // Keys k-means sees per centroid (the rest are only encoded); FAISS's default is 256.
+  size_t max_points_per_centroid = kDefaultPointsPerCentroid;
+  // Stop once an iteration changes at most this fraction of the sample's assignments.
+  double stop_fraction = kDefaultStopFraction;
+};
 
 class PqCodebook {
  public:
-  // Trains M sub-space codebooks of 2^bits centroids on `keys` (fp32 [n][dim]) with
-  // `iterations` Lloyd iterations from a fixed seed (same input, same codebook).
-  // Needs n >= 2^bits; FAISS subsamples to 256 points per centroid. INVALID_ARGUMENT for
-  // keys so large that fp32 k-means distances would overflow (about 1e18 at 64 dims per
-  // sub-space: FAISS would abort the process).
+  // Trains M sub-space codebooks of 2^bits centroids on `keys` (fp32 [n][dim]) with at
+  // most `iterations` Lloyd iterations from a fixed seed (same input, same codebook).
+  // Needs n >= 2^bits. INVALID_ARGUMENT for keys so large that fp32 k-means distances
+  // would overflow (about 1e18 at 64 dims per sub-space).
   static absl::StatusOr<PqCodebook> Train(const float* keys, size_t n, int dim, int subspaces,
-                                          int bits, int iterations, bool rope_pairs = false);
+                                          int bits, int iterations, bool rope_pairs = false,
+                                          const PqTrainOptions& options = PqTrainOptions());
 
   // Writes the nearest centroid (L2) of each sub-space of each key: codes uint8 [n][M].
-  // FAISS's encoder (BLAS for large n); exact ties go to the lower centroid.
+  // kernels/kmeans.h's AssignNearest; exact ties go to the lower centroid.
   void Encode(const float* keys, size_t n, uint8_t* codes) const;
+
+  // Lloyd iterations the training ran, the most over sub-spaces (for benchmarks).
+  int iterations_run() const { return iterations_run_; }
 
   const kernels::PqShape& shape() const { return shape_; }
   // Centroids fp32 [M][2^bits][dim / M], in the order PermuteDims gives: score a query
@@ -56,17 +68,14 @@ class PqCodebook {
   void PermuteDims(const float* in, size_t rows, float* out) const;
 
  private:
-  PqCodebook(kernels::PqShape shape, std::vector<float> centroids,
-             std::shared_ptr<const faiss::ProductQuantizer> pq, std::vector<uint32_t> order)
-      : shape_(shape),
-        centroids_(std::move(centroids)),
-        pq_(std::move(pq)),
-        order_(std::move(order)) {}
+  PqCodebook(kernels::PqShape shape, std::vector<float> centroids, std::vector<uint32_t> order,
+             int iterations_run);
 
   kernels::PqShape shape_;
   std::vector<float> centroids_;
-  std::shared_ptr<const faiss::ProductQuantizer> pq_;  // the trained quantizer, for encoding
-  std::vector<uint32_t> order_;                        // empty: identity
+  std::vector<float> norms_;     // ||centroid||^2, [M][2^bits]
+  std::vector<uint32_t> order_;  // empty: identity
+  int iterations_run_ = 0;
 };
 
 }  // namespace pqkv::server
