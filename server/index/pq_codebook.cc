@@ -106,7 +106,8 @@ absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int di
   }
   KMeansOptions kmeans;
   kmeans.max_iterations = iterations;
-  kmeans.max_points_per_centroid = options.max_points_per_centroid;
+  kmeans.max_points_per_centroid =
+      options.max_training_keys == 0 ? 0 : (options.max_training_keys + ksub - 1) / ksub;
   kmeans.stop_fraction = options.stop_fraction;
   std::vector<float> centroids(static_cast<size_t>(subspaces) * ksub * dsub);
   int iterations_run = 0;

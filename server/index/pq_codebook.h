@@ -1,7 +1,7 @@
 // PqCodebook: the product-quantization codebook of one (layer, kv head), trained with our
 // own k-means (server/index/kmeans.h: AVX2 assignment, a sample of at most
-// max_points_per_centroid keys per centroid, early stop), and the encoder that gives a key
-// its M one-byte codes.
+// PqTrainOptions::max_training_keys keys per sub-space, early stop), and the encoder that gives a
+// key its M one-byte codes.
 //
 // Optionally k-means sees the key dimensions reordered (RoPE pairs), which costs nothing
 // at query time but changes what the sub-spaces hold (docs/quality.md measures it):
@@ -28,10 +28,11 @@ namespace pqkv::server {
 // LayerStore uses; docs/benchmarks.md ("Index build") measures each against time and mass
 // recall.
 struct PqTrainOptions {
-  static constexpr size_t kDefaultPointsPerCentroid = 256;
+  static constexpr size_t kDefaultTrainingKeys = 16384;
   static constexpr double kDefaultStopFraction = 0;
-  // Keys k-means sees per centroid (the rest are only encoded); FAISS's default is 256.
-  size_t max_points_per_centroid = kDefaultPointsPerCentroid;
+  // Keys k-means trains each sub-space on, at most (a seeded sample; every key is still
+  // encoded); 0: all. 16384 is FAISS's 256 per centroid at 6 bits, 64 per centroid at 8.
+  size_t max_training_keys = kDefaultTrainingKeys;
   // Stop once an iteration changes at most this fraction of the sample's assignments.
   double stop_fraction = kDefaultStopFraction;
 };
