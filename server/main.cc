@@ -39,7 +39,9 @@ ABSL_FLAG(int, threads, 0, "Compute threads for scoring and copies; 0: one per c
 ABSL_FLAG(int, compute_spin_us, 200,
           "Microseconds an idle compute thread polls for work before it sleeps (waking a "
           "sleeping thread can take longer than a layer's row gather); 0: sleep at once.");
-ABSL_FLAG(int, index_threads, 1, "Threads that train layer indexes in the background.");
+ABSL_FLAG(int, index_threads, 0,
+          "Threads that train layer indexes in the background (a layer's kv heads in parallel, "
+          "layers side by side); 0: one per core.");
 ABSL_FLAG(std::string, memory_budget, "",
           "Bytes of K/V the server may hold (e.g. 16GiB), sessions' metadata included; default "
           "half of physical memory.");
@@ -156,7 +158,10 @@ int main(int argc, char** argv) {
   store_options.on_index_built = [&metrics](absl::Duration d) { metrics.RecordIndexBuild(d); };
   store_options.gpu = gpu.get();
   store_options.session_ttl = absl::Seconds(absl::GetFlag(FLAGS_session_ttl_seconds));
-  store_options.index_threads = absl::GetFlag(FLAGS_index_threads);
+  store_options.index_threads =
+      absl::GetFlag(FLAGS_index_threads) > 0
+          ? absl::GetFlag(FLAGS_index_threads)
+          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   if (absl::GetFlag(FLAGS_max_sessions) < 1) {
     return Fail(absl::InvalidArgumentError("--max_sessions must be at least 1"));
   }

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/dtype_convert.h"
@@ -162,39 +164,53 @@ std::vector<float> LayerStore::KeysAsFloatLocked(uint32_t h, size_t begin, size_
   return out;
 }
 
-void LayerStore::BuildIndex() {
+void LayerStore::BuildIndex(ThreadPool* pool) {
   const absl::Time start = absl::Now();
   const ModelShape& shape = config_.shape;
   const IndexOptions& options = config_.index;
-  std::vector<PqCodebook> codebooks;
-  std::vector<kernels::PqCodeStore> codes;
+  const uint32_t H = shape.num_kv_heads;
   size_t snapshot_tokens = 0;
-  absl::Status status;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    snapshot_tokens = num_tokens_;
+  }
+  std::vector<std::optional<PqCodebook>> trained(H);
+  std::vector<kernels::PqCodeStore> codes;
+  for (uint32_t h = 0; h < H; ++h) codes.emplace_back(options.subspaces, options.bits);
+  std::vector<absl::Status> statuses(H);
+  absl::Mutex progress_mu;
   absl::Time last_progress_log = start;
-  for (uint32_t h = 0; h < shape.num_kv_heads && status.ok(); ++h) {
-    if (absl::Now() - last_progress_log >= kProgressLogInterval) {
-      ServerLogger().info("layer {} index build: {} of {} kv heads trained in {}", layer_, h,
-                          shape.num_kv_heads, absl::FormatDuration(absl::Now() - start));
-      last_progress_log = absl::Now();
-    }
+  uint32_t heads_done = 0;
+  ParallelFor(pool, static_cast<int>(H), [&](int h) {
     std::vector<float> keys;
     {
       absl::ReaderMutexLock lock(&mu_);
-      if (h == 0) snapshot_tokens = num_tokens_;
       keys = KeysAsFloatLocked(h, 0, snapshot_tokens);
     }
     absl::StatusOr<PqCodebook> codebook =
         PqCodebook::Train(keys.data(), snapshot_tokens, shape.head_dim, options.subspaces,
                           options.bits, options.kmeans_iterations, options.rope_pairs);
     if (!codebook.ok()) {
-      status = codebook.status();
-      break;
+      statuses[h] = codebook.status();
+      return;
     }
     std::vector<uint8_t> head_codes(snapshot_tokens * options.subspaces);
     codebook->Encode(keys.data(), snapshot_tokens, head_codes.data());
-    codes.emplace_back(options.subspaces, options.bits);
-    codes.back().Append(head_codes.data(), snapshot_tokens);
-    codebooks.push_back(*std::move(codebook));
+    codes[h].Append(head_codes.data(), snapshot_tokens);
+    trained[h].emplace(*std::move(codebook));
+    absl::MutexLock lock(&progress_mu);
+    ++heads_done;
+    if (absl::Now() - last_progress_log >= kProgressLogInterval) {
+      ServerLogger().info("layer {} index build: {} of {} kv heads trained in {}", layer_,
+                          heads_done, H, absl::FormatDuration(absl::Now() - start));
+      last_progress_log = absl::Now();
+    }
+  });
+  absl::Status status;
+  std::vector<PqCodebook> codebooks;
+  for (uint32_t h = 0; h < H && status.ok(); ++h) {
+    status = statuses[h];
+    if (status.ok()) codebooks.push_back(*std::move(trained[h]));
   }
 
   const double build_ms = absl::ToDoubleMilliseconds(absl::Now() - start);

@@ -86,7 +86,9 @@ class LayerStore {
   // The codebooks and codes are charged to the memory budget (arena pages) before they
   // are installed; when they do not fit, the layer is kFailed (scored exactly) and the
   // log says so with the numbers.
-  void BuildIndex();
+  // The kv heads are built in parallel on `pool` and the calling thread (ParallelFor; pool
+  // may be null, and may be the pool the caller runs on).
+  void BuildIndex(ThreadPool* pool = nullptr);
   // Instead of BuildIndex, when the build will not run (its session closed): the layer
   // is scored exactly from now on.
   void AbandonBuild();

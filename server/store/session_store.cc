@@ -179,7 +179,7 @@ void SessionStore::SealPrefill(const std::shared_ptr<Session>& session, uint32_t
       // Training a closed session's layer would only delay the frees of its pages.
       store->AbandonBuild();
     } else {
-      store->BuildIndex();
+      store->BuildIndex(&index_pool_);
       const LayerStatus status = store->Status();
       ServerLogger().info("session {} layer {}: index {} for {} tokens in {:.1f} ms", session->id(),
                           layer, IndexStateName(status.index_state), status.num_encoded,

@@ -232,6 +232,27 @@ TEST_CASE("LayerStore builds its index and encodes later appends", "[server]") {
   CHECK(got.num_tokens == 204);
 }
 
+// kv heads built in parallel on a pool train and encode each head as the serial build
+// does (same seeds): the same selections, scores included.
+TEST_CASE("LayerStore builds kv heads on a pool as it does serially", "[server]") {
+  Fixture serial, parallel;
+  ThreadPool pool("build", 2);
+  for (Fixture* f : {&serial, &parallel}) {
+    REQUIRE(f->layer.Append(0, 300, Bytes(300, 1), Bytes(300, 2)).ok());
+    REQUIRE(f->layer.SealPrefill());
+  }
+  serial.layer.BuildIndex();
+  parallel.layer.BuildIndex(&pool);
+  REQUIRE(parallel.layer.Status().index_state == IndexState::kReady);
+  CHECK(parallel.layer.Status().num_encoded == 300);
+  const LayerSelection a = serial.layer.Retrieve(Query(7), 20, Soon()).value();
+  const LayerSelection b = parallel.layer.Retrieve(Query(7), 20, Soon()).value();
+  for (uint32_t h = 0; h < kKvHeads; ++h) {
+    CHECK(a.heads[h].positions == b.heads[h].positions);
+    CHECK(a.heads[h].scores == b.heads[h].scores);
+  }
+}
+
 TEST_CASE("A layer too short to train is scored exactly after sealing", "[server]") {
   Fixture f;
   REQUIRE(f.layer.Append(0, 63, Bytes(63, 1), Bytes(63, 2)).ok());  // < 4 x 16 centroids
