@@ -23,7 +23,36 @@
 // of the fp32 keys): the mean and the largest |returned / exact - 1| over every returned
 // position.
 // --json prints one JSON object per method instead of the table.
+//
+// Build mode (--build): times one layer's index build (every kv head's codebook trained and
+// every key encoded) instead of retrievals, for each method on the same keys in the same run:
+//   pqkv           PqCodebook::Train + Encode per kv head (what LayerStore::BuildIndex runs:
+//                  fp16 keys to fp32, our k-means, our encoder), kv heads over all cores;
+//                  --kmeans-training-keys, --kmeans-stop, --kmeans-iterations and
+//                  --build-threads are its levers
+//   pqkv-layer     LayerStore::BuildIndex itself (server defaults, heads over the pool)
+//   faiss-cpu      PyPI's faiss-cpu (AVX2/AVX-512 kernels), ProductQuantizer train +
+//                  compute_codes per kv head, one thread, in a venv that
+//                  bench/python/faiss_peer_setup.sh sets up (--faiss-python)
+//   faiss-cpu-mt   the same with OpenMP over all cores (not by default: on a loaded
+//                  machine its spinning threads took 55 s instead of 3.7 s)
+//   faiss-debian   Debian's FAISS 1.7.3 (no AVX2), the same calls, one thread: pqkv's build
+//                  before its own k-means
+// FAISS runs with pqkv's old settings: --kmeans-iterations iterations, seed 1234, its default
+// sample of 256 points per centroid. Prints build_ms (median wall time of --build-repeats
+// builds), cpu_ms (median CPU time of the process over a build, all threads: the figure
+// to compare on a loaded machine), ratio_vs_pqkv (of build_ms) and mass_recall: the attention mass
+// (GQA softmax-sum of exact logits, the group's mean) that the worker's sinks and recent window
+// plus the top --k by the index's ADC score capture, the mean over kv heads.
+//
+//   bench/python/faiss_peer_setup.sh
+//   bazel run -c opt //bench:retrieval_bench -- --build --tokens 32768 --kv-heads 8 \
+//       --head-dim 128 --subspaces 2 --bits 6 --json
 #include <faiss/IndexPQ.h>
+#include <faiss/impl/ProductQuantizer.h>
+#include <omp.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -31,6 +60,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <string>
 #include <thread>
@@ -75,6 +105,18 @@ ABSL_FLAG(uint32_t, repeats, 20, "Timed runs per method.");
 ABSL_FLAG(uint32_t, kmeans_iterations, 10, "k-means iterations for the index.");
 ABSL_FLAG(bool, json, false, "One JSON object per method instead of the table.");
 ABSL_FLAG(uint32_t, rerank, 4, "pqkv-rerank: candidates scanned per selected token.");
+ABSL_FLAG(bool, build, false, "Time index builds instead of retrievals (see the comment).");
+ABSL_FLAG(uint32_t, build_repeats, 3, "Build mode: timed builds per method.");
+ABSL_FLAG(std::string, build_methods, "pqkv,pqkv-layer,faiss-cpu,faiss-debian",
+          "Build mode: methods to run (pqkv always runs).");
+ABSL_FLAG(std::string, faiss_python, "",
+          "Build mode: the faiss-cpu venv's python (bench/python/faiss_peer_setup.sh prints "
+          "it); empty: $HOME/.cache/pqkv/faiss-peer-venv/bin/python. Missing: no faiss-cpu rows.");
+ABSL_FLAG(uint64_t, kmeans_training_keys, pqkv::server::PqTrainOptions::kDefaultTrainingKeys,
+          "Build mode, pqkv: keys k-means trains each sub-space on, at most; 0: all.");
+ABSL_FLAG(double, kmeans_stop, pqkv::server::PqTrainOptions::kDefaultStopFraction,
+          "Build mode, pqkv: stop once an iteration changes at most this fraction of assignments.");
+ABSL_FLAG(int32_t, build_threads, 0, "Build mode, pqkv: threads over kv heads; 0: all cores.");
 ABSL_FLAG(std::string, methods, "pqkv,pqkv-1core,pqkv-rerank,plain,faiss-indexpq,exact",
           "Comma-separated methods to run (pqkv always runs: it is the baseline).");
 
@@ -139,6 +181,280 @@ std::vector<std::vector<uint32_t>> Positions(const LayerSelection& selection) {
   std::vector<std::vector<uint32_t>> out;
   for (const HeadSelection& h : selection.heads) out.push_back(h.positions);
   return out;
+}
+
+// Mass recall of one layer's index: per kv head, the exact GQA mass (divided by the group
+// size) of the sinks, the recent window and the top k by the index's ADC score.
+double MassRecall(const workload::LayerData& data, uint32_t n, uint32_t H, uint32_t G, uint32_t d,
+                  uint32_t M, uint32_t bits, uint32_t k, uint32_t sinks, uint32_t recent,
+                  const std::vector<std::vector<float>>& exact_scores,
+                  const std::vector<const float*>& centroids,
+                  const std::vector<const uint8_t*>& codes) {
+  double sum = 0;
+  std::vector<float> scores(n);
+  for (uint32_t h = 0; h < H; ++h) {
+    kernels::PqCodeStore store(M, bits);
+    store.Append(codes[h], n);
+    kernels::GqaScoringInput input;
+    input.head_dim = d;
+    input.centroids = centroids[h];
+    input.codes = &store;
+    input.group_queries = data.query.data() + size_t{h} * G * d;
+    input.group_size = G;
+    kernels::ScoreGqa(input, scores.data());
+    std::vector<uint32_t> positions(k);
+    kernels::SelectTopK(scores.data(), sinks, n - recent, k, positions.data());
+    for (uint32_t t = 0; t < sinks; ++t) positions.push_back(t);
+    for (uint32_t t = n - recent; t < n; ++t) positions.push_back(t);
+    sum += workload::MassOf(exact_scores[h], positions) / G;
+  }
+  return sum / H;
+}
+
+struct BuildRow {
+  std::string method;
+  double build_ms = 0, cpu_ms = 0, mass_recall = 0;
+  std::string note;
+};
+
+double ProcessCpuMs() {
+  rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e3 +
+         (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e3;
+}
+
+// Median wall and CPU milliseconds of `repeats` runs of fn.
+std::pair<double, double> TimeBuild(uint32_t repeats, const std::function<void()>& fn) {
+  std::vector<double> wall, cpu;
+  for (uint32_t r = 0; r < repeats; ++r) {
+    const double cpu_start = ProcessCpuMs();
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    wall.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+            .count());
+    cpu.push_back(ProcessCpuMs() - cpu_start);
+  }
+  return {Percentile(wall, 0.5), Percentile(cpu, 0.5)};
+}
+
+int RunBuild() {
+  const uint32_t n = absl::GetFlag(FLAGS_tokens), H = absl::GetFlag(FLAGS_kv_heads),
+                 Q = absl::GetFlag(FLAGS_query_heads), d = absl::GetFlag(FLAGS_head_dim),
+                 M = absl::GetFlag(FLAGS_subspaces), bits = absl::GetFlag(FLAGS_bits),
+                 k = absl::GetFlag(FLAGS_k), repeats = absl::GetFlag(FLAGS_build_repeats),
+                 iterations = absl::GetFlag(FLAGS_kmeans_iterations);
+  const bool json = absl::GetFlag(FLAGS_json);
+  const std::string methods = "," + absl::GetFlag(FLAGS_build_methods) + ",";
+  const auto wanted = [&](const char* m) {
+    return methods.find(absl::StrCat(",", m, ",")) != std::string::npos;
+  };
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads =
+      absl::GetFlag(FLAGS_build_threads) > 0 ? absl::GetFlag(FLAGS_build_threads) : cores;
+  const uint32_t G = Q / H;
+  const std::string pq = absl::StrCat(M, "x", bits);
+  FILE* info = json ? stderr : stdout;
+  std::fprintf(info, "Setup: commit %s; CPU %s, %d cores, SIMD %s; FAISS %d.%d.%d; %s\n",
+               Commit().c_str(), CpuModel().c_str(), cores, kernels::SimdLevelName(),
+               FAISS_VERSION_MAJOR, FAISS_VERSION_MINOR, FAISS_VERSION_PATCH,
+               openblas_get_config());
+  PqTrainOptions options;
+  options.max_training_keys = absl::GetFlag(FLAGS_kmeans_training_keys);
+  options.stop_fraction = absl::GetFlag(FLAGS_kmeans_stop);
+  std::fprintf(info,
+               "Build: %u tokens, %u kv heads, head dim %u, M=%u x %u bits, %u iterations at "
+               "most; pqkv: %zu training keys per sub-space, stop at %g changed, %d threads; mass "
+               "recall at k=%u; %u repeats\n",
+               n, H, d, M, bits, iterations, options.max_training_keys, options.stop_fraction,
+               threads, k, repeats);
+
+  workload::PlantedKvSpec spec{H, Q, d, n};
+  spec.seed = 7;
+  const workload::LayerData data = workload::GeneratePlantedLayer(spec, 0);
+  const std::vector<uint16_t> key_bits = workload::ToHalf(data.keys),
+                              value_bits = workload::ToHalf(data.values);
+  // The keys every method trains on: the stored fp16 keys as fp32 (what BuildIndex reads).
+  std::vector<float> keys(key_bits.size());
+  kernels::ToFloat(kernels::ElementType::kFp16, key_bits.data(), keys.size(), keys.data());
+  std::vector<std::vector<float>> exact_scores(H);
+  for (uint32_t h = 0; h < H; ++h) {
+    exact_scores[h] = workload::ExactGqaScores(data.keys.data() + size_t{h} * n * d, n,
+                                               data.query.data() + size_t{h} * G * d, G, d);
+  }
+  const auto mass_recall = [&](const std::vector<const float*>& centroids,
+                               const std::vector<const uint8_t*>& codes) {
+    return MassRecall(data, n, H, G, d, M, bits, k, spec.sinks, spec.recent, exact_scores,
+                      centroids, codes);
+  };
+  std::vector<BuildRow> rows;
+
+  {  // pqkv
+    ThreadPool pool("build", threads - 1);
+    std::vector<std::unique_ptr<PqCodebook>> codebooks(H);
+    std::vector<std::vector<uint8_t>> codes(H, std::vector<uint8_t>(size_t{n} * M));
+    int iterations_run = 0;
+    const auto [wall_ms, cpu_ms] = TimeBuild(repeats, [&] {
+      ParallelFor(threads > 1 ? &pool : nullptr, H, [&](int h) {
+        std::vector<float> head(size_t{n} * d);
+        kernels::ToFloat(kernels::ElementType::kFp16, key_bits.data() + size_t(h) * n * d,
+                         head.size(), head.data());
+        codebooks[h] = std::make_unique<PqCodebook>(
+            PqCodebook::Train(head.data(), n, d, M, bits, iterations, false, options).value());
+        codebooks[h]->Encode(head.data(), n, codes[h].data());
+        kernels::PqCodeStore store(M, bits);
+        store.Append(codes[h].data(), n);
+      });
+    });
+    std::vector<const float*> c;
+    std::vector<const uint8_t*> p;
+    for (uint32_t h = 0; h < H; ++h) {
+      c.push_back(codebooks[h]->centroids().data());
+      p.push_back(codes[h].data());
+      iterations_run = std::max(iterations_run, codebooks[h]->iterations_run());
+    }
+    rows.push_back(
+        {"pqkv", wall_ms, cpu_ms, mass_recall(c, p),
+         absl::StrCat("our k-means, ", threads, " thread(s), iterations run ", iterations_run)});
+  }
+
+  if (wanted("pqkv-layer")) {  // the server's path, fresh layer each time
+    SessionConfig config;
+    config.shape = {1, H, Q, d, kernels::ElementType::kFp16};
+    config.index.subspaces = M;
+    config.index.bits = bits;
+    config.index.kmeans_iterations = iterations;
+    auto arena =
+        PageArena::Create(size_t{2} * H * n * d * 2 + (size_t{64} << 20), 64 << 10).value();
+    ThreadPool pool("build", cores - 1);
+    const absl::string_view kb(reinterpret_cast<const char*>(key_bits.data()), key_bits.size() * 2);
+    const absl::string_view vb(reinterpret_cast<const char*>(value_bits.data()),
+                               value_bits.size() * 2);
+    std::vector<double> wall, cpu;
+    for (uint32_t r = 0; r < repeats; ++r) {
+      LayerStore layer(0, config, arena.get());
+      if (absl::Status s = layer.Append(0, n, kb, vb); !s.ok()) {
+        std::fprintf(stderr, "%s\n", s.ToString().c_str());
+        return 2;
+      }
+      layer.SealPrefill();
+      const auto [wall_ms, cpu_ms] = TimeBuild(1, [&] { layer.BuildIndex(&pool); });
+      wall.push_back(wall_ms);
+      cpu.push_back(cpu_ms);
+    }
+    rows.push_back({"pqkv-layer", Percentile(wall, 0.5), Percentile(cpu, 0.5), 0,
+                    absl::StrCat("LayerStore::BuildIndex, server defaults, ", cores,
+                                 " thread(s); no mass recall")});
+  }
+
+  std::string python = absl::GetFlag(FLAGS_faiss_python);
+  if (python.empty() && std::getenv("HOME") != nullptr) {
+    python = absl::StrCat(std::getenv("HOME"), "/.cache/pqkv/faiss-peer-venv/bin/python");
+  }
+  const bool have_python = std::ifstream(python).good();
+  if (!have_python && (wanted("faiss-cpu") || wanted("faiss-cpu-mt"))) {
+    std::fprintf(info, "no faiss-cpu rows: %s missing (run bench/python/faiss_peer_setup.sh)\n",
+                 python.c_str());
+  }
+  for (const char* method : {"faiss-cpu", "faiss-cpu-mt"}) {
+    if (!have_python || !wanted(method)) continue;
+    const std::string dir = absl::StrCat(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp",
+                                         "/retrieval_bench_build_", getpid());
+    std::system(absl::StrCat("mkdir -p ", dir).c_str());
+    {
+      std::ofstream out(dir + "/keys.f32", std::ios::binary);
+      out.write(reinterpret_cast<const char*>(keys.data()), keys.size() * sizeof(float));
+    }
+    const int faiss_threads = std::string(method) == "faiss-cpu-mt" ? cores : 1;
+    const std::string command = absl::StrCat(
+        python, " bench/python/faiss_peer_build.py --keys ", dir, "/keys.f32 --kv-heads ", H,
+        " --tokens ", n, " --head-dim ", d, " --subspaces ", M, " --bits ", bits, " --iterations ",
+        iterations, " --repeats ", repeats, " --threads ", faiss_threads, " --centroids ", dir,
+        "/centroids.f32 --codes ", dir, "/codes.u8");
+    FILE* pipe = popen(command.c_str(), "r");
+    std::string output;
+    char buffer[4096];
+    while (pipe != nullptr && std::fgets(buffer, sizeof buffer, pipe) != nullptr) output += buffer;
+    if (pipe == nullptr || pclose(pipe) != 0) {
+      std::fprintf(stderr, "%s failed: %s\n", command.c_str(), output.c_str());
+      return 2;
+    }
+    const auto field = [&](const char* name) {
+      const std::string key = absl::StrCat("\"", name, "\": ");
+      const size_t at = output.find(key);
+      return at == std::string::npos ? 0.0 : std::atof(output.c_str() + at + key.size());
+    };
+    const size_t v = output.find("\"version\": \"");
+    const std::string version =
+        v == std::string::npos ? "?" : output.substr(v + 12, output.find('"', v + 12) - v - 12);
+    const size_t ksub = size_t{1} << bits;
+    std::vector<float> centroids(size_t{H} * M * ksub * (d / M));
+    std::vector<uint8_t> codes(size_t{H} * n * M);
+    std::ifstream(dir + "/centroids.f32", std::ios::binary)
+        .read(reinterpret_cast<char*>(centroids.data()), centroids.size() * sizeof(float));
+    std::ifstream(dir + "/codes.u8", std::ios::binary)
+        .read(reinterpret_cast<char*>(codes.data()), codes.size());
+    std::system(absl::StrCat("rm -rf ", dir).c_str());
+    std::vector<const float*> c;
+    std::vector<const uint8_t*> p;
+    for (uint32_t h = 0; h < H; ++h) {
+      c.push_back(centroids.data() + size_t{h} * M * ksub * (d / M));
+      p.push_back(codes.data() + size_t{h} * n * M);
+    }
+    rows.push_back({method, field("build_ms"), field("cpu_ms"), mass_recall(c, p),
+                    absl::StrCat("faiss-cpu ", version, ", ", faiss_threads, " thread(s)")});
+  }
+
+  if (wanted("faiss-debian")) {  // pqkv's build before its own k-means
+    openblas_set_num_threads(1);
+    omp_set_num_threads(1);
+    std::vector<std::unique_ptr<faiss::ProductQuantizer>> pqs(H);
+    std::vector<std::vector<uint8_t>> codes(H, std::vector<uint8_t>(size_t{n} * M));
+    const auto [wall_ms, cpu_ms] = TimeBuild(repeats, [&] {
+      for (uint32_t h = 0; h < H; ++h) {
+        const float* head = keys.data() + size_t{h} * n * d;
+        pqs[h] = std::make_unique<faiss::ProductQuantizer>(d, M, bits);
+        pqs[h]->cp.niter = iterations;
+        pqs[h]->cp.seed = 1234;
+        pqs[h]->cp.min_points_per_centroid = 1;
+        pqs[h]->verbose = false;
+        pqs[h]->train(n, head);
+        std::vector<uint8_t> packed(size_t{n} * pqs[h]->code_size);
+        pqs[h]->compute_codes(head, packed.data(), n);
+        for (uint32_t t = 0; t < n; ++t) {
+          faiss::PQDecoderGeneric decoder(packed.data() + size_t{t} * pqs[h]->code_size, bits);
+          for (uint32_t m = 0; m < M; ++m) codes[h][size_t{t} * M + m] = decoder.decode();
+        }
+      }
+    });
+    std::vector<const float*> c;
+    std::vector<const uint8_t*> p;
+    for (uint32_t h = 0; h < H; ++h) {
+      c.push_back(pqs[h]->centroids.data());
+      p.push_back(codes[h].data());
+    }
+    rows.push_back({"faiss-debian", wall_ms, cpu_ms, mass_recall(c, p),
+                    absl::StrCat("Debian FAISS ", FAISS_VERSION_MAJOR, ".", FAISS_VERSION_MINOR,
+                                 ".", FAISS_VERSION_PATCH, ", 1 thread")});
+  }
+
+  const double pqkv_ms = rows[0].build_ms;
+  for (const BuildRow& row : rows) {
+    if (json) {
+      std::printf(
+          "{\"method\": \"%s\", \"tokens\": %u, \"kv_heads\": %u, \"head_dim\": %u, \"pq\": "
+          "\"%s\", \"build_ms\": %.1f, \"cpu_ms\": %.1f, \"ratio_vs_pqkv\": %.2f, "
+          "\"mass_recall\": %.4f, \"note\": \"%s\"}\n",
+          row.method.c_str(), n, H, d, pq.c_str(), row.build_ms, row.cpu_ms, row.build_ms / pqkv_ms,
+          row.mass_recall, row.note.c_str());
+    } else {
+      std::printf("%-13s %s %9.1f ms wall %9.1f ms cpu %6.2fx  mass recall %.4f  (%s)\n",
+                  row.method.c_str(), pq.c_str(), row.build_ms, row.cpu_ms, row.build_ms / pqkv_ms,
+                  row.mass_recall, row.note.c_str());
+    }
+  }
+  return 0;
 }
 
 int Run() {
@@ -437,5 +753,5 @@ int main(int argc, char** argv) {
     argv2.push_back(arg.data());
   }
   absl::ParseCommandLine(static_cast<int>(argv2.size()), argv2.data());
-  return pqkv::server::Run();
+  return absl::GetFlag(FLAGS_build) ? pqkv::server::RunBuild() : pqkv::server::Run();
 }
