@@ -1,13 +1,14 @@
-// KMeans: Lloyd k-means on fp32 points, the PQ codebook trainer (server/index/pq_codebook.h).
+// TrainKMeans: Lloyd k-means on fp32 points, the PQ codebook trainer
+// (server/index/pq_codebook.h).
 //
-// Trains on a sample of at most max_points_per_centroid x k points (all of them when
-// there are fewer), drawn with a fixed seed; starts from k distinct sampled points; each
-// iteration assigns every sampled point to its nearest centroid (kernels/kmeans.h, AVX2)
-// and moves each centroid to the mean of its points. A centroid left with no points takes
-// half of a populous cluster (FAISS's split: a copy of that centroid, perturbed by
-// +-1/1024 in alternate directions). Stops after max_iterations, or earlier once an
-// iteration changes at most stop_fraction of the assignments (0: only when none change,
-// i.e. converged).
+// Trains on a sample of at most max_points_per_centroid x k points (all of them when there
+// are fewer, or when max_points_per_centroid is 0), drawn with a fixed seed; starts from k
+// sampled points (k different rows); each iteration assigns every sampled point to its
+// nearest centroid (kernels/kmeans.h, AVX2) and moves each centroid to the mean of its
+// points. A centroid left with no points takes half of a populous cluster (FAISS's split:
+// a copy of that centroid, perturbed by +-1/1024 in alternate directions). Stops after
+// max_iterations, or earlier once an iteration changes at most stop_fraction of the
+// assignments (0: only when none change, i.e. converged).
 //
 // Pure function of its inputs (same input, same centroids); thread-safe.
 #ifndef PQKV_SERVER_INDEX_KMEANS_H_
