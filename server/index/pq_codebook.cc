@@ -27,12 +27,8 @@ std::vector<uint32_t> RopePairOrder(int dim) {
 }  // namespace
 
 size_t PqCodebook::bytes() const {
-  size_t floats = centroids_.capacity();
-  if (pq_ != nullptr) {
-    floats += pq_->centroids.capacity() + pq_->transposed_centroids.capacity() +
-              pq_->centroids_sq_lengths.capacity() + pq_->sdc_table.capacity();
-  }
-  return floats * sizeof(float) + order_.capacity() * sizeof(uint32_t);
+  return (centroids_.capacity() + norms_.capacity()) * sizeof(float) +
+         order_.capacity() * sizeof(uint32_t);
 }
 
 void PqCodebook::PermuteDims(const float* in, size_t rows, float* out) const {

@@ -59,8 +59,8 @@ class PqCodebook {
   // by PermuteDims(q) . centroid.
   const std::vector<float>& centroids() const { return centroids_; }
 
-  // Heap bytes the codebook holds, about: its centroids, FAISS's copy of them and the
-  // dimension order.
+  // Heap bytes the codebook holds: its centroids, their squared norms and the dimension
+  // order.
   size_t bytes() const;
 
   // Whether PermuteDims reorders anything (RoPE pairs on).
