@@ -27,6 +27,9 @@ AppendKvReactor::AppendKvReactor(SessionStore* store, ThreadPool* compute_pool, 
 }
 
 void AppendKvReactor::OnDone() {
+  // Finish is called with mu_ held and gRPC may run OnDone at once on another thread: wait
+  // for that caller to let go before the mutex is destroyed with this reactor.
+  { absl::MutexLock lock(&mu_); }
   if (on_done_) on_done_(this);
   delete this;
 }
@@ -34,6 +37,7 @@ void AppendKvReactor::OnDone() {
 void AppendKvReactor::EndWhenIdle() {
   absl::MutexLock lock(&mu_);
   shutting_down_ = true;
+  if (finished_) return;  // already ended (its OnDone is on its way)
   // Waiting for the client's next message: end now (gRPC completes that read, not ok).
   // Applying a chunk: the pool task ends the stream once it is applied.
   if (!applying_) {
