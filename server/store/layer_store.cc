@@ -115,25 +115,29 @@ absl::Status LayerStore::Append(uint64_t token_begin, uint32_t num_tokens, absl:
     return absl::InvalidArgumentError(
         absl::StrCat("layer ", layer_, " would exceed ", UINT32_MAX, " tokens"));
   }
-  // The new tokens' codes first: pages charging them, and code stores with room for them
-  // (so that encoding allocates nothing uncharged).
+  // Every kv head's K and V rows grow alike, so one head tells how many pages each needs.
+  const size_t pages_per_tensor = keys_[0]->PagesNeededFor(num_tokens);
+  const size_t tensors = 2 * shape.num_kv_heads;
+  std::vector<uint32_t> pages;
+  if (pages_per_tensor > 0) {
+    absl::StatusOr<std::vector<uint32_t>> allocated = arena_->Allocate(pages_per_tensor * tensors);
+    if (!allocated.ok()) return allocated.status();
+    pages = *std::move(allocated);
+  }
+  // Then the new tokens' codes: pages charging them, and code stores with room for them (so
+  // that encoding allocates nothing uncharged). A refusal gives the K/V pages back: a
+  // failed append changes nothing.
   if (index_state_ == IndexState::kReady) {
     if (absl::Status charged = ReserveIndexLocked(num_tokens_ + num_tokens, codebooks_, codes_);
         !charged.ok()) {
+      if (!pages.empty()) arena_->Free(pages);
       return charged;
     }
   }
-  // Every kv head's K and V rows grow alike, so one head tells how many pages each needs.
-  const size_t pages_per_tensor = keys_[0]->PagesNeededFor(num_tokens);
-  if (pages_per_tensor > 0) {
-    const size_t tensors = 2 * shape.num_kv_heads;
-    absl::StatusOr<std::vector<uint32_t>> pages = arena_->Allocate(pages_per_tensor * tensors);
-    if (!pages.ok()) return pages.status();
-    for (size_t i = 0; i < tensors; ++i) {
-      std::vector<uint32_t> slice(pages->begin() + i * pages_per_tensor,
-                                  pages->begin() + (i + 1) * pages_per_tensor);
-      (i % 2 == 0 ? keys_ : values_)[i / 2]->AddPages(slice);
-    }
+  for (size_t i = 0; pages_per_tensor > 0 && i < tensors; ++i) {
+    std::vector<uint32_t> slice(pages.begin() + i * pages_per_tensor,
+                                pages.begin() + (i + 1) * pages_per_tensor);
+    (i % 2 == 0 ? keys_ : values_)[i / 2]->AddPages(slice);
   }
   for (uint32_t h = 0; h < shape.num_kv_heads; ++h) {
     keys_[h]->Append(keys.data() + h * head_bytes, num_tokens);

@@ -117,6 +117,45 @@ TEST_CASE("LayerStore refuses an append past the memory budget", "[server]") {
   CHECK(layer.Status().num_tokens == 64);
 }
 
+// With an index, an append takes K/V pages and pages for its tokens' codes. When the codes
+// do not fit, the K/V pages taken for them come back: a refused append changes nothing.
+TEST_CASE("An append whose codes do not fit the budget gives its K/V pages back", "[server]") {
+  constexpr uint32_t kPrefill = 200, kMore = 1024;
+  // First on a roomy arena: what the built layer holds, and what the append takes.
+  size_t built = 0, kv_pages = 0, appended = 0;
+  {
+    Fixture f;
+    REQUIRE(f.layer.Append(0, kPrefill, Bytes(kPrefill, 1), Bytes(kPrefill, 2)).ok());
+    REQUIRE(f.layer.SealPrefill());
+    f.layer.BuildIndex();
+    REQUIRE(f.layer.Status().index_state == IndexState::kReady);
+    built = f.arena->bytes_in_use();
+    REQUIRE(f.layer.Append(kPrefill, kMore, Bytes(kMore, 3), Bytes(kMore, 4)).ok());
+    appended = f.arena->bytes_in_use();
+    // Rows of kDim fp32: each of the 2 x kKvHeads tensors grows by whole 4 KiB pages.
+    const size_t rows_per_page = 4096 / (kDim * sizeof(float));
+    const size_t old_pages = (kPrefill + rows_per_page - 1) / rows_per_page;
+    const size_t new_pages = (kPrefill + kMore + rows_per_page - 1) / rows_per_page;
+    kv_pages = 2 * kKvHeads * (new_pages - old_pages);
+  }
+  REQUIRE(appended > built + kv_pages * 4096);  // the codes took pages too
+  // Then with room for the K/V pages and none for the codes.
+  auto arena = PageArena::Create(built + kv_pages * 4096, 4096).value();
+  LayerStore layer(0, Config(), arena.get());
+  REQUIRE(layer.Append(0, kPrefill, Bytes(kPrefill, 1), Bytes(kPrefill, 2)).ok());
+  REQUIRE(layer.SealPrefill());
+  layer.BuildIndex();
+  REQUIRE(layer.Status().index_state == IndexState::kReady);
+  REQUIRE(arena->bytes_in_use() == built);
+  const absl::Status s = layer.Append(kPrefill, kMore, Bytes(kMore, 3), Bytes(kMore, 4));
+  CHECK(s.code() == absl::StatusCode::kResourceExhausted);
+  CHECK(arena->bytes_in_use() == built);
+  CHECK(layer.Status().num_tokens == kPrefill);
+  CHECK(layer.Status().num_encoded == kPrefill);
+  // What fits still goes in.
+  CHECK(layer.Append(kPrefill, 1, Bytes(1, 3), Bytes(1, 4)).ok());
+}
+
 TEST_CASE("LayerStore rejects bad retrievals", "[server]") {
   Fixture f;
   REQUIRE(f.layer.Append(0, 100, Bytes(100, 1), Bytes(100, 2)).ok());
