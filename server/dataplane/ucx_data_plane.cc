@@ -91,14 +91,16 @@ absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create(
       worker->handle = nullptr;
       return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_create", status);
     }
+    UcxWorker* const created = worker.get();
+    plane->workers_.push_back(std::move(worker));  // destroyed with the plane on any error below
     ucp_address_t* own = nullptr;
     size_t own_bytes = 0;
-    status = ucp_worker_get_address(worker->handle, &own, &own_bytes);
+    status = ucp_worker_get_address(created->handle, &own, &own_bytes);
     if (status != UCS_OK) {
       return UcxError(absl::StatusCode::kUnavailable, "ucp_worker_get_address", status);
     }
     const std::string own_address(reinterpret_cast<const char*>(own), own_bytes);
-    ucp_worker_release_address(worker->handle, own);
+    ucp_worker_release_address(created->handle, own);
     if (w == 0) plane->address_version_ = static_cast<uint8_t>(own_address[0]) & 0xf;
     // Clients' addresses are parsed as this one is: if it does not parse (another UCX
     // version, UCX_UNIFIED_MODE), no offer would be checked, so there is no data plane.
@@ -110,10 +112,9 @@ absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create(
           "against (UCX 1.13, UCX_UNIFIED_MODE=n): ",
           parsed.status().message()));
     }
-    plane->own_uuids_.push_back(parsed->uuid());
+    if (parsed->uuid() != 0) plane->own_uuids_.push_back(parsed->uuid());
     int fd = -1;
-    if (ucp_worker_get_efd(worker->handle, &fd) == UCS_OK) plane->event_fds_.push_back(fd);
-    plane->workers_.push_back(std::move(worker));
+    if (ucp_worker_get_efd(created->handle, &fd) == UCS_OK) plane->event_fds_.push_back(fd);
   }
   if (plane->event_fds_.size() != plane->workers_.size()) plane->event_fds_.clear();
   plane->progress_ = std::thread([p = plane.get()] { p->ProgressLoop(); });
@@ -161,7 +162,8 @@ absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const v1::DataPla
   absl::StatusOr<UcxWorkerAddress> address =
       UcxWorkerAddress::Parse(offer.worker_address(), address_version_);
   if (!address.ok()) return address.status();
-  if (std::find(own_uuids_.begin(), own_uuids_.end(), address->uuid()) != own_uuids_.end()) {
+  if (address->uuid() != 0 &&
+      std::find(own_uuids_.begin(), own_uuids_.end(), address->uuid()) != own_uuids_.end()) {
     return absl::InvalidArgumentError("the worker address is this server's own");
   }
   for (const UcxTcpEndpoint& endpoint : address->tcp_endpoints()) {

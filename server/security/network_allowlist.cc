@@ -124,8 +124,14 @@ NetworkAllowlist NetworkAllowlist::LoopbackAndLocalSubnets() {
     } else {
       continue;
     }
+    // A prefix of 0 (an interface reporting no netmask) would allow every address: such
+    // an interface's subnet is left out (its own address still counts, as a host).
     const int bits = PrefixOf(mask, IpBytes(family));
-    if (bits >= 0) list.Add(family, ip, bits);
+    if (bits > 0) {
+      list.Add(family, ip, bits);
+    } else if (bits == 0) {
+      list.Add(family, ip, 8 * IpBytes(family));
+    }
   }
   freeifaddrs(interfaces);
   return list;
