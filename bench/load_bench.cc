@@ -30,7 +30,9 @@
 // peak (VmHWM) and at the end, once every session is closed. Decoding starts when the
 // server has no index build pending (the wait is reported). --json prints one JSON
 // object with the same fields and the setup on stderr. Exits 1 on any error or differing
-// row.
+// row. --rounds=N runs the whole load N times on the same server: timings are the last
+// round's, rows and errors all rounds', and the RSS at each round's end is reported (the
+// start is the first round's: the server before any call).
 #include <sys/types.h>
 
 #include <algorithm>
@@ -72,6 +74,9 @@ ABSL_FLAG(int, server_pid, 0, "With --server: its pid on this host, for its RSS.
 ABSL_FLAG(std::vector<std::string>, server_flags, {},
           "Extra flags for the server the bench starts, comma-separated.");
 ABSL_FLAG(bool, json, false, "One JSON object instead of the text report.");
+ABSL_FLAG(uint32_t, rounds, 1,
+          "Run the whole load this many times on the same server (timings of the last, rows "
+          "and errors of all; RSS at every round's end).");
 
 namespace pqkv {
 namespace {
@@ -366,46 +371,89 @@ int Run() {
   }
   std::unique_ptr<Client> client = *std::move(connected);
 
-  const ProcMemory at_start = ReadMemory(pid);
+  // One round: every session prefilled, decoded and closed. Rounds after the first run the
+  // same load on the same server again: the RSS at each round's end shows whether sessions
+  // leave memory behind (a leak grows round over round) apart from what the server's first
+  // use of its code, threads and transports costs once.
+  struct Round {
+    std::vector<Timings> timings;
+    double prefill_s = 0, index_wait_s = 0, decode_s = 0;
+    ProcMemory at_start, after_prefill, before_close, at_end;
+  };
   Errors errors;
-  std::vector<Timings> timings(streams);
-  absl::BlockingCounter prefilled(streams), decoded(streams);
-  absl::Notification go, close;
-  const auto t0 = std::chrono::steady_clock::now();
-  std::vector<std::thread> threads;
-  for (uint32_t i = 0; i < streams; ++i) {
-    threads.emplace_back([&, i] {
-      RunStream(*client, s, i, streams, num_sessions, steps, sample_every, prefilled, go, decoded,
-                close, errors, timings[i]);
-    });
+  const auto run_round = [&]() {
+    Round r;
+    r.timings.resize(streams);
+    r.at_start = ReadMemory(pid);
+    absl::BlockingCounter prefilled(streams), decoded(streams);
+    absl::Notification go, close;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> threads;
+    for (uint32_t i = 0; i < streams; ++i) {
+      threads.emplace_back([&, i] {
+        RunStream(*client, s, i, streams, num_sessions, steps, sample_every, prefilled, go, decoded,
+                  close, errors, r.timings[i]);
+      });
+    }
+    prefilled.Wait();
+    r.prefill_s = Since(t0) / 1e6;
+    // Decoding starts once every layer's index is built, so that Retrieve times are the
+    // steady state's (a Retrieve would otherwise wait for its layer's build).
+    const auto t_index = std::chrono::steady_clock::now();
+    for (;;) {
+      auto stats = client->GetServerStats();
+      if (!stats.ok() || stats->index_builds_pending == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    r.index_wait_s = Since(t_index) / 1e6;
+    r.after_prefill = ReadMemory(pid);
+    const auto t1 = std::chrono::steady_clock::now();
+    go.Notify();
+    decoded.Wait();
+    r.decode_s = Since(t1) / 1e6;
+    r.before_close = ReadMemory(pid);
+    close.Notify();
+    for (std::thread& thread : threads) thread.join();
+    r.at_end = ReadMemory(pid);
+    return r;
+  };
+  const uint32_t rounds = std::max(1u, absl::GetFlag(FLAGS_rounds));
+  std::vector<ProcMemory> round_starts, round_ends;
+  Round last;
+  uint64_t earlier_checked = 0, earlier_mismatched = 0;  // rows of the rounds before the last
+  for (uint32_t round = 0; round < rounds; ++round) {
+    if (round > 0) {
+      for (const Timings& t : last.timings) {
+        earlier_checked += t.rows_checked;
+        earlier_mismatched += t.rows_mismatched;
+      }
+    }
+    last = run_round();
+    round_starts.push_back(last.at_start);
+    round_ends.push_back(last.at_end);
   }
-  prefilled.Wait();
-  const double prefill_s = Since(t0) / 1e6;
-  // Decoding starts once every layer's index is built, so that Retrieve times are the
-  // steady state's (a Retrieve would otherwise wait for its layer's build).
-  const auto t_index = std::chrono::steady_clock::now();
-  for (;;) {
-    auto stats = client->GetServerStats();
-    if (!stats.ok() || stats->index_builds_pending == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  const double index_wait_s = Since(t_index) / 1e6;
-  const ProcMemory after_prefill = ReadMemory(pid);
-  const auto t1 = std::chrono::steady_clock::now();
-  go.Notify();
-  decoded.Wait();
-  const double decode_s = Since(t1) / 1e6;
-  const ProcMemory before_close = ReadMemory(pid);
-  close.Notify();
-  for (std::thread& thread : threads) thread.join();
-  const ProcMemory at_end = ReadMemory(pid);
+  std::vector<Timings>& timings = last.timings;
+  const double prefill_s = last.prefill_s, index_wait_s = last.index_wait_s,
+               decode_s = last.decode_s;
+  // The first round's start (the server before any call) and the last round's end.
+  const ProcMemory at_start = round_starts.front(), after_prefill = last.after_prefill,
+                   before_close = last.before_close, at_end = last.at_end;
   // VmHWM is kept from counters the kernel syncs lazily: never below an RSS read here.
   const long peak_kib = std::max({at_end.hwm_kib, at_start.rss_kib, after_prefill.rss_kib,
                                   before_close.rss_kib, at_end.rss_kib});
+  // The last round's end against its own start (after the rounds before it).
+  const double end_vs_round_start =
+      rounds > 1 && last.at_start.rss_kib > 0 && at_end.rss_kib >= 0
+          ? static_cast<double>(at_end.rss_kib - last.at_start.rss_kib) / last.at_start.rss_kib
+          : 0.0;
+  std::vector<std::string> round_end_mib;
+  for (const ProcMemory& m : round_ends) round_end_mib.push_back(JsonMib(m.rss_kib));
   uint64_t sessions_left = 0;
   if (auto stats = client->GetServerStats(); stats.ok()) sessions_left = stats->num_sessions;
 
   Timings all;
+  all.rows_checked = earlier_checked;
+  all.rows_mismatched = earlier_mismatched;
   for (Timings& t : timings) {
     for (auto [to, from] :
          {std::pair{&all.upload_us, &t.upload_us}, std::pair{&all.retrieve_us, &t.retrieve_us},
@@ -442,6 +490,7 @@ int Run() {
         "\"retrieve_p99_us\": %.1f, \"append_p50_us\": %.1f, \"append_p99_us\": %.1f, "
         "\"rss_start_mib\": %s, \"rss_after_prefill_mib\": %s, \"rss_before_close_mib\": %s, "
         "\"rss_peak_mib\": %s, \"rss_end_mib\": %s, \"rss_end_vs_start\": %.3f, "
+        "\"rounds\": %u, \"rss_end_by_round_mib\": [%s], \"rss_end_vs_last_round_start\": %.3f, "
         "\"sessions_left\": %lu, \"rows_checked\": %lu, \"rows_mismatched\": %lu, "
         "\"errors\": %lu, \"error_messages\": [%s]}\n",
         num_sessions, steps, streams, s.layers, s.kv_heads, s.query_heads, s.head_dim, s.tokens,
@@ -450,7 +499,8 @@ int Run() {
         p(all.retrieve_us, 0.5), p(all.retrieve_us, 0.99), p(all.append_us, 0.5),
         p(all.append_us, 0.99), JsonMib(at_start.rss_kib).c_str(),
         JsonMib(after_prefill.rss_kib).c_str(), JsonMib(before_close.rss_kib).c_str(),
-        JsonMib(peak_kib).c_str(), JsonMib(at_end.rss_kib).c_str(), end_vs_start,
+        JsonMib(peak_kib).c_str(), JsonMib(at_end.rss_kib).c_str(), end_vs_start, rounds,
+        absl::StrJoin(round_end_mib, ", ").c_str(), end_vs_round_start,
         static_cast<unsigned long>(sessions_left), static_cast<unsigned long>(all.rows_checked),
         static_cast<unsigned long>(all.rows_mismatched), static_cast<unsigned long>(error_count),
         absl::StrJoin(quoted, ", ").c_str());
@@ -472,6 +522,13 @@ int Run() {
         Mib(at_start.rss_kib).c_str(), Mib(after_prefill.rss_kib).c_str(),
         Mib(before_close.rss_kib).c_str(), Mib(peak_kib).c_str(), Mib(at_end.rss_kib).c_str(),
         100 * end_vs_start, static_cast<unsigned long>(sessions_left));
+    if (rounds > 1) {
+      std::printf(
+          "server RSS MiB at the end of each of %u rounds: %s (the last round's end vs "
+          "its start %s: %+.1f%%)\n",
+          rounds, absl::StrJoin(round_end_mib, ", ").c_str(), Mib(last.at_start.rss_kib).c_str(),
+          100 * end_vs_round_start);
+    }
     std::printf("rows checked %lu, differing %lu\nerrors %lu\n",
                 static_cast<unsigned long>(all.rows_checked),
                 static_cast<unsigned long>(all.rows_mismatched),
