@@ -15,8 +15,8 @@ overhead  Alternating blocks of --repeats round trips: the C++ SDK
           blocks, and the median of the per-block ratios python / C++ (noise on this
           shared machine moves both sides of a block alike).
 pipeline  A decode step over every layer with a worker-side computation of about one
-          round trip per layer (the median round trip of a serial pass that waits the
-          Python median above between calls: what a decode loop sees), run serially
+          round trip per layer (the median round trip of a serial pass that waits as
+          long as its own round trip between calls: what a decode loop sees), run serially
           (retrieve, then compute) and pipelined (layer L+1's retrieve_async in flight
           while layer L computes). Two kinds of computation:
             wait  the worker waits that long without the CPU, as on a GPU worker whose
@@ -28,6 +28,9 @@ pipeline  A decode step over every layer with a worker-side computation of about
           way, pipelined / serial, and the median time the pipelined loop waited for a
           layer's result (stall_us; near 0 when the computation bounds the loop) and
           that retrieve_async took to return (submit_us: placing and sending the request).
+          --json adds the mean stall, the first layer's wait (first_us: nothing to
+          overlap it with), and the pipelined round trips, submit to result (median and
+          p90): round trips longer than the computation are what the loop loses.
 
 --json prints one JSON object per row on stdout (the tables go to stderr).
 """
@@ -153,18 +156,28 @@ def main() -> None:
                      "block_ratio_median": statistics.median(ratios)})
 
         # -- pipeline ---------------------------------------------------------------------
-        # "About one round trip": the round trip a decode loop sees, measured in a serial
-        # pass with that much waiting between calls (after a wait the server's threads and
-        # this VM's cores wake first, so it is longer than back-to-back calls above).
-        hot_s = statistics.median(python_us) / 1e6
-        in_loop = []
-        with client.retrieval_stream() as stream:
-            for i in range(10 * args.layers):
-                time.sleep(hot_s)
-                t0 = time.perf_counter()
-                stream.retrieve(i % args.layers, [pq_query])
-                in_loop.append(time.perf_counter() - t0)
-        compute_s = statistics.median(in_loop)
+        # "About one round trip": the round trip of the serial loop itself, retrieve then
+        # wait. After a wait the server's threads and this VM's cores wake first, so that
+        # round trip is longer than the back-to-back calls above, and it grows with the
+        # wait: start from the back-to-back median and set the wait to the loop's median
+        # round trip until the two agree (within 2%, at most 4 passes).
+        def serial_round_trips(wait):
+            in_loop = []
+            with client.retrieval_stream() as stream:
+                for i in range(10 * args.layers):
+                    time.sleep(wait)
+                    t0 = time.perf_counter()
+                    stream.retrieve(i % args.layers, [pq_query])
+                    in_loop.append(time.perf_counter() - t0)
+            return statistics.median(in_loop)
+
+        compute_s = statistics.median(python_us) / 1e6
+        for _ in range(4):
+            measured = serial_round_trips(compute_s)
+            settled = abs(measured - compute_s) <= 0.02 * compute_s
+            compute_s = measured
+            if settled:
+                break
         block = np.random.default_rng(1).standard_normal((96, 96), dtype=np.float32)
 
         def cpu_work(count):
@@ -194,12 +207,13 @@ def main() -> None:
             }
             log(f"\npipeline: a decode step over {args.layers} layers, worker computation of "
                 f"{compute_s * 1e6:.0f} us per layer, the round trip in a loop that waits "
-                f"{hot_s * 1e6:.0f} us between calls (cpu: {count} numpy 96x96 matmuls), "
+                f"as long between calls (cpu: {count} numpy 96x96 matmuls), "
                 f"{args.steps} steps")
             log(f"{'compute':8} {'compute_us':>10} {'serial_rt_us':>12} {'serial_ms':>10} "
                 f"{'pipelined_ms':>13} {'ratio':>7} {'stall_us':>9} {'submit_us':>9}")
             for name, compute in computations.items():
                 serial, pipelined, stalls, computed, round_trips, submits = [], [], [], [], [], []
+                firsts, in_flight = [], []
 
                 def timed(fn, into):
                     t1 = time.perf_counter()
@@ -216,10 +230,14 @@ def main() -> None:
                     t0 = time.perf_counter()
                     future = stream.retrieve_async(0, [pq_query])
                     for layer in range(args.layers):
-                        timed(future.result, stalls)
+                        timed(future.result, stalls if layer else firsts)
                         if layer + 1 < args.layers:
+                            sent = time.perf_counter()
                             future = timed(lambda: stream.retrieve_async(layer + 1, [pq_query]),
                                            submits)
+                            future.add_done_callback(
+                                lambda _, sent=sent: in_flight.append(
+                                    (time.perf_counter() - sent) * 1e6))
                         timed(compute, computed)
                     pipelined.append(time.perf_counter() - t0)
                 s, p = statistics.median(serial) * 1e3, statistics.median(pipelined) * 1e3
@@ -227,7 +245,11 @@ def main() -> None:
                        "compute_us": statistics.median(computed),
                        "serial_rt_us": statistics.median(round_trips), "serial_ms": s,
                        "pipelined_ms": p, "ratio": p / s, "stall_us": statistics.median(stalls),
-                       "submit_us": statistics.median(submits)}
+                       "submit_us": statistics.median(submits),
+                       "stall_mean_us": statistics.mean(stalls),
+                       "first_us": statistics.median(firsts),
+                       "pipelined_rt_us": statistics.median(in_flight),
+                       "pipelined_rt_p90_us": percentile(in_flight, 0.9)}
                 log(f"{name:8} {row['compute_us']:10.0f} {row['serial_rt_us']:12.0f} {s:10.2f} "
                     f"{p:13.2f} {p / s:7.3f} {row['stall_us']:9.0f} {row['submit_us']:9.0f}")
                 rows.append(row)
