@@ -5,6 +5,12 @@
 // Three launches: the scan writes the logits and one (max, sum) normaliser per token
 // block (an online softmax), a second kernel merges the blocks' normalisers per query
 // head, a third turns logits into probabilities and sums each group.
+//
+// The scan reads each token's codes once for a chunk of the kv head's query heads (the
+// whole group when their tables fit in shared memory), and for M = 2 it can look up a
+// joined table, table0[c0] + table1[c1] for every code pair, built per block in shared
+// memory: one lookup per token and query head instead of two. Building it costs ksub^2
+// additions per query head and block, so the plan gives joined blocks more tokens.
 #include <math_constants.h>
 
 #include "kernels/cuda/device_reduce.cuh"
@@ -16,52 +22,100 @@ namespace {
 constexpr int kScanThreads = 256;
 constexpr int kTokensPerThread = 4;
 constexpr int kMaxScanBlocks = 2048;
-// Tables up to 47 KiB (M * ksub <= 12032 floats) are staged in shared memory, larger
-// ones are read through the L1 cache. Dynamic plus static shared memory (the block
-// reduction's 256 bytes) must stay within the 48 KiB a launch gets without opting in.
-constexpr int kMaxSharedTableFloats = (48 - 1) * 1024 / 4;
+// Query heads one scan block handles: the per-thread normalisers live in registers.
+constexpr int kMaxChunk = 8;
+// Shared memory a launch gets without opting in, less the block reduction's 256 bytes
+// and some slack.
+constexpr size_t kDefaultSharedBytes = 47 * 1024;
 constexpr int kNormalizerThreads = 256;
 constexpr int kScoreThreads = 256;
 constexpr int kMaxScoreBlocks = 4096;
 
-// Grid (token block, query head). Each thread scans tokens t = its index + j * (grid
-// stride), keeping its own online normaliser; the block's normaliser goes to
+enum class Lookup { kGlobalTable, kSharedTable, kJoinedTable };
+
+// Grid (token block, kv head x chunk). Block (b, h * chunks + c) handles query heads
+// q0 .. q0 + heads - 1 of kv head h, q0 = h * G + c * chunk. Each thread scans tokens
+// t = its index + j * (grid stride), reading each token's codes once for all of them
+// and keeping one online normaliser per query head; the block's normalisers go to
 // partial_{max,sum}[q][blockIdx.x].
-template <bool kSharedTable>
+template <Lookup kLookup>
 __global__ void __launch_bounds__(kScanThreads)
-    AdcScanKernel(const float* __restrict__ tables, const uint8_t* __restrict__ codes, int group,
-                  int subspaces, int ksub, uint32_t num_tokens, uint32_t code_stride, float scale,
-                  float* __restrict__ logits, float* __restrict__ partial_max,
-                  float* __restrict__ partial_sum) {
-  extern __shared__ float shared_table[];
-  const int q = blockIdx.y;
-  const int h = q / group;
-  const int table_size = subspaces * ksub;
-  const float* table = tables + static_cast<size_t>(q) * table_size;
-  if (kSharedTable) {
-    for (int i = threadIdx.x; i < table_size; i += blockDim.x) shared_table[i] = table[i];
+    GroupedScanKernel(const float* __restrict__ tables, const uint8_t* __restrict__ codes,
+                      int group, int chunk, int subspaces, int ksub, uint32_t num_tokens,
+                      uint32_t code_stride, float scale, float* __restrict__ logits,
+                      float* __restrict__ partial_max, float* __restrict__ partial_sum) {
+  extern __shared__ float shared_tables[];
+  const int chunks = (group + chunk - 1) / chunk;
+  const int h = blockIdx.y / chunks;
+  const int q0 = h * group + (blockIdx.y % chunks) * chunk;
+  const int heads = min(chunk, h * group + group - q0);
+  const int source_size = subspaces * ksub;  // floats of one query head's tables
+  const int table_size = kLookup == Lookup::kJoinedTable ? ksub * ksub : source_size;
+  const float* table = tables + static_cast<size_t>(q0) * source_size;
+  if (kLookup == Lookup::kSharedTable) {
+    // The chunk's tables are contiguous in tables[Q][M][ksub].
+    for (int i = threadIdx.x; i < heads * table_size; i += blockDim.x) {
+      shared_tables[i] = table[i];
+    }
+  } else if (kLookup == Lookup::kJoinedTable) {
+    // joined[g][c0 * ksub + c1] = table[g][0][c0] + table[g][1][c1]: the sum the plain
+    // scan forms for that pair, 0 + t0 + t1, with the same rounding.
+    const int shift = __ffs(ksub) - 1;
+    for (int i = threadIdx.x; i < heads * table_size; i += blockDim.x) {
+      const int g = i / table_size;
+      const int pair = i - g * table_size;
+      const float* source = table + g * source_size;
+      shared_tables[i] = __fadd_rn(source[pair >> shift], source[ksub + (pair & (ksub - 1))]);
+    }
+  }
+  if (kLookup != Lookup::kGlobalTable) {
     __syncthreads();
-    table = shared_table;
+    table = shared_tables;
   }
   const uint8_t* head_codes = codes + static_cast<size_t>(h) * code_stride * subspaces;
-  float* out = logits + static_cast<size_t>(q) * num_tokens;
+  float* out = logits + static_cast<size_t>(q0) * num_tokens;
   const unsigned mask = static_cast<unsigned>(ksub - 1);
-  float run_max = -CUDART_INF_F;
-  float run_sum = 0.0f;
+  float run_max[kMaxChunk];
+  float run_sum[kMaxChunk];
+#pragma unroll
+  for (int g = 0; g < kMaxChunk; ++g) {
+    run_max[g] = -CUDART_INF_F;
+    run_sum[g] = 0.0f;
+  }
   const uint32_t stride = gridDim.x * blockDim.x;
   for (uint32_t t = blockIdx.x * blockDim.x + threadIdx.x; t < num_tokens; t += stride) {
     const uint8_t* code = head_codes + static_cast<size_t>(t) * subspaces;
-    float logit = 0.0f;
-    for (int m = 0; m < subspaces; ++m) logit += table[m * ksub + (code[m] & mask)];
-    out[t] = logit;
-    // The reference's exponent: scale * logit rounded, then minus the max.
-    CombineMaxSum(run_max, run_sum, __fmul_rn(scale, logit), 1.0f);
+    int joined = 0;
+    if (kLookup == Lookup::kJoinedTable) {
+      joined = static_cast<int>((code[0] & mask) * ksub + (code[1] & mask));
+    }
+#pragma unroll
+    for (int g = 0; g < kMaxChunk; ++g) {
+      if (g < heads) {
+        const float* head_table = table + g * table_size;
+        float logit = 0.0f;
+        if (kLookup == Lookup::kJoinedTable) {
+          logit = head_table[joined];
+        } else {
+          for (int m = 0; m < subspaces; ++m) logit += head_table[m * ksub + (code[m] & mask)];
+        }
+        out[static_cast<size_t>(g) * num_tokens + t] = logit;
+        // The reference's exponent: scale * logit rounded, then minus the max.
+        CombineMaxSum(run_max[g], run_sum[g], __fmul_rn(scale, logit), 1.0f);
+      }
+    }
   }
-  BlockReduceMaxSum(run_max, run_sum);
-  if (threadIdx.x == 0) {
-    const size_t slot = static_cast<size_t>(q) * gridDim.x + blockIdx.x;
-    partial_max[slot] = run_max;
-    partial_sum[slot] = run_sum;
+#pragma unroll
+  for (int g = 0; g < kMaxChunk; ++g) {
+    if (g < heads) {  // the same for the whole block
+      BlockReduceMaxSum(run_max[g], run_sum[g]);
+      if (threadIdx.x == 0) {
+        const size_t slot = static_cast<size_t>(q0 + g) * gridDim.x + blockIdx.x;
+        partial_max[slot] = run_max[g];
+        partial_sum[slot] = run_sum[g];
+      }
+      __syncthreads();  // the reduction's shared slots are reused for the next head
+    }
   }
 }
 
@@ -112,27 +166,78 @@ int CeilDiv(uint32_t a, uint32_t b) { return static_cast<int>((a + b - 1) / b); 
 
 }  // namespace
 
-int ScanBlocks(uint32_t num_tokens) {
-  const int blocks = CeilDiv(num_tokens, kScanThreads * kTokensPerThread);
-  return blocks < 1 ? 1 : (blocks > kMaxScanBlocks ? kMaxScanBlocks : blocks);
+cudaError_t PlanAdcScan(int kv_heads, int group, int subspaces, int ksub, uint32_t num_tokens,
+                        ScanMode mode, ScanPlan* plan) {
+  // Shared memory per block: the device's opt-in limit, which LaunchAdcScan raises the
+  // kernel's attribute to when a plan needs more than the default.
+  int device = 0;
+  int optin = 0;
+  cudaError_t error = cudaGetDevice(&device);
+  if (error == cudaSuccess) {
+    error = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  }
+  if (error != cudaSuccess) return error;
+  const size_t limit = optin > static_cast<int>(kDefaultSharedBytes)
+                           ? static_cast<size_t>(optin) - 1024
+                           : kDefaultSharedBytes;
+  const size_t head_bytes = static_cast<size_t>(subspaces) * ksub * sizeof(float);
+  const size_t joined_head_bytes = static_cast<size_t>(ksub) * ksub * sizeof(float);
+  const bool can_join = subspaces == 2 && joined_head_bytes <= limit;
+  // A joined block builds ksub^2 entries per query head; it saves one lookup per token
+  // and query head, so it pays from about 2 ksub^2 tokens per block on.
+  const uint32_t joined_tokens_per_block = 2u * static_cast<uint32_t>(ksub * ksub);
+  bool joined = false;
+  switch (mode) {
+    case ScanMode::kAuto:
+      joined = can_join && num_tokens >= 4u * joined_tokens_per_block;
+      break;
+    case ScanMode::kGrouped:
+      joined = false;
+      break;
+    case ScanMode::kJoined:
+      joined = can_join;
+      break;
+  }
+  const size_t bytes_per_head = joined ? joined_head_bytes : head_bytes;
+  plan->joined = joined;
+  plan->shared_table = joined || bytes_per_head <= limit;
+  int chunk = group < kMaxChunk ? group : kMaxChunk;
+  if (plan->shared_table) {
+    // The fewest chunks that fit, then spread the group evenly over them.
+    const int fits = static_cast<int>(limit / bytes_per_head);
+    if (chunk > fits) chunk = fits;
+    const int chunks = (group + chunk - 1) / chunk;
+    chunk = (group + chunks - 1) / chunks;
+  }
+  plan->chunk = chunk;
+  plan->shared_bytes = plan->shared_table ? chunk * bytes_per_head : 0;
+  const uint32_t tokens_per_block =
+      joined ? joined_tokens_per_block : kScanThreads * kTokensPerThread;
+  const int blocks = CeilDiv(num_tokens, tokens_per_block);
+  plan->token_blocks = blocks < 1 ? 1 : (blocks > kMaxScanBlocks ? kMaxScanBlocks : blocks);
+  return cudaSuccess;
 }
 
-cudaError_t LaunchAdcScan(const float* tables, const uint8_t* codes, int kv_heads, int group,
-                          int subspaces, int ksub, uint32_t num_tokens, uint32_t code_stride,
-                          float scale, float* logits, float* partial_max, float* partial_sum,
-                          cudaStream_t stream) {
-  const dim3 grid(ScanBlocks(num_tokens), kv_heads * group);
-  const int table_floats = subspaces * ksub;
-  if (table_floats <= kMaxSharedTableFloats) {
-    AdcScanKernel<true><<<grid, kScanThreads, table_floats * sizeof(float), stream>>>(
-        tables, codes, group, subspaces, ksub, num_tokens, code_stride, scale, logits, partial_max,
-        partial_sum);
-  } else {
-    AdcScanKernel<false><<<grid, kScanThreads, 0, stream>>>(tables, codes, group, subspaces, ksub,
-                                                            num_tokens, code_stride, scale, logits,
-                                                            partial_max, partial_sum);
-  }
-  return cudaGetLastError();
+cudaError_t LaunchAdcScan(const ScanPlan& plan, const float* tables, const uint8_t* codes,
+                          int kv_heads, int group, int subspaces, int ksub, uint32_t num_tokens,
+                          uint32_t code_stride, float scale, float* logits, float* partial_max,
+                          float* partial_sum, cudaStream_t stream) {
+  const int chunks = (group + plan.chunk - 1) / plan.chunk;
+  const dim3 grid(plan.token_blocks, kv_heads * chunks);
+  const auto launch = [&](auto kernel) {
+    if (plan.shared_bytes > kDefaultSharedBytes) {
+      const cudaError_t error = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes));
+      if (error != cudaSuccess) return error;
+    }
+    kernel<<<grid, kScanThreads, plan.shared_bytes, stream>>>(
+        tables, codes, group, plan.chunk, subspaces, ksub, num_tokens, code_stride, scale, logits,
+        partial_max, partial_sum);
+    return cudaGetLastError();
+  };
+  if (plan.joined) return launch(GroupedScanKernel<Lookup::kJoinedTable>);
+  if (plan.shared_table) return launch(GroupedScanKernel<Lookup::kSharedTable>);
+  return launch(GroupedScanKernel<Lookup::kGlobalTable>);
 }
 
 cudaError_t LaunchSoftmaxNormalizers(const float* partial_max, const float* partial_sum,

@@ -18,6 +18,8 @@
 // Every retrieval row: median device time (cudaEvent) of each phase of one call (host
 // to device copy of queries, codebooks and codes; step 1; steps 2-3; step 4; copy of
 // the positions and scores back), their sum, and the median wall time of the whole call.
+// Rows "grouped" and "joined" (M = 2) time the two ADC scan kernels (scan_mode.h) that
+// the "bits" row chooses between.
 // Rows "+1/call" time calls on n, n+1, n+2, ... tokens with the codebooks and codes kept
 // on the device (ResidentLayer), as the server's decode steps run: copy_in is then the
 // queries and one new token's codes, and the buffers grow as the layer does.
@@ -42,6 +44,7 @@
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/pq_retrieval_cuda.h"
+#include "kernels/cuda/scan_mode.h"
 
 ABSL_FLAG(uint32_t, tokens, 131072, "tokens in the layer");
 ABSL_FLAG(int, kv_heads, 8, "kv heads");
@@ -98,10 +101,10 @@ absl::Status PrintSetup(int device) {
   return absl::OkStatus();
 }
 
-// Times RetrieveLayer for PQ shape M x bits; leaves the last selection in `positions`.
-// growing: call i runs on n + i tokens instead of n.
+// Times RetrieveLayer for PQ shape M x bits with the ADC scan `mode`; leaves the last
+// selection in `positions`. growing: call i runs on n + i tokens instead of n.
 absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits, bool growing,
-                           std::vector<uint32_t>& positions) {
+                           ScanMode mode, std::vector<uint32_t>& positions) {
   const int H = absl::GetFlag(FLAGS_kv_heads);
   const int Q = absl::GetFlag(FLAGS_query_heads);
   const int d = absl::GetFlag(FLAGS_head_dim);
@@ -154,6 +157,7 @@ absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits, bool 
     in.head_centroids = head_centroids.data();
     in.head_codes = head_codes.data();
   }
+  retriever.set_scan_mode(mode);
   std::vector<float> copy_in, table, scan, top_k, copy_out, kernels, total, wall;
   for (int i = 0; i < kWarmup + iterations; ++i) {
     if (growing) {
@@ -164,6 +168,7 @@ absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits, bool 
     const auto start = std::chrono::steady_clock::now();
     const absl::Status status = retriever.RetrieveLayer(in, out, &t);
     const auto stop = std::chrono::steady_clock::now();
+    if (!status.ok()) retriever.set_scan_mode(ScanMode::kAuto);
     RETURN_IF_ERROR(status);
     if (i < kWarmup) continue;
     copy_in.push_back(t.copy_in_ms);
@@ -175,11 +180,16 @@ absl::Status TimeRetrieval(CudaLayerRetriever& retriever, int M, int bits, bool 
     total.push_back(t.total_ms());
     wall.push_back(std::chrono::duration<float, std::milli>(stop - start).count());
   }
-  std::printf(
-      "%-14s %8.3f %8.3f %10.3f %8.3f %9.3f %9.3f %8.3f %8.3f\n",
-      (std::to_string(M) + " x " + std::to_string(bits) + (growing ? " +1/call" : " bits")).c_str(),
-      Median(copy_in), Median(table), Median(scan), Median(top_k), Median(copy_out),
-      Median(kernels), Median(total), Median(wall));
+  retriever.set_scan_mode(ScanMode::kAuto);
+  std::string label = std::to_string(M) + " x " + std::to_string(bits);
+  if (growing) {
+    label += " +1/call";
+  } else {
+    label += mode == ScanMode::kAuto ? " bits" : std::string(" ") + ScanModeName(mode);
+  }
+  std::printf("%-14s %8.3f %8.3f %10.3f %8.3f %9.3f %9.3f %8.3f %8.3f\n", label.c_str(),
+              Median(copy_in), Median(table), Median(scan), Median(top_k), Median(copy_out),
+              Median(kernels), Median(total), Median(wall));
   return absl::OkStatus();
 }
 
@@ -229,9 +239,15 @@ absl::Status Run() {
         !absl::SimpleAtoi(parts[1], &bits)) {
       return absl::InvalidArgumentError(std::string("bad --shapes entry: ") + std::string(shape));
     }
-    RETURN_IF_ERROR(TimeRetrieval(retriever, M, bits, /*growing=*/false, positions));
+    RETURN_IF_ERROR(
+        TimeRetrieval(retriever, M, bits, /*growing=*/false, ScanMode::kAuto, positions));
     std::vector<uint32_t> unused;
-    RETURN_IF_ERROR(TimeRetrieval(retriever, M, bits, /*growing=*/true, unused));
+    RETURN_IF_ERROR(TimeRetrieval(retriever, M, bits, /*growing=*/true, ScanMode::kAuto, unused));
+    if (M == 2) {  // which scan kAuto should pick: both, side by side
+      for (ScanMode mode : {ScanMode::kGrouped, ScanMode::kJoined}) {
+        RETURN_IF_ERROR(TimeRetrieval(retriever, M, bits, /*growing=*/false, mode, unused));
+      }
+    }
   }
   if (positions.empty()) return absl::OkStatus();
 

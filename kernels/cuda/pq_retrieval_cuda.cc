@@ -188,6 +188,7 @@ struct CudaLayerRetriever::Impl {
   enum Phase { kStart, kCopiedIn, kTables, kScores, kTopK, kCopiedOut, kPhases };
 
   int device = 0;
+  ScanMode scan_mode = ScanMode::kAuto;
   cudaStream_t stream = nullptr;
   std::array<cudaEvent_t, kPhases> events{};
 
@@ -263,7 +264,9 @@ struct CudaLayerRetriever::Impl {
     const int dsub = s.pq.subspace_dim;
     const size_t d = static_cast<size_t>(s.head_dim());
     const uint32_t n = in.num_tokens;
-    const int blocks = ScanBlocks(n);
+    ScanPlan plan;
+    RETURN_IF_CUDA_ERROR(PlanAdcScan(H, G, M, ksub, n, scan_mode, &plan));
+    const int blocks = plan.token_blocks;
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
 
     RETURN_IF_ERROR(Record(kStart, timed));
@@ -300,7 +303,7 @@ struct CudaLayerRetriever::Impl {
     RETURN_IF_ERROR(Reserve(max, Q * sizeof(float)));
     RETURN_IF_ERROR(Reserve(inv_sum, Q * sizeof(float)));
     RETURN_IF_ERROR(Reserve(head_scores, static_cast<size_t>(H) * n * sizeof(float)));
-    RETURN_IF_CUDA_ERROR(LaunchAdcScan(tables.as<float>(), layer_codes, H, G, M, ksub, n,
+    RETURN_IF_CUDA_ERROR(LaunchAdcScan(plan, tables.as<float>(), layer_codes, H, G, M, ksub, n,
                                        code_stride, scale, logits.as<float>(),
                                        partial_max.as<float>(), partial_sum.as<float>(), stream));
     RETURN_IF_CUDA_ERROR(LaunchSoftmaxNormalizers(partial_max.as<float>(), partial_sum.as<float>(),
@@ -410,6 +413,10 @@ CudaLayerRetriever::CudaLayerRetriever(std::unique_ptr<Impl> impl) : impl_(std::
 CudaLayerRetriever::~CudaLayerRetriever() = default;
 
 int CudaLayerRetriever::device() const { return impl_->device; }
+
+void CudaLayerRetriever::set_scan_mode(ScanMode mode) { impl_->scan_mode = mode; }
+
+ScanMode CudaLayerRetriever::scan_mode() const { return impl_->scan_mode; }
 
 uint64_t CudaLayerRetriever::device_allocations() const { return impl_->allocations; }
 

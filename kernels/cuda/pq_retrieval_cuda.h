@@ -30,6 +30,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/cuda/resident_layer.h"
+#include "kernels/cuda/scan_mode.h"
 #include "kernels/pq_scan.h"
 
 namespace pqkv::kernels::cuda {
@@ -169,6 +170,10 @@ class CudaLayerRetriever {
   absl::Status Gather(const GatherRequest& request, float* kernel_ms = nullptr);
 
   int device() const;
+  // The ADC scan RetrieveLayer runs (scan_mode.h); kAuto unless set. Every mode gives the
+  // same logits; the scores may differ in the last bits (the normalisers' order).
+  void set_scan_mode(ScanMode mode);
+  ScanMode scan_mode() const;
   // cudaMalloc calls of the retriever's own buffers so far (tests: growth is geometric).
   uint64_t device_allocations() const;
 

@@ -18,6 +18,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/scan_mode.h"
+
 namespace pqkv::kernels::cuda {
 
 // pq_table.cu. Step 1: tables[q][m][c] = <queries[q][m*dsub .. (m+1)*dsub),
@@ -29,9 +31,20 @@ cudaError_t LaunchInnerProductTables(const float* queries, const float* centroid
                                      int group, int subspaces, int ksub, int dsub, float* tables,
                                      cudaStream_t stream);
 
-// adc_softmax.cu. Number of token blocks the scan splits n tokens into: the length of
-// each query head's row of partial normalisers.
-int ScanBlocks(uint32_t num_tokens);
+// adc_softmax.cu. How the scan of n tokens runs: which tables it looks up, how many of a
+// kv head's query heads one block scans (reading each token's codes once for them), and
+// the number of token blocks, the length of each query head's row of partial
+// normalisers.
+struct ScanPlan {
+  bool joined = false;        // one table of every code pair (M = 2)
+  bool shared_table = false;  // tables staged in shared memory (always when joined)
+  int chunk = 1;              // query heads per block, <= G
+  int token_blocks = 1;
+  size_t shared_bytes = 0;  // dynamic shared memory per block
+};
+// Plans for the current device (its shared memory per block decides the chunk).
+cudaError_t PlanAdcScan(int kv_heads, int group, int subspaces, int ksub, uint32_t num_tokens,
+                        ScanMode mode, ScanPlan* plan);
 
 // Step 2 and the per-block half of step 3: logits[q][t] = sum over m in order of
 // tables[q][m][codes[q / G][t][m]], and for each query head q and token block b the
@@ -39,12 +52,12 @@ int ScanBlocks(uint32_t num_tokens);
 // partial_max[q][b] = max, partial_sum[q][b] = sum exp(scale * logit - max).
 // tables: fp32 [H*G][M][ksub]. codes: uint8 [H][code_stride][M] (code_stride >= n; tokens
 // [n, code_stride) of each head are not read), each < ksub (higher bits are masked off).
-// logits: fp32 [H*G][n]. partial_max, partial_sum: fp32 [H*G][ScanBlocks(n)].
-// Requires H*G <= 65535, n < 2^31.
-cudaError_t LaunchAdcScan(const float* tables, const uint8_t* codes, int kv_heads, int group,
-                          int subspaces, int ksub, uint32_t num_tokens, uint32_t code_stride,
-                          float scale, float* logits, float* partial_max, float* partial_sum,
-                          cudaStream_t stream);
+// logits: fp32 [H*G][n]. partial_max, partial_sum: fp32 [H*G][plan.token_blocks].
+// plan: PlanAdcScan's for the same arguments. Requires H*G <= 65535, n < 2^31.
+cudaError_t LaunchAdcScan(const ScanPlan& plan, const float* tables, const uint8_t* codes,
+                          int kv_heads, int group, int subspaces, int ksub, uint32_t num_tokens,
+                          uint32_t code_stride, float scale, float* logits, float* partial_max,
+                          float* partial_sum, cudaStream_t stream);
 
 // Step 3, normalisers: per query head, max[q] = max over blocks, inv_sum[q] = 1 / sum over
 // blocks of partial_sum * exp(partial_max - max) (summed in fp64).

@@ -1,6 +1,7 @@
 // CudaLayerRetriever against the plain kernels (kernels/pq_scan.h, gqa_softmax.h,
 // top_k.h): every step of a layer's retrieval on random inputs, several shapes (odd n,
-// M = 2 x 6 bits, M = 4 x 8 bits, tables too large for shared memory), ties from
+// M = 2 x 6 bits, M = 4 x 8 bits, tables past shared memory, each ADC scan
+// kernel: grouped and joined tables), ties from
 // integer-valued inputs, and the gather against memcpy into pinned host memory.
 //
 // Tolerances: on integer-valued inputs the tables and logits are exact (small integers
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include "catch2/catch.hpp"
+#include "kernels/cuda/scan_mode.h"
 #include "kernels/gqa_softmax.h"
 #include "kernels/pq_scan.h"
 #include "kernels/top_k.h"
@@ -126,22 +128,11 @@ LayerData MakeLayer(const LayerCase& c, uint32_t seed) {
   return data;
 }
 
-TEST_CASE("CudaLayerRetriever matches the plain kernels step by step", "[cuda]") {
-  const LayerCase c =
-      GENERATE(LayerCase{8, 32, 128, 2, 6, 131073, true},   // PQCache default, odd n, many ties
-               LayerCase{8, 32, 128, 4, 8, 131071, false},  // M = 4 x 8 bits
-               LayerCase{8, 32, 128, 4, 8, 20011, true}, LayerCase{2, 8, 64, 2, 6, 1001, false},
-               LayerCase{3, 9, 48, 3, 4, 4099, true},    // G = 3, three sub-spaces
-               LayerCase{1, 1, 8, 8, 1, 333, true},      // dsub = 1, two centroids
-               LayerCase{4, 4, 64, 16, 4, 777, false},   // G = 1
-               LayerCase{2, 4, 128, 64, 8, 517, false},  // table too large for shared memory
-               LayerCase{2, 12, 32, 2, 6, 7, true},      // fewer tokens than a warp
-               // Past every grid-stride cap: the scan's 2048 blocks x 256 threads x 4
-               // tokens (2,097,152 tokens), the score kernel's 4096 x 256 (1,048,576
-               // tokens) and the top-k kernels' 4096 x 256 (1,048,576 items).
-               LayerCase{1, 2, 16, 2, 6, 2100001, true});
-  INFO(c);
-  if (SmallOnly() && c.num_tokens > kSmallTokens) return;
+// Runs one layer through RetrieveLayer with the scan `mode` and checks every step against
+// the plain kernels (see the top for the tolerances). k: the selection's size, at most
+// the candidates.
+void CheckLayerAgainstPlain(const LayerCase& c, uint32_t want_k, ScanMode mode) {
+  INFO(c << " k=" << want_k << " scan " << ScanModeName(mode));
   const LayerData data = MakeLayer(c, c.num_tokens * 31 + c.bits);
   const CudaLayerShape& shape = data.shape;
   const int H = shape.kv_heads, Q = shape.query_heads, G = shape.group_size();
@@ -153,8 +144,7 @@ TEST_CASE("CudaLayerRetriever matches the plain kernels step by step", "[cuda]")
   // Candidates leave out a prefix (sinks) and a suffix (recent window) where n allows.
   const uint32_t begin = n > 100 ? 32 : 0;
   const uint32_t end = n > 100 ? n - 64 : n;
-  const uint32_t fifth = std::max<uint32_t>(1, (end - begin) / 5);
-  const uint32_t k = GENERATE_COPY(values<uint32_t>({1, fifth}));
+  const uint32_t k = std::min(want_k, end - begin);
 
   LayerRetrievalInput in;
   in.shape = shape;
@@ -177,7 +167,9 @@ TEST_CASE("CudaLayerRetriever matches the plain kernels step by step", "[cuda]")
   out.logits = logits.data();
   out.head_scores = head_scores.data();
   LayerTimings timings;
+  SharedRetriever().set_scan_mode(mode);
   const absl::Status status = SharedRetriever().RetrieveLayer(in, out, &timings);
+  SharedRetriever().set_scan_mode(ScanMode::kAuto);
   INFO(status);
   REQUIRE(status.ok());
   CHECK(timings.total_ms() > 0);
@@ -250,6 +242,50 @@ TEST_CASE("CudaLayerRetriever matches the plain kernels step by step", "[cuda]")
     }
     CHECK(ties > 100);
   }
+}
+
+TEST_CASE("CudaLayerRetriever matches the plain kernels step by step", "[cuda]") {
+  const LayerCase c = GENERATE(
+      LayerCase{8, 32, 128, 2, 6, 131073, true},   // PQCache default, odd n, many ties
+      LayerCase{8, 32, 128, 4, 8, 131071, false},  // M = 4 x 8 bits
+      LayerCase{8, 32, 128, 4, 8, 20011, true}, LayerCase{2, 8, 64, 2, 6, 1001, false},
+      LayerCase{3, 9, 48, 3, 4, 4099, true},    // G = 3, three sub-spaces
+      LayerCase{1, 1, 8, 8, 1, 333, true},      // dsub = 1, two centroids
+      LayerCase{4, 4, 64, 16, 4, 777, false},   // G = 1
+      LayerCase{2, 4, 128, 64, 8, 517, false},  // 64 KiB tables: past the default shared memory
+      LayerCase{2, 12, 32, 2, 6, 7, true},      // fewer tokens than a warp
+      // Past every grid-stride cap: the scan's 2048 blocks x 256 threads x 4
+      // tokens (2,097,152 tokens), the score kernel's 4096 x 256 (1,048,576
+      // tokens) and the top-k kernels' 4096 x 256 (1,048,576 items).
+      LayerCase{1, 2, 16, 2, 6, 2100001, true});
+  INFO(c);
+  if (SmallOnly() && c.num_tokens > kSmallTokens) return;
+  const uint32_t candidates = c.num_tokens > 100 ? c.num_tokens - 96 : c.num_tokens;
+  const uint32_t k = GENERATE_COPY(values<uint32_t>({1, std::max<uint32_t>(1, candidates / 5)}));
+  // The cap case runs the grouped scan, whose cap it passes (auto would join the tables).
+  CheckLayerAgainstPlain(c, k, c.num_tokens > 2000000 ? ScanMode::kGrouped : ScanMode::kAuto);
+}
+
+// The scan kernels side by side: the grouped scan with tables in shared memory (chunks of
+// query heads where the group's tables do not fit together) and in global memory, and
+// the joined table of 2 x 6 and 2 x 4 bits (2 x 8 falls back to grouped), with groups of
+// 1 to 16 query heads.
+TEST_CASE("Every ADC scan mode gives the plain kernels' results", "[cuda]") {
+  const LayerCase c =
+      GENERATE(LayerCase{8, 32, 128, 2, 6, 40009, true},  // auto picks joined
+               LayerCase{8, 32, 128, 2, 6, 40009, false}, LayerCase{2, 32, 64, 2, 6, 3001, false},
+               LayerCase{4, 4, 64, 2, 4, 999, true},       // G = 1, ksub 16
+               LayerCase{2, 6, 96, 2, 8, 2001, false},     // joined: 256 KiB per head, too large
+               LayerCase{3, 9, 48, 3, 4, 4099, true},      // G = 3, M = 3: grouped only
+               LayerCase{2, 32, 128, 16, 8, 1500, false},  // 16 KiB per head: chunks of G
+               LayerCase{2, 4, 128, 64, 8, 517, false},    // 64 KiB per head: opt-in shared
+               LayerCase{1, 2, 256, 256, 8, 300, false},   // 256 KiB per head: global memory
+               // Past the joined scan's cap: 2048 blocks x 8192 tokens (16,777,216).
+               LayerCase{1, 2, 16, 2, 6, 16777259, true});
+  const ScanMode mode =
+      GENERATE(values<ScanMode>({ScanMode::kAuto, ScanMode::kGrouped, ScanMode::kJoined}));
+  if (SmallOnly() && c.num_tokens > kSmallTokens) return;
+  CheckLayerAgainstPlain(c, c.num_tokens / 7, mode);
 }
 
 TEST_CASE("CudaLayerRetriever::TopK equals kernels::TopK, ties by lower position", "[cuda]") {
