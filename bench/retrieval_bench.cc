@@ -28,14 +28,16 @@
 // every key encoded) instead of retrievals, for each method on the same keys in the same run:
 //   pqkv           PqCodebook::Train + Encode per kv head (what LayerStore::BuildIndex runs:
 //                  fp16 keys to fp32, our k-means, our encoder), kv heads over all cores;
-//                  --kmeans-training-keys, --kmeans-stop, --kmeans-iterations and
-//                  --build-threads are its levers
+//                  --kmeans-keys-per-centroid, --kmeans-training-keys, --kmeans-stop,
+//                  --kmeans-iterations and --build-threads are its levers
 //   pqkv-layer     LayerStore::BuildIndex itself (server defaults, heads over the pool)
 //   faiss-cpu      PyPI's faiss-cpu (AVX2/AVX-512 kernels), ProductQuantizer train +
 //                  compute_codes per kv head, one thread, in a venv that
 //                  bench/python/faiss_peer_setup.sh sets up (--faiss-python)
 //   faiss-cpu-mt   the same with OpenMP over all cores (not by default: on a loaded
 //                  machine its spinning threads took 55 s instead of 3.7 s)
+//   faiss-cpu-same faiss-cpu doing pqkv's work: pqkv's training sample per centroid and
+//                  as many iterations as pqkv's early stop ran (FAISS has no early stop)
 //   faiss-debian   Debian's FAISS 1.7.3 (no AVX2), the same calls, one thread: pqkv's build
 //                  before its own k-means
 // FAISS runs with pqkv's old settings: --kmeans-iterations iterations, seed 1234, its default
@@ -107,13 +109,15 @@ ABSL_FLAG(bool, json, false, "One JSON object per method instead of the table.")
 ABSL_FLAG(uint32_t, rerank, 4, "pqkv-rerank: candidates scanned per selected token.");
 ABSL_FLAG(bool, build, false, "Time index builds instead of retrievals (see the comment).");
 ABSL_FLAG(uint32_t, build_repeats, 3, "Build mode: timed builds per method.");
-ABSL_FLAG(std::string, build_methods, "pqkv,pqkv-layer,faiss-cpu,faiss-debian",
+ABSL_FLAG(std::string, build_methods, "pqkv,pqkv-layer,faiss-cpu,faiss-cpu-same,faiss-debian",
           "Build mode: methods to run (pqkv always runs).");
 ABSL_FLAG(std::string, faiss_python, "",
           "Build mode: the faiss-cpu venv's python (bench/python/faiss_peer_setup.sh prints "
           "it); empty: $HOME/.cache/pqkv/faiss-peer-venv/bin/python. Missing: no faiss-cpu rows.");
-ABSL_FLAG(uint64_t, kmeans_training_keys, pqkv::server::PqTrainOptions::kDefaultTrainingKeys,
-          "Build mode, pqkv: keys k-means trains each sub-space on, at most; 0: all.");
+ABSL_FLAG(uint64_t, kmeans_keys_per_centroid, pqkv::server::PqTrainOptions::kDefaultKeysPerCentroid,
+          "Build mode, pqkv: k-means training keys per centroid of a sub-space; 0: no bound.");
+ABSL_FLAG(uint64_t, kmeans_training_keys, pqkv::server::PqTrainOptions::kDefaultMaxTrainingKeys,
+          "Build mode, pqkv: keys k-means trains each sub-space on, at most; 0: no cap.");
 ABSL_FLAG(double, kmeans_stop, pqkv::server::PqTrainOptions::kDefaultStopFraction,
           "Build mode, pqkv: stop once an iteration changes at most this fraction of assignments.");
 ABSL_FLAG(int32_t, build_threads, 0, "Build mode, pqkv: threads over kv heads; 0: all cores.");
@@ -261,14 +265,15 @@ int RunBuild() {
                FAISS_VERSION_MAJOR, FAISS_VERSION_MINOR, FAISS_VERSION_PATCH,
                openblas_get_config());
   PqTrainOptions options;
+  options.keys_per_centroid = absl::GetFlag(FLAGS_kmeans_keys_per_centroid);
   options.max_training_keys = absl::GetFlag(FLAGS_kmeans_training_keys);
   options.stop_fraction = absl::GetFlag(FLAGS_kmeans_stop);
   std::fprintf(info,
                "Build: %u tokens, %u kv heads, head dim %u, M=%u x %u bits, %u iterations at "
                "most; pqkv: %zu training keys per sub-space, stop at %g changed, %d threads; mass "
                "recall at k=%u; %u repeats\n",
-               n, H, d, M, bits, iterations, options.max_training_keys, options.stop_fraction,
-               threads, k, repeats);
+               n, H, d, M, bits, iterations, options.TrainingKeys(size_t{1} << bits),
+               options.stop_fraction, threads, k, repeats);
 
   workload::PlantedKvSpec spec{H, Q, d, n};
   spec.seed = 7;
@@ -289,12 +294,12 @@ int RunBuild() {
                       centroids, codes);
   };
   std::vector<BuildRow> rows;
+  int iterations_run = 0;  // pqkv's, the most over kv heads (faiss-cpu-same runs as many)
 
   {  // pqkv
     ThreadPool pool("build", threads - 1);
     std::vector<std::unique_ptr<PqCodebook>> codebooks(H);
     std::vector<std::vector<uint8_t>> codes(H, std::vector<uint8_t>(size_t{n} * M));
-    int iterations_run = 0;
     const auto [wall_ms, cpu_ms] = TimeBuild(repeats, [&] {
       ParallelFor(threads > 1 ? &pool : nullptr, H, [&](int h) {
         std::vector<float> head(size_t{n} * d);
@@ -353,11 +358,11 @@ int RunBuild() {
     python = absl::StrCat(std::getenv("HOME"), "/.cache/pqkv/faiss-peer-venv/bin/python");
   }
   const bool have_python = std::ifstream(python).good();
-  if (!have_python && (wanted("faiss-cpu") || wanted("faiss-cpu-mt"))) {
+  if (!have_python && (wanted("faiss-cpu") || wanted("faiss-cpu-mt") || wanted("faiss-cpu-same"))) {
     std::fprintf(info, "no faiss-cpu rows: %s missing (run bench/python/faiss_peer_setup.sh)\n",
                  python.c_str());
   }
-  for (const char* method : {"faiss-cpu", "faiss-cpu-mt"}) {
+  for (const char* method : {"faiss-cpu", "faiss-cpu-mt", "faiss-cpu-same"}) {
     if (!have_python || !wanted(method)) continue;
     const std::string dir = absl::StrCat(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp",
                                          "/retrieval_bench_build_", getpid());
@@ -367,11 +372,17 @@ int RunBuild() {
       out.write(reinterpret_cast<const char*>(keys.data()), keys.size() * sizeof(float));
     }
     const int faiss_threads = std::string(method) == "faiss-cpu-mt" ? cores : 1;
+    // faiss-cpu-same: pqkv's sample per centroid and the iterations pqkv's early stop ran.
+    const bool same = std::string(method) == "faiss-cpu-same";
+    const size_t ksub_keys = options.TrainingKeys(size_t{1} << bits);
+    const size_t points_per_centroid =
+        same && ksub_keys > 0 ? (ksub_keys + (size_t{1} << bits) - 1) >> bits : 256;
     const std::string command = absl::StrCat(
         python, " bench/python/faiss_peer_build.py --keys ", dir, "/keys.f32 --kv-heads ", H,
         " --tokens ", n, " --head-dim ", d, " --subspaces ", M, " --bits ", bits, " --iterations ",
-        iterations, " --repeats ", repeats, " --threads ", faiss_threads, " --centroids ", dir,
-        "/centroids.f32 --codes ", dir, "/codes.u8");
+        same ? iterations_run : static_cast<int>(iterations), " --max-points-per-centroid ",
+        points_per_centroid, " --repeats ", repeats, " --threads ", faiss_threads, " --centroids ",
+        dir, "/centroids.f32 --codes ", dir, "/codes.u8");
     FILE* pipe = popen(command.c_str(), "r");
     std::string output;
     char buffer[4096];
@@ -403,7 +414,9 @@ int RunBuild() {
       p.push_back(codes.data() + size_t{h} * n * M);
     }
     rows.push_back({method, field("build_ms"), field("cpu_ms"), mass_recall(c, p),
-                    absl::StrCat("faiss-cpu ", version, ", ", faiss_threads, " thread(s)")});
+                    absl::StrCat("faiss-cpu ", version, ", ", faiss_threads, " thread(s), ",
+                                 same ? iterations_run : static_cast<int>(iterations),
+                                 " iterations, ", points_per_centroid, " points per centroid")});
   }
 
   if (wanted("faiss-debian")) {  // pqkv's build before its own k-means

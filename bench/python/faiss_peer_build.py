@@ -2,7 +2,8 @@
 
 Reads fp32 keys [kv_heads][tokens][head_dim] from --keys, builds one faiss.ProductQuantizer
 per kv head as pqkv did before its own k-means (niter, seed 1234, min_points_per_centroid 1,
-FAISS's default sample of 256 points per centroid), --repeats times, and prints one JSON
+a sample of --max-points-per-centroid points per centroid, FAISS's default 256), --repeats
+times, and prints one JSON
 line: {"build_ms": median wall time over repeats of the whole layer, "cpu_ms": median CPU
 time of the process (all threads), "threads": OpenMP threads,
 "version": faiss.__version__}. Writes the last build's centroids (fp32 [kv_head][M][2^bits]
@@ -33,6 +34,7 @@ def main():
     p.add_argument("--subspaces", type=int, required=True)
     p.add_argument("--bits", type=int, required=True)
     p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--max-points-per-centroid", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--centroids", required=True)
@@ -50,6 +52,7 @@ def main():
             pq.cp.niter = a.iterations
             pq.cp.seed = 1234
             pq.cp.min_points_per_centroid = 1
+            pq.cp.max_points_per_centroid = a.max_points_per_centroid
             pq.verbose = False
             pq.train(x)
             codes.append(pq.compute_codes(x))

@@ -56,6 +56,13 @@ PqCodebook::PqCodebook(kernels::PqShape shape, std::vector<float> centroids,
   }
 }
 
+size_t PqTrainOptions::TrainingKeys(size_t centroids) const {
+  const size_t by_centroids = keys_per_centroid * centroids;
+  if (by_centroids == 0) return max_training_keys;
+  if (max_training_keys == 0) return by_centroids;
+  return std::min(by_centroids, max_training_keys);
+}
+
 absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int dim, int subspaces,
                                              int bits, int iterations, bool rope_pairs,
                                              const PqTrainOptions& options) {
@@ -102,8 +109,8 @@ absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int di
   }
   KMeansOptions kmeans;
   kmeans.max_iterations = iterations;
-  kmeans.max_points_per_centroid =
-      options.max_training_keys == 0 ? 0 : (options.max_training_keys + ksub - 1) / ksub;
+  const size_t training_keys = options.TrainingKeys(ksub);
+  kmeans.max_points_per_centroid = training_keys == 0 ? 0 : (training_keys + ksub - 1) / ksub;
   kmeans.stop_fraction = options.stop_fraction;
   std::vector<float> centroids(static_cast<size_t>(subspaces) * ksub * dsub);
   int iterations_run = 0;

@@ -25,7 +25,8 @@ struct ModelShape {
   size_t row_bytes() const { return head_dim * kernels::ElementBytes(dtype); }
 };
 
-// PQCache's choices: M = 2 sub-spaces, b = 6 bits, 32 sinks; 10 k-means iterations.
+// PQCache's choices: M = 2 sub-spaces, b = 6 bits, 32 sinks; 10 k-means iterations at most
+// (training stops earlier once few assignments change: PqTrainOptions).
 struct IndexOptions {
   uint32_t subspaces = 2;
   uint32_t bits = 6;

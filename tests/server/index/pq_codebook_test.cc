@@ -180,5 +180,57 @@ TEST_CASE("PqCodebook RoPE pairs put dims i and i + dim/2 side by side", "[serve
         absl::StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("PqTrainOptions samples keys per centroid up to a cap", "[server]") {
+  PqTrainOptions options;                     // the defaults: 128 per centroid, at most 16384
+  CHECK(options.TrainingKeys(64) == 8192);    // 2 x 6 bits
+  CHECK(options.TrainingKeys(256) == 16384);  // 4 x 8 bits: the cap
+  CHECK(options.TrainingKeys(16) == 2048);
+  options.max_training_keys = 0;  // no cap
+  CHECK(options.TrainingKeys(256) == 32768);
+  options.keys_per_centroid = 0;  // neither bound: every key
+  CHECK(options.TrainingKeys(256) == 0);
+  options.max_training_keys = 1000;  // the cap alone
+  CHECK(options.TrainingKeys(64) == 1000);
+}
+
+TEST_CASE("PqCodebook stops early once few assignments change", "[server]") {
+  // Gaussian keys: Lloyd's iterations keep moving a few points for a long time, so only
+  // the early stop ends training before the 50th.
+  const int dim = 8, n = 4096, bits = 4;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  std::vector<float> keys(static_cast<size_t>(n) * dim);
+  for (float& v : keys) v = normal(rng);
+  PqTrainOptions early;  // stop at 5% changed
+  PqTrainOptions converge = early;
+  converge.stop_fraction = 0;
+  const PqCodebook stopped =
+      PqCodebook::Train(keys.data(), n, dim, 2, bits, 50, false, early).value();
+  const PqCodebook full =
+      PqCodebook::Train(keys.data(), n, dim, 2, bits, 50, false, converge).value();
+  INFO("iterations: " << stopped.iterations_run() << " early, " << full.iterations_run()
+                      << " to convergence");
+  CHECK(stopped.iterations_run() < full.iterations_run());
+  // The quantization error it gives up is small.
+  const auto error = [&](const PqCodebook& codebook) {
+    std::vector<uint8_t> codes(static_cast<size_t>(n) * 2);
+    codebook.Encode(keys.data(), n, codes.data());
+    const int dsub = dim / 2, ksub = 1 << bits;
+    double sum = 0;
+    for (int t = 0; t < n; ++t) {
+      for (int m = 0; m < 2; ++m) {
+        const float* c = codebook.centroids().data() + (m * ksub + codes[t * 2 + m]) * dsub;
+        for (int j = 0; j < dsub; ++j) {
+          const double e = keys[t * dim + m * dsub + j] - c[j];
+          sum += e * e;
+        }
+      }
+    }
+    return sum / n;
+  };
+  INFO("error " << error(stopped) << " early, " << error(full) << " to convergence");
+  CHECK(error(stopped) <= error(full) * 1.05);
+}
+
 }  // namespace
 }  // namespace pqkv::server
