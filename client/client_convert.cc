@@ -72,6 +72,7 @@ IndexOptions IndexOptionsFromProto(const v1::IndexOptions& index) {
   if (index.has_sink_tokens()) out.sink_tokens = index.sink_tokens();
   if (index.has_recent_window()) out.recent_window = index.recent_window();
   if (index.has_rope_pairs()) out.rope_pairs = index.rope_pairs();
+  if (index.has_rerank()) out.rerank = index.rerank();
   return out;
 }
 

@@ -186,6 +186,7 @@ absl::StatusOr<std::string> Client::CreateSession(const SessionOptions& options)
   if (options.index.sink_tokens) index->set_sink_tokens(*options.index.sink_tokens);
   if (options.index.recent_window) index->set_recent_window(*options.index.recent_window);
   if (options.index.rope_pairs) index->set_rope_pairs(*options.index.rope_pairs);
+  if (options.index.rerank) index->set_rerank(*options.index.rerank);
   v1::CreateSessionResponse response;
   grpc::Status status =
       impl_->StubFor(id)->CreateSession(impl_->UnaryContext().get(), request, &response);

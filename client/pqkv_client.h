@@ -55,7 +55,7 @@ struct ModelShape {
 };
 
 // Zero / unset fields take the server's defaults (PQCache's: M = 2, b = 6, 10 k-means
-// iterations, 32 sinks; recent window 64).
+// iterations, 32 sinks; recent window 64; and exact re-ranking of 4 x k candidates).
 struct IndexOptions {
   uint32_t subspaces = 0;
   uint32_t bits = 0;
@@ -65,6 +65,9 @@ struct IndexOptions {
   // Keep RoPE pairs (i, i + head_dim/2, Hugging Face layout) in one sub-space. Free at
   // query time; see the proto.
   std::optional<bool> rope_pairs;
+  // Exact re-ranking for the session's queries that leave RetrieveQuery::rerank at 0:
+  // rerank x k PQ candidates scored exactly; 1: off; at most 64. Server default 4.
+  std::optional<uint32_t> rerank;
 };
 
 struct SessionOptions {
@@ -132,8 +135,9 @@ struct RetrieveQuery {
   // session and request may use the cache (later ones fail with INVALID_ARGUMENT).
   uint32_t cache_slots = 0;
   // Exact re-ranking: the server's PQ scan picks rerank x k candidates per kv head and
-  // the server keeps the best k by exact score from its stored keys. 0 or 1: off; at
-  // most 64. Costs (rerank x k) x group dot products per kv head on the server.
+  // the server keeps the best k by exact score from its stored keys. 0: the session's
+  // (IndexOptions::rerank, 4 unless set); 1: off; at most 64. Costs (rerank x k) x group
+  // dot products per kv head on the server.
   uint32_t rerank = 0;
   // False: the result's heads carry positions only (scores stay empty), a response a
   // third to a half the size; docs/benchmarks.md measures the round trip both ways.

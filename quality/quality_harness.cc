@@ -157,28 +157,35 @@ SessionOptions SessionFor(const workload::KvDataSet& data, const PqConfig& pq, u
   SessionOptions session;
   session.shape = {static_cast<uint32_t>(data.layers.size()), data.num_kv_heads,
                    data.num_query_heads, data.head_dim, DType::kFp16};
+  session.index.sink_tokens = sinks;
+  session.index.recent_window = recent;
+  if (pq.server_default) return session;  // the rest as the server chooses
   session.index.subspaces = pq.subspaces;
   session.index.bits = pq.bits;
   session.index.kmeans_iterations = kmeans_iterations;
-  session.index.sink_tokens = sinks;
-  session.index.recent_window = recent;
   session.index.rope_pairs = pq.rope_pairs;
   return session;
 }
 
 std::string PqConfig::Name() const {
+  if (server_default) return "default";
   return absl::StrCat(subspaces, "x", bits, rope_pairs ? "+pairs" : "",
                       rerank > 1 ? absl::StrCat("+rerank", rerank) : "");
 }
 
 absl::StatusOr<PqConfig> ParsePqConfig(absl::string_view text) {
-  std::vector<absl::string_view> parts = absl::StrSplit(text, '+');
   PqConfig config;
+  if (text == "default") {
+    config.server_default = true;
+    config.rerank = 0;
+    return config;
+  }
+  std::vector<absl::string_view> parts = absl::StrSplit(text, '+');
   std::vector<absl::string_view> shape = absl::StrSplit(parts[0], 'x');
   if (shape.size() != 2 || !absl::SimpleAtoi(shape[0], &config.subspaces) ||
       !absl::SimpleAtoi(shape[1], &config.bits)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("PQ setting '", text, "' is not MxB[+pairs][+rerankR], e.g. 4x8+pairs"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PQ setting '", text, "' is not MxB[+pairs][+rerankR] or default, e.g. 4x8+pairs"));
   }
   for (size_t i = 1; i < parts.size(); ++i) {
     absl::string_view rerank = parts[i];

@@ -29,12 +29,14 @@
 namespace pqkv::quality {
 
 // One pqkv setting, written "MxB" plus optional "+pairs" (IndexOptions.rope_pairs) and
-// "+rerankR" (RetrieveQuery.rerank), e.g. "2x6", "4x8+pairs+rerank4".
+// "+rerankR" (RetrieveQuery.rerank; without it, none), e.g. "2x6", "4x8+pairs+rerank4";
+// or "default": whatever the server's defaults are (index options and re-ranking unset).
 struct PqConfig {
+  bool server_default = false;
   uint32_t subspaces = 2;
   uint32_t bits = 6;
   bool rope_pairs = false;
-  uint32_t rerank = 0;
+  uint32_t rerank = 1;  // 1: off; 0: the session's (server_default)
 
   std::string Name() const;
 };

@@ -100,6 +100,7 @@ py::dict IndexToDict(const IndexOptions& index) {
   out["sink_tokens"] = index.sink_tokens;
   out["recent_window"] = index.recent_window;
   out["rope_pairs"] = index.rope_pairs;
+  out["rerank"] = index.rerank;
   return out;
 }
 
@@ -301,6 +302,7 @@ class NativeClient {
     options.index.sink_tokens = index["sink_tokens"].cast<std::optional<uint32_t>>();
     options.index.recent_window = index["recent_window"].cast<std::optional<uint32_t>>();
     options.index.rope_pairs = index["rope_pairs"].cast<std::optional<bool>>();
+    options.index.rerank = index["rerank"].cast<std::optional<uint32_t>>();
     py::gil_scoped_release release;
     return ValueOrThrow(client_->CreateSession(options));
   }

@@ -32,7 +32,7 @@ class Query:
         recent_window (which the worker keeps itself).
     with_kv: also return the selected tokens' K and V rows in the same round trip.
     rerank: the PQ scan keeps rerank x k candidates and the server re-ranks them by exact
-        score (0 or 1: off; at most 64).
+        score (0: the session's IndexOptions.rerank, 4 unless set; 1: off; at most 64).
     with_scores: False returns positions only (a smaller response).
     cache_slots: delta transfer; see RetrieveResult.slots.
     """

@@ -66,8 +66,8 @@ class ModelShape:
 class IndexOptions:
     """How the server indexes a session's keys. Zero / None take the server's defaults
     (PQCache's: 2 sub-spaces x 6 bits, 10 k-means iterations, 32 sink tokens, a recent
-    window of 64). docs/quality.md compares the settings; 4 x 8 bits with rope_pairs and
-    rerank=4 at retrieval is the accurate one.
+    window of 64; and exact re-ranking of 4 x k candidates). docs/quality.md compares the
+    settings.
     """
 
     subspaces: int = 0
@@ -77,6 +77,9 @@ class IndexOptions:
     recent_window: Optional[int] = None
     # Keep RoPE pairs (i, i + head_dim/2, Hugging Face layout) in one sub-space.
     rope_pairs: Optional[bool] = None
+    # Exact re-ranking for the session's queries that leave Query.rerank at 0: the PQ scan
+    # keeps rerank x k candidates, scored exactly; 1: off; at most 64. Server default 4.
+    rerank: Optional[int] = None
 
     def _to_native(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

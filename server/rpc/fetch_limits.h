@@ -16,8 +16,6 @@ inline constexpr size_t kMaxFetchBytes = size_t{64} << 20;
 // Most row cache slots per kv head a Retrieve item may name (delta transfer).
 // (The server keeps 12 bytes per slot per kv head and layer for the life of a stream.)
 inline constexpr uint32_t kMaxCacheSlots = uint32_t{1} << 16;
-// Largest Retrieve item rerank factor (rerank x k rows are scored exactly).
-inline constexpr uint32_t kMaxRerank = 64;
 // Largest staging buffer (K+V) one item's UCX put may take; the same-host path needs none.
 inline constexpr size_t kMaxStagingBytes = size_t{256} << 20;
 // Longest the server waits for a UCX put of one item's rows to reach the client.

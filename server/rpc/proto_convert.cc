@@ -47,6 +47,7 @@ absl::StatusOr<SessionConfig> SessionConfigFromProto(const v1::ModelShape& shape
   if (index.has_sink_tokens()) config.index.sink_tokens = index.sink_tokens();
   if (index.has_recent_window()) config.index.recent_window = index.recent_window();
   if (index.has_rope_pairs()) config.index.rope_pairs = index.rope_pairs();
+  if (index.has_rerank()) config.index.rerank = index.rerank();
   return config;
 }
 
@@ -57,6 +58,7 @@ void IndexOptionsToProto(const IndexOptions& options, v1::IndexOptions* out) {
   out->set_sink_tokens(options.sink_tokens);
   out->set_recent_window(options.recent_window);
   out->set_rope_pairs(options.rope_pairs);
+  out->set_rerank(options.rerank);
 }
 
 namespace {

@@ -8,6 +8,7 @@
 #include "server/rpc/fetch_limits.h"
 #include "server/rpc/retrieve_response_encoder.h"
 #include "server/runtime/parallel_for.h"
+#include "server/store/session_config.h"
 
 namespace pqkv::server {
 
@@ -225,6 +226,8 @@ void RetrieveReactor::ScoreItem(int i, const std::shared_ptr<Session>& session,
                                 const LayerStore& layer, bool parked) {
   const v1::RetrieveItem& item = request_.items(i);
   const absl::Time scoring_start = absl::Now();
+  // An item that asks for no particular re-ranking gets the session's.
+  const uint32_t rerank = item.rerank() == 0 ? session->config().index.rerank : item.rerank();
   // A parked item is answered when the build ends; if that was past its bound, it says so.
   absl::StatusOr<LayerSelection> selection =
       parked && absl::Now() > wait_until_
@@ -237,7 +240,7 @@ void RetrieveReactor::ScoreItem(int i, const std::shared_ptr<Session>& session,
           ? absl::InvalidArgumentError(
                 absl::StrCat("rerank = ", item.rerank(), " exceeds the limit of ", kMaxRerank))
           : layer.Retrieve(absl::MakeConstSpan(item.query().data(), item.query_size()), item.k(),
-                           wait_until_, compute_pool_, /*plain=*/false, item.rerank());
+                           wait_until_, compute_pool_, /*plain=*/false, rerank);
   if (!selection.ok()) {
     SetItemError(i, selection.status());
     return;

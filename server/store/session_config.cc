@@ -47,6 +47,10 @@ absl::Status ValidateSessionConfig(const SessionConfig& config, size_t page_byte
   if (o.bits < 1 || o.bits > 8) {
     return absl::InvalidArgumentError(absl::StrCat("index.bits must be in [1, 8], got ", o.bits));
   }
+  if (o.rerank < 1 || o.rerank > kMaxRerank) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("index.rerank must be in [1, ", kMaxRerank, "] (1: off), got ", o.rerank));
+  }
   if (o.kmeans_iterations < 1 || o.kmeans_iterations > kMaxKmeansIterations) {
     return absl::InvalidArgumentError(absl::StrCat("index.kmeans_iterations must be in [1, ",
                                                    kMaxKmeansIterations, "], got ",

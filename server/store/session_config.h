@@ -25,6 +25,10 @@ struct ModelShape {
   size_t row_bytes() const { return head_dim * kernels::ElementBytes(dtype); }
 };
 
+// Re-ranking of a session whose IndexOptions leave it unset, and the largest factor.
+inline constexpr uint32_t kDefaultRerank = 4;
+inline constexpr uint32_t kMaxRerank = 64;
+
 // PQCache's choices: M = 2 sub-spaces, b = 6 bits, 32 sinks; 10 k-means iterations at most
 // (training stops earlier once few assignments change: PqTrainOptions).
 struct IndexOptions {
@@ -35,6 +39,9 @@ struct IndexOptions {
   uint32_t recent_window = 64;
   // Sub-spaces hold whole RoPE pairs (PqCodebook; docs/quality.md measures it).
   bool rope_pairs = false;
+  // Exact re-ranking of rerank x k PQ candidates for Retrieve items that ask for none
+  // (rerank 0); 1: off. docs/quality.md measures the default against the exact top-k.
+  uint32_t rerank = kDefaultRerank;
 
   uint32_t centroids() const { return 1u << bits; }
   // Below this many prefill tokens a layer is scored exactly: a codebook trained on so

@@ -239,6 +239,7 @@ TEST_CASE("Retrieve re-ranks exactly when asked, within its limit", "[integratio
     return double(hits) / 32;
   };
   RetrieveQuery plain{id, query, 32};
+  plain.rerank = 1;  // off (0 would take the session's default)
   RetrieveQuery refined{id, query, 32};
   refined.rerank = 64;  // 64 x 32 = every candidate: the exact top-k
   auto results = (*stream)->Retrieve(0, {&plain, 1});
@@ -254,6 +255,31 @@ TEST_CASE("Retrieve re-ranks exactly when asked, within its limit", "[integratio
   REQUIRE(results.ok());
   CHECK((*results)[0].status.code() == absl::StatusCode::kInvalidArgument);
   CHECK(std::string((*results)[0].status.message()).find("rerank") != std::string::npos);
+
+  // A session that sets no re-ranking gets the server's default, and says which.
+  CHECK(client->GetSession(id)->index.rerank == 4u);
+  // A session's IndexOptions.rerank serves the items that leave rerank at 0.
+  options.index.rerank = 64;
+  const std::string exact_id = client->CreateSession(options).value();
+  CHECK(client->GetSession(exact_id)->index.rerank == 64u);
+  REQUIRE(client->UploadPrefill(exact_id, 0, 0, n, kv.data(), kv.data(), true).ok());
+  WaitForIndexes(*client, exact_id);
+  RetrieveQuery by_session{exact_id, query, 32};
+  results = (*stream)->Retrieve(0, {&by_session, 1});
+  REQUIRE(results.ok());
+  REQUIRE((*results)[0].status.ok());
+  CHECK(recall((*results)[0].heads[0].positions) == 1.0);
+  by_session.rerank = 1;  // an item can still turn it off
+  results = (*stream)->Retrieve(0, {&by_session, 1});
+  REQUIRE(results.ok());
+  CHECK(recall((*results)[0].heads[0].positions) == plain_recall);
+  // Out of range when the session is created.
+  for (uint32_t bad : {0u, 65u}) {
+    options.index.rerank = bad;
+    absl::StatusOr<std::string> refused = client->CreateSession(options);
+    CHECK(refused.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::string(refused.status().message()).find("index.rerank") != std::string::npos);
+  }
 }
 
 TEST_CASE("One Retrieve request serves several sessions, with per-item errors", "[integration]") {

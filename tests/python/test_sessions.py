@@ -14,7 +14,7 @@ def test_version_is_the_servers(client):
 
 
 def test_create_get_list_close(client):
-    index = pqkv.IndexOptions(subspaces=4, bits=6, sink_tokens=16, recent_window=32)
+    index = pqkv.IndexOptions(subspaces=4, bits=6, sink_tokens=16, recent_window=32, rerank=2)
     session = client.create_session(SHAPE, index=index, session_id="py-lifecycle")
     assert session.id == "py-lifecycle"
     keys, values = random_kv("fp16")
@@ -26,6 +26,7 @@ def test_create_get_list_close(client):
     assert (info.index.subspaces, info.index.bits) == (4, 6)
     assert (info.index.sink_tokens, info.index.recent_window) == (16, 32)
     assert info.index.kmeans_iterations > 0  # the server's default, filled in
+    assert info.index.rerank == 2
     assert [layer.num_tokens for layer in info.layers] == [TOKENS] * SHAPE.num_layers
     assert info.bytes_held >= 2 * keys.nbytes * SHAPE.num_layers
     assert all(isinstance(layer.index_state, pqkv.IndexState) for layer in info.layers)
@@ -41,6 +42,13 @@ def test_create_get_list_close(client):
     with pytest.raises(pqkv.NotFound):
         client.get_session("py-lifecycle")
     assert "py-lifecycle" not in [s.session_id for s in client.list_sessions()]
+
+
+def test_default_rerank_is_filled_in_and_bounded(client):
+    with client.create_session(SHAPE) as session:
+        assert client.get_session(session.id).index.rerank == 4  # the server's default
+    with pytest.raises(pqkv.InvalidArgument, match="index.rerank"):
+        client.create_session(SHAPE, index=pqkv.IndexOptions(rerank=65))
 
 
 def test_session_context_manager_closes(client):

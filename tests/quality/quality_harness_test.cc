@@ -17,6 +17,12 @@ TEST_CASE("ParsePqConfig reads MxB[+pairs][+rerankR] and names it back", "[quali
   CHECK(c->rerank == 4);
   CHECK(c->Name() == "4x8+pairs+rerank4");
   CHECK(ParsePqConfig("2x6")->Name() == "2x6");
+  CHECK(ParsePqConfig("2x6")->rerank == 1);               // no re-ranking unless named
+  absl::StatusOr<PqConfig> d = ParsePqConfig("default");  // the server's choices
+  REQUIRE(d.ok());
+  CHECK(d->server_default);
+  CHECK(d->rerank == 0);
+  CHECK(d->Name() == "default");
   CHECK(ParsePqConfig("2x").status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(ParsePqConfig("2x6+center").status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(ParsePqConfig("2x6+rerankx").status().code() == absl::StatusCode::kInvalidArgument);
