@@ -69,7 +69,7 @@ uint32_t KthLargestKey(const uint32_t* keys, size_t count, uint32_t k, uint32_t*
 }  // namespace
 
 void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
-                uint32_t* positions_out) {
+                uint32_t* positions_out, TopKOrder order) {
   if (k == 0) return;
   const uint32_t n = end - begin;
   std::vector<uint32_t>& keys = scratch.keys;
@@ -129,6 +129,11 @@ void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
       winners[taken] = positions[i];
       winner_keys[taken++] = ~key;  // ascending order of ~key is best first
     }
+  }
+
+  if (order == TopKOrder::kPosition) {
+    std::copy(winners.begin(), winners.end(), positions_out);
+    return;
   }
 
   // Best first: a stable LSD radix sort keeps ties in position order.

@@ -11,8 +11,13 @@
 
 namespace pqkv::kernels {
 
+// The order SelectTopK writes its k positions in: best first (the contract above), or
+// ascending position (the same set, without the sort of the winners: for callers that
+// re-rank the candidates and read their rows front to back).
+enum class TopKOrder { kBestFirst, kPosition };
+
 void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
-                uint32_t* positions_out);
+                uint32_t* positions_out, TopKOrder order = TopKOrder::kBestFirst);
 
 }  // namespace pqkv::kernels
 

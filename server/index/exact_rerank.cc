@@ -29,7 +29,7 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   // The re-ranked set R, scored exactly, in position order so the rows are read front to
   // back: the candidates (sorted), then the sinks and the recent window.
   std::vector<uint32_t> tokens = candidates.positions;
-  std::sort(tokens.begin(), tokens.end());
+  if (!std::is_sorted(tokens.begin(), tokens.end())) std::sort(tokens.begin(), tokens.end());
   tokens.reserve(c + candidate_begin + (keys.num_tokens - candidate_end));
   for (uint32_t t = 0; t < candidate_begin; ++t) tokens.push_back(t);
   for (size_t t = candidate_end; t < keys.num_tokens; ++t) tokens.push_back(t);

@@ -48,13 +48,13 @@ const float* OrderedQueries(const HeadKeys& keys, const float* group_queries, in
 }
 
 HeadSelection Select(const std::vector<float>& scores, uint32_t begin, uint32_t end, uint32_t k,
-                     bool plain) {
+                     bool plain, kernels::TopKOrder order = kernels::TopKOrder::kBestFirst) {
   HeadSelection selection;
   selection.positions.resize(k);
   if (plain) {
     kernels::TopK(scores.data(), begin, end, k, selection.positions.data());
   } else {
-    kernels::SelectTopK(scores.data(), begin, end, k, selection.positions.data());
+    kernels::SelectTopK(scores.data(), begin, end, k, selection.positions.data(), order);
   }
   selection.scores.reserve(k);
   for (uint32_t position : selection.positions) selection.scores.push_back(scores[position]);
@@ -91,7 +91,8 @@ std::vector<float>& ScoreScratch(size_t n) {
 }  // namespace
 
 HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, int group_size,
-                             uint32_t candidate_begin, uint32_t candidate_end, uint32_t k) {
+                             uint32_t candidate_begin, uint32_t candidate_end, uint32_t k,
+                             kernels::TopKOrder order) {
   std::vector<float>& scores = ScoreScratch(keys.num_tokens);
   std::vector<double> log_normalisers(group_size);
   const absl::Time start = absl::Now();
@@ -101,7 +102,8 @@ HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, i
     return overflow;
   }
   const absl::Time scanned = absl::Now();
-  HeadSelection selection = Select(scores, candidate_begin, candidate_end, k, /*plain=*/false);
+  HeadSelection selection =
+      Select(scores, candidate_begin, candidate_end, k, /*plain=*/false, order);
   selection.log_normalisers = std::move(log_normalisers);
   selection.scan_us = absl::ToDoubleMicroseconds(scanned - start);
   selection.select_us = absl::ToDoubleMicroseconds(absl::Now() - scanned);

@@ -16,6 +16,7 @@
 
 #include "kernels/dtype_convert.h"
 #include "kernels/pq_code_store.h"
+#include "kernels/radix_select.h"
 #include "server/index/pq_codebook.h"
 #include "server/memory/paged_rows.h"
 
@@ -49,8 +50,10 @@ struct HeadKeys {
 
 // group_queries: fp32 [group_size][head_dim]. Candidates are [candidate_begin,
 // candidate_end); requires 1 <= k <= candidate_end - candidate_begin <= num_tokens.
+// `order`: positions best first, or in ascending position (RerankExact's candidates).
 HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, int group_size,
-                             uint32_t candidate_begin, uint32_t candidate_end, uint32_t k);
+                             uint32_t candidate_begin, uint32_t candidate_end, uint32_t k,
+                             kernels::TopKOrder order = kernels::TopKOrder::kBestFirst);
 
 HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queries, int group_size,
                                   uint32_t candidate_begin, uint32_t candidate_end, uint32_t k);

@@ -397,11 +397,18 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
     }
   }
   if (!scored) {
+    // Candidates for the re-rank come in position order: it reads their rows front to back
+    // and skips sorting them.
+    const kernels::TopKOrder order =
+        reranks && k > k_final ? kernels::TopKOrder::kPosition : kernels::TopKOrder::kBestFirst;
     ParallelFor(pool, static_cast<int>(shape.num_kv_heads), [&](int h) {
-      const auto score = plain ? ScoreAndSelectPlain : ScoreAndSelect;
+      const HeadKeys keys = head_keys(h, use_codes);
+      const int group = static_cast<int>(shape.group_size());
+      const uint32_t begin = static_cast<uint32_t>(candidate_begin);
+      const uint32_t end = static_cast<uint32_t>(candidate_end);
       selection.heads[h] =
-          score(head_keys(h, use_codes), group_queries_of(h), static_cast<int>(shape.group_size()),
-                static_cast<uint32_t>(candidate_begin), static_cast<uint32_t>(candidate_end), k);
+          plain ? ScoreAndSelectPlain(keys, group_queries_of(h), group, begin, end, k)
+                : ScoreAndSelect(keys, group_queries_of(h), group, begin, end, k, order);
     });
   }
   if (reranks && k > k_final) {

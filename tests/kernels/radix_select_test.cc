@@ -1,5 +1,6 @@
 #include "kernels/radix_select.h"
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -24,6 +25,11 @@ TEST_CASE("SelectTopK equals the reference TopK, ties included", "[kernels]") {
     SelectTopK(scores.data(), begin, end, k, got.data());
     TopK(scores.data(), begin, end, k, expected.data());
     REQUIRE(got == expected);
+    // In position order: the same positions, ascending.
+    std::vector<uint32_t> by_position(k);
+    SelectTopK(scores.data(), begin, end, k, by_position.data(), TopKOrder::kPosition);
+    std::sort(expected.begin(), expected.end());
+    REQUIRE(by_position == expected);
   }
 }
 

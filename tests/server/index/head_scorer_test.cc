@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "catch2/catch.hpp"
@@ -106,10 +107,23 @@ TEST_CASE("ScoreAndSelect matches the reference with codes, without, and mixed",
     keys.codes = &store;
   }
   const uint32_t begin = 10, end = static_cast<uint32_t>(n - 20), k = 50;
-  const HeadSelection got =
-      (plain ? ScoreAndSelectPlain : ScoreAndSelect)(keys, queries.data(), group, begin, end, k);
+  const HeadSelection got = plain ? ScoreAndSelectPlain(keys, queries.data(), group, begin, end, k)
+                                  : ScoreAndSelect(keys, queries.data(), group, begin, end, k);
   CheckSelection(got, ReferenceScores(f.keys, n, dim, &codebook, codes, encoded, queries, group),
                  begin, end, k);
+  if (!plain) {
+    // In position order: the same positions and their scores, ascending.
+    const HeadSelection by_position =
+        ScoreAndSelect(keys, queries.data(), group, begin, end, k, kernels::TopKOrder::kPosition);
+    std::vector<std::pair<uint32_t, float>> want, have;
+    for (uint32_t i = 0; i < k; ++i) {
+      want.emplace_back(got.positions[i], got.scores[i]);
+      have.emplace_back(by_position.positions[i], by_position.scores[i]);
+    }
+    std::sort(want.begin(), want.end());
+    CHECK(have == want);
+    CHECK(by_position.log_normalisers == got.log_normalisers);
+  }
 }
 
 TEST_CASE("ScoreAndSelect on 4-bit fast-scan codes stays close to the float reference",
