@@ -22,7 +22,9 @@
 // pqkv methods also the scores' error against that exact score (softmax over all tokens
 // of the fp32 keys): the mean and the largest |returned / exact - 1| over every returned
 // position.
-// --json prints one JSON object per method instead of the table.
+// --json prints one JSON object per method instead of the table; the LayerStore methods
+// (pqkv, pqkv-1core, pqkv-rerank) add stage_us {scan, select, rerank}: each stage's time
+// summed over kv heads (CPU microseconds, heads run in parallel), median over the runs.
 //
 // Build mode (--build): times one layer's index build (every kv head's codebook trained and
 // every key encoded) instead of retrievals, for each method on the same keys in the same run:
@@ -140,6 +142,10 @@ struct Timing {
   // |returned score / exact score - 1| over every returned position: mean and largest;
   // -1 where the method returns no scores.
   double score_error_mean = -1, score_error_max = -1;
+  // LayerStore methods: medians over the runs of each stage's time summed over kv heads
+  // (CPU microseconds: the heads run in parallel): PQ scan, top-k select, exact re-rank.
+  bool has_stages = false;
+  double scan_us = 0, select_us = 0, rerank_us = 0;
 };
 
 // Read bandwidth of this machine, all cores: sums a 1 GiB buffer, best of 3, bytes/s.
@@ -544,8 +550,23 @@ int Run() {
   LayerSelection selection;
   const auto run_store = [&](const char* name, ThreadPool* p, bool plain, uint32_t rerank) {
     Timing t{name};
-    const std::vector<double> us = Time(
-        repeats, [&] { selection = layer.Retrieve(data.query, k, far, p, plain, rerank).value(); });
+    std::vector<double> scan, select, reranks;
+    const std::vector<double> us = Time(repeats, [&] {
+      selection = layer.Retrieve(data.query, k, far, p, plain, rerank).value();
+      double a = 0, b = 0, c = 0;
+      for (const HeadSelection& head : selection.heads) {
+        a += head.scan_us;
+        b += head.select_us;
+        c += head.rerank_us;
+      }
+      scan.push_back(a);
+      select.push_back(b);
+      reranks.push_back(c);
+    });
+    t.has_stages = !plain;  // the plain kernels time no stages
+    t.scan_us = Percentile(scan, 0.5);
+    t.select_us = Percentile(select, 0.5);
+    t.rerank_us = Percentile(reranks, 0.5);
     t.median_us = Percentile(us, 0.5);
     t.p99_us = Percentile(us, 0.99);
     t.recall = Recall(Positions(selection), exact_top);
@@ -721,10 +742,15 @@ int Run() {
           "\"head_dim\": %u, \"subspaces\": %u, \"bits\": %u, \"k\": %u, \"median_us\": %.1f, "
           "\"p99_us\": %.1f, \"ratio_vs_pqkv\": %.2f, \"recall_at_k\": %.4f, "
           "\"score_error_mean\": %.3g, \"score_error_max\": %.3g, \"scan_path\": \"%s\", "
-          "\"floor_us\": %.1f, \"index_build_tokens_per_s\": %.0f}\n",
+          "\"floor_us\": %.1f, \"index_build_tokens_per_s\": %.0f%s}\n",
           t.method.c_str(), n, H, Q, d, M, bits, k, t.median_us, t.p99_us, t.median_us / pqkv_us,
           t.recall, t.score_error_mean, t.score_error_max, kernels::ScanPathName(path), floor_us,
-          n / build_s);
+          n / build_s,
+          t.has_stages ? absl::StrFormat(", \"stage_us\": {\"scan\": %.1f, \"select\": %.1f, "
+                                         "\"rerank\": %.1f}",
+                                         t.scan_us, t.select_us, t.rerank_us)
+                             .c_str()
+                       : "");
     }
     return 0;
   }
@@ -745,6 +771,12 @@ int Run() {
       kernels::ScanPathName(path), floor_us, code_bytes / (1 << 20), bandwidth / 1e9,
       pqkv_us / floor_us);
   std::printf("stages on one core, all kv heads (medians): %s\n", stages.c_str());
+  std::printf("stages in the server's path, CPU us summed over kv heads (medians):\n");
+  for (const Timing& t : results) {
+    if (!t.has_stages) continue;
+    std::printf("  %-14s scan %.0f, select %.0f, rerank %.0f\n", t.method.c_str(), t.scan_us,
+                t.select_us, t.rerank_us);
+  }
   return 0;
 }
 

@@ -82,7 +82,7 @@ void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
   // off) every candidate is kept. Either way the selection below is exact.
   size_t count = 0;
   bool shortlisted = false;
-  if (n >= 8 * kSamples && k <= n / 4) {
+  if (n >= 8 * kSamples && k <= n / 2) {
     uint32_t sample[kSamples];
     for (uint32_t i = 0; i < kSamples; ++i) {
       sample[i] = OrderedKey(scores[begin + static_cast<uint64_t>(i) * n / kSamples]);
@@ -122,13 +122,17 @@ void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
   std::vector<uint32_t>& winner_keys = scratch.winner_keys;
   winners.resize(k);
   winner_keys.resize(k);
+  // Branch-free: with k a large share of the candidates (re-ranking asks for 4 x k) a
+  // branch on each key would be mispredicted about as often as taken.
   uint32_t taken = 0, equal_taken = 0;
   for (size_t i = 0; i < count && taken < k; ++i) {
     const uint32_t key = keys[i];
-    if (key > threshold || (key == threshold && equal_taken++ < need)) {
-      winners[taken] = positions[i];
-      winner_keys[taken++] = ~key;  // ascending order of ~key is best first
-    }
+    const bool equal = key == threshold;
+    const bool take = key > threshold || (equal && equal_taken < need);
+    equal_taken += equal;
+    winners[taken] = positions[i];
+    winner_keys[taken] = ~key;  // ascending order of ~key is best first
+    taken += take;
   }
 
   if (order == TopKOrder::kPosition) {

@@ -13,8 +13,8 @@
 namespace pqkv::kernels::avx2 {
 namespace {
 
-constexpr int kHeads = 4;            // query heads per pass over a row
-constexpr size_t kPrefetchRows = 4;  // rows ahead
+constexpr int kHeads = 4;             // query heads per pass over a row
+constexpr size_t kPrefetchRows = 16;  // rows ahead
 
 inline __m256 Load8(bool fp16, const void* row, int i) {
   return fp16 ? _mm256_cvtph_ps(_mm_loadu_si128(

@@ -110,7 +110,8 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
     out.scores.push_back(score[order[i]]);
   }
   out.scan_us = candidates.scan_us;
-  out.select_us = candidates.select_us + absl::ToDoubleMicroseconds(absl::Now() - start);
+  out.select_us = candidates.select_us;
+  out.rerank_us = absl::ToDoubleMicroseconds(absl::Now() - start);
   return out;
 }
 

@@ -26,9 +26,9 @@ namespace pqkv::server {
 
 // group_queries: fp32 [group_size][head_dim], in the model's dimension order. `keys`
 // are those the scan read, codebook and codes included. `candidates` (from
-// ScoreAndSelect) holds at least k positions in [candidate_begin, candidate_end). Returns k
-// positions, best first, with their exact scores; scan_us is carried over, select_us grows by the
-// time spent here.
+// ScoreAndSelect) holds at least k positions in [candidate_begin, candidate_end), best
+// first or in position order. Returns k positions, best first, with their exact scores;
+// scan_us and select_us are carried over, rerank_us is the time spent here.
 HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int group_size,
                           uint32_t candidate_begin, uint32_t candidate_end,
                           const HeadSelection& candidates, uint32_t k);

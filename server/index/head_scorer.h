@@ -35,6 +35,7 @@ struct HeadSelection {
   // microseconds; 0 where they are not measured apart (the GPU backend).
   double scan_us = 0;
   double select_us = 0;
+  double rerank_us = 0;  // RerankExact's own time (its candidates' scan and select above)
 };
 
 // Everything ScoreAndSelect reads about one kv head's keys.

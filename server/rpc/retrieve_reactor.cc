@@ -253,7 +253,7 @@ void RetrieveReactor::ScoreItem(int i, const std::shared_ptr<Session>& session,
   double scan_us = 0, select_us = 0;
   for (const HeadSelection& head : selection->heads) {
     scan_us += head.scan_us;
-    select_us += head.select_us;
+    select_us += head.select_us + head.rerank_us;  // the response's select includes the re-rank
   }
   // (The GPU backend measures no scan time per head: no split then.)
   if (scan_us > 0) result->set_select_us(score_us * select_us / (scan_us + select_us));
