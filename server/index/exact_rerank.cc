@@ -11,6 +11,19 @@
 #include "kernels/vector_exp.h"
 
 namespace pqkv::server {
+namespace {
+
+// Per-thread arrays, reused: fresh ones (some past malloc's mmap threshold) cost page
+// faults on every call.
+struct Scratch {
+  std::vector<uint32_t> tokens, encoded, order;
+  std::vector<const void*> rows;
+  std::vector<size_t> encoded_row;
+  std::vector<float> logits, approx, score, exps, mixed;
+};
+thread_local Scratch scratch;
+
+}  // namespace
 
 HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int group_size,
                           uint32_t candidate_begin, uint32_t candidate_end,
@@ -28,30 +41,35 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   const size_t c = candidates.positions.size();
   // The re-ranked set R, scored exactly, in position order so the rows are read front to
   // back: the candidates (sorted), then the sinks and the recent window.
-  std::vector<uint32_t> tokens = candidates.positions;
+  std::vector<uint32_t>& tokens = scratch.tokens;
+  tokens.assign(candidates.positions.begin(), candidates.positions.end());
   if (!std::is_sorted(tokens.begin(), tokens.end())) std::sort(tokens.begin(), tokens.end());
-  tokens.reserve(c + candidate_begin + (keys.num_tokens - candidate_end));
   for (uint32_t t = 0; t < candidate_begin; ++t) tokens.push_back(t);
   for (size_t t = candidate_end; t < keys.num_tokens; ++t) tokens.push_back(t);
   const size_t r = tokens.size();
-  std::vector<const void*> rows(r);
+  std::vector<const void*>& rows = scratch.rows;
+  rows.resize(r);
   for (size_t i = 0; i < r; ++i) rows[i] = keys.rows->Row(tokens[i]);
-  std::vector<float> logits(r * group_size);  // [group][row]
+  std::vector<float>& logits = scratch.logits;  // [group][row]
+  logits.resize(r * group_size);
   kernels::RowDots(keys.dtype, rows.data(), r, keys.head_dim, group_queries, group_size,
                    logits.data());
 
   // The scan's logits of R's encoded tokens (its tail tokens were scored exactly, so their
   // approximate logits are the exact ones), in the codebook's dimension order.
   const size_t num_encoded = keys.codes != nullptr ? keys.codes->size() : 0;
-  std::vector<uint32_t> encoded;
-  std::vector<size_t> encoded_row;
+  std::vector<uint32_t>& encoded = scratch.encoded;
+  std::vector<size_t>& encoded_row = scratch.encoded_row;
+  encoded.clear();
+  encoded_row.clear();
   for (size_t i = 0; i < r; ++i) {
     if (tokens[i] < num_encoded) {
       encoded.push_back(tokens[i]);
       encoded_row.push_back(i);
     }
   }
-  std::vector<float> approx(encoded.size() * group_size);  // [group][encoded]
+  std::vector<float>& approx = scratch.approx;  // [group][encoded]
+  approx.resize(encoded.size() * group_size);
   if (!encoded.empty()) {
     std::vector<float> ordered;
     const float* queries = group_queries;
@@ -74,8 +92,12 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   // largest exponent so nothing overflows; the scan's share outside R is clamped at 0
   // against rounding when R holds nearly all of it.
   const float scale = 1.0f / std::sqrt(static_cast<float>(keys.head_dim));
-  std::vector<float> score(c, 0.0f);
-  std::vector<float> exps(r), mixed(r);
+  std::vector<float>& score = scratch.score;
+  score.assign(c, 0.0f);
+  std::vector<float>& exps = scratch.exps;
+  std::vector<float>& mixed = scratch.mixed;
+  exps.resize(r);
+  mixed.resize(r);
   for (int g = 0; g < group_size; ++g) {
     const float* exact = logits.data() + static_cast<size_t>(g) * r;
     const float* scan = approx.data() + static_cast<size_t>(g) * encoded.size();
@@ -101,7 +123,8 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
     for (size_t i = 0; i < c; ++i) score[i] += exps[i] * inverse_z;
   }
   // Best first; ties to the lower index, which is the lower position (sorted above).
-  std::vector<uint32_t> order(k);
+  std::vector<uint32_t>& order = scratch.order;
+  order.resize(k);
   kernels::SelectTopK(score.data(), 0, static_cast<uint32_t>(c), k, order.data());
   out.positions.reserve(k);
   out.scores.reserve(k);
