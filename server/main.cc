@@ -57,8 +57,9 @@ ABSL_FLAG(std::string, max_row_cache_bytes, "256MiB",
           "Most bytes Retrieve's row cache directories (cache_slots, delta transfer) take, "
           "server-wide; items past it fail with RESOURCE_EXHAUSTED.");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
-ABSL_FLAG(double, max_index_wait_seconds, 60,
-          "Longest a Retrieve item waits for its layer's index to finish building.");
+ABSL_FLAG(double, max_index_wait_seconds, 0,
+          "Longest a Retrieve item waits for its layer's index to finish building; 0: never "
+          "(items for a building layer are scored exactly at once).");
 ABSL_FLAG(std::string, backend, "auto",
           "Compute backend: auto (CUDA when a device is present, else CPU), cpu or cuda.");
 ABSL_FLAG(double, session_ttl_seconds, 3600,

@@ -33,9 +33,10 @@ class RetrieveReactor;
 inline constexpr char kAdminPrincipal[] = "admin";
 
 struct ServiceOptions {
-  // Longest a Retrieve item waits for a building index after its request arrived
-  // (less when the call's deadline comes first).
-  absl::Duration max_index_wait = absl::Seconds(60);
+  // Longest a Retrieve item waits for a building index after its request arrived (less
+  // when the call's deadline comes first); zero: it never waits, the layer is scored
+  // exactly while its index builds.
+  absl::Duration max_index_wait = absl::ZeroDuration();
   // Compute backend in use, reported by GetServerStats: "cpu" or "cuda".
   std::string backend = "cpu";
   // Bearer-token authentication, or null: no authentication, every caller is "".

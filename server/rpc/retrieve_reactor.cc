@@ -180,14 +180,18 @@ void RetrieveReactor::StartItem(int i) {
     ItemDone();
     return;
   }
-  // While the layer's index builds, park the item instead of holding a pool thread.
+  // While the layer's index builds, the item is scored exactly at once; or, with a wait
+  // bound (--max_index_wait_seconds > 0), parked until the build ends instead of holding a
+  // pool thread.
   absl::AnyInvocable<void()&&> score_later = [this, i, session = *session, layer = *layer] {
     compute_pool_->Schedule([this, i, session, layer] {
       ScoreItem(i, session, *layer, /*parked=*/true);
       ItemDone();
     });
   };
-  if ((*layer)->DeferUntilIndexSettled(score_later)) return;
+  if (max_index_wait_ > absl::ZeroDuration() && (*layer)->DeferUntilIndexSettled(score_later)) {
+    return;
+  }
   ScoreItem(i, *session, **layer, /*parked=*/false);
   ItemDone();
 }

@@ -1,7 +1,8 @@
 // RetrieveReactor: serves one Retrieve stream. Each request is answered by one response,
 // in order. A request's items (one per session) are scored in parallel on the compute
-// pool; an item whose layer index is still building is parked on the layer (no thread
-// waits) and scored when the build ends. The last item to finish queues the response
+// pool; an item whose layer index is still building is scored exactly at once (or, with
+// a wait bound, parked on the layer, no thread waiting, and scored when the build ends).
+// The last item to finish queues the response
 // and starts the next read, so one request is in processing at a time while responses
 // drain behind it.
 //
@@ -69,8 +70,10 @@ inline constexpr size_t kMaxQueuedResponses = 2;
 // strings (retrieve_response_encoder.h); requests are parsed here.
 class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  // An item parked on a building index waits at most until the call's deadline and at
-  // most max_index_wait after its request arrived; items_counter counts answered items.
+  // An item for a layer whose index is building is scored exactly at once when
+  // max_index_wait is zero; otherwise it is parked until the build ends, at most until the
+  // call's deadline and max_index_wait after its request arrived (then DEADLINE_EXCEEDED).
+  // items_counter counts answered items.
   // principal: the caller, or the authentication error that ends the stream at once.
   // data_plane: the server's UCX end, or null (data_plane_error says why) when UCX is off.
   // gather_budget: the server-wide budget of gathered rows not yet written;

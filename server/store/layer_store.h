@@ -33,7 +33,7 @@ namespace pqkv::server {
 
 enum class IndexState {
   kOpen,      // prefill not complete: every token scored exactly
-  kBuilding,  // codebooks training: Retrieve waits
+  kBuilding,  // codebooks training: Retrieve scores exactly (or waits, until its deadline)
   kReady,     // scored from PQ codes
   kExact,     // too few tokens to train: scored exactly
   kFailed,    // training failed, or its codes did not fit the memory budget: scored exactly
@@ -99,7 +99,9 @@ class LayerStore {
   bool DeferUntilIndexSettled(absl::AnyInvocable<void() &&>& ready);
 
   // Scores every token against `query` (fp32 [query_head][head_dim]) and selects the top
-  // k candidates per kv head. Waits, until `deadline`, while the index is building.
+  // k candidates per kv head. While the index is building it waits until `deadline` (a
+  // past one: not at all) and, if the build has not ended then, scores every token
+  // exactly, as before the prefill was sealed.
   // A fully encoded layer is scored on the GPU when the store has one; otherwise the kv
   // heads are scored in parallel on `pool` and the calling thread (pool may be null).
   // `plain` runs the foundation's plain CPU kernels instead of the fast ones. With

@@ -328,8 +328,9 @@ TEST_CASE("One Retrieve request serves several sessions, with per-item errors", 
   CHECK(stream->Close().ok());
 }
 
-TEST_CASE("A Retrieve right after the prefill waits for the layer's index", "[integration]") {
-  auto server = StartServer();
+TEST_CASE("With a wait bound, a Retrieve right after the prefill waits for the layer's index",
+          "[integration]") {
+  auto server = StartServer({"--max_index_wait_seconds=60"});
   auto client = Connect(*server);
   workload::PlantedKvSpec data{2, 8, 128, 8192};
   const workload::LayerData layer = workload::GeneratePlantedLayer(data, 0);
@@ -344,6 +345,46 @@ TEST_CASE("A Retrieve right after the prefill waits for the layer's index", "[in
   REQUIRE(results.ok());
   REQUIRE((*results)[0].status.ok());
   CHECK((*results)[0].num_encoded == 8192);  // scored from codes, not before they existed
+}
+
+TEST_CASE("By default a Retrieve during the index build is answered at once, exactly",
+          "[integration]") {
+  // 4 x 8 bits over 32K tokens builds for a while; the retrievals sent meanwhile are
+  // answered from exact scores (num_encoded 0), those after it from the codes.
+  auto server = StartServer();
+  auto client = Connect(*server);
+  workload::PlantedKvSpec data{2, 8, 128, 32768};
+  const workload::LayerData layer = workload::GeneratePlantedLayer(data, 0);
+  SessionOptions options;
+  options.shape = {1, 2, 8, 128, DType::kFp16};
+  options.index.subspaces = 4;
+  options.index.bits = 8;
+  const std::string id = client->CreateSession(options).value();
+  const auto k = workload::ToHalf(layer.keys), v = workload::ToHalf(layer.values);
+  REQUIRE(client->UploadPrefill(id, 0, 0, 32768, k.data(), v.data(), true).ok());
+  auto stream = client->OpenRetrievalStream().value();
+  const RetrieveQuery query{id, layer.query, 64};
+  int exact = 0;
+  for (int i = 0; i < 200; ++i) {
+    auto results = stream->Retrieve(0, {&query, 1});
+    REQUIRE(results.ok());
+    REQUIRE((*results)[0].status.ok());
+    const RetrieveResult& r = (*results)[0];
+    if (r.num_encoded == 0) {
+      ++exact;
+      for (size_t h = 0; h < 2; ++h) {  // exact scores find every planted token
+        CHECK(workload::Recall(r.heads[h].positions, layer.planted[h]) == 1.0);
+      }
+    } else {
+      CHECK(r.num_encoded == 32768);  // never a half-built index
+      break;
+    }
+  }
+  INFO("answered exactly while building: " << exact);
+  WaitForIndexes(*client, id);
+  auto later = stream->Retrieve(0, {&query, 1});
+  REQUIRE(later.ok());
+  CHECK((*later)[0].num_encoded == 32768);
 }
 
 TEST_CASE("The index wait bound applies only to items that wait for an index", "[integration]") {

@@ -300,14 +300,27 @@ TEST_CASE("A layer too short to train is scored exactly after sealing", "[server
   CHECK(f.layer.Retrieve(Query(5), 5, Soon()).value().num_encoded == 0);
 }
 
-TEST_CASE("Retrieve waits for a building index, bounded by its deadline", "[server]") {
+TEST_CASE("Retrieve waits for a building index until its deadline, then scores exactly",
+          "[server]") {
   Fixture f;
   REQUIRE(f.layer.Append(0, 200, Bytes(200, 1), Bytes(200, 2)).ok());
-  REQUIRE(f.layer.SealPrefill());
+  REQUIRE(f.layer.SealPrefill());  // building until BuildIndex runs below
   const std::vector<float> query = Query(6);
-  const absl::Status late =
-      f.layer.Retrieve(query, 5, absl::Now() + absl::Milliseconds(50)).status();
-  CHECK(late.code() == absl::StatusCode::kDeadlineExceeded);
+  // Past its deadline (a past one: no wait at all) it answers from the exact scores: what a
+  // layer that was never sealed answers.
+  Fixture unsealed;
+  REQUIRE(unsealed.layer.Append(0, 200, Bytes(200, 1), Bytes(200, 2)).ok());
+  const LayerSelection want = unsealed.layer.Retrieve(query, 5, Soon()).value();
+  for (absl::Time deadline : {absl::InfinitePast(), absl::Now() + absl::Milliseconds(50)}) {
+    const LayerSelection exact = f.layer.Retrieve(query, 5, deadline).value();
+    CHECK(f.layer.Status().index_state == IndexState::kBuilding);
+    CHECK(exact.num_encoded == 0);
+    REQUIRE(exact.heads.size() == want.heads.size());
+    for (size_t h = 0; h < want.heads.size(); ++h) {
+      CHECK(exact.heads[h].positions == want.heads[h].positions);
+      CHECK(exact.heads[h].scores == want.heads[h].scores);
+    }
+  }
 
   absl::StatusOr<LayerSelection> waited;
   std::thread retriever([&] { waited = f.layer.Retrieve(query, 5, Soon()); });
