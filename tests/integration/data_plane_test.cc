@@ -24,6 +24,7 @@
 #include "client/pqkv_client.h"
 #include "client/ucx_receiver.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
+#include "tests/testing/index_wait.h"
 #include "tests/testing/patterned_kv.h"
 #include "tests/testing/retrieve_test_stream.h"
 #include "tests/testing/server_process.h"
@@ -78,6 +79,9 @@ Uploaded Upload(Client& client, const ModelShape& shape, size_t tokens, uint32_t
               .UploadPrefill(up.id, 0, 0, static_cast<uint32_t>(tokens), up.layer.keys.data(),
                              up.layer.values.data(), true)
               .ok());
+  // The selections these tests compare come from the index, not the exact scores a
+  // building layer is answered with.
+  REQUIRE(testing::WaitForIndexes(client, up.id).ok());
   return up;
 }
 
@@ -271,6 +275,7 @@ TEST_CASE("Delta transfer: a session id closed or expired and created again star
                 ->UploadPrefill(id, 0, 0, static_cast<uint32_t>(tokens), layer.keys.data(),
                                 layer.values.data(), true)
                 .ok());
+    REQUIRE(testing::WaitForIndexes(*client, id).ok());  // both selections from the index
   };
   create_and_upload(first);
   // One stream throughout: its row cache directory must not outlive the session.

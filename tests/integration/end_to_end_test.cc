@@ -24,6 +24,7 @@
 #include "catch2/catch.hpp"
 #include "client/pqkv_client.h"
 #include "pqkv/v1/pqkv.grpc.pb.h"
+#include "tests/testing/index_wait.h"
 #include "tests/testing/server_process.h"
 #include "workload/end_to_end_flow.h"
 
@@ -39,17 +40,9 @@ std::unique_ptr<testing::ServerProcess> StartServer(std::vector<std::string> ext
   return *std::move(server);
 }
 
-// Waits (polling GetSession) until no layer of the session is building its index.
+// Waits until no layer of the session is building its index.
 void WaitForIndexes(Client& client, const std::string& id) {
-  while (true) {
-    auto info = client.GetSession(id);
-    REQUIRE(info.ok());
-    if (std::none_of(info->layers.begin(), info->layers.end(),
-                     [](const LayerInfo& l) { return l.index_state == IndexState::kBuilding; })) {
-      return;
-    }
-    std::this_thread::yield();
-  }
+  REQUIRE(testing::WaitForIndexes(client, id).ok());
 }
 
 std::unique_ptr<Client> Connect(const testing::ServerProcess& server) {

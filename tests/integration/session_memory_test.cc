@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "catch2/catch.hpp"
 #include "client/pqkv_client.h"
+#include "tests/testing/index_wait.h"
 #include "tests/testing/proc_status.h"
 #include "tests/testing/server_process.h"
 
@@ -145,6 +146,7 @@ IndexState UploadAndIndex(Client& client, const std::string& id, uint32_t n) {
     values[i] = keys[i];
   }
   REQUIRE(client.UploadPrefill(id, 0, 0, n, keys.data(), values.data(), true).ok());
+  REQUIRE(testing::WaitForIndexes(client, id).ok());
   auto stream = client.OpenRetrievalStream().value();
   std::vector<float> query(size_t{options.shape.num_query_heads} * options.shape.head_dim, 0.1f);
   RetrieveQuery retrieve;
