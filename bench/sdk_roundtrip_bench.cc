@@ -29,6 +29,7 @@ ABSL_FLAG(uint32_t, layers, 1, "Layers to cycle through.");
 ABSL_FLAG(uint32_t, repeats, 100, "Timed round trips (after one warm-up).");
 ABSL_FLAG(bool, with_kv, true, "Ask for the selected rows too.");
 ABSL_FLAG(bool, with_scores, true, "Ask for scores too.");
+ABSL_FLAG(uint32_t, rerank, 0, "RetrieveQuery.rerank: 0 the session's, 1 off, R re-ranks R x k.");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
@@ -68,6 +69,7 @@ int main(int argc, char** argv) {
     item.buffer_bytes = rows_bytes;
   }
   item.with_scores = absl::GetFlag(FLAGS_with_scores);
+  item.rerank = absl::GetFlag(FLAGS_rerank);
 
   uint32_t call = 0;
   std::string data_path;

@@ -7,7 +7,8 @@ layers.
 
 Setup: one pqkv-server (started here), one session of --layers layers x 8 kv heads x 32
 query heads x 128 dims, fp16, --tokens random tokens per layer, default index (2x6); one
-query; k = --k rows per kv head with their K/V rows (ucx-shm into the receive buffer).
+query; k = --k rows per kv head with their K/V rows (ucx-shm into the receive buffer);
+--rerank 1 (the default here): the PQ scan's top-k, no exact re-ranking.
 
 overhead  Alternating blocks of --repeats round trips: the C++ SDK
           (//bench:sdk_roundtrip_bench, a process of its own on the same server, session,
@@ -82,6 +83,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--k", type=int, default=2048)
+    parser.add_argument("--rerank", type=int, default=1,
+                        help="Query.rerank: 1 the PQ scan alone (2 x 6, what the figures in "
+                             "docs/benchmarks.md measure), 0 the server's default re-ranking")
     parser.add_argument("--blocks", type=int, default=6, help="alternating blocks per SDK")
     parser.add_argument("--repeats", type=int, default=100, help="round trips per block")
     parser.add_argument("--steps", type=int, default=30, help="decode steps per pipeline mode")
@@ -114,7 +118,7 @@ def main() -> None:
         query = rng.standard_normal((32, 128), dtype=np.float32)
         query_file = os.path.join(scratch, "query.f32")
         query.tofile(query_file)
-        pq_query = pqkv.Query(session, query, args.k, with_kv=True)
+        pq_query = pqkv.Query(session, query, args.k, with_kv=True, rerank=args.rerank)
 
         # -- overhead ---------------------------------------------------------------------
         with client.retrieval_stream() as stream:
@@ -124,6 +128,7 @@ def main() -> None:
                 out = subprocess.run(
                     [args.cpp_bench, f"--server={server.address}", f"--session={session.id}",
                      f"--query_file={query_file}", f"--k={args.k}", f"--layers={args.layers}",
+                     f"--rerank={args.rerank}",
                      f"--repeats={args.repeats}"], capture_output=True, text=True, check=True)
                 cpp = json.loads(out.stdout)
                 paths.add(f"C++ {cpp['data_path']}")

@@ -14,12 +14,18 @@ namespace pqkv::server {
 namespace {
 
 // Per-thread arrays, reused: fresh ones (some past malloc's mmap threshold) cost page
-// faults on every call.
+// faults on every call. A call far larger than a decode step's (rerank x k in the
+// hundreds of thousands) gives its memory back instead of keeping it for the thread.
 struct Scratch {
   std::vector<uint32_t> tokens, encoded, order;
   std::vector<const void*> rows;
   std::vector<size_t> encoded_row;
   std::vector<float> logits, approx, score, exps, mixed;
+
+  static constexpr size_t kKeepTokens = size_t{1} << 17;
+  void TrimAfter(size_t tokens_used) {
+    if (tokens_used > kKeepTokens) *this = Scratch();
+  }
 };
 thread_local Scratch scratch;
 
@@ -132,6 +138,7 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
     out.positions.push_back(tokens[order[i]]);
     out.scores.push_back(score[order[i]]);
   }
+  scratch.TrimAfter(r);
   out.scan_us = candidates.scan_us;
   out.select_us = candidates.select_us;
   out.rerank_us = absl::ToDoubleMicroseconds(absl::Now() - start);
