@@ -276,6 +276,11 @@ int main(int argc, char** argv) {
     WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), metrics_http->port());
     log.info("metrics at http://{}:{}/metrics", absl::GetFlag(FLAGS_host), metrics_http->port());
   }
+  // Health says SERVING for the service before the port file appears: a probe that starts
+  // on the file must not see NOT_FOUND for pqkv.v1.Pqkv (seen in CI).
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus(pqkv::v1::Pqkv::service_full_name(), true);
   // Last: a script waiting for this file may rely on everything above being up.
   WritePortFile(absl::GetFlag(FLAGS_port_file), bound_port);
   log.info(
@@ -286,10 +291,6 @@ int main(int argc, char** argv) {
       (*store)->Stats().bytes_capacity, store_options.page_bytes,
       data_plane ? "UCX + gRPC" : "gRPC");
   log.flush();
-
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(true);
-  health->SetServingStatus(pqkv::v1::Pqkv::service_full_name(), true);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
