@@ -14,8 +14,9 @@
 // 3. Prints, per layer, the first step's round trip (right after the upload, it meets the
 //    index builds still running) and, over the later steps, the round trip split into
 //    server scan (tables, ADC scan, softmax), select (top-k and the exact re-rank), rows
-//    (gather and write) and transfer (the rest: wire, client decode), and quality against exact attention: attention-mass recall, the
-//    attention output's relative error, recall@k; then the same quality by head type.
+//    (gather and write) and transfer (the rest: wire, client decode), and quality against exact
+//    attention: attention-mass recall, the attention output's relative error, recall@k; then the
+//    same quality by head type.
 //
 // Exit status 0 when every row matched, 1 otherwise.
 #include <algorithm>
@@ -55,8 +56,10 @@ ABSL_FLAG(uint64_t, seed, 7, "Generated data's seed.");
 ABSL_FLAG(double, budget, 0.0625, "Tokens retrieved per kv head, as a fraction of the context.");
 ABSL_FLAG(uint32_t, sinks, 4, "Sink tokens S the worker keeps.");
 ABSL_FLAG(uint32_t, recent, 64, "Recent window W the worker keeps.");
-ABSL_FLAG(std::string, pq, "4x8+pairs+rerank4",
-          "Index setting, MxB[+pairs][+rerankR] (docs/quality.md; PQCache's own is 2x6).");
+ABSL_FLAG(
+    std::string, pq, "default",
+    "Index setting: default (the server's: 2x6 with re-ranking of 4 x k) or "
+    "MxB[+pairs][+rerankR], e.g. 2x6 (PQCache's own) or 4x8+pairs+rerank4 (docs/quality.md).");
 ABSL_FLAG(std::string, data_path, "auto", "How rows travel: auto, ucx or grpc.");
 
 namespace pqkv {
