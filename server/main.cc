@@ -42,6 +42,9 @@ ABSL_FLAG(int, compute_spin_us, 200,
 ABSL_FLAG(int, index_threads, 0,
           "Threads that train layer indexes in the background (a layer's kv heads in parallel, "
           "layers side by side); 0: one per core.");
+ABSL_FLAG(int, index_nice, 10,
+          "Niceness (0-19) of the index threads: a Retrieve that arrives while builds run gets "
+          "the cores first; 0: the same priority as the request threads.");
 ABSL_FLAG(std::string, memory_budget, "",
           "Bytes of K/V the server may hold (e.g. 16GiB), sessions' metadata included; default "
           "half of physical memory.");
@@ -163,6 +166,11 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_index_threads) > 0
           ? absl::GetFlag(FLAGS_index_threads)
           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  store_options.index_nice = absl::GetFlag(FLAGS_index_nice);
+  if (store_options.index_nice < 0 || store_options.index_nice > 19) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--index_nice is ", store_options.index_nice, "; expected 0 to 19")));
+  }
   if (absl::GetFlag(FLAGS_max_sessions) < 1) {
     return Fail(absl::InvalidArgumentError("--max_sessions must be at least 1"));
   }

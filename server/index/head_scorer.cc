@@ -2,13 +2,16 @@
 
 #include <cmath>
 #include <utility>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "kernels/gqa_scoring.h"
 #include "kernels/gqa_softmax.h"
 #include "kernels/pq_scan.h"
 #include "kernels/radix_select.h"
+#include "kernels/row_dots.h"
 #include "kernels/top_k.h"
+#include "kernels/vector_exp.h"
 
 namespace pqkv::server {
 namespace {
@@ -61,10 +64,56 @@ HeadSelection Select(const std::vector<float>& scores, uint32_t begin, uint32_t 
   return selection;
 }
 
+// ScoreAll for a head with no codes (its index still building, or too few tokens to
+// train): the dot products read the stored rows in place. Converting them to fp32 first
+// wrote 16 MiB per kv head at 32K tokens, which made a decode step that meets a build
+// many times a warm one.
+bool ScoreAllExact(const HeadKeys& keys, const float* group_queries, int group_size, float* scores,
+                   double* log_normalisers) {
+  // Per thread, reused (fresh arrays page-fault on every call); a call past kKeepTokens
+  // gives its memory back rather than keeping it for the thread.
+  constexpr size_t kKeepTokens = size_t{1} << 17;
+  thread_local std::vector<const void*> rows;
+  thread_local std::vector<float> logits;  // [group][token]
+  const size_t n = keys.num_tokens;
+  struct Trim {
+    size_t n;
+    ~Trim() {
+      if (n > kKeepTokens) {
+        rows = {};
+        logits = {};
+      }
+    }
+  } trim{n};
+  rows.resize(n);
+  for (size_t t = 0; t < n; ++t) rows[t] = keys.rows->Row(t);
+  logits.resize(n * group_size);
+  kernels::RowDots(keys.dtype, rows.data(), n, keys.head_dim, group_queries, group_size,
+                   logits.data());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(keys.head_dim));
+  for (int g = 0; g < group_size; ++g) {
+    float* exps = logits.data() + static_cast<size_t>(g) * n;
+    const float shift = scale * kernels::MaxOf(exps, n);
+    if (!std::isfinite(shift)) return false;
+    const double sum = kernels::ExpAndSum(exps, n, scale, shift, exps);
+    log_normalisers[g] = shift + std::log(sum);
+    const float inverse = static_cast<float>(1.0 / sum);
+    if (g == 0) {
+      for (size_t t = 0; t < n; ++t) scores[t] = exps[t] * inverse;
+    } else {
+      for (size_t t = 0; t < n; ++t) scores[t] += exps[t] * inverse;
+    }
+  }
+  return true;
+}
+
 // Runs kernels::ScoreGqa over every token into `scores` (at least num_tokens floats),
 // with each query head's log normaliser into log_normalisers[group_size].
 bool ScoreAll(const HeadKeys& keys, const float* group_queries, int group_size, float* scores,
               double* log_normalisers) {
+  if (NumEncoded(keys) == 0 && !Permutes(keys)) {
+    return ScoreAllExact(keys, group_queries, group_size, scores, log_normalisers);
+  }
   std::vector<float> ordered;
   group_queries = OrderedQueries(keys, group_queries, group_size, &ordered);
   const std::vector<float> exact_keys = ExactKeys(keys);

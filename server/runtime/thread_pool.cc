@@ -1,6 +1,8 @@
 #include "server/runtime/thread_pool.h"
 
 #include <pthread.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <utility>
 
@@ -8,8 +10,8 @@
 
 namespace pqkv::server {
 
-ThreadPool::ThreadPool(std::string name, int num_threads, absl::Duration spin)
-    : name_(std::move(name)), spin_(spin) {
+ThreadPool::ThreadPool(std::string name, int num_threads, absl::Duration spin, int nice)
+    : name_(std::move(name)), spin_(spin), nice_(nice) {
   for (int i = 0; i < std::max(1, num_threads); ++i) {
     threads_.emplace_back([this] { WorkLoop(); });
     // Thread names show in top/gdb; Linux caps them at 15 characters.
@@ -37,6 +39,9 @@ size_t ThreadPool::pending() const {
 }
 
 void ThreadPool::WorkLoop() {
+  // On Linux a thread id names one thread, so this lowers this worker alone. Raising the
+  // value never needs a privilege; a failure leaves the default priority, harmlessly.
+  if (nice_ != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice_);
   while (true) {
     absl::AnyInvocable<void() &&> task;
     SpinWait(spin_, [this] { return queued_.load(std::memory_order_acquire) > 0; });

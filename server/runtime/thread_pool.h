@@ -5,6 +5,9 @@
 // halted), as long as a layer's row gather takes to hand half its heads to a second
 // thread. Polling yields the core to any other runnable thread.
 //
+// `nice` (Linux, per thread): a pool of background work runs at a lower priority than
+// the threads that answer requests, so the scheduler hands them the cores first.
+//
 // Thread-safe. The destructor stops accepting work, runs what is queued, and joins.
 #ifndef PQKV_SERVER_RUNTIME_THREAD_POOL_H_
 #define PQKV_SERVER_RUNTIME_THREAD_POOL_H_
@@ -24,7 +27,8 @@ namespace pqkv::server {
 
 class ThreadPool {
  public:
-  ThreadPool(std::string name, int num_threads, absl::Duration spin = absl::ZeroDuration());
+  ThreadPool(std::string name, int num_threads, absl::Duration spin = absl::ZeroDuration(),
+             int nice = 0);
   ~ThreadPool();
 
   ThreadPool(const ThreadPool&) = delete;
@@ -45,6 +49,7 @@ class ThreadPool {
 
   const std::string name_;
   const absl::Duration spin_;
+  const int nice_;
   mutable absl::Mutex mu_;
   // queue_.size(), readable without the lock while polling.
   std::atomic<size_t> queued_{0};

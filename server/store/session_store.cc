@@ -45,7 +45,7 @@ SessionStore::SessionStore(std::unique_ptr<PageArena> arena, const SessionStoreO
       max_sessions_(options.max_sessions),
       session_ttl_(options.session_ttl),
       on_index_built_(options.on_index_built),
-      index_pool_("pqkv-index", options.index_threads) {
+      index_pool_("pqkv-index", options.index_threads, absl::ZeroDuration(), options.index_nice) {
   if (session_ttl_ > absl::ZeroDuration()) sweeper_ = std::thread([this] { SweepLoop(); });
 }
 

@@ -30,6 +30,9 @@ struct SessionStoreOptions {
   size_t memory_budget_bytes = size_t{8} << 30;
   size_t page_bytes = size_t{64} << 10;
   int index_threads = 1;
+  // Niceness of the index threads (0-19; --index_nice): decode-time work gets the cores
+  // first while builds run.
+  int index_nice = 0;
   // Live sessions at most (--max_sessions); CreateSession past it is RESOURCE_EXHAUSTED.
   size_t max_sessions = 4096;
   // The CUDA backend, or null for the CPU one; must outlive the store.

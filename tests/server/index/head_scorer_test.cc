@@ -159,6 +159,65 @@ TEST_CASE("ScoreAndSelect on 4-bit fast-scan codes stays close to the float refe
   CHECK(common.size() >= 0.8 * k);
 }
 
+TEST_CASE("ScoreAndSelect scores fp16 and bf16 rows in place when no token has codes", "[server]") {
+  // The exact path reads the stored rows (no fp32 copy); scores, selection and the log
+  // normalisers must match a double-precision reference on the rounded keys.
+  const kernels::ElementType dtype =
+      GENERATE(kernels::ElementType::kFp16, kernels::ElementType::kBf16);
+  const int group = GENERATE(1, 4);
+  constexpr int kDim = 64;
+  const size_t n = 777;
+  auto arena = PageArena::Create(16 << 20, 4096).value();
+  PagedRows rows(arena.get(), kDim * sizeof(uint16_t));
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  std::vector<uint16_t> stored(n * kDim);
+  std::vector<float> rounded(n * kDim);
+  for (size_t i = 0; i < stored.size(); ++i) {
+    const float x = normal(rng);
+    stored[i] =
+        dtype == kernels::ElementType::kFp16 ? kernels::FloatToHalf(x) : kernels::FloatToBf16(x);
+    rounded[i] = dtype == kernels::ElementType::kFp16 ? kernels::HalfToFloat(stored[i])
+                                                      : kernels::Bf16ToFloat(stored[i]);
+  }
+  rows.AddPages(arena->Allocate(rows.PagesNeededFor(n)).value());
+  rows.Append(reinterpret_cast<const char*>(stored.data()), n);
+  std::vector<float> queries(group * kDim);
+  for (float& q : queries) q = 3 * normal(rng);
+
+  HeadKeys keys{&rows, n, dtype, kDim};
+  const uint32_t begin = 4, end = static_cast<uint32_t>(n - 64), k = 40;
+  const HeadSelection got = ScoreAndSelect(keys, queries.data(), group, begin, end, k);
+  CheckSelection(got, ReferenceScores(rounded, n, kDim, nullptr, {}, 0, queries, group), begin, end,
+                 k);
+  REQUIRE(got.log_normalisers.size() == static_cast<size_t>(group));
+  for (int g = 0; g < group; ++g) {
+    std::vector<double> logits(n);
+    for (size_t t = 0; t < n; ++t) {
+      double dot = 0;
+      for (int i = 0; i < kDim; ++i) dot += double(queries[g * kDim + i]) * rounded[t * kDim + i];
+      logits[t] = dot / std::sqrt(double(kDim));
+    }
+    const double max = *std::max_element(logits.begin(), logits.end());
+    double z = 0;
+    for (double l : logits) z += std::exp(l - max);
+    CHECK(got.log_normalisers[g] == Approx(max + std::log(z)).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("ScoreAndSelect reports a logit that overflows on the exact path", "[server]") {
+  // fp32 keys near the largest float times a large query: the dot product is +inf.
+  constexpr int kDim = 8;
+  auto arena = PageArena::Create(1 << 20, 4096).value();
+  PagedRows rows(arena.get(), kDim * sizeof(float));
+  std::vector<float> stored(20 * kDim, 3e38f);
+  rows.AddPages(arena->Allocate(rows.PagesNeededFor(20)).value());
+  rows.Append(reinterpret_cast<const char*>(stored.data()), 20);
+  std::vector<float> queries(kDim, 1e3f);
+  HeadKeys keys{&rows, 20, kernels::ElementType::kFp32, kDim};
+  CHECK(ScoreAndSelect(keys, queries.data(), 1, 0, 20, 5).overflow);
+}
+
 TEST_CASE("ScoreAndSelect scores sum to the group size over all tokens", "[server]") {
   Fixture f(200);
   std::vector<float> queries(3 * Fixture::kDim, 0.1f);
