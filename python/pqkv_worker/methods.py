@@ -9,7 +9,7 @@ recent_window = W).
 | method | the k tokens |
 | --- | --- |
 | `full` | none: exact attention over every token (the reference) |
-| `pqkv` | pqkv-server's top-k by PQ score, default index (2 sub-spaces x 6 bits) |
+| `pqkv` | pqkv-server's top-k, default index (2 sub-spaces x 6 bits, exact re-rank of 4k) |
 | `pqkv-recommended` | 4 sub-spaces x 8 bits, RoPE pairs kept together, exact re-ranking of 4k |
 | `oracle` | the exact top-k of the GQA score (sum over the group of softmax over candidates) |
 | `streaming` | StreamingLLM: none searched, the recent window widened by k |
