@@ -109,6 +109,9 @@ SessionInfo SessionInfoFromProto(const v1::SessionInfo& info) {
     }
     l.num_encoded = layer.num_encoded();
     l.index_build_ms = layer.index_build_ms();
+    l.quality_samples = layer.quality_samples();
+    l.last_mass_recall = layer.last_mass_recall();
+    l.mean_mass_recall = layer.mean_mass_recall();
     out.layers.push_back(l);
   }
   return out;

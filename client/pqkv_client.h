@@ -85,6 +85,11 @@ struct LayerInfo {
   IndexState index_state = IndexState::kUnknown;
   uint64_t num_encoded = 0;
   double index_build_ms = 0;
+  // Live quality samples of the layer's Retrieve items (server --quality_sample_rate) and
+  // their attention-mass recall: the last one's and the mean.
+  uint64_t quality_samples = 0;
+  double last_mass_recall = 0;
+  double mean_mass_recall = 0;
 };
 
 struct SessionInfo {

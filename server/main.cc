@@ -23,6 +23,7 @@
 #include "server/memory/byte_size.h"
 #include "server/metrics/metrics.h"
 #include "server/metrics/metrics_http_server.h"
+#include "server/metrics/quality_sampler.h"
 #include "server/rpc/pqkv_service.h"
 #include "server/runtime/server_logger.h"
 #include "server/runtime/thread_pool.h"
@@ -45,6 +46,9 @@ ABSL_FLAG(int, index_threads, 0,
 ABSL_FLAG(int, index_nice, 10,
           "Niceness (0-19) of the index threads: a Retrieve that arrives while builds run gets "
           "the cores first; 0: the same priority as the request threads.");
+ABSL_FLAG(double, quality_sample_rate, 0.01,
+          "Share of Retrieve items whose selection is measured against exact attention on a "
+          "background thread (pqkv_quality_* metrics, GetSession); 0 turns it off.");
 ABSL_FLAG(std::string, memory_budget, "",
           "Bytes of K/V the server may hold (e.g. 16GiB), sessions' metadata included; default "
           "half of physical memory.");
@@ -243,6 +247,17 @@ int main(int argc, char** argv) {
     auth = *std::move(loaded);
     service_options.auth = auth.get();
     log.info("bearer-token authentication on, {} tokens", auth->size());
+  }
+  const double quality_sample_rate = absl::GetFlag(FLAGS_quality_sample_rate);
+  if (!(quality_sample_rate >= 0 && quality_sample_rate <= 1)) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--quality_sample_rate is ", quality_sample_rate, "; expected 0 to 1")));
+  }
+  // Declared before the service, so that it outlives every stream that samples into it.
+  pqkv::server::QualitySampler quality_sampler(quality_sample_rate);
+  if (quality_sample_rate > 0) {
+    service_options.quality_sampler = &quality_sampler;
+    metrics.AddSection([&quality_sampler](std::string* out) { quality_sampler.Render(out); });
   }
   pqkv::server::PqkvService service(store->get(), &compute_pool, &metrics, service_options);
 

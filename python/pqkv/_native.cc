@@ -119,6 +119,9 @@ py::dict SessionInfoToDict(const SessionInfo& info) {
     entry["index_state"] = IndexStateName(layer.index_state);
     entry["num_encoded"] = layer.num_encoded;
     entry["index_build_ms"] = layer.index_build_ms;
+    entry["quality_samples"] = layer.quality_samples;
+    entry["last_mass_recall"] = layer.last_mass_recall;
+    entry["mean_mass_recall"] = layer.mean_mass_recall;
     layers.append(std::move(entry));
   }
   out["layers"] = std::move(layers);

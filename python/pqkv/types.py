@@ -87,11 +87,18 @@ class IndexOptions:
 
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
+    """One layer of a session. quality_samples: its Retrieve items the server measured
+    against exact attention (server flag --quality_sample_rate), with the attention-mass
+    recall of the last one and their mean."""
+
     layer: int
     num_tokens: int
     index_state: IndexState
     num_encoded: int
     index_build_ms: float
+    quality_samples: int = 0
+    last_mass_recall: float = 0.0
+    mean_mass_recall: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,33 +64,24 @@ HeadSelection Select(const std::vector<float>& scores, uint32_t begin, uint32_t 
   return selection;
 }
 
-// ScoreAll for a head with no codes (its index still building, or too few tokens to
-// train): the dot products read the stored rows in place. Converting them to fp32 first
-// wrote 16 MiB per kv head at 32K tokens, which made a decode step that meets a build
-// many times a warm one.
-bool ScoreAllExact(const HeadKeys& keys, const float* group_queries, int group_size, float* scores,
-                   double* log_normalisers) {
+// Softmax over the logits of rows [0, n) per query head, summed over the group into
+// scores[n]; each head's log normaliser into log_normalisers[group_size].
+bool SoftmaxSumOfRows(const void* const* rows, size_t n, kernels::ElementType dtype, int head_dim,
+                      const float* group_queries, int group_size, float* scores,
+                      double* log_normalisers) {
   // Per thread, reused (fresh arrays page-fault on every call); a call past kKeepTokens
   // gives its memory back rather than keeping it for the thread.
   constexpr size_t kKeepTokens = size_t{1} << 17;
-  thread_local std::vector<const void*> rows;
   thread_local std::vector<float> logits;  // [group][token]
-  const size_t n = keys.num_tokens;
   struct Trim {
     size_t n;
     ~Trim() {
-      if (n > kKeepTokens) {
-        rows = {};
-        logits = {};
-      }
+      if (n > kKeepTokens) logits = {};
     }
   } trim{n};
-  rows.resize(n);
-  for (size_t t = 0; t < n; ++t) rows[t] = keys.rows->Row(t);
   logits.resize(n * group_size);
-  kernels::RowDots(keys.dtype, rows.data(), n, keys.head_dim, group_queries, group_size,
-                   logits.data());
-  const float scale = 1.0f / std::sqrt(static_cast<float>(keys.head_dim));
+  kernels::RowDots(dtype, rows, n, head_dim, group_queries, group_size, logits.data());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int g = 0; g < group_size; ++g) {
     float* exps = logits.data() + static_cast<size_t>(g) * n;
     const float shift = scale * kernels::MaxOf(exps, n);
@@ -105,6 +96,22 @@ bool ScoreAllExact(const HeadKeys& keys, const float* group_queries, int group_s
     }
   }
   return true;
+}
+
+// ScoreAll for a head with no codes (its index still building, or too few tokens to
+// train): the dot products read the stored rows in place. Converting them to fp32 first
+// wrote 16 MiB per kv head at 32K tokens, which made a decode step that meets a build
+// many times a warm one.
+bool ScoreAllExact(const HeadKeys& keys, const float* group_queries, int group_size, float* scores,
+                   double* log_normalisers) {
+  thread_local std::vector<const void*> rows;
+  const size_t n = keys.num_tokens;
+  rows.resize(n);
+  for (size_t t = 0; t < n; ++t) rows[t] = keys.rows->Row(t);
+  const bool finite = SoftmaxSumOfRows(rows.data(), n, keys.dtype, keys.head_dim, group_queries,
+                                       group_size, scores, log_normalisers);
+  if (n > (size_t{1} << 17)) rows = {};
+  return finite;
 }
 
 // Runs kernels::ScoreGqa over every token into `scores` (at least num_tokens floats),
@@ -194,6 +201,13 @@ HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queri
     }
   }
   return Select(combined, candidate_begin, candidate_end, k, /*plain=*/true);
+}
+
+bool ScoreExactRows(const void* const* rows, size_t n, kernels::ElementType dtype, int head_dim,
+                    const float* group_queries, int group_size, float* scores) {
+  std::vector<double> log_normalisers(group_size);
+  return SoftmaxSumOfRows(rows, n, dtype, head_dim, group_queries, group_size, scores,
+                          log_normalisers.data());
 }
 
 std::vector<double> LogNormalisers(const HeadKeys& keys, const float* group_queries,

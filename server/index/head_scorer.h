@@ -59,6 +59,12 @@ HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, i
 HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queries, int group_size,
                                   uint32_t candidate_begin, uint32_t candidate_end, uint32_t k);
 
+// Exact scores of the key rows rows[0, n) (head_dim elements of dtype each, read in
+// place): the GQA sum of softmax over all n, fp32 into scores[n]. False when a logit is
+// not finite. The reference live quality sampling compares a selection with.
+bool ScoreExactRows(const void* const* rows, size_t n, kernels::ElementType dtype, int head_dim,
+                    const float* group_queries, int group_size, float* scores);
+
 // ScoreAndSelect's log_normalisers alone (the same scan, no selection), for selections
 // that carry none. Empty when a logit is not finite.
 std::vector<double> LogNormalisers(const HeadKeys& keys, const float* group_queries,

@@ -20,12 +20,11 @@ std::vector<double> LatencyBounds() {
 LatencyHistogram::LatencyHistogram(std::vector<double> bounds_seconds)
     : bounds_(std::move(bounds_seconds)), counts_(bounds_.size() + 1, 0) {}
 
-void LatencyHistogram::Observe(absl::Duration d) {
-  const double seconds = absl::ToDoubleSeconds(d);
-  const size_t bucket = std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin();
+void LatencyHistogram::ObserveValue(double value) {
+  const size_t bucket = std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
   absl::MutexLock lock(&mu_);
   ++counts_[bucket];
-  sum_ += seconds;
+  sum_ += value;
   ++count_;
 }
 
@@ -144,11 +143,20 @@ std::string Metrics::Render(const SessionStore& store) const {
   absl::StrAppend(&out,
                   "# HELP pqkv_requests_total Calls and Retrieve items, by RPC and status code.\n"
                   "# TYPE pqkv_requests_total counter\n");
-  absl::MutexLock lock(&mu_);
-  for (const auto& [key, count] : statuses_) {
-    absl::StrAppend(&out, "pqkv_requests_total{", key, "} ", count, "\n");
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, count] : statuses_) {
+      absl::StrAppend(&out, "pqkv_requests_total{", key, "} ", count, "\n");
+    }
   }
+  absl::MutexLock lock(&sections_mu_);
+  for (const auto& render : sections_) render(&out);
   return out;
+}
+
+void Metrics::AddSection(std::function<void(std::string*)> render) {
+  absl::MutexLock lock(&sections_mu_);
+  sections_.push_back(std::move(render));
 }
 
 }  // namespace pqkv::server

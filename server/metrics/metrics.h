@@ -8,6 +8,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -20,11 +21,13 @@
 
 namespace pqkv::server {
 
-// A latency histogram with fixed buckets (seconds), Prometheus-style cumulative output.
+// A histogram with fixed buckets, Prometheus-style cumulative output: latencies in
+// seconds, or any other value (ObserveValue, bounds in the values' unit).
 class LatencyHistogram {
  public:
   explicit LatencyHistogram(std::vector<double> bounds_seconds);
-  void Observe(absl::Duration d);
+  void Observe(absl::Duration d) { ObserveValue(absl::ToDoubleSeconds(d)); }
+  void ObserveValue(double value);
   // Appends `name{labels,le="..."}` lines, _sum and _count.
   void Render(const std::string& name, const std::string& labels, std::string* out) const;
 
@@ -55,6 +58,10 @@ class Metrics {
   // counters), or null (the CPU backend: no such lines). Must outlive this object.
   void SetGpuScorer(const GpuScorer* gpu) { gpu_.store(gpu, std::memory_order_release); }
 
+  // Adds a section that Render appends to its text (e.g. QualitySampler::Render); the
+  // callable must stay valid while this object renders.
+  void AddSection(std::function<void(std::string*)> render);
+
   // The exposition text, with gauges read from `store`.
   std::string Render(const SessionStore& store) const;
 
@@ -67,6 +74,8 @@ class Metrics {
   std::atomic<uint64_t> ucx_put_bytes_sent_{0};
   std::atomic<uint64_t> cache_saved_bytes_{0};
   std::atomic<const GpuScorer*> gpu_{nullptr};
+  mutable absl::Mutex sections_mu_;
+  std::vector<std::function<void(std::string*)>> sections_ ABSL_GUARDED_BY(sections_mu_);
   mutable absl::Mutex mu_;
   // (rpc, code) -> count
   std::vector<std::pair<std::string, uint64_t>> statuses_ ABSL_GUARDED_BY(mu_);

@@ -95,13 +95,14 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PqkvService::Retrie
                                   : absl::FromChrono(context->deadline());
   // gRPC calls OnDone only after this returns, so the stream is registered before it
   // can remove itself.
-  auto* reactor = new RetrieveReactor(
-      store_, compute_pool_, metrics_, PrincipalOf(options_.auth, *context), deadline,
-      options_.max_index_wait, &retrieve_items_, options_.data_plane, options_.data_plane_error,
-      &gather_budget_, &row_cache_budget_, [this](RetrieveReactor* done) {
-        absl::MutexLock lock(&streams_mu_);
-        streams_.erase(done);
-      });
+  auto* reactor =
+      new RetrieveReactor(store_, compute_pool_, metrics_, options_.quality_sampler,
+                          PrincipalOf(options_.auth, *context), deadline, options_.max_index_wait,
+                          &retrieve_items_, options_.data_plane, options_.data_plane_error,
+                          &gather_budget_, &row_cache_budget_, [this](RetrieveReactor* done) {
+                            absl::MutexLock lock(&streams_mu_);
+                            streams_.erase(done);
+                          });
   absl::MutexLock lock(&streams_mu_);
   streams_.insert(reactor);
   if (ending_streams_) reactor->EndWhenIdle();

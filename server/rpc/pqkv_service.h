@@ -18,6 +18,7 @@
 #include "server/dataplane/ucx_data_plane.h"
 #include "server/memory/byte_budget.h"
 #include "server/metrics/metrics.h"
+#include "server/metrics/quality_sampler.h"
 #include "server/rpc/fetch_limits.h"
 #include "server/runtime/thread_pool.h"
 #include "server/security/token_authenticator.h"
@@ -54,6 +55,8 @@ struct ServiceOptions {
   // Most bytes all Retrieve streams' row cache directories (cache_slots) may take,
   // server-wide; an item whose directories would pass it fails with RESOURCE_EXHAUSTED.
   size_t max_row_cache_bytes = size_t{256} << 20;
+  // Live quality telemetry (--quality_sample_rate), or null: none.
+  QualitySampler* quality_sampler = nullptr;
 };
 
 // The callback service with every method registered raw (grpc::ByteBuffer in and out):

@@ -103,6 +103,9 @@ void SessionInfoToProto(const Session& session, bool with_layers, v1::SessionInf
     info->set_index_state(IndexStateToProto(status.index_state));
     info->set_num_encoded(status.num_encoded);
     info->set_index_build_ms(status.index_build_ms);
+    info->set_quality_samples(status.quality_samples);
+    info->set_last_mass_recall(status.last_mass_recall);
+    info->set_mean_mass_recall(status.mean_mass_recall);
   }
   out->set_bytes_held(bytes + session.metadata_bytes_held());
 }

@@ -13,6 +13,7 @@
 namespace pqkv::server {
 
 RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
+                                 QualitySampler* quality_sampler,
                                  absl::StatusOr<std::string> principal, absl::Time call_deadline,
                                  absl::Duration max_index_wait,
                                  std::atomic<uint64_t>* items_counter, UcxDataPlane* data_plane,
@@ -22,6 +23,7 @@ RetrieveReactor::RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, 
     : store_(store),
       compute_pool_(compute_pool),
       metrics_(metrics),
+      quality_sampler_(quality_sampler),
       principal_(principal.ok() ? *principal : ""),
       call_deadline_(call_deadline),
       max_index_wait_(max_index_wait),
@@ -248,6 +250,11 @@ void RetrieveReactor::ScoreItem(int i, const std::shared_ptr<Session>& session,
   if (!selection.ok()) {
     SetItemError(i, selection.status());
     return;
+  }
+  if (quality_sampler_ != nullptr) {
+    quality_sampler_->MaybeSample(session, request_.layer(),
+                                  absl::MakeConstSpan(item.query().data(), item.query_size()),
+                                  *selection, rerank);
   }
   v1::RetrieveResult* result = response_->mutable_results(i);
   const absl::Time rows_start = absl::Now();

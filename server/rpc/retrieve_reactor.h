@@ -56,6 +56,7 @@
 #include "server/dataplane/ucx_data_plane.h"
 #include "server/memory/byte_budget.h"
 #include "server/metrics/metrics.h"
+#include "server/metrics/quality_sampler.h"
 #include "server/rpc/retrieve_response_encoder.h"
 #include "server/runtime/thread_pool.h"
 #include "server/store/layer_store.h"
@@ -78,10 +79,12 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   // data_plane: the server's UCX end, or null (data_plane_error says why) when UCX is off.
   // gather_budget: the server-wide budget of gathered rows not yet written;
   // row_cache_budget: that of row cache directories; both must outlive the reactor.
+  // quality_sampler: live quality telemetry of answered items, or null.
   RetrieveReactor(SessionStore* store, ThreadPool* compute_pool, Metrics* metrics,
-                  absl::StatusOr<std::string> principal, absl::Time call_deadline,
-                  absl::Duration max_index_wait, std::atomic<uint64_t>* items_counter,
-                  UcxDataPlane* data_plane, std::string data_plane_error, ByteBudget* gather_budget,
+                  QualitySampler* quality_sampler, absl::StatusOr<std::string> principal,
+                  absl::Time call_deadline, absl::Duration max_index_wait,
+                  std::atomic<uint64_t>* items_counter, UcxDataPlane* data_plane,
+                  std::string data_plane_error, ByteBudget* gather_budget,
                   ByteBudget* row_cache_budget, std::function<void(RetrieveReactor*)> on_done);
 
   // Ends the stream (UNAVAILABLE "server shutting down") once nothing is in processing or
@@ -157,6 +160,7 @@ class RetrieveReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   SessionStore* const store_;
   ThreadPool* const compute_pool_;
   Metrics* const metrics_;
+  QualitySampler* const quality_sampler_;
   const std::string principal_;
   const absl::Time call_deadline_;
   const absl::Duration max_index_wait_;

@@ -9,7 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/dtype_convert.h"
+#include "kernels/radix_select.h"
 #include "server/index/exact_rerank.h"
+#include "server/index/head_scorer.h"
 #include "server/runtime/parallel_for.h"
 #include "server/runtime/server_logger.h"
 
@@ -483,9 +485,81 @@ absl::Status LayerStore::Fetch(uint32_t kv_head, absl::Span<const uint32_t> posi
   return absl::OkStatus();
 }
 
+absl::StatusOr<SelectionQualitySample> LayerStore::MeasureQuality(
+    absl::Span<const float> query, uint64_t num_tokens,
+    const std::vector<std::vector<uint32_t>>& selected) const {
+  const ModelShape& shape = config_.shape;
+  const uint32_t H = shape.num_kv_heads;
+  const int group = static_cast<int>(shape.group_size());
+  if (query.size() != static_cast<size_t>(shape.num_query_heads) * shape.head_dim ||
+      selected.size() != H) {
+    return absl::InvalidArgumentError("the query or the selection does not fit the layer");
+  }
+  const size_t n = num_tokens;
+  std::vector<const void*> rows(n * H);  // [kv head][token]
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (n > num_tokens_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", layer_, " holds ", num_tokens_, " tokens, not ", n));
+    }
+    for (uint32_t h = 0; h < H; ++h) {
+      for (size_t t = 0; t < n; ++t) rows[h * n + t] = keys_[h]->Row(t);
+    }
+  }
+  const uint32_t recent = config_.index.recent_window;
+  const uint32_t candidate_end = static_cast<uint32_t>(n > recent ? n - recent : 0);
+  const uint32_t candidate_begin = std::min(config_.index.sink_tokens, candidate_end);
+  std::vector<float> scores(n);
+  std::vector<uint32_t> exact_top;
+  SelectionQualitySample sample;
+  for (uint32_t h = 0; h < H; ++h) {
+    if (!ScoreExactRows(rows.data() + h * n, n, shape.dtype, static_cast<int>(shape.head_dim),
+                        query.data() + static_cast<size_t>(h) * group * shape.head_dim, group,
+                        scores.data())) {
+      return absl::OutOfRangeError("a logit is not finite");
+    }
+    // Every score is a sum over the group of softmax probabilities: mass / group.
+    double mass = 0;
+    for (uint32_t t = 0; t < candidate_begin; ++t) mass += scores[t];
+    for (size_t t = candidate_end; t < n; ++t) mass += scores[t];
+    for (uint32_t t : selected[h]) {
+      if (t < candidate_begin || t >= candidate_end) {
+        return absl::InvalidArgumentError(absl::StrCat("position ", t, " is not a candidate"));
+      }
+      mass += scores[t];
+    }
+    sample.mass_recall += mass / group;
+    const uint32_t k = static_cast<uint32_t>(selected[h].size());
+    if (k > 0 && k <= candidate_end - candidate_begin) {
+      exact_top.resize(k);
+      kernels::SelectTopK(scores.data(), candidate_begin, candidate_end, k, exact_top.data());
+      std::sort(exact_top.begin(), exact_top.end());
+      uint32_t hits = 0;
+      for (uint32_t t : selected[h]) {
+        hits += std::binary_search(exact_top.begin(), exact_top.end(), t) ? 1 : 0;
+      }
+      sample.recall_at_k += static_cast<double>(hits) / k;
+    }
+  }
+  sample.mass_recall /= H;
+  sample.recall_at_k /= H;
+  absl::MutexLock lock(&quality_mu_);
+  ++quality_samples_;
+  last_mass_recall_ = sample.mass_recall;
+  mass_recall_sum_ += sample.mass_recall;
+  return sample;
+}
+
 LayerStatus LayerStore::Status() const {
-  absl::ReaderMutexLock lock(&mu_);
   LayerStatus status;
+  {
+    absl::MutexLock lock(&quality_mu_);
+    status.quality_samples = quality_samples_;
+    status.last_mass_recall = last_mass_recall_;
+    status.mean_mass_recall = quality_samples_ > 0 ? mass_recall_sum_ / quality_samples_ : 0;
+  }
+  absl::ReaderMutexLock lock(&mu_);
   status.num_tokens = num_tokens_;
   status.index_state = index_state_;
   status.num_encoded = num_encoded_;

@@ -39,12 +39,27 @@ enum class IndexState {
   kFailed,    // training failed, or its codes did not fit the memory budget: scored exactly
 };
 
+// How well one answered selection matches exact attention over the tokens the layer
+// held when it was scored (the metrics of quality/selection_quality.h, without the
+// query's own key, which the server does not hold yet).
+struct SelectionQualitySample {
+  // Softmax mass of the sinks, the recent window and the selected tokens, averaged over
+  // every query head.
+  double mass_recall = 0;
+  // |selected ∩ exact top-k of the candidates| / k, averaged over the kv heads.
+  double recall_at_k = 0;
+};
+
 struct LayerStatus {
   uint64_t num_tokens = 0;
   IndexState index_state = IndexState::kOpen;
   uint64_t num_encoded = 0;
   double index_build_ms = 0;
   size_t bytes_held = 0;  // K/V pages and the pages charging the PQ index
+  // Live quality samples of this layer's Retrieve items (MeasureQuality).
+  uint64_t quality_samples = 0;
+  double last_mass_recall = 0;
+  double mean_mass_recall = 0;
 };
 
 struct LayerSelection {
@@ -116,6 +131,15 @@ class LayerStore {
   absl::Status Fetch(uint32_t kv_head, absl::Span<const uint32_t> positions, char* keys_out,
                      char* values_out) const;
 
+  // Measures `selected` (per kv head, the positions Retrieve returned for `query` when the
+  // layer held `num_tokens` tokens) against exact attention over those tokens, and adds
+  // it to the layer's quality (Status). For live sampling, off the request path: the lock
+  // is held only to note where the rows lie (rows never move while the session lives),
+  // so appends do not wait for the scoring.
+  absl::StatusOr<SelectionQualitySample> MeasureQuality(
+      absl::Span<const float> query, uint64_t num_tokens,
+      const std::vector<std::vector<uint32_t>>& selected) const;
+
   LayerStatus Status() const;
   // Bytes of one K (or V) row of one kv head.
   size_t row_bytes() const { return config_.shape.row_bytes(); }
@@ -164,6 +188,11 @@ class LayerStore {
   std::vector<uint32_t> index_pages_ ABSL_GUARDED_BY(mu_);
   double index_build_ms_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<absl::AnyInvocable<void() &&>> settle_waiters_ ABSL_GUARDED_BY(mu_);
+
+  mutable absl::Mutex quality_mu_;
+  mutable uint64_t quality_samples_ ABSL_GUARDED_BY(quality_mu_) = 0;
+  mutable double last_mass_recall_ ABSL_GUARDED_BY(quality_mu_) = 0;
+  mutable double mass_recall_sum_ ABSL_GUARDED_BY(quality_mu_) = 0;
 };
 
 const char* IndexStateName(IndexState state);

@@ -271,6 +271,9 @@ def main():
                                       for t in ("grpc", "ucx-shm", "ucx-put")) > 0,
                 "calls counted by code": re.search(r'^pqkv_requests_total\{.*code="OK"', text,
                                                    re.M) is not None,
+                "quality histogram has samples": sum(
+                    float(m) for m in re.findall(r'^pqkv_quality_mass_recall_count\{.*\} (\S+)$',
+                                                 text, re.M)) > 0,
             }
             for what, ok in checks.items():
                 log(f"  metrics at {target}: {what}: {'ok' if ok else 'MISSING'}")
