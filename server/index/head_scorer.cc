@@ -64,19 +64,20 @@ HeadSelection Select(const std::vector<float>& scores, uint32_t begin, uint32_t 
   return selection;
 }
 
+// Per-thread scratch arrays are reused (fresh ones page-fault on every call); a call past
+// this many tokens gives its memory back rather than keeping it for the thread.
+constexpr size_t kKeepScratchTokens = size_t{1} << 17;
+
 // Softmax over the logits of rows [0, n) per query head, summed over the group into
 // scores[n]; each head's log normaliser into log_normalisers[group_size].
 bool SoftmaxSumOfRows(const void* const* rows, size_t n, kernels::ElementType dtype, int head_dim,
                       const float* group_queries, int group_size, float* scores,
                       double* log_normalisers) {
-  // Per thread, reused (fresh arrays page-fault on every call); a call past kKeepTokens
-  // gives its memory back rather than keeping it for the thread.
-  constexpr size_t kKeepTokens = size_t{1} << 17;
   thread_local std::vector<float> logits;  // [group][token]
   struct Trim {
     size_t n;
     ~Trim() {
-      if (n > kKeepTokens) logits = {};
+      if (n > kKeepScratchTokens) logits = {};
     }
   } trim{n};
   logits.resize(n * group_size);
@@ -110,7 +111,7 @@ bool ScoreAllExact(const HeadKeys& keys, const float* group_queries, int group_s
   for (size_t t = 0; t < n; ++t) rows[t] = keys.rows->Row(t);
   const bool finite = SoftmaxSumOfRows(rows.data(), n, keys.dtype, keys.head_dim, group_queries,
                                        group_size, scores, log_normalisers);
-  if (n > (size_t{1} << 17)) rows = {};
+  if (n > kKeepScratchTokens) rows = {};
   return finite;
 }
 

@@ -124,7 +124,12 @@ void QualitySampler::Render(std::string* out) const {
                   "because the sampling thread was busy.\n"
                   "# TYPE pqkv_quality_samples_dropped_total counter\n"
                   "pqkv_quality_samples_dropped_total ",
-                  dropped_.load(std::memory_order_relaxed), "\n");
+                  dropped_.load(std::memory_order_relaxed), "\n",
+                  "# HELP pqkv_quality_samples_failed_total Sampled items that could not be "
+                  "measured (the server log says why).\n"
+                  "# TYPE pqkv_quality_samples_failed_total counter\n"
+                  "pqkv_quality_samples_failed_total ",
+                  failed_.load(std::memory_order_relaxed), "\n");
 }
 
 }  // namespace pqkv::server
