@@ -112,6 +112,9 @@ SessionInfo SessionInfoFromProto(const v1::SessionInfo& info) {
     l.quality_samples = layer.quality_samples();
     l.last_mass_recall = layer.last_mass_recall();
     l.mean_mass_recall = layer.mean_mass_recall();
+    l.training_quantization_error = layer.training_quantization_error();
+    l.appended_quantization_error = layer.appended_quantization_error();
+    l.index_refreshes = layer.index_refreshes();
     out.layers.push_back(l);
   }
   return out;

@@ -49,6 +49,18 @@ ABSL_FLAG(int, index_nice, 10,
 ABSL_FLAG(double, quality_sample_rate, 0.01,
           "Share of Retrieve items whose selection is measured against exact attention on a "
           "background thread (pqkv_quality_* metrics, GetSession); 0 turns it off.");
+ABSL_FLAG(bool, refresh_codebooks, true,
+          "Retrain a layer's codebooks during decoding when its appended keys drift or it grows "
+          "(--refresh_drift_ratio, --refresh_growth), in the background with an atomic swap.");
+ABSL_FLAG(
+    double, refresh_drift_ratio, 1.5,
+    "Retrain once the appended tokens' mean squared quantization error reaches this many times "
+    "the training keys'.");
+ABSL_FLAG(double, refresh_growth, 1.0,
+          "Retrain once a layer has grown by this many times the tokens its codebooks were "
+          "trained on (1: at each doubling).");
+ABSL_FLAG(uint32_t, refresh_min_tokens, 256,
+          "Tokens appended since the last training before either trigger counts.");
 ABSL_FLAG(std::string, memory_budget, "",
           "Bytes of K/V the server may hold (e.g. 16GiB), sessions' metadata included; default "
           "half of physical memory.");
@@ -170,6 +182,15 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_index_threads) > 0
           ? absl::GetFlag(FLAGS_index_threads)
           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  store_options.refresh.enabled = absl::GetFlag(FLAGS_refresh_codebooks);
+  store_options.refresh.drift_ratio = absl::GetFlag(FLAGS_refresh_drift_ratio);
+  store_options.refresh.growth = absl::GetFlag(FLAGS_refresh_growth);
+  store_options.refresh.min_tokens = absl::GetFlag(FLAGS_refresh_min_tokens);
+  if (!(store_options.refresh.drift_ratio > 0) || !(store_options.refresh.growth > 0)) {
+    return Fail(absl::InvalidArgumentError(
+        "--refresh_drift_ratio and --refresh_growth must be positive (turn refreshes off with "
+        "--norefresh_codebooks)"));
+  }
   store_options.index_nice = absl::GetFlag(FLAGS_index_nice);
   if (store_options.index_nice < 0 || store_options.index_nice > 19) {
     return Fail(absl::InvalidArgumentError(

@@ -122,6 +122,9 @@ py::dict SessionInfoToDict(const SessionInfo& info) {
     entry["quality_samples"] = layer.quality_samples;
     entry["last_mass_recall"] = layer.last_mass_recall;
     entry["mean_mass_recall"] = layer.mean_mass_recall;
+    entry["training_quantization_error"] = layer.training_quantization_error;
+    entry["appended_quantization_error"] = layer.appended_quantization_error;
+    entry["index_refreshes"] = layer.index_refreshes;
     layers.append(std::move(entry));
   }
   out["layers"] = std::move(layers);

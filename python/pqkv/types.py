@@ -89,7 +89,10 @@ class IndexOptions:
 class LayerInfo:
     """One layer of a session. quality_samples: its Retrieve items the server measured
     against exact attention (server flag --quality_sample_rate), with the attention-mass
-    recall of the last one and their mean."""
+    recall of the last one and their mean. training_quantization_error and
+    appended_quantization_error: the drift signal (mean squared quantization error of the keys
+    the codebooks were trained on, and of the tokens appended since); index_refreshes: how
+    often the server retrained the codebooks while decoding."""
 
     layer: int
     num_tokens: int
@@ -99,6 +102,9 @@ class LayerInfo:
     quality_samples: int = 0
     last_mass_recall: float = 0.0
     mean_mass_recall: float = 0.0
+    training_quantization_error: float = 0.0
+    appended_quantization_error: float = 0.0
+    index_refreshes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

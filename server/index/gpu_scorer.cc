@@ -41,6 +41,15 @@ void GpuScorer::ReleaseLayer(uint64_t layer) {
   released.reset();  // cudaFree, under the lock
 }
 
+void GpuScorer::ResetLayer(uint64_t layer) {
+  std::unique_ptr<kernels::cuda::ResidentLayer> released;
+  absl::MutexLock lock(&mu_);
+  auto it = resident_.find(layer);
+  if (it == resident_.end()) return;
+  released = std::move(it->second);  // it->second is null now: the next call uploads
+  released.reset();                  // cudaFree, under the lock
+}
+
 size_t GpuScorer::resident_bytes() const {
   absl::MutexLock lock(&mu_);
   size_t bytes = 0;

@@ -42,7 +42,7 @@ struct GpuLayerInput {
   kernels::PqShape pq;
   const float* queries = nullptr;  // fp32 [query_heads][head_dim]
   // Per kv head: its codebook, fp32 [M][ksub][dsub], read on the layer's first call only
-  // (codebooks never change once trained), and its codes, uint8 [num_tokens][M], of
+  // (again after ResetLayer: they were retrained), and its codes, uint8 [num_tokens][M], of
   // which only tokens not yet on the device are read. num_tokens never shrinks.
   std::vector<const float*> head_centroids;
   std::vector<const uint8_t*> head_codes;
@@ -70,6 +70,9 @@ class GpuScorer {
   // layer's codes go away (LayerStore's destructor). Ids are never 0.
   uint64_t RegisterLayer();
   void ReleaseLayer(uint64_t layer);
+  // Drops what the device holds of `layer` (its codebooks were retrained): the next
+  // ScoreLayer uploads its codebooks and codes again.
+  void ResetLayer(uint64_t layer);
   // Device bytes the registered layers hold (exported as a metric).
   size_t resident_bytes() const;
 

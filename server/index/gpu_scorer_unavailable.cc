@@ -26,6 +26,8 @@ uint64_t GpuScorer::RegisterLayer() { return 0; }
 
 void GpuScorer::ReleaseLayer(uint64_t layer) {}
 
+void GpuScorer::ResetLayer(uint64_t layer) {}
+
 size_t GpuScorer::resident_bytes() const { return 0; }
 
 absl::StatusOr<std::vector<HeadSelection>> GpuScorer::ScoreLayer(const GpuLayerInput& input) {

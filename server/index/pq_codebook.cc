@@ -125,6 +125,29 @@ absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int di
   return PqCodebook(shape, std::move(centroids), std::move(order), iterations_run);
 }
 
+double PqCodebook::SquaredError(const float* keys, size_t n, const uint8_t* codes) const {
+  const int M = shape_.subspaces, ksub = shape_.centroids_per_subspace, dsub = shape_.subspace_dim;
+  const size_t dim = static_cast<size_t>(M) * dsub;
+  std::vector<float> row(dim);
+  double error = 0;
+  for (size_t t = 0; t < n; ++t) {
+    const float* key = keys + t * dim;
+    if (!order_.empty()) {
+      PermuteDims(key, 1, row.data());
+      key = row.data();
+    }
+    for (int m = 0; m < M; ++m) {
+      const float* centroid =
+          centroids_.data() + (static_cast<size_t>(m) * ksub + codes[t * M + m]) * dsub;
+      for (int i = 0; i < dsub; ++i) {
+        const double d = static_cast<double>(key[m * dsub + i]) - centroid[i];
+        error += d * d;
+      }
+    }
+  }
+  return error;
+}
+
 void PqCodebook::Encode(const float* keys, size_t n, uint8_t* codes) const {
   const int M = shape_.subspaces, ksub = shape_.centroids_per_subspace, dsub = shape_.subspace_dim;
   const size_t dim = static_cast<size_t>(M) * dsub;

@@ -60,6 +60,11 @@ class PqCodebook {
   // kernels/kmeans.h's AssignNearest; exact ties go to the lower centroid.
   void Encode(const float* keys, size_t n, uint8_t* codes) const;
 
+  // Squared reconstruction error |k - k^|^2 of `keys` (fp32 [n][dim]) from their `codes`
+  // (Encode's), summed over the keys: LayerStore's drift signal (keys unlike the training
+  // set's reconstruct worse, and the error of a score q . k^ grows with |k - k^|).
+  double SquaredError(const float* keys, size_t n, const uint8_t* codes) const;
+
   // Lloyd iterations the training ran, the most over sub-spaces (for benchmarks).
   int iterations_run() const { return iterations_run_; }
 

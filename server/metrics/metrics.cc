@@ -97,6 +97,11 @@ std::string Metrics::Render(const SessionStore& store) const {
                   "# TYPE pqkv_index_builds_pending gauge\npqkv_index_builds_pending ",
                   stats.index_builds_pending, "\n");
   absl::StrAppend(&out,
+                  "# HELP pqkv_index_refreshes_total Layer codebooks retrained during decoding "
+                  "(drift or growth, --refresh_*).\n"
+                  "# TYPE pqkv_index_refreshes_total counter\npqkv_index_refreshes_total ",
+                  stats.index_refreshes_done, "\n");
+  absl::StrAppend(&out,
                   "# HELP pqkv_index_build_seconds Time to train and encode one layer.\n"
                   "# TYPE pqkv_index_build_seconds histogram\n");
   index_build_.Render("pqkv_index_build_seconds", "", &out);

@@ -110,7 +110,11 @@ absl::Status AppendKvReactor::Apply(const v1::AppendKvRequest& chunk) {
   ASSIGN_OR_RETURN(LayerStore * layer, session->layer(chunk.layer()));
   RETURN_IF_ERROR(
       layer->Append(chunk.token_begin(), chunk.num_tokens(), chunk.keys(), chunk.values()));
-  if (chunk.end_of_prefill()) store_->SealPrefill(session, chunk.layer());
+  if (chunk.end_of_prefill()) {
+    store_->SealPrefill(session, chunk.layer());
+  } else {
+    store_->MaybeRefresh(session, chunk.layer());
+  }
   response_.set_chunks_applied(response_.chunks_applied() + 1);
   response_.set_tokens_applied(response_.tokens_applied() + chunk.num_tokens());
   bytes_since_log_ += chunk.keys().size() + chunk.values().size();

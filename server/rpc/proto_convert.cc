@@ -106,6 +106,9 @@ void SessionInfoToProto(const Session& session, bool with_layers, v1::SessionInf
     info->set_quality_samples(status.quality_samples);
     info->set_last_mass_recall(status.last_mass_recall);
     info->set_mean_mass_recall(status.mean_mass_recall);
+    info->set_training_quantization_error(status.training_quantization_error);
+    info->set_appended_quantization_error(status.appended_quantization_error);
+    info->set_index_refreshes(status.index_refreshes);
   }
   out->set_bytes_held(bytes + session.metadata_bytes_held());
 }

@@ -35,6 +35,11 @@ const char* IndexStateName(IndexState state) {
 
 namespace {
 
+// Keys per kv head whose quantization error a build measures (an even sample), and the
+// most tokens of one append whose error is measured (a decode step's, not a prefill
+// chunk's tail).
+constexpr size_t kErrorSampleTokens = 2048;
+
 // Where the first NaN or Inf of a chunk lies, "kv head 1, token 12" (the token's position
 // in the layer); `bytes` is laid out [kv_head][token][dim] for `num_tokens` tokens and is
 // known to hold one.
@@ -170,20 +175,19 @@ std::vector<float> LayerStore::KeysAsFloatLocked(uint32_t h, size_t begin, size_
   return out;
 }
 
-void LayerStore::BuildIndex(ThreadPool* pool) {
-  const absl::Time start = absl::Now();
+absl::Status LayerStore::TrainHeads(size_t tokens, ThreadPool* pool, absl::Time start,
+                                    std::vector<PqCodebook>* codebooks,
+                                    std::vector<kernels::PqCodeStore>* codes,
+                                    double* training_error) const {
   const ModelShape& shape = config_.shape;
   const IndexOptions& options = config_.index;
   const uint32_t H = shape.num_kv_heads;
-  size_t snapshot_tokens = 0;
-  {
-    absl::ReaderMutexLock lock(&mu_);
-    snapshot_tokens = num_tokens_;
-  }
   std::vector<std::optional<PqCodebook>> trained(H);
-  std::vector<kernels::PqCodeStore> codes;
-  for (uint32_t h = 0; h < H; ++h) codes.emplace_back(options.subspaces, options.bits);
+  codes->clear();
+  for (uint32_t h = 0; h < H; ++h) codes->emplace_back(options.subspaces, options.bits);
   std::vector<absl::Status> statuses(H);
+  std::vector<double> errors(H, 0);
+  std::vector<size_t> measured(H, 0);
   absl::Mutex progress_mu;
   absl::Time last_progress_log = start;
   uint32_t heads_done = 0;
@@ -191,18 +195,25 @@ void LayerStore::BuildIndex(ThreadPool* pool) {
     std::vector<float> keys;
     {
       absl::ReaderMutexLock lock(&mu_);
-      keys = KeysAsFloatLocked(h, 0, snapshot_tokens);
+      keys = KeysAsFloatLocked(h, 0, tokens);
     }
     absl::StatusOr<PqCodebook> codebook =
-        PqCodebook::Train(keys.data(), snapshot_tokens, shape.head_dim, options.subspaces,
-                          options.bits, options.kmeans_iterations, options.rope_pairs);
+        PqCodebook::Train(keys.data(), tokens, shape.head_dim, options.subspaces, options.bits,
+                          options.kmeans_iterations, options.rope_pairs);
     if (!codebook.ok()) {
       statuses[h] = codebook.status();
       return;
     }
-    std::vector<uint8_t> head_codes(snapshot_tokens * options.subspaces);
-    codebook->Encode(keys.data(), snapshot_tokens, head_codes.data());
-    codes[h].Append(head_codes.data(), snapshot_tokens);
+    std::vector<uint8_t> head_codes(tokens * options.subspaces);
+    codebook->Encode(keys.data(), tokens, head_codes.data());
+    (*codes)[h].Append(head_codes.data(), tokens);
+    // The drift signal's reference: the training keys' own quantization error, on an even
+    // sample of at most kErrorSampleTokens keys (a full pass would add a tenth to a build).
+    const size_t step = std::max<size_t>(1, tokens / kErrorSampleTokens);
+    for (size_t t = 0; t < tokens; t += step, ++measured[h]) {
+      errors[h] += codebook->SquaredError(keys.data() + t * shape.head_dim, 1,
+                                          head_codes.data() + t * options.subspaces);
+    }
     trained[h].emplace(*std::move(codebook));
     absl::MutexLock lock(&progress_mu);
     ++heads_done;
@@ -212,13 +223,31 @@ void LayerStore::BuildIndex(ThreadPool* pool) {
       last_progress_log = absl::Now();
     }
   });
-  absl::Status status;
-  std::vector<PqCodebook> codebooks;
-  for (uint32_t h = 0; h < H && status.ok(); ++h) {
-    status = statuses[h];
-    if (status.ok()) codebooks.push_back(*std::move(trained[h]));
+  codebooks->clear();
+  double error = 0;
+  size_t keys_measured = 0;
+  for (uint32_t h = 0; h < H; ++h) {
+    if (!statuses[h].ok()) return statuses[h];
+    codebooks->push_back(*std::move(trained[h]));
+    error += errors[h];
+    keys_measured += measured[h];
   }
+  *training_error = keys_measured > 0 ? error / keys_measured : 0;
+  return absl::OkStatus();
+}
 
+void LayerStore::BuildIndex(ThreadPool* pool) {
+  const absl::Time start = absl::Now();
+  size_t snapshot_tokens = 0;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    snapshot_tokens = num_tokens_;
+  }
+  std::vector<PqCodebook> codebooks;
+  std::vector<kernels::PqCodeStore> codes;
+  double training_error = 0;
+  const absl::Status status =
+      TrainHeads(snapshot_tokens, pool, start, &codebooks, &codes, &training_error);
   const double build_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
   if (!status.ok()) {
     ServerLogger().error("layer {} index build failed, scoring exactly: {}", layer_,
@@ -226,7 +255,89 @@ void LayerStore::BuildIndex(ThreadPool* pool) {
     SettleIndex(IndexState::kFailed, {}, {}, build_ms);
     return;
   }
+  {
+    absl::MutexLock lock(&mu_);
+    trained_tokens_ = snapshot_tokens;
+    training_error_ = training_error;
+  }
   SettleIndex(IndexState::kReady, std::move(codebooks), std::move(codes), build_ms);
+}
+
+bool LayerStore::ClaimRefresh() {
+  absl::MutexLock lock(&mu_);
+  const RefreshPolicy& policy = config_.refresh;
+  if (!policy.enabled || index_state_ != IndexState::kReady || refresh_queued_ ||
+      num_tokens_ < next_refresh_check_) {
+    return false;
+  }
+  const uint64_t appended = num_tokens_ - trained_tokens_;
+  if (appended < policy.min_tokens) return false;
+  const bool drifted = training_error_ > 0 && appended_keys_ > 0 &&
+                       appended_error_sum_ / appended_keys_ >= policy.drift_ratio * training_error_;
+  const bool grown = appended >= policy.growth * static_cast<double>(trained_tokens_);
+  if (!drifted && !grown) return false;
+  refresh_queued_ = true;
+  return true;
+}
+
+void LayerStore::RefreshIndex(ThreadPool* pool) {
+  const absl::Time start = absl::Now();
+  const uint32_t H = config_.shape.num_kv_heads;
+  size_t snapshot_tokens = 0;
+  std::vector<uint32_t> pages;
+  {
+    // The new codebooks and codes are charged before training, beside the index in use.
+    absl::MutexLock lock(&mu_);
+    snapshot_tokens = num_tokens_;
+    size_t bytes = 0;
+    for (const PqCodebook& codebook : codebooks_) bytes += codebook.bytes();
+    bytes +=
+        H * kernels::PqCodeStore::BytesFor(static_cast<int>(config_.index.subspaces),
+                                           static_cast<int>(config_.index.bits), snapshot_tokens);
+    absl::StatusOr<std::vector<uint32_t>> charged =
+        arena_->Allocate((bytes + arena_->page_bytes() - 1) / arena_->page_bytes());
+    if (!charged.ok()) {
+      ServerLogger().warn("layer {}: codebook refresh for {} tokens skipped, memory: {}", layer_,
+                          snapshot_tokens, charged.status().ToString());
+      refresh_queued_ = false;
+      next_refresh_check_ = num_tokens_ + config_.refresh.min_tokens;
+      return;
+    }
+    pages = *std::move(charged);
+  }
+  std::vector<PqCodebook> codebooks;
+  std::vector<kernels::PqCodeStore> codes;
+  double training_error = 0;
+  absl::Status status =
+      TrainHeads(snapshot_tokens, pool, start, &codebooks, &codes, &training_error);
+  absl::MutexLock lock(&mu_);
+  refresh_queued_ = false;
+  if (status.ok()) {
+    // Swap the pages first: ReserveIndexLocked then charges the tokens appended since.
+    std::swap(index_pages_, pages);
+    status = ReserveIndexLocked(num_tokens_, codebooks, codes);
+    if (!status.ok()) std::swap(index_pages_, pages);
+  }
+  arena_->Free(pages);  // the old index's on success, else the refresh's own
+  if (!status.ok()) {
+    ServerLogger().warn("layer {}: codebook refresh for {} tokens failed, keeping the old: {}",
+                        layer_, snapshot_tokens, status.ToString());
+    next_refresh_check_ = num_tokens_ + config_.refresh.min_tokens;
+    return;
+  }
+  // Retrieve holds the lock shared while it scores: it sees the old index or the new one,
+  // never a mix.
+  codebooks_ = std::move(codebooks);
+  codes_ = std::move(codes);
+  num_encoded_ = snapshot_tokens;
+  trained_tokens_ = snapshot_tokens;
+  training_error_ = training_error;
+  appended_error_sum_ = 0;
+  appended_keys_ = 0;
+  EncodeTailLocked();  // tokens appended while training, with the new codebooks
+  ++refreshes_;
+  index_build_ms_ = absl::ToDoubleMilliseconds(absl::Now() - start);
+  if (gpu_ != nullptr) gpu_->ResetLayer(gpu_layer_);
 }
 
 void LayerStore::AbandonBuild() { SettleIndex(IndexState::kFailed, {}, {}, 0); }
@@ -303,6 +414,12 @@ void LayerStore::EncodeTailLocked() {
     std::vector<uint8_t> codes((end - begin) * M);
     codebooks_[h].Encode(keys.data(), end - begin, codes.data());
     codes_[h].Append(codes.data(), end - begin);
+    // The drift signal: how well the codebooks reconstruct the tokens appended since they
+    // were trained, against how well they reconstruct their training keys.
+    if (end - begin <= kErrorSampleTokens) {
+      appended_error_sum_ += codebooks_[h].SquaredError(keys.data(), end - begin, codes.data());
+      appended_keys_ += end - begin;
+    }
   }
   num_encoded_ = end;
 }
@@ -564,6 +681,10 @@ LayerStatus LayerStore::Status() const {
   status.index_state = index_state_;
   status.num_encoded = num_encoded_;
   status.index_build_ms = index_build_ms_;
+  status.training_quantization_error = training_error_;
+  status.appended_quantization_error =
+      appended_keys_ > 0 ? appended_error_sum_ / appended_keys_ : 0;
+  status.index_refreshes = refreshes_;
   for (const auto& rows : keys_) status.bytes_held += rows->bytes_held();
   for (const auto& rows : values_) status.bytes_held += rows->bytes_held();
   status.bytes_held += index_pages_.size() * arena_->page_bytes();

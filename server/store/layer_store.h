@@ -60,6 +60,12 @@ struct LayerStatus {
   uint64_t quality_samples = 0;
   double last_mass_recall = 0;
   double mean_mass_recall = 0;
+  // The drift signal: mean squared quantization error |k - k^|^2 per key of the keys the
+  // codebooks were trained on (a sample) and of the tokens appended since.
+  double training_quantization_error = 0;
+  double appended_quantization_error = 0;
+  // Times the codebooks were retrained during decoding (RefreshIndex).
+  uint64_t index_refreshes = 0;
 };
 
 struct LayerSelection {
@@ -104,6 +110,17 @@ class LayerStore {
   // The kv heads are built in parallel on `pool` and the calling thread (ParallelFor; pool
   // may be null, and may be the pool the caller runs on).
   void BuildIndex(ThreadPool* pool = nullptr);
+  // Whether the codebooks should be retrained now (config().refresh: the appended tokens'
+  // mean quantization error has drifted, or the layer has grown); true at most once until
+  // RefreshIndex ends, so the caller schedules exactly one.
+  bool ClaimRefresh();
+  // Retrains the codebooks on every token held now (the same sampling as BuildIndex),
+  // encodes them, and swaps index and codes in at once under the lock, encoding the
+  // tokens appended meanwhile. Retrieve keeps using the old index until the swap and
+  // never waits for the training. The new index is charged to the memory budget before
+  // training, beside the old; when it does not fit the refresh is skipped (logged).
+  void RefreshIndex(ThreadPool* pool = nullptr);
+
   // Instead of BuildIndex, when the build will not run (its session closed): the layer
   // is scored exactly from now on.
   void AbandonBuild();
@@ -155,6 +172,11 @@ class LayerStore {
   absl::Status ReserveIndexLocked(size_t tokens, const std::vector<PqCodebook>& codebooks,
                                   std::vector<kernels::PqCodeStore>& codes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Trains one codebook per kv head on tokens [0, tokens) and encodes them (kv heads in
+  // parallel on pool); *training_error is the mean squared quantization error of a sample.
+  absl::Status TrainHeads(size_t tokens, ThreadPool* pool, absl::Time start,
+                          std::vector<PqCodebook>* codebooks,
+                          std::vector<kernels::PqCodeStore>* codes, double* training_error) const;
   // Encodes tokens [num_encoded_, num_tokens_) with the installed codebooks.
   void EncodeTailLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies kv head h's keys [0, n) as fp32 [n][head_dim].
@@ -187,6 +209,15 @@ class LayerStore {
   // stores' heap bytes to the memory budget; freed with the layer.
   std::vector<uint32_t> index_pages_ ABSL_GUARDED_BY(mu_);
   double index_build_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  // Codebook refresh (ClaimRefresh, RefreshIndex): tokens the codebooks were trained on,
+  // their relative quantization error, and the error sums of the tokens appended since.
+  uint64_t trained_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  double training_error_ ABSL_GUARDED_BY(mu_) = 0;
+  double appended_error_sum_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t appended_keys_ ABSL_GUARDED_BY(mu_) = 0;  // (token, kv head) pairs measured
+  bool refresh_queued_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_refresh_check_ ABSL_GUARDED_BY(mu_) = 0;  // after a refused refresh
+  uint64_t refreshes_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<absl::AnyInvocable<void() &&>> settle_waiters_ ABSL_GUARDED_BY(mu_);
 
   mutable absl::Mutex quality_mu_;

@@ -49,9 +49,23 @@ struct IndexOptions {
   uint32_t min_training_tokens() const { return 4 * centroids(); }
 };
 
+// When the server retrains a layer's codebooks during decoding (LayerStore::ClaimRefresh),
+// once at least min_tokens were appended since the last training: the appended tokens'
+// mean squared quantization error reaches drift_ratio x the training keys' (their
+// distribution has moved), or the layer has grown by `growth` x the tokens trained on
+// (codebooks trained on a shrinking share of the keys; growth 1 doubles, so retraining
+// costs O(1) per appended token, amortised). Server-wide (--refresh_* flags).
+struct RefreshPolicy {
+  bool enabled = true;
+  double drift_ratio = 1.5;
+  double growth = 1.0;
+  uint32_t min_tokens = 256;
+};
+
 struct SessionConfig {
   ModelShape shape;
   IndexOptions index;
+  RefreshPolicy refresh;  // set by the server, not the client
 };
 
 // Largest values accepted, to keep one session from asking for absurd allocations.

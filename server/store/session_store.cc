@@ -45,6 +45,7 @@ SessionStore::SessionStore(std::unique_ptr<PageArena> arena, const SessionStoreO
       max_sessions_(options.max_sessions),
       session_ttl_(options.session_ttl),
       on_index_built_(options.on_index_built),
+      refresh_(options.refresh),
       index_pool_("pqkv-index", options.index_threads, absl::ZeroDuration(), options.index_nice) {
   if (session_ttl_ > absl::ZeroDuration()) sweeper_ = std::thread([this] { SweepLoop(); });
 }
@@ -119,8 +120,10 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::CreateSession(
         " kv heads needs ", metadata_bytes,
         " bytes of metadata, charged to the memory budget: ", metadata_pages.status().message()));
   }
+  SessionConfig with_policy = config;
+  with_policy.refresh = refresh_;
   auto session =
-      std::make_shared<Session>(id, config, arena_, gpu_, owner, *std::move(metadata_pages));
+      std::make_shared<Session>(id, with_policy, arena_, gpu_, owner, *std::move(metadata_pages));
   sessions_.emplace(Key(owner, id), session);
   ServerLogger().info(
       "session {} created: {} layers x {} kv heads x {} query heads x {} dims, "
@@ -190,6 +193,22 @@ void SessionStore::SealPrefill(const std::shared_ptr<Session>& session, uint32_t
   });
 }
 
+void SessionStore::MaybeRefresh(const std::shared_ptr<Session>& session, uint32_t layer) {
+  absl::StatusOr<LayerStore*> store = session->layer(layer);
+  if (!store.ok() || !(*store)->ClaimRefresh()) return;
+  index_pool_.Schedule([this, session, layer, store = *store] {
+    if (session->closed()) return;
+    store->RefreshIndex(&index_pool_);
+    const LayerStatus status = store->Status();
+    ServerLogger().info(
+        "session {} layer {}: codebooks retrained on {} tokens in {:.1f} ms (refresh {}; "
+        "quantization error of the appended tokens was {:.4f})",
+        session->id(), layer, status.num_encoded, status.index_build_ms, status.index_refreshes,
+        status.appended_quantization_error);
+    index_refreshes_done_.fetch_add(1, std::memory_order_relaxed);
+  });
+}
+
 SessionStoreStats SessionStore::Stats() const {
   SessionStoreStats stats;
   {
@@ -201,6 +220,7 @@ SessionStoreStats SessionStore::Stats() const {
   stats.page_bytes = arena_->page_bytes();
   stats.index_builds_pending = index_pool_.pending();
   stats.index_builds_done = index_builds_done_.load(std::memory_order_relaxed);
+  stats.index_refreshes_done = index_refreshes_done_.load(std::memory_order_relaxed);
   return stats;
 }
 

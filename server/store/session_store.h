@@ -39,6 +39,8 @@ struct SessionStoreOptions {
   GpuScorer* gpu = nullptr;
   // Sessions unused for this long are closed by a background sweep; zero: never.
   absl::Duration session_ttl = absl::ZeroDuration();
+  // When sessions' layers retrain their codebooks during decoding.
+  RefreshPolicy refresh;
   // Called on the index thread after each layer's index build, with its duration.
   std::function<void(absl::Duration)> on_index_built;
 };
@@ -51,6 +53,7 @@ struct SessionStoreStats {
   size_t page_bytes = 0;
   size_t index_builds_pending = 0;
   size_t index_builds_done = 0;
+  size_t index_refreshes_done = 0;  // codebook retrainings during decoding
 };
 
 class SessionStore {
@@ -77,6 +80,9 @@ class SessionStore {
 
   // Marks the layer's prefill complete and queues its index build when it needs one.
   void SealPrefill(const std::shared_ptr<Session>& session, uint32_t layer);
+  // After tokens were appended to `layer`: schedules a retraining of its codebooks on the
+  // index pool when the layer's refresh policy asks for one (LayerStore::ClaimRefresh).
+  void MaybeRefresh(const std::shared_ptr<Session>& session, uint32_t layer);
 
   // Server-wide totals.
   SessionStoreStats Stats() const;
@@ -102,8 +108,10 @@ class SessionStore {
   // Keyed by (owner, id): each principal has its own id space.
   std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   std::atomic<size_t> index_builds_done_{0};
+  std::atomic<size_t> index_refreshes_done_{0};
   const absl::Duration session_ttl_;
   const std::function<void(absl::Duration)> on_index_built_;
+  const RefreshPolicy refresh_;
   absl::Mutex sweep_mu_;
   bool stopping_ ABSL_GUARDED_BY(sweep_mu_) = false;
   std::thread sweeper_;  // runs SweepLoop when session_ttl_ > 0

@@ -1,5 +1,6 @@
 #include "server/store/layer_store.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -397,6 +398,174 @@ TEST_CASE("Logits that overflow fp32 are reported, not ranked", "[server]") {
   const absl::Status s = f.layer.Retrieve(query, 5, Soon()).status();
   CHECK(s.code() == absl::StatusCode::kInvalidArgument);
   CHECK(std::string(s.message()).find("overflow") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace pqkv::server
+
+namespace pqkv::server {
+namespace {
+
+// Keys away from the prefill's distribution: every dimension shifted by `shift` and two
+// channels 8x larger (a topic change and new outlier channels), fp32 bytes as Bytes.
+std::string DriftedBytes(uint32_t n, uint32_t seed, float shift) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> v(static_cast<size_t>(kKvHeads) * n * kDim);
+  for (size_t i = 0; i < v.size(); ++i) {
+    const size_t d = i % kDim;
+    v[i] = normal(rng) * (d == 3 || d == 11 ? 8.0f : 1.0f) + shift;
+  }
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+SessionConfig RefreshConfig(double drift_ratio, double growth, uint32_t min_tokens) {
+  SessionConfig config = Config();
+  config.refresh.drift_ratio = drift_ratio;
+  config.refresh.growth = growth;
+  config.refresh.min_tokens = min_tokens;
+  return config;
+}
+
+TEST_CASE("Drifted appends ask for a refresh, which retrains on every token", "[server]") {
+  auto arena = PageArena::Create(16 << 20, 4096).value();
+  // Growth out of reach: only drift can ask.
+  LayerStore layer(0, RefreshConfig(1.5, 100.0, 64), arena.get());
+  const uint32_t prefill = 512;
+  REQUIRE(layer.Append(0, prefill, Bytes(prefill, 1), Bytes(prefill, 2)).ok());
+  REQUIRE(layer.SealPrefill());
+  layer.BuildIndex();
+  const double training_error = layer.Status().training_quantization_error;
+  REQUIRE(training_error > 0);
+
+  // Tokens like the prefill's, one per decode step: no refresh.
+  uint32_t n = prefill;
+  for (uint32_t i = 0; i < 128; ++i, ++n) {
+    REQUIRE(layer.Append(n, 1, Bytes(1, 100 + i), Bytes(1, 200 + i)).ok());
+    CHECK_FALSE(layer.ClaimRefresh());
+  }
+  CHECK(layer.Status().appended_quantization_error < 1.5 * training_error);
+
+  // Then drifted ones: a refresh once min_tokens were appended and the error ratio passed.
+  bool claimed = false;
+  for (uint32_t i = 0; i < 256 && !claimed; ++i, ++n) {
+    REQUIRE(layer.Append(n, 1, DriftedBytes(1, 300 + i, 2.0f), Bytes(1, 400 + i)).ok());
+    claimed = layer.ClaimRefresh();
+  }
+  REQUIRE(claimed);
+  CHECK(layer.Status().appended_quantization_error >= 1.5 * training_error);
+  CHECK_FALSE(layer.ClaimRefresh());  // claimed once until the refresh ends
+
+  // A query aimed at the drifted keys: its selection against exact attention, before and
+  // after the refresh.
+  std::vector<float> query(kQueryHeads * kDim, 0.0f);
+  for (uint32_t g = 0; g < kQueryHeads; ++g) query[g * kDim + 3] = query[g * kDim + 11] = 0.6f;
+  auto mass = [&] {
+    const LayerSelection s = layer.Retrieve(query, 32, Soon()).value();
+    std::vector<std::vector<uint32_t>> positions;
+    for (const HeadSelection& head : s.heads) positions.push_back(head.positions);
+    return layer.MeasureQuality(query, s.num_tokens, positions).value().mass_recall;
+  };
+  const double before = mass();
+  layer.RefreshIndex();
+  const LayerStatus status = layer.Status();
+  CHECK(status.index_refreshes == 1);
+  CHECK(status.index_state == IndexState::kReady);
+  CHECK(status.num_encoded == n);
+  CHECK(status.appended_quantization_error == 0);  // nothing appended since
+  const double after = mass();
+  INFO("mass recall before " << before << ", after " << after);
+  CHECK(after >= before);
+}
+
+TEST_CASE("Growth alone asks for a refresh at the configured factor", "[server]") {
+  auto arena = PageArena::Create(16 << 20, 4096).value();
+  LayerStore layer(0, RefreshConfig(1000.0, 0.5, 16), arena.get());
+  REQUIRE(layer.Append(0, 256, Bytes(256, 1), Bytes(256, 2)).ok());
+  REQUIRE(layer.SealPrefill());
+  layer.BuildIndex();
+  uint32_t n = 256;
+  for (; n < 256 + 127; ++n) {
+    REQUIRE(layer.Append(n, 1, Bytes(1, n), Bytes(1, n + 1)).ok());
+    REQUIRE_FALSE(layer.ClaimRefresh());
+  }
+  REQUIRE(layer.Append(n, 1, Bytes(1, n), Bytes(1, n + 1)).ok());  // 128 = 0.5 x 256
+  CHECK(layer.ClaimRefresh());
+}
+
+TEST_CASE("Refresh swaps under concurrent appends and retrievals; rows stay exact", "[server]") {
+  // Refreshes as often as the policy allows (every 8 appended tokens) while one thread
+  // appends drifted tokens and another retrieves and fetches rows: every Retrieve succeeds
+  // with k distinct candidates, and fetched rows equal what was appended.
+  auto arena = PageArena::Create(64 << 20, 4096).value();
+  LayerStore layer(0, RefreshConfig(1.0, 0.01, 8), arena.get());
+  const uint32_t prefill = 256, appended = 384;
+  std::string keys = Bytes(prefill, 1), values = Bytes(prefill, 2);
+  REQUIRE(layer.Append(0, prefill, keys, values).ok());
+  REQUIRE(layer.SealPrefill());
+  layer.BuildIndex();
+  // Per kv head, every token's key row, in order: what Fetch must give back.
+  std::vector<std::string> head_keys(kKvHeads);
+  const size_t row = kDim * sizeof(float);
+  for (uint32_t h = 0; h < kKvHeads; ++h) {
+    head_keys[h] = keys.substr(static_cast<size_t>(h) * prefill * row, prefill * row);
+  }
+  std::vector<std::string> chunks;
+  for (uint32_t i = 0; i < appended; ++i) chunks.push_back(DriftedBytes(1, 1000 + i, 0.01f * i));
+  for (uint32_t i = 0; i < appended; ++i) {
+    for (uint32_t h = 0; h < kKvHeads; ++h) head_keys[h] += chunks[i].substr(h * row, row);
+  }
+
+  std::atomic<bool> done{false};
+  std::atomic<int> refreshes{0};
+  std::thread refresher([&] {
+    while (!done.load()) {
+      if (layer.ClaimRefresh()) {
+        layer.RefreshIndex();
+        refreshes.fetch_add(1);
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  });
+  // Catch2 asserts on the test's thread only: the appender reports its failures here.
+  std::atomic<int> failed_appends{0};
+  std::thread appender([&] {
+    for (uint32_t i = 0; i < appended; ++i) {
+      if (!layer.Append(prefill + i, 1, chunks[i], Bytes(1, 5000 + i)).ok()) ++failed_appends;
+      absl::SleepFor(absl::Microseconds(200));  // a decode step's pace, roughly
+    }
+    done.store(true);
+  });
+  const std::vector<float> query = Query(9);
+  int retrievals = 0;
+  while (!done.load() || retrievals < 10) {
+    const absl::StatusOr<LayerSelection> s = layer.Retrieve(query, 16, Soon());
+    REQUIRE(s.ok());
+    const uint64_t end = s->num_tokens - Config().index.recent_window;
+    for (uint32_t h = 0; h < kKvHeads; ++h) {
+      const std::vector<uint32_t>& positions = s->heads[h].positions;
+      REQUIRE(positions.size() == 16);
+      std::vector<char> k_out(positions.size() * row), v_out(positions.size() * row);
+      REQUIRE(layer.Fetch(h, positions, k_out.data(), v_out.data()).ok());
+      for (size_t i = 0; i < positions.size(); ++i) {
+        REQUIRE(positions[i] >= Config().index.sink_tokens);
+        REQUIRE(positions[i] < end);
+        REQUIRE(std::memcmp(k_out.data() + i * row, head_keys[h].data() + positions[i] * row,
+                            row) == 0);
+      }
+    }
+    ++retrievals;
+  }
+  appender.join();
+  refresher.join();
+  const LayerStatus status = layer.Status();
+  INFO(refreshes.load() << " refreshes during " << retrievals << " retrievals");
+  CHECK(failed_appends.load() == 0);
+  CHECK(refreshes.load() >= 2);
+  CHECK(status.index_refreshes == static_cast<uint64_t>(refreshes.load()));
+  CHECK(status.num_tokens == prefill + appended);
+  CHECK(status.num_encoded == prefill + appended);
 }
 
 }  // namespace
