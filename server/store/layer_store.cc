@@ -192,10 +192,17 @@ absl::Status LayerStore::TrainHeads(size_t tokens, ThreadPool* pool, absl::Time 
   absl::Time last_progress_log = start;
   uint32_t heads_done = 0;
   ParallelFor(pool, static_cast<int>(H), [&](int h) {
-    std::vector<float> keys;
+    // The lock only long enough to note where the rows lie (they never move while the
+    // layer lives): converting them under it would hold off appends, and the Retrieve
+    // calls queued behind a waiting append, for milliseconds at this thread's low priority.
+    std::vector<const char*> rows(tokens);
     {
       absl::ReaderMutexLock lock(&mu_);
-      keys = KeysAsFloatLocked(h, 0, tokens);
+      for (size_t t = 0; t < tokens; ++t) rows[t] = keys_[h]->Row(t);
+    }
+    std::vector<float> keys(tokens * shape.head_dim);
+    for (size_t t = 0; t < tokens; ++t) {
+      kernels::ToFloat(shape.dtype, rows[t], shape.head_dim, keys.data() + t * shape.head_dim);
     }
     absl::StatusOr<PqCodebook> codebook =
         PqCodebook::Train(keys.data(), tokens, shape.head_dim, options.subspaces, options.bits,
