@@ -91,8 +91,8 @@ struct LayerInfo {
   double last_mass_recall = 0;
   double mean_mass_recall = 0;
   // The drift signal: mean squared quantization error per key of the training keys and
-  // of the tokens appended since; and how often the server retrained the codebooks while
-  // decoding.
+  // of the latest appended tokens (an exponential average over about 64); and how often
+  // the server retrained the codebooks while decoding.
   double training_quantization_error = 0;
   double appended_quantization_error = 0;
   uint64_t index_refreshes = 0;

@@ -91,7 +91,7 @@ class LayerInfo:
     against exact attention (server flag --quality_sample_rate), with the attention-mass
     recall of the last one and their mean. training_quantization_error and
     appended_quantization_error: the drift signal (mean squared quantization error of the keys
-    the codebooks were trained on, and of the tokens appended since); index_refreshes: how
+    the codebooks were trained on, and of the latest appended tokens); index_refreshes: how
     often the server retrained the codebooks while decoding."""
 
     layer: int

@@ -40,6 +40,10 @@ namespace {
 // chunk's tail).
 constexpr size_t kErrorSampleTokens = 2048;
 
+// The drift signal averages the appended tokens' quantization error over about this many
+// of the latest (an exponential average).
+constexpr double kDriftWindowTokens = 64;
+
 // Where the first NaN or Inf of a chunk lies, "kv head 1, token 12" (the token's position
 // in the layer); `bytes` is laid out [kv_head][token][dim] for `num_tokens` tokens and is
 // known to hold one.
@@ -279,8 +283,8 @@ bool LayerStore::ClaimRefresh() {
   }
   const uint64_t appended = num_tokens_ - trained_tokens_;
   if (appended < policy.min_tokens) return false;
-  const bool drifted = training_error_ > 0 && appended_keys_ > 0 &&
-                       appended_error_sum_ / appended_keys_ >= policy.drift_ratio * training_error_;
+  const bool drifted = training_error_ > 0 && appended_tokens_ > 0 &&
+                       recent_error_ >= policy.drift_ratio * training_error_;
   const bool grown = appended >= policy.growth * static_cast<double>(trained_tokens_);
   if (!drifted && !grown) return false;
   refresh_queued_ = true;
@@ -339,8 +343,8 @@ void LayerStore::RefreshIndex(ThreadPool* pool) {
   num_encoded_ = snapshot_tokens;
   trained_tokens_ = snapshot_tokens;
   training_error_ = training_error;
-  appended_error_sum_ = 0;
-  appended_keys_ = 0;
+  recent_error_ = 0;
+  appended_tokens_ = 0;
   EncodeTailLocked();  // tokens appended while training, with the new codebooks
   ++refreshes_;
   index_build_ms_ = absl::ToDoubleMilliseconds(absl::Now() - start);
@@ -416,17 +420,30 @@ void LayerStore::EncodeTailLocked() {
   const size_t end = num_tokens_;
   if (end == begin) return;
   const uint32_t M = config_.index.subspaces;
-  for (uint32_t h = 0; h < config_.shape.num_kv_heads; ++h) {
+  const uint32_t H = config_.shape.num_kv_heads;
+  const uint32_t dim = config_.shape.head_dim;
+  // The drift signal: how well the codebooks reconstruct the tokens appended lately
+  // (per token, the mean over kv heads), against how well they reconstruct their
+  // training keys. A large chunk (a prefill's tail) is not a decode step: not measured.
+  const bool measure = end - begin <= kErrorSampleTokens;
+  std::vector<double> token_error(measure ? end - begin : 0, 0.0);
+  for (uint32_t h = 0; h < H; ++h) {
     const std::vector<float> keys = KeysAsFloatLocked(h, begin, end);
     std::vector<uint8_t> codes((end - begin) * M);
     codebooks_[h].Encode(keys.data(), end - begin, codes.data());
     codes_[h].Append(codes.data(), end - begin);
-    // The drift signal: how well the codebooks reconstruct the tokens appended since they
-    // were trained, against how well they reconstruct their training keys.
-    if (end - begin <= kErrorSampleTokens) {
-      appended_error_sum_ += codebooks_[h].SquaredError(keys.data(), end - begin, codes.data());
-      appended_keys_ += end - begin;
+    for (size_t i = 0; i < token_error.size(); ++i) {
+      token_error[i] += codebooks_[h].SquaredError(keys.data() + i * dim, 1, codes.data() + i * M);
     }
+  }
+  for (double error : token_error) {
+    // An exponential average over about kDriftWindowTokens tokens: a distribution that
+    // starts moving shows within that many steps, not diluted by everything since the
+    // training.
+    const double mean = error / H;
+    recent_error_ =
+        appended_tokens_ == 0 ? mean : recent_error_ + (mean - recent_error_) / kDriftWindowTokens;
+    ++appended_tokens_;
   }
   num_encoded_ = end;
 }
@@ -689,8 +706,7 @@ LayerStatus LayerStore::Status() const {
   status.num_encoded = num_encoded_;
   status.index_build_ms = index_build_ms_;
   status.training_quantization_error = training_error_;
-  status.appended_quantization_error =
-      appended_keys_ > 0 ? appended_error_sum_ / appended_keys_ : 0;
+  status.appended_quantization_error = appended_tokens_ > 0 ? recent_error_ : 0;
   status.index_refreshes = refreshes_;
   for (const auto& rows : keys_) status.bytes_held += rows->bytes_held();
   for (const auto& rows : values_) status.bytes_held += rows->bytes_held();

@@ -61,7 +61,8 @@ struct LayerStatus {
   double last_mass_recall = 0;
   double mean_mass_recall = 0;
   // The drift signal: mean squared quantization error |k - k^|^2 per key of the keys the
-  // codebooks were trained on (a sample) and of the tokens appended since.
+  // codebooks were trained on (a sample), and of the latest appended tokens (an
+  // exponential average over about 64; 0 before any).
   double training_quantization_error = 0;
   double appended_quantization_error = 0;
   // Times the codebooks were retrained during decoding (RefreshIndex).
@@ -213,8 +214,8 @@ class LayerStore {
   // their relative quantization error, and the error sums of the tokens appended since.
   uint64_t trained_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   double training_error_ ABSL_GUARDED_BY(mu_) = 0;
-  double appended_error_sum_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t appended_keys_ ABSL_GUARDED_BY(mu_) = 0;  // (token, kv head) pairs measured
+  double recent_error_ ABSL_GUARDED_BY(mu_) = 0;  // exponential average, latest tokens
+  uint64_t appended_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // measured since the training
   bool refresh_queued_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_refresh_check_ ABSL_GUARDED_BY(mu_) = 0;  // after a refused refresh
   uint64_t refreshes_ ABSL_GUARDED_BY(mu_) = 0;
