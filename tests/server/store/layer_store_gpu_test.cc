@@ -160,6 +160,47 @@ TEST_CASE("LayerStore's GPU Retrieve selects what its CPU Retrieve does", "[cuda
   CHECK(scorer.resident_bytes() >= size_t{kKvHeads} * n * c.subspaces);
 }
 
+TEST_CASE("After a codebook refresh the GPU scans the new codes, as the CPU does", "[cuda]") {
+  // The device held the old codebooks and codes; RefreshIndex must make it upload the new
+  // ones (GpuScorer::ResetLayer), or its selections would come from stale tables.
+  GpuScorer& scorer = SharedScorer();
+  const SessionConfig config = Config(GpuCase{2, 6, false, 0});
+  std::unique_ptr<PageArena> gpu_arena = PageArena::Create(64 << 20, 4096).value();
+  std::unique_ptr<PageArena> cpu_arena = PageArena::Create(64 << 20, 4096).value();
+  LayerStore on_gpu(0, config, gpu_arena.get(), &scorer);
+  LayerStore on_cpu(0, config, cpu_arena.get());
+  uint32_t n = 1000;
+  for (LayerStore* layer : {&on_gpu, &on_cpu}) {
+    REQUIRE(layer->Append(0, n, Bytes(n, 1), Bytes(n, 2)).ok());
+    REQUIRE(layer->SealPrefill());
+    layer->BuildIndex();
+  }
+  REQUIRE(on_gpu.Retrieve(Query(1), 20, absl::InfiniteFuture()).ok());  // codes on the device
+  // 1000 more tokens from another distribution, then the refresh on both.
+  std::string keys = Bytes(1000, 7);
+  for (size_t i = 0; i < keys.size(); i += sizeof(float)) {
+    float x;
+    std::memcpy(&x, keys.data() + i, sizeof x);
+    x = 3.0f * x + 2.0f;
+    std::memcpy(keys.data() + i, &x, sizeof x);
+  }
+  for (LayerStore* layer : {&on_gpu, &on_cpu}) {
+    REQUIRE(layer->Append(n, 1000, keys, Bytes(1000, 8)).ok());
+    layer->RefreshIndex();
+    REQUIRE(layer->Status().index_refreshes == 1);
+  }
+  n += 1000;
+  for (int step = 0; step < 4; ++step) {
+    const std::vector<float> query = Query(100 + step);
+    absl::StatusOr<LayerSelection> gpu = on_gpu.Retrieve(query, 50, absl::InfiniteFuture());
+    absl::StatusOr<LayerSelection> cpu = on_cpu.Retrieve(query, 50, absl::InfiniteFuture());
+    REQUIRE(gpu.ok());
+    REQUIRE(cpu.ok());
+    REQUIRE(gpu->num_tokens == n);
+    for (uint32_t h = 0; h < kKvHeads; ++h) RequireSameSelection(gpu->heads[h], cpu->heads[h]);
+  }
+}
+
 TEST_CASE("A closed layer's codes leave the device", "[cuda]") {
   GpuScorer& scorer = SharedScorer();
   const size_t before = scorer.resident_bytes();
