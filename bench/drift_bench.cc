@@ -36,7 +36,12 @@
 #include "tests/testing/index_wait.h"
 #include "tests/testing/server_process.h"
 #include "workload/drift_kv.h"
+#include "workload/kv_dataset_io.h"
 
+ABSL_FLAG(std::string, data, "generated",
+          "`generated` (workload/drift_kv.h), or a capture directory of a long generation "
+          "(tools/capture --generate N --last 0: its prompt is the prefill, every generated "
+          "position has a query, of which every --query_every-th is used).");
 ABSL_FLAG(uint32_t, prefill, 4096, "Prefill tokens.");
 ABSL_FLAG(uint32_t, decode, 4096, "Decode tokens after the prefill.");
 ABSL_FLAG(uint32_t, query_every, 256, "A decode query every this many positions.");
@@ -102,9 +107,8 @@ std::string UploadPrefill(Client& client, const workload::KvDataSet& data,
 
 std::vector<std::vector<uint32_t>> RetrieveLayer(RetrievalStream& stream,
                                                  const workload::KvDataSet& data,
-                                                 const quality::PqConfig& pq,
-                                                 const std::string& id, uint32_t layer,
-                                                 size_t query_index) {
+                                                 const quality::PqConfig& pq, const std::string& id,
+                                                 uint32_t layer, size_t query_index) {
   const size_t floats = size_t{data.num_query_heads} * data.head_dim;
   const uint32_t p = data.query_positions[query_index];
   RetrieveQuery query;
@@ -124,7 +128,7 @@ std::vector<std::vector<uint32_t>> RetrieveLayer(RetrievalStream& stream,
 
 struct Run {
   Picks picks;
-  double cpu_seconds = 0;  // the server's, over the decode
+  double cpu_seconds = 0;           // the server's, over the decode
   std::vector<uint64_t> refreshes;  // per layer
 };
 
@@ -213,8 +217,8 @@ double MassRecall(const workload::KvDataSet& data, size_t qi, const Picks* picks
       const std::vector<uint32_t> oracle =
           quality::OracleSelection(attention.gqa_score, kSinks, p - kRecent, k);
       const std::vector<uint32_t>& selected = picks ? (*picks)[qi][l][h] : oracle;
-      sum += quality::MeasureSelection(attention, values.data(), d, kSinks, p - kRecent,
-                                       selected, oracle)
+      sum += quality::MeasureSelection(attention, values.data(), d, kSinks, p - kRecent, selected,
+                                       oracle)
                  .mass_recall;
     }
   }
@@ -234,14 +238,52 @@ int Main() {
   spec.seed = absl::GetFlag(FLAGS_seed);
   absl::StatusOr<quality::PqConfig> pq = quality::ParsePqConfig(absl::GetFlag(FLAGS_pq));
   Check(pq.status(), "--pq");
-  const workload::KvDataSet data = workload::GenerateDriftTrace(spec);
+  workload::KvDataSet data;
+  if (absl::GetFlag(FLAGS_data) == "generated") {
+    data = workload::GenerateDriftTrace(spec);
+  } else {
+    // A capture: its first query position is the prompt's length (the prefill); keep every
+    // query_every-th decode query, the last one being the query_every-th.
+    absl::StatusOr<workload::KvDataSet> loaded = workload::LoadKvDataSet(absl::GetFlag(FLAGS_data));
+    Check(loaded.status(), "--data");
+    data = *std::move(loaded);
+    spec.prefill_tokens = data.query_positions.front();
+    spec.decode_tokens = data.num_tokens - spec.prefill_tokens;
+    spec.num_layers = static_cast<uint32_t>(data.layers.size());
+    spec.num_kv_heads = data.num_kv_heads;
+    spec.num_query_heads = data.num_query_heads;
+    spec.head_dim = data.head_dim;
+    spec.drift = -1;  // not generated: the Setup line says "captured"
+    const size_t floats = size_t{data.num_query_heads} * data.head_dim;
+    std::vector<size_t> keep;
+    for (size_t qi = 0; qi < data.query_positions.size(); ++qi) {
+      if ((data.query_positions[qi] - spec.prefill_tokens + 1) % spec.query_every == 0) {
+        keep.push_back(qi);
+      }
+    }
+    std::vector<uint32_t> positions;
+    for (size_t qi : keep) positions.push_back(data.query_positions[qi]);
+    for (workload::KvLayer& layer : data.layers) {
+      std::vector<float> queries;
+      for (size_t qi : keep) {
+        queries.insert(queries.end(), layer.queries.begin() + qi * floats,
+                       layer.queries.begin() + (qi + 1) * floats);
+      }
+      layer.queries = std::move(queries);
+    }
+    data.query_positions = std::move(positions);
+  }
   std::fprintf(stderr,
-               "Setup: commit %s; %s; drift trace %u prefill + %u decode tokens, %u layers x %u "
-               "kv heads x %u query heads x %u dims, drift %g, seed %llu; pq %s; budget %g\n",
-               Commit().c_str(), CpuModel().c_str(), spec.prefill_tokens, spec.decode_tokens,
-               spec.num_layers, spec.num_kv_heads, spec.num_query_heads, spec.head_dim,
-               spec.drift, static_cast<unsigned long long>(spec.seed), pq->Name().c_str(),
-               absl::GetFlag(FLAGS_budget));
+               "Setup: commit %s; %s; %s: %u prefill + %u decode tokens, %u layers x %u "
+               "kv heads x %u query heads x %u dims, %s; pq %s; budget %g\n",
+               Commit().c_str(), CpuModel().c_str(), absl::GetFlag(FLAGS_data).c_str(),
+               spec.prefill_tokens, spec.decode_tokens, spec.num_layers, spec.num_kv_heads,
+               spec.num_query_heads, spec.head_dim,
+               spec.drift < 0 ? "captured"
+                              : absl::StrFormat("drift %g, seed %llu", spec.drift,
+                                                static_cast<unsigned long long>(spec.seed))
+                                    .c_str(),
+               pq->Name().c_str(), absl::GetFlag(FLAGS_budget));
   const Run frozen = Decode(data, *pq, spec.prefill_tokens, /*refresh=*/false);
   std::fprintf(stderr, "frozen run done\n");
   const Run refreshed = Decode(data, *pq, spec.prefill_tokens, /*refresh=*/true);
@@ -269,8 +311,8 @@ int Main() {
           "\"ceiling\": %.4f, \"oracle\": %.4f}\n",
           p, p - spec.prefill_tokens + 1, f, r, c, o);
     } else {
-      std::printf("%9u %7u %9.4f %9.4f %9.4f %9.4f %11.4f\n", p, p - spec.prefill_tokens + 1, f,
-                  r, c, o, c - r);
+      std::printf("%9u %7u %9.4f %9.4f %9.4f %9.4f %11.4f\n", p, p - spec.prefill_tokens + 1, f, r,
+                  c, o, c - r);
     }
   }
   uint64_t refreshes = 0;
@@ -283,8 +325,8 @@ int Main() {
         "{\"worst_ceiling_minus_refresh\": %.4f, \"worst_ceiling_minus_frozen\": %.4f, "
         "\"refreshes\": %llu, \"server_cpu_s_frozen\": %.2f, \"server_cpu_s_refresh\": %.2f, "
         "\"refresh_cpu_s_per_1000_tokens_per_layer\": %.3f}\n",
-        worst_gap, worst_frozen_gap, static_cast<unsigned long long>(refreshes),
-        frozen.cpu_seconds, refreshed.cpu_seconds, cpu_per_k_layer);
+        worst_gap, worst_frozen_gap, static_cast<unsigned long long>(refreshes), frozen.cpu_seconds,
+        refreshed.cpu_seconds, cpu_per_k_layer);
   } else {
     std::printf(
         "\nworst ceiling - refresh: %.4f; worst ceiling - frozen: %.4f\nrefreshes: %llu over "
