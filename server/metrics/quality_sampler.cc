@@ -35,8 +35,6 @@ QualitySampler::QualitySampler(double rate, size_t max_queued)
   }
 }
 
-QualitySampler::~QualitySampler() { pool_.reset(); }
-
 std::string QualitySampler::IndexLabel(const IndexOptions& index, uint32_t rerank) {
   return absl::StrCat(index.subspaces, "x", index.bits, index.rope_pairs ? "+pairs" : "",
                       rerank > 1 ? absl::StrCat("+rerank", rerank) : "");

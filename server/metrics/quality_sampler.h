@@ -37,7 +37,7 @@ class QualitySampler {
  public:
   // rate in [0, 1]: the chance that an item is sampled.
   explicit QualitySampler(double rate, size_t max_queued = 16);
-  ~QualitySampler();  // finishes the queued samples
+  // Destroying it finishes the queued samples (pool_ goes first).
 
   QualitySampler(const QualitySampler&) = delete;
   QualitySampler& operator=(const QualitySampler&) = delete;

@@ -155,7 +155,10 @@ absl::Status LayerStore::Append(uint64_t token_begin, uint32_t num_tokens, absl:
     values_[h]->Append(values.data() + h * head_bytes, num_tokens);
   }
   num_tokens_ += num_tokens;
-  if (index_state_ == IndexState::kReady) EncodeTailLocked();
+  if (index_state_ == IndexState::kReady) {
+    EncodeTailLocked();
+    NoteRefreshDueLocked();
+  }
   return absl::OkStatus();
 }
 
@@ -274,22 +277,23 @@ void LayerStore::BuildIndex(ThreadPool* pool) {
   SettleIndex(IndexState::kReady, std::move(codebooks), std::move(codes), build_ms);
 }
 
-bool LayerStore::ClaimRefresh() {
-  absl::MutexLock lock(&mu_);
+void LayerStore::NoteRefreshDueLocked() {
   const RefreshPolicy& policy = config_.refresh;
   if (!policy.enabled || index_state_ != IndexState::kReady || refresh_queued_ ||
       num_tokens_ < next_refresh_check_) {
-    return false;
+    return;
   }
   const uint64_t appended = num_tokens_ - trained_tokens_;
-  if (appended < policy.min_tokens) return false;
+  if (appended < policy.min_tokens) return;
   const bool drifted = training_error_ > 0 && appended_tokens_ > 0 &&
                        recent_error_ >= policy.drift_ratio * training_error_;
   const bool grown = appended >= policy.growth * static_cast<double>(trained_tokens_);
-  if (!drifted && !grown) return false;
+  if (!drifted && !grown) return;
   refresh_queued_ = true;
-  return true;
+  refresh_due_.store(true, std::memory_order_release);
 }
+
+bool LayerStore::ClaimRefresh() { return refresh_due_.exchange(false, std::memory_order_acq_rel); }
 
 void LayerStore::RefreshIndex(ThreadPool* pool) {
   const absl::Time start = absl::Now();

@@ -8,6 +8,7 @@
 #ifndef PQKV_SERVER_STORE_LAYER_STORE_H_
 #define PQKV_SERVER_STORE_LAYER_STORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -178,6 +179,10 @@ class LayerStore {
   absl::Status TrainHeads(size_t tokens, ThreadPool* pool, absl::Time start,
                           std::vector<PqCodebook>* codebooks,
                           std::vector<kernels::PqCodeStore>* codes, double* training_error) const;
+  // After an append: whether the refresh policy asks for a retraining now; if so marks it
+  // queued and lets ClaimRefresh hand it out once (decided here, under the lock Append
+  // already holds, so that the append path takes no second lock).
+  void NoteRefreshDueLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Encodes tokens [num_encoded_, num_tokens_) with the installed codebooks.
   void EncodeTailLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies kv head h's keys [0, n) as fp32 [n][head_dim].
@@ -214,9 +219,10 @@ class LayerStore {
   // their relative quantization error, and the error sums of the tokens appended since.
   uint64_t trained_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   double training_error_ ABSL_GUARDED_BY(mu_) = 0;
-  double recent_error_ ABSL_GUARDED_BY(mu_) = 0;  // exponential average, latest tokens
-  uint64_t appended_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // measured since the training
-  bool refresh_queued_ ABSL_GUARDED_BY(mu_) = false;
+  double recent_error_ ABSL_GUARDED_BY(mu_) = 0;          // exponential average, latest tokens
+  uint64_t appended_tokens_ ABSL_GUARDED_BY(mu_) = 0;     // measured since the training
+  bool refresh_queued_ ABSL_GUARDED_BY(mu_) = false;      // due or running, until it ends
+  std::atomic<bool> refresh_due_{false};                  // due and not yet claimed
   uint64_t next_refresh_check_ ABSL_GUARDED_BY(mu_) = 0;  // after a refused refresh
   uint64_t refreshes_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<absl::AnyInvocable<void() &&>> settle_waiters_ ABSL_GUARDED_BY(mu_);
