@@ -78,6 +78,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "bench/bench_setup.h"
+#include "kernels/code_select.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dtype_convert.h"
 #include "kernels/fast_scan.h"
@@ -699,6 +700,35 @@ int Run() {
     });
     stages = absl::StrFormat("score %.0f us, top-k %.0f us", Percentile(score_us, 0.5),
                              Percentile(select_us, 0.5));
+    if (stores[0].has_joined()) {
+      // What the server runs for joined codes: one score per distinct code, and the top-k
+      // taken whole codes at a time (no pass over the tokens; kernels/code_select.h).
+      std::vector<std::vector<float>> code_scores(H, std::vector<float>(stores[0].joined_size()));
+      std::vector<uint32_t> best(k);
+      const std::vector<double> by_code_score_us = Time(repeats, [&] {
+        for (uint32_t h = 0; h < H; ++h) {
+          kernels::GqaScoringInput input;
+          input.head_dim = d;
+          input.centroids = codebooks[h].centroids().data();
+          input.codes = &stores[h];
+          input.group_queries = data.query.data() + size_t{h} * G * d;
+          input.group_size = G;
+          kernels::ScoreGqaJoined(input, code_scores[h].data(), nullptr);
+        }
+      });
+      const std::vector<double> by_code_select_us = Time(repeats, [&] {
+        for (uint32_t h = 0; h < H; ++h) {
+          kernels::CodeScores in;
+          in.codes = &stores[h];
+          in.code_scores = code_scores[h].data();
+          in.num_tokens = n;
+          kernels::SelectTopKByCode(in, cand_begin, cand_end, k, best.data());
+        }
+      });
+      stages +=
+          absl::StrFormat("; by code: score %.0f us, top-k %.0f us",
+                          Percentile(by_code_score_us, 0.5), Percentile(by_code_select_us, 0.5));
+    }
     if (stores[0].has_fast_scan()) {
       // The vpshufb scan alone, with quantised tables, for every query head.
       std::vector<uint8_t> tables(size_t{G} * M * 16);

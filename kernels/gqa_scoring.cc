@@ -42,19 +42,20 @@ void TailLogits(const GqaScoringInput& in, const float* q, float* out) {
   ExactScores(q, in.exact_keys, in.num_exact, in.head_dim, out);
 }
 
-bool ScoreJoined(const GqaScoringInput& in, float scale, float* scores, double* log_z) {
+// The joined path's scores per distinct code, combined[joined_size()], and of the exact
+// tail tokens, tail_scores[num_exact]; no pass over the encoded tokens.
+bool ScoreJoinedCodes(const GqaScoringInput& in, float scale, float* combined, float* tail_scores,
+                      double* log_z) {
   const PqCodeStore& codes = *in.codes;
   const PqShape shape = ShapeOf(in);
-  const size_t n = codes.size();
   const size_t distinct = codes.joined_size();
   const uint32_t* histogram = codes.joined_histogram();
   float* table =
       Scratch(scratch.table, static_cast<size_t>(shape.subspaces) * shape.centroids_per_subspace);
   float* joined = Scratch(scratch.joined, distinct);
-  float* combined = Scratch(scratch.combined, distinct);
   float* tail = Scratch(scratch.logits, in.num_exact);
   std::fill(combined, combined + distinct, 0.0f);
-  std::fill(scores + n, scores + n + in.num_exact, 0.0f);
+  std::fill(tail_scores, tail_scores + in.num_exact, 0.0f);
   for (int g = 0; g < in.group_size; ++g) {
     const float* q = in.group_queries + static_cast<size_t>(g) * in.head_dim;
     ComputeInnerProductTable(shape, q, in.centroids, table);
@@ -69,19 +70,43 @@ bool ScoreJoined(const GqaScoringInput& in, float scale, float* scores, double* 
       size *= shape.centroids_per_subspace;
     }
     TailLogits(in, q, tail);
-    float max = MaxOf(tail, in.num_exact);
-    for (size_t c = 0; c < distinct; ++c) {
-      if (histogram[c] > 0) max = std::max(max, joined[c]);
+    // Over the codes some token has, in four independent chains where one chain waited
+    // on its own latency (distinct = 2^(M * bits): a multiple of 4 from 4 codes up).
+    constexpr float kAbsent = -std::numeric_limits<float>::infinity();
+    const size_t by_four = distinct / 4 * 4;
+    const float tail_max = MaxOf(tail, in.num_exact);
+    float max4[4] = {tail_max, tail_max, tail_max, tail_max};
+    for (size_t c = 0; c < by_four; c += 4) {
+      for (int j = 0; j < 4; ++j) {
+        max4[j] = std::max(max4[j], histogram[c + j] > 0 ? joined[c + j] : kAbsent);
+      }
     }
+    for (size_t c = by_four; c < distinct; ++c) {
+      max4[0] = std::max(max4[0], histogram[c] > 0 ? joined[c] : kAbsent);
+    }
+    const float max = std::max(std::max(max4[0], max4[1]), std::max(max4[2], max4[3]));
     if (!std::isfinite(max)) return false;
     ExpAndSum(joined, distinct, scale, scale * max, joined);
-    double z = ExpAndSum(tail, in.num_exact, scale, scale * max, tail);
-    for (size_t c = 0; c < distinct; ++c) z += static_cast<double>(histogram[c]) * joined[c];
+    double z4[4] = {ExpAndSum(tail, in.num_exact, scale, scale * max, tail), 0, 0, 0};
+    for (size_t c = 0; c < by_four; c += 4) {
+      for (int j = 0; j < 4; ++j) z4[j] += static_cast<double>(histogram[c + j]) * joined[c + j];
+    }
+    for (size_t c = by_four; c < distinct; ++c)
+      z4[0] += static_cast<double>(histogram[c]) * joined[c];
+    const double z = (z4[0] + z4[1]) + (z4[2] + z4[3]);
     if (log_z != nullptr) log_z[g] = static_cast<double>(scale * max) + std::log(z);
     const float inv_z = static_cast<float>(1.0 / z);
     for (size_t c = 0; c < distinct; ++c) combined[c] += joined[c] * inv_z;
-    for (size_t t = 0; t < in.num_exact; ++t) scores[n + t] += tail[t] * inv_z;
+    for (size_t t = 0; t < in.num_exact; ++t) tail_scores[t] += tail[t] * inv_z;
   }
+  return true;
+}
+
+bool ScoreJoined(const GqaScoringInput& in, float scale, float* scores, double* log_z) {
+  const PqCodeStore& codes = *in.codes;
+  const size_t n = codes.size();
+  float* combined = Scratch(scratch.combined, codes.joined_size());
+  if (!ScoreJoinedCodes(in, scale, combined, scores + n, log_z)) return false;
   const uint16_t* joined_codes = codes.joined_codes();
   for (size_t t = 0; t < n; ++t) scores[t] = combined[joined_codes[t]];
   return true;
@@ -365,6 +390,12 @@ bool ScoreGqa(const GqaScoringInput& input, float* scores, double* log_normalise
       return ScoreByLogits(input, scale, scores, log_normalisers);
   }
   return false;
+}
+
+bool ScoreGqaJoined(const GqaScoringInput& input, float* code_scores, float* exact_scores,
+                    double* log_normalisers) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(input.head_dim));
+  return ScoreJoinedCodes(input, scale, code_scores, exact_scores, log_normalisers);
 }
 
 void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size_t count,

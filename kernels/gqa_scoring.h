@@ -54,6 +54,14 @@ struct GqaScoringInput {
 // sqrt(head_dim) - log Z_g).
 bool ScoreGqa(const GqaScoringInput& input, float* scores, double* log_normalisers = nullptr);
 
+// ScoreGqa's joined path (ChooseScanPath(input.codes) == kJoined) without its pass over
+// the tokens: the score of each distinct code, code_scores[codes->joined_size()] (token t
+// < codes->size() scores code_scores[joined_codes()[t]]), and of the exact tail tokens,
+// exact_scores[num_exact]; the same values ScoreGqa writes. For a top-k by code
+// (kernels/code_select.h).
+bool ScoreGqaJoined(const GqaScoringInput& input, float* code_scores, float* exact_scores,
+                    double* log_normalisers = nullptr);
+
 // The logits ScoreGqa's path computes for the encoded tokens `positions` (each below
 // codes->size()), unscaled: out[g * count + i], fp32 [group_size][count]. The fast-scan
 // path's are those of its quantised tables; the others sum the float tables in the same

@@ -1,9 +1,21 @@
 #include "kernels/pq_code_store.h"
 
+#include <algorithm>
+
 namespace pqkv::kernels {
+namespace {
+
+// Tokens appended past the lists before they are rebuilt: an eighth of the store, and at
+// least this many, so that a short prompt's decode tokens do not rebuild at every step.
+constexpr size_t kMinUnlisted = 256;
+
+}  // namespace
 
 PqCodeStore::PqCodeStore(int subspaces, int bits) : subspaces_(subspaces), bits_(bits) {
-  if (has_joined()) histogram_.assign(joined_size(), 0);
+  if (has_joined()) {
+    histogram_.assign(joined_size(), 0);
+    list_offsets_.assign(joined_size() + 1, 0);
+  }
 }
 
 void PqCodeStore::Append(const uint8_t* codes, size_t n) {
@@ -30,11 +42,29 @@ void PqCodeStore::Append(const uint8_t* codes, size_t n) {
     }
   }
   size_ += n;
+  if (has_joined() && size_ - listed_ > std::max(kMinUnlisted, size_ / 8)) RebuildLists();
+}
+
+void PqCodeStore::RebuildLists() {
+  const size_t distinct = joined_size();
+  list_offsets_[0] = 0;
+  for (size_t c = 0; c < distinct; ++c) list_offsets_[c + 1] = list_offsets_[c] + histogram_[c];
+  // Reuses the offsets as each code's write cursor, then shifts them back.
+  list_tokens_.resize(size_);
+  for (size_t t = 0; t < size_; ++t) {
+    list_tokens_[list_offsets_[joined_[t]]++] = static_cast<uint32_t>(t);
+  }
+  for (size_t c = distinct; c > 0; --c) list_offsets_[c] = list_offsets_[c - 1];
+  list_offsets_[0] = 0;
+  listed_ = size_;
 }
 
 void PqCodeStore::Reserve(size_t tokens) {
   codes_.reserve(tokens * subspaces_);
-  if (has_joined()) joined_.reserve(tokens);
+  if (has_joined()) {
+    joined_.reserve(tokens);
+    list_tokens_.reserve(tokens);
+  }
   if (has_fast_scan()) {
     blocks_.reserve((tokens + kBlockTokens - 1) / kBlockTokens * block_bytes());
   }
@@ -42,13 +72,16 @@ void PqCodeStore::Reserve(size_t tokens) {
 
 size_t PqCodeStore::bytes() const {
   return codes_.capacity() + joined_.capacity() * sizeof(uint16_t) +
-         histogram_.capacity() * sizeof(uint32_t) + blocks_.capacity();
+         histogram_.capacity() * sizeof(uint32_t) +
+         (list_offsets_.capacity() + list_tokens_.capacity()) * sizeof(uint32_t) +
+         blocks_.capacity();
 }
 
 size_t PqCodeStore::BytesFor(int subspaces, int bits, size_t tokens) {
   PqCodeStore shape(subspaces, bits);
-  size_t bytes = tokens * subspaces + shape.histogram_.capacity() * sizeof(uint32_t);
-  if (shape.has_joined()) bytes += tokens * sizeof(uint16_t);
+  size_t bytes = tokens * subspaces +
+                 (shape.histogram_.capacity() + shape.list_offsets_.capacity()) * sizeof(uint32_t);
+  if (shape.has_joined()) bytes += tokens * (sizeof(uint16_t) + sizeof(uint32_t));
   if (shape.has_fast_scan()) {
     bytes += (tokens + kBlockTokens - 1) / kBlockTokens * shape.block_bytes();
   }

@@ -2,7 +2,9 @@
 // kernels read:
 //  - bytes: uint8 [token][M], always (the plain kernels and the generic scan);
 //  - joined: when M * bits <= 12, one uint16 code per token, code = sum_m c_m << (m * bits),
-//    and a histogram of those codes, so that scoring works per distinct code;
+//    and a histogram of those codes, so that scoring works per distinct code; also each
+//    code's tokens, so that a top-k can take whole codes without a pass over the tokens
+//    (kernels/code_select.h);
 //  - fast-scan: when bits == 4 and M is even, blocks of 32 tokens, each block M / 2 rows
 //    of 32 bytes; byte j of row p holds token j's codes for sub-spaces 2p (low nibble)
 //    and 2p + 1 (high nibble).
@@ -47,6 +49,14 @@ class PqCodeStore {
   const uint16_t* joined_codes() const { return joined_.data(); }
   // Tokens per joined code, joined_size() entries.
   const uint32_t* joined_histogram() const { return histogram_.data(); }
+  // Tokens by joined code: the tokens [0, listed()) grouped by code, each code's in
+  // ascending position, code c's at list_tokens()[list_offsets()[c], list_offsets()[c + 1]).
+  // Tokens [listed(), size()) are not listed yet: appends add to them, and the lists are
+  // rebuilt (a counting sort) once they pass an eighth of the store, so a decode token
+  // costs a few list writes on average and a reader at most a pass over that eighth.
+  size_t listed() const { return listed_; }
+  const uint32_t* list_offsets() const { return list_offsets_.data(); }
+  const uint32_t* list_tokens() const { return list_tokens_.data(); }
 
   bool has_fast_scan() const { return bits_ == 4 && subspaces_ % 2 == 0 && subspaces_ <= 256; }
   // Blocks of 32 tokens, 16 * M bytes each; the last block is padded with code 0.
@@ -55,12 +65,18 @@ class PqCodeStore {
   size_t block_bytes() const { return kBlockTokens * subspaces_ / 2; }
 
  private:
+  // Lists every token (counting sort by joined code, stable in position).
+  void RebuildLists();
+
   const int subspaces_;
   const int bits_;
   size_t size_ = 0;
   std::vector<uint8_t> codes_;
   std::vector<uint16_t> joined_;
   std::vector<uint32_t> histogram_;
+  size_t listed_ = 0;
+  std::vector<uint32_t> list_offsets_;  // joined_size() + 1
+  std::vector<uint32_t> list_tokens_;   // listed_ positions
   std::vector<uint8_t> blocks_;
 };
 

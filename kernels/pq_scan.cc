@@ -6,12 +6,24 @@ void ComputeInnerProductTable(const PqShape& shape, const float* query, const fl
                               float* table) {
   const int dsub = shape.subspace_dim;
   const int ksub = shape.centroids_per_subspace;
+  // Eight centroids at a time, each summed front to back as a plain loop would (so the
+  // table is the same to the bit): eight independent add chains instead of one that waits
+  // on its own latency, which made the table most of a 2 x 6 retrieval's scoring.
+  constexpr int kLanes = 8;
   for (int m = 0; m < shape.subspaces; ++m) {
     const float* q = query + m * dsub;
-    for (int c = 0; c < ksub; ++c) {
-      const float* centroid = centroids + (static_cast<size_t>(m) * ksub + c) * dsub;
+    const float* sub = centroids + static_cast<size_t>(m) * ksub * dsub;
+    int c = 0;
+    for (; c + kLanes <= ksub; c += kLanes) {
+      float dot[kLanes] = {};
+      for (int i = 0; i < dsub; ++i) {
+        for (int j = 0; j < kLanes; ++j) dot[j] += q[i] * sub[(c + j) * dsub + i];
+      }
+      for (int j = 0; j < kLanes; ++j) table[m * ksub + c + j] = dot[j];
+    }
+    for (; c < ksub; ++c) {
       float dot = 0.0f;
-      for (int i = 0; i < dsub; ++i) dot += q[i] * centroid[i];
+      for (int i = 0; i < dsub; ++i) dot += q[i] * sub[c * dsub + i];
       table[m * ksub + c] = dot;
     }
   }

@@ -140,25 +140,37 @@ void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
     return;
   }
 
-  // Best first: a stable LSD radix sort keeps ties in position order.
+  SortBestFirst(winners.data(), winner_keys.data(), k);
+  std::copy(winners.begin(), winners.end(), positions_out);
+}
+
+void SortBestFirst(uint32_t* positions, uint32_t* inverted_keys, uint32_t k) {
+  if (k == 0) return;
+  // A stable LSD radix sort on ~key (ascending ~key is best first) keeps ties in the
+  // order they came: position order.
   std::vector<uint32_t>& sorted = scratch.sorted;
   std::vector<uint32_t>& sorted_keys = scratch.sorted_keys;
   sorted.resize(k);
   sorted_keys.resize(k);
+  uint32_t *from = positions, *from_keys = inverted_keys;
+  uint32_t *to = sorted.data(), *to_keys = sorted_keys.data();
   for (int shift = 0; shift < 32; shift += 8) {
     uint32_t counts[257] = {0};
-    for (uint32_t i = 0; i < k; ++i) ++counts[((winner_keys[i] >> shift) & 0xff) + 1];
-    if (counts[((winner_keys[0] >> shift) & 0xff) + 1] == k) continue;  // one digit value
+    for (uint32_t i = 0; i < k; ++i) ++counts[((from_keys[i] >> shift) & 0xff) + 1];
+    if (counts[((from_keys[0] >> shift) & 0xff) + 1] == k) continue;  // one digit value
     for (int b = 0; b < 256; ++b) counts[b + 1] += counts[b];
     for (uint32_t i = 0; i < k; ++i) {
-      const uint32_t slot = counts[(winner_keys[i] >> shift) & 0xff]++;
-      sorted[slot] = winners[i];
-      sorted_keys[slot] = winner_keys[i];
+      const uint32_t slot = counts[(from_keys[i] >> shift) & 0xff]++;
+      to[slot] = from[i];
+      to_keys[slot] = from_keys[i];
     }
-    winners.swap(sorted);
-    winner_keys.swap(sorted_keys);
+    std::swap(from, to);
+    std::swap(from_keys, to_keys);
   }
-  std::copy(winners.begin(), winners.end(), positions_out);
+  if (from != positions) {
+    std::copy(from, from + k, positions);
+    std::copy(from_keys, from_keys + k, inverted_keys);
+  }
 }
 
 }  // namespace pqkv::kernels

@@ -19,6 +19,12 @@ enum class TopKOrder { kBestFirst, kPosition };
 void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
                 uint32_t* positions_out, TopKOrder order = TopKOrder::kBestFirst);
 
+// Orders k positions best first by their keys, given as ~OrderedKey(score) (ascending
+// is best first), both arrays permuted together; stable, so positions that come in
+// ascending order keep equal scores by lower position. SelectTopK's last step, for
+// selections made another way (kernels/code_select.h).
+void SortBestFirst(uint32_t* positions, uint32_t* inverted_keys, uint32_t k);
+
 }  // namespace pqkv::kernels
 
 #endif  // PQKV_KERNELS_RADIX_SELECT_H_

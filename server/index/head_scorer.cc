@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "kernels/code_select.h"
 #include "kernels/gqa_scoring.h"
 #include "kernels/gqa_softmax.h"
 #include "kernels/pq_scan.h"
@@ -145,11 +146,63 @@ std::vector<float>& ScoreScratch(size_t n) {
   return scores;
 }
 
+// ScoreAndSelect for PQCache's joined codes (2 x 6 bits): one score per distinct code,
+// and the top-k taken whole codes at a time, with no pass over the tokens (same
+// selection as scoring every token and selecting among them).
+HeadSelection ScoreAndSelectByCode(const HeadKeys& keys, const float* group_queries, int group_size,
+                                   uint32_t candidate_begin, uint32_t candidate_end, uint32_t k,
+                                   kernels::TopKOrder order) {
+  thread_local std::vector<float> code_scores;
+  const absl::Time start = absl::Now();
+  std::vector<float> ordered;
+  group_queries = OrderedQueries(keys, group_queries, group_size, &ordered);
+  const std::vector<float> exact_keys = ExactKeys(keys);
+  kernels::GqaScoringInput input;
+  input.head_dim = keys.head_dim;
+  input.centroids = keys.codebook->centroids().data();
+  input.codes = keys.codes;
+  input.exact_keys = exact_keys.data();
+  input.num_exact = keys.num_tokens - NumEncoded(keys);
+  input.group_queries = group_queries;
+  input.group_size = group_size;
+  code_scores.resize(keys.codes->joined_size());
+  std::vector<float> exact_scores(input.num_exact);
+  std::vector<double> log_normalisers(group_size);
+  if (!kernels::ScoreGqaJoined(input, code_scores.data(), exact_scores.data(),
+                               log_normalisers.data())) {
+    HeadSelection overflow;
+    overflow.overflow = true;
+    return overflow;
+  }
+  const absl::Time scanned = absl::Now();
+  kernels::CodeScores scored;
+  scored.codes = keys.codes;
+  scored.code_scores = code_scores.data();
+  scored.exact_scores = exact_scores.data();
+  scored.num_tokens = static_cast<uint32_t>(keys.num_tokens);
+  HeadSelection selection;
+  selection.positions.resize(k);
+  kernels::SelectTopKByCode(scored, candidate_begin, candidate_end, k, selection.positions.data(),
+                            order);
+  selection.scores.reserve(k);
+  for (uint32_t position : selection.positions) {
+    selection.scores.push_back(scored.ScoreOf(position));
+  }
+  selection.log_normalisers = std::move(log_normalisers);
+  selection.scan_us = absl::ToDoubleMicroseconds(scanned - start);
+  selection.select_us = absl::ToDoubleMicroseconds(absl::Now() - scanned);
+  return selection;
+}
+
 }  // namespace
 
 HeadSelection ScoreAndSelect(const HeadKeys& keys, const float* group_queries, int group_size,
                              uint32_t candidate_begin, uint32_t candidate_end, uint32_t k,
                              kernels::TopKOrder order) {
+  if (kernels::ChooseScanPath(keys.codes) == kernels::ScanPath::kJoined) {
+    return ScoreAndSelectByCode(keys, group_queries, group_size, candidate_begin, candidate_end, k,
+                                order);
+  }
   std::vector<float>& scores = ScoreScratch(keys.num_tokens);
   std::vector<double> log_normalisers(group_size);
   const absl::Time start = absl::Now();

@@ -1,5 +1,6 @@
 #include "kernels/pq_code_store.h"
 
+#include <algorithm>
 #include <random>
 #include <utility>
 #include <vector>
@@ -70,6 +71,36 @@ TEST_CASE("PqCodeStore::Reserve makes room that appends use, and BytesFor says i
   CHECK(store.capacity() == 1000);
   store.Reserve(10);  // never shrinks
   CHECK(store.bytes() == reserved);
+}
+
+TEST_CASE("PqCodeStore lists each joined code's tokens in position order", "[kernels]") {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> digit(0, 63);
+  PqCodeStore store(2, 6);
+  std::vector<uint8_t> codes;
+  for (size_t count : {1000, 1, 1, 300, 1, 2000}) {
+    std::vector<uint8_t> more(count * 2);
+    for (uint8_t& c : more) c = static_cast<uint8_t>(digit(rng));
+    store.Append(more.data(), count);
+    codes.insert(codes.end(), more.begin(), more.end());
+    // Every listed token sits in its code's list, in ascending order.
+    std::vector<uint32_t> seen;
+    for (size_t c = 0; c < store.joined_size(); ++c) {
+      const uint32_t* first = store.list_tokens() + store.list_offsets()[c];
+      const uint32_t* last = store.list_tokens() + store.list_offsets()[c + 1];
+      REQUIRE(std::is_sorted(first, last));
+      for (const uint32_t* t = first; t < last; ++t) {
+        REQUIRE(store.joined_codes()[*t] == c);
+        seen.push_back(*t);
+      }
+    }
+    std::sort(seen.begin(), seen.end());
+    REQUIRE(seen.size() == store.listed());
+    for (size_t i = 0; i < seen.size(); ++i) REQUIRE(seen[i] == i);
+    // Not listed yet: at most an eighth of the store, or 256 tokens.
+    CHECK(store.size() - store.listed() <= std::max<size_t>(256, store.size() / 8));
+  }
+  CHECK(store.listed() > 0);
 }
 
 }  // namespace

@@ -1,0 +1,213 @@
+#include "kernels/code_select.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "kernels/ordered_key.h"
+
+namespace pqkv::kernels {
+namespace {
+
+constexpr int kDigitBits = 11;  // 3 passes over 32 bits: 11 + 11 + 10
+constexpr uint32_t kBuckets = 1u << kDigitBits;
+
+// What a distinct code (or an exact token) contributes to the selection.
+enum Membership : uint8_t { kOut = 0, kTied = 1, kIn = 2 };
+
+struct Scratch {
+  std::vector<uint32_t> counts, keys, weights, boundary, histogram, tied, entries, entry_keys, run;
+  std::vector<uint8_t> membership;
+  std::vector<uint64_t> bitmap;
+};
+thread_local Scratch scratch;
+
+// The k-th largest key when keys[i] stands for weights[i] tokens: returns T and sets
+// `need` to how many tokens with key T belong to the top k (the weight of keys above T
+// is k - need). Requires 1 <= k <= the total weight.
+uint32_t WeightedKthLargest(const uint32_t* keys, const uint32_t* weights, size_t count, uint32_t k,
+                            uint32_t* need) {
+  std::vector<uint32_t>& histogram = scratch.histogram;
+  std::vector<uint32_t>& boundary = scratch.boundary;  // indices into keys
+  histogram.resize(kBuckets);
+  boundary.resize(count);
+  for (size_t i = 0; i < count; ++i) boundary[i] = static_cast<uint32_t>(i);
+  uint32_t prefix = 0;
+  uint32_t remaining = k;
+  for (int shift = 32 - kDigitBits; shift > -kDigitBits; shift -= kDigitBits) {
+    const int low = std::max(shift, 0);
+    const uint32_t digit_mask = (1u << (shift >= 0 ? kDigitBits : kDigitBits + shift)) - 1;
+    const uint32_t prefix_mask = low == 0 ? 0xffffffffu : ~((1u << low) - 1);
+    std::fill(histogram.begin(), histogram.end(), 0);
+    for (uint32_t i : boundary) histogram[(keys[i] >> low) & digit_mask] += weights[i];
+    uint32_t digit = digit_mask;
+    uint32_t above = 0;
+    while (above + histogram[digit] < remaining) above += histogram[digit--];
+    remaining -= above;
+    prefix |= digit << low;
+    if (low == 0) break;
+    size_t kept = 0;
+    for (uint32_t i : boundary) {
+      if ((keys[i] & prefix_mask) == prefix) boundary[kept++] = i;
+    }
+    boundary.resize(kept);
+  }
+  *need = remaining;
+  return prefix;
+}
+
+}  // namespace
+
+void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32_t k,
+                      uint32_t* positions_out, TopKOrder order) {
+  if (k == 0) return;
+  const PqCodeStore& store = *in.codes;
+  const uint32_t encoded = static_cast<uint32_t>(store.size());
+  const uint32_t distinct = static_cast<uint32_t>(store.joined_size());
+  const uint16_t* joined = store.joined_codes();
+  const uint32_t coded_end = std::min(end, encoded);
+  const uint32_t exact_begin = std::max(begin, encoded);
+
+  // Each code's tokens inside [begin, end): the histogram less the few tokens outside
+  // (the sinks before begin and the recent window after end, in a decode step).
+  std::vector<uint32_t>& counts = scratch.counts;
+  counts.assign(store.joined_histogram(), store.joined_histogram() + distinct);
+  for (uint32_t t = 0; t < std::min(begin, encoded); ++t) --counts[joined[t]];
+  for (uint32_t t = std::max(begin, coded_end); t < encoded; ++t) --counts[joined[t]];
+
+  // Entries: the codes present in the range, weighted by their tokens, then the exact
+  // tokens one each (entry distinct + i is exact token exact_begin + i).
+  std::vector<uint32_t>& keys = scratch.keys;
+  std::vector<uint32_t>& weights = scratch.weights;
+  const uint32_t num_exact = end > exact_begin ? end - exact_begin : 0;
+  keys.resize(distinct + num_exact);
+  weights.resize(distinct + num_exact);
+  for (uint32_t c = 0; c < distinct; ++c) {
+    keys[c] = OrderedKey(in.code_scores[c]);
+    weights[c] = counts[c];
+  }
+  for (uint32_t i = 0; i < num_exact; ++i) {
+    keys[distinct + i] = OrderedKey(in.exact_scores[exact_begin + i - encoded]);
+    weights[distinct + i] = 1;
+  }
+  uint32_t need = 0;
+  const uint32_t threshold = WeightedKthLargest(keys.data(), weights.data(), keys.size(), k, &need);
+
+  std::vector<uint8_t>& membership = scratch.membership;
+  membership.resize(distinct);
+  for (uint32_t c = 0; c < distinct; ++c) {
+    membership[c] = counts[c] == 0         ? kOut
+                    : keys[c] > threshold  ? kIn
+                    : keys[c] == threshold ? kTied
+                                           : kOut;
+  }
+
+  // A code's listed tokens inside [begin, end): its list is in position order, so the
+  // tokens outside the range sit at its ends.
+  const uint32_t* offsets = store.list_offsets();
+  const uint32_t* lists = store.list_tokens();
+  const auto listed_in_range = [&](uint32_t c) {
+    const uint32_t* first = lists + offsets[c];
+    const uint32_t* last = lists + offsets[c + 1];
+    while (first < last && *first < begin) ++first;
+    while (last > first && last[-1] >= end) --last;
+    return std::pair{first, last};
+  };
+  const uint32_t unlisted_begin = std::max<uint32_t>(begin, store.listed());
+  // The tokens equal to T; the first `need` of them by position win.
+  std::vector<uint32_t>& tied = scratch.tied;
+  tied.clear();
+  for (uint32_t c = 0; c < distinct; ++c) {
+    if (membership[c] != kTied) continue;
+    const auto [first, last] = listed_in_range(c);
+    tied.insert(tied.end(), first, last);
+  }
+  for (uint32_t t = unlisted_begin; t < coded_end; ++t) {
+    if (membership[joined[t]] == kTied) tied.push_back(t);
+  }
+  for (uint32_t i = 0; i < num_exact; ++i) {
+    if (keys[distinct + i] == threshold) tied.push_back(exact_begin + i);
+  }
+  if (need < tied.size()) std::nth_element(tied.begin(), tied.begin() + need, tied.end());
+  tied.resize(need);
+
+  if (order == TopKOrder::kPosition) {
+    // The winners as bits over [begin, end), read back in ascending position.
+    std::vector<uint64_t>& bitmap = scratch.bitmap;
+    bitmap.assign((end - begin + 63) / 64, 0);
+    const auto take = [&](uint32_t t) {
+      bitmap[(t - begin) >> 6] |= uint64_t{1} << ((t - begin) & 63);
+    };
+    for (uint32_t c = 0; c < distinct; ++c) {
+      if (membership[c] != kIn) continue;
+      const auto [first, last] = listed_in_range(c);
+      for (const uint32_t* t = first; t < last; ++t) take(*t);
+    }
+    for (uint32_t t = unlisted_begin; t < coded_end; ++t) {
+      if (membership[joined[t]] == kIn) take(t);
+    }
+    for (uint32_t i = 0; i < num_exact; ++i) {
+      if (keys[distinct + i] > threshold) take(exact_begin + i);
+    }
+    for (uint32_t t : tied) take(t);
+    uint32_t taken = 0;
+    for (size_t w = 0; w < bitmap.size(); ++w) {
+      for (uint64_t bits = bitmap[w]; bits != 0; bits &= bits - 1) {
+        positions_out[taken++] = begin + static_cast<uint32_t>(w * 64 + __builtin_ctzll(bits));
+      }
+    }
+    return;
+  }
+
+  // Best first: sort the winning codes, not their tokens (a code stands for several). An
+  // entry is a code c < distinct (its listed tokens), or distinct + t for a single token t
+  // (not listed yet, or exact); positions stay below 2^32 - distinct.
+  std::vector<uint32_t>& entries = scratch.entries;
+  std::vector<uint32_t>& entry_keys = scratch.entry_keys;  // ~key: ascending is best first
+  entries.clear();
+  entry_keys.clear();
+  for (uint32_t c = 0; c < distinct; ++c) {
+    if (membership[c] != kIn) continue;
+    entries.push_back(c);
+    entry_keys.push_back(~keys[c]);
+  }
+  for (uint32_t t = unlisted_begin; t < coded_end; ++t) {
+    if (membership[joined[t]] != kIn) continue;
+    entries.push_back(distinct + t);
+    entry_keys.push_back(~keys[joined[t]]);
+  }
+  for (uint32_t i = 0; i < num_exact; ++i) {
+    if (keys[distinct + i] <= threshold) continue;
+    entries.push_back(distinct + exact_begin + i);
+    entry_keys.push_back(~keys[distinct + i]);
+  }
+  SortBestFirst(entries.data(), entry_keys.data(), static_cast<uint32_t>(entries.size()));
+  uint32_t* out = positions_out;
+  std::vector<uint32_t>& run = scratch.run;
+  for (size_t r = 0; r < entries.size();) {
+    size_t r_end = r + 1;
+    while (r_end < entries.size() && entry_keys[r_end] == entry_keys[r]) ++r_end;
+    if (r_end == r + 1 && entries[r] < distinct) {  // one code: its list is in order
+      const auto [first, last] = listed_in_range(entries[r]);
+      out = std::copy(first, last, out);
+    } else {  // equal scores from several entries: by position
+      run.clear();
+      for (size_t i = r; i < r_end; ++i) {
+        if (entries[i] < distinct) {
+          const auto [first, last] = listed_in_range(entries[i]);
+          run.insert(run.end(), first, last);
+        } else {
+          run.push_back(entries[i] - distinct);
+        }
+      }
+      std::sort(run.begin(), run.end());
+      out = std::copy(run.begin(), run.end(), out);
+    }
+    r = r_end;
+  }
+  // The tied tokens score lowest among the winners.
+  std::sort(tied.begin(), tied.end());
+  std::copy(tied.begin(), tied.end(), out);
+}
+
+}  // namespace pqkv::kernels
