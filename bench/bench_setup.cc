@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 
@@ -36,6 +37,20 @@ std::string CpuModel() {
 double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+void EvictCaches() {
+  constexpr size_t kBytes = size_t{128} << 20;  // 4x this machine's 32 MiB L3
+  static std::vector<uint64_t> buffer(kBytes / sizeof(uint64_t));
+  static uint64_t round = 0;
+  ++round;
+  uint64_t sum = 0;
+  for (uint64_t& word : buffer) {
+    word += round;
+    sum += word;
+  }
+  static volatile uint64_t sink;
+  sink = sum;
 }
 
 }  // namespace pqkv::bench

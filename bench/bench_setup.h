@@ -17,12 +17,15 @@ std::string CpuModel();
 // The p-quantile (0..1) of v, nearest rank.
 double Percentile(std::vector<double> v, double p);
 
-// Runs fn `repeats` times after one warm-up; returns per-run microseconds.
-template <typename Fn>
-std::vector<double> Time(uint32_t repeats, Fn&& fn) {
+// Runs fn `repeats` times after one warm-up; returns per-run microseconds. `before`, when
+// given, runs untimed before each run (e.g. to evict the caches).
+template <typename Fn, typename Before>
+std::vector<double> Time(uint32_t repeats, Fn&& fn, Before&& before) {
+  before();
   fn();
   std::vector<double> us;
   for (uint32_t r = 0; r < repeats; ++r) {
+    before();
     const auto start = std::chrono::steady_clock::now();
     fn();
     us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
@@ -30,6 +33,16 @@ std::vector<double> Time(uint32_t repeats, Fn&& fn) {
   }
   return us;
 }
+
+template <typename Fn>
+std::vector<double> Time(uint32_t repeats, Fn&& fn) {
+  return Time(repeats, fn, [] {});
+}
+
+// Writes and reads a buffer several times the last-level cache, so that what a timed run
+// reads next comes from memory, as a decode step's rows do (they were last touched a
+// whole model's layers ago).
+void EvictCaches();
 
 }  // namespace pqkv::bench
 

@@ -6,7 +6,11 @@
 namespace pqkv::server {
 
 PagedRows::PagedRows(PageArena* arena, size_t row_bytes)
-    : arena_(arena), row_bytes_(row_bytes), rows_per_page_(arena->page_bytes() / row_bytes) {
+    : arena_(arena),
+      row_bytes_(row_bytes),
+      rows_per_page_(arena->page_bytes() / row_bytes),
+      page_shift_((rows_per_page_ & (rows_per_page_ - 1)) == 0 ? __builtin_ctzll(rows_per_page_)
+                                                               : -1) {
   assert(rows_per_page_ > 0);
 }
 

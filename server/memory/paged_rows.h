@@ -33,6 +33,12 @@ class PagedRows {
 
   // Row `row` (< size()), row_bytes bytes.
   const char* Row(size_t row) const {
+    // A shift where the rows per page are a power of two (the usual page and row sizes):
+    // a division per row was a tenth of a re-rank, which looks up thousands of rows.
+    if (page_shift_ >= 0) {
+      return arena_->PageData(pages_[row >> page_shift_]) +
+             (row & (rows_per_page_ - 1)) * row_bytes_;
+    }
     return arena_->PageData(pages_[row / rows_per_page_]) + (row % rows_per_page_) * row_bytes_;
   }
   // Copies the rows `rows` (each < size()) back to back into `out`, in the order given.
@@ -49,6 +55,7 @@ class PagedRows {
   PageArena* const arena_;
   const size_t row_bytes_;
   const size_t rows_per_page_;
+  const int page_shift_;  // log2(rows_per_page_), or -1 when it is not a power of two
   std::vector<uint32_t> pages_;
   size_t num_rows_ = 0;
 };
