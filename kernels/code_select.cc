@@ -16,8 +16,8 @@ constexpr uint32_t kBuckets = 1u << kDigitBits;
 enum Membership : uint8_t { kOut = 0, kTied = 1, kIn = 2 };
 
 struct Scratch {
-  std::vector<uint32_t> counts, keys, weights, boundary, histogram, tied, entries, entry_keys, run;
-  std::vector<uint8_t> membership;
+  std::vector<uint32_t> code_keys, outside, first_digit, keys, weights, boundary, histogram,
+      winning, tied_codes, tied, entries, entry_keys, run;
   std::vector<uint64_t> bitmap;
 };
 thread_local Scratch scratch;
@@ -59,7 +59,7 @@ uint32_t WeightedKthLargest(const uint32_t* keys, const uint32_t* weights, size_
 }  // namespace
 
 void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32_t k,
-                      uint32_t* positions_out, TopKOrder order) {
+                      uint32_t* positions_out, float* scores_out, TopKOrder order) {
   if (k == 0) return;
   const PqCodeStore& store = *in.codes;
   const uint32_t encoded = static_cast<uint32_t>(store.size());
@@ -68,39 +68,77 @@ void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32
   const uint32_t coded_end = std::min(end, encoded);
   const uint32_t exact_begin = std::max(begin, encoded);
 
-  // Each code's tokens inside [begin, end): the histogram less the few tokens outside
-  // (the sinks before begin and the recent window after end, in a decode step).
-  std::vector<uint32_t>& counts = scratch.counts;
-  counts.assign(store.joined_histogram(), store.joined_histogram() + distinct);
-  for (uint32_t t = 0; t < std::min(begin, encoded); ++t) --counts[joined[t]];
-  for (uint32_t t = std::max(begin, coded_end); t < encoded; ++t) --counts[joined[t]];
+  // The k-th largest score, weighing each code by its tokens, less the few tokens
+  // outside [begin, end) (the sinks and the recent window of a decode step: weight -1, as
+  // uint32), plus the exact tokens: a first radix digit over every code, the rest of the
+  // select over those that share it. Every pass over the codes is branch-free: which
+  // codes win is data, and mispredicted branches made each pass cost 4-6 cycles a code.
+  const uint32_t* histogram = store.joined_histogram();
+  const uint32_t num_exact = end > exact_begin ? end - exact_begin : 0;
+  std::vector<uint32_t>& code_keys = scratch.code_keys;
+  code_keys.resize(distinct);
+  for (uint32_t c = 0; c < distinct; ++c) code_keys[c] = OrderedKey(in.code_scores[c]);
+  const auto exact_key = [&](uint32_t i) {
+    return OrderedKey(in.exact_scores[exact_begin + i - encoded]);
+  };
+  std::vector<uint32_t>& outside = scratch.outside;  // codes of the encoded tokens outside
+  outside.clear();
+  for (uint32_t t = 0; t < std::min(begin, encoded); ++t) outside.push_back(joined[t]);
+  for (uint32_t t = std::max(begin, coded_end); t < encoded; ++t) outside.push_back(joined[t]);
 
-  // Entries: the codes present in the range, weighted by their tokens, then the exact
-  // tokens one each (entry distinct + i is exact token exact_begin + i).
+  // Codes with close scores share a first digit: four interleaved histograms, so that
+  // the increments do not wait on each other through memory.
+  constexpr int kFirstShift = 32 - kDigitBits;
+  constexpr int kCopies = 4;
+  std::vector<uint32_t>& buckets = scratch.first_digit;
+  buckets.assign(kCopies * kBuckets, 0);
+  for (uint32_t c = 0; c < distinct; ++c) {
+    buckets[(c % kCopies) * kBuckets + (code_keys[c] >> kFirstShift)] += histogram[c];
+  }
+  for (uint32_t b = 0; b < kBuckets; ++b) {
+    for (int copy = 1; copy < kCopies; ++copy) buckets[b] += buckets[copy * kBuckets + b];
+  }
+  for (uint32_t c : outside) --buckets[code_keys[c] >> kFirstShift];
+  for (uint32_t i = 0; i < num_exact; ++i) ++buckets[exact_key(i) >> kFirstShift];
+  uint32_t digit = kBuckets - 1, above = 0;
+  while (above + buckets[digit] < k) above += buckets[digit--];
+
   std::vector<uint32_t>& keys = scratch.keys;
   std::vector<uint32_t>& weights = scratch.weights;
-  const uint32_t num_exact = end > exact_begin ? end - exact_begin : 0;
-  keys.resize(distinct + num_exact);
-  weights.resize(distinct + num_exact);
-  for (uint32_t c = 0; c < distinct; ++c) {
-    keys[c] = OrderedKey(in.code_scores[c]);
-    weights[c] = counts[c];
-  }
-  for (uint32_t i = 0; i < num_exact; ++i) {
-    keys[distinct + i] = OrderedKey(in.exact_scores[exact_begin + i - encoded]);
-    weights[distinct + i] = 1;
-  }
+  keys.resize(distinct + outside.size() + num_exact);
+  weights.resize(keys.size());
+  size_t kept = 0;
+  const auto keep = [&](uint32_t key, uint32_t weight) {
+    keys[kept] = key;
+    weights[kept] = weight;
+    kept += (key >> kFirstShift) == digit && weight != 0;
+  };
+  for (uint32_t c = 0; c < distinct; ++c) keep(code_keys[c], histogram[c]);
+  for (uint32_t c : outside) keep(code_keys[c], ~0u);
+  for (uint32_t i = 0; i < num_exact; ++i) keep(exact_key(i), 1);
   uint32_t need = 0;
-  const uint32_t threshold = WeightedKthLargest(keys.data(), weights.data(), keys.size(), k, &need);
+  const uint32_t threshold =
+      WeightedKthLargest(keys.data(), weights.data(), kept, k - above, &need);
 
-  std::vector<uint8_t>& membership = scratch.membership;
-  membership.resize(distinct);
+  // The codes above T, and those equal to T, in code order.
+  std::vector<uint32_t>& winning = scratch.winning;
+  std::vector<uint32_t>& tied_codes = scratch.tied_codes;
+  winning.resize(distinct);
+  tied_codes.resize(distinct);
+  size_t num_winning = 0, num_tied_codes = 0;
   for (uint32_t c = 0; c < distinct; ++c) {
-    membership[c] = counts[c] == 0         ? kOut
-                    : keys[c] > threshold  ? kIn
-                    : keys[c] == threshold ? kTied
-                                           : kOut;
+    const bool present = histogram[c] != 0;
+    winning[num_winning] = c;
+    num_winning += present && code_keys[c] > threshold;
+    tied_codes[num_tied_codes] = c;
+    num_tied_codes += present && code_keys[c] == threshold;
   }
+  winning.resize(num_winning);
+  tied_codes.resize(num_tied_codes);
+  // Where a code stands, for the tokens not listed yet.
+  const auto standing = [&](uint32_t key) {
+    return key > threshold ? kIn : key == threshold ? kTied : kOut;
+  };
 
   // A code's listed tokens inside [begin, end): its list is in position order, so the
   // tokens outside the range sit at its ends.
@@ -117,16 +155,15 @@ void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32
   // The tokens equal to T; the first `need` of them by position win.
   std::vector<uint32_t>& tied = scratch.tied;
   tied.clear();
-  for (uint32_t c = 0; c < distinct; ++c) {
-    if (membership[c] != kTied) continue;
+  for (uint32_t c : tied_codes) {
     const auto [first, last] = listed_in_range(c);
     tied.insert(tied.end(), first, last);
   }
   for (uint32_t t = unlisted_begin; t < coded_end; ++t) {
-    if (membership[joined[t]] == kTied) tied.push_back(t);
+    if (standing(code_keys[joined[t]]) == kTied) tied.push_back(t);
   }
   for (uint32_t i = 0; i < num_exact; ++i) {
-    if (keys[distinct + i] == threshold) tied.push_back(exact_begin + i);
+    if (exact_key(i) == threshold) tied.push_back(exact_begin + i);
   }
   if (need < tied.size()) std::nth_element(tied.begin(), tied.begin() + need, tied.end());
   tied.resize(need);
@@ -138,16 +175,15 @@ void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32
     const auto take = [&](uint32_t t) {
       bitmap[(t - begin) >> 6] |= uint64_t{1} << ((t - begin) & 63);
     };
-    for (uint32_t c = 0; c < distinct; ++c) {
-      if (membership[c] != kIn) continue;
+    for (uint32_t c : winning) {
       const auto [first, last] = listed_in_range(c);
       for (const uint32_t* t = first; t < last; ++t) take(*t);
     }
     for (uint32_t t = unlisted_begin; t < coded_end; ++t) {
-      if (membership[joined[t]] == kIn) take(t);
+      if (standing(code_keys[joined[t]]) == kIn) take(t);
     }
     for (uint32_t i = 0; i < num_exact; ++i) {
-      if (keys[distinct + i] > threshold) take(exact_begin + i);
+      if (exact_key(i) > threshold) take(exact_begin + i);
     }
     for (uint32_t t : tied) take(t);
     uint32_t taken = 0;
@@ -155,6 +191,9 @@ void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32
       for (uint64_t bits = bitmap[w]; bits != 0; bits &= bits - 1) {
         positions_out[taken++] = begin + static_cast<uint32_t>(w * 64 + __builtin_ctzll(bits));
       }
+    }
+    if (scores_out != nullptr) {  // in position order: the codes are read front to back
+      for (uint32_t i = 0; i < k; ++i) scores_out[i] = in.ScoreOf(positions_out[i]);
     }
     return;
   }
@@ -166,27 +205,34 @@ void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32
   std::vector<uint32_t>& entry_keys = scratch.entry_keys;  // ~key: ascending is best first
   entries.clear();
   entry_keys.clear();
-  for (uint32_t c = 0; c < distinct; ++c) {
-    if (membership[c] != kIn) continue;
+  for (uint32_t c : winning) {
     entries.push_back(c);
-    entry_keys.push_back(~keys[c]);
+    entry_keys.push_back(~code_keys[c]);
   }
   for (uint32_t t = unlisted_begin; t < coded_end; ++t) {
-    if (membership[joined[t]] != kIn) continue;
+    if (standing(code_keys[joined[t]]) != kIn) continue;
     entries.push_back(distinct + t);
-    entry_keys.push_back(~keys[joined[t]]);
+    entry_keys.push_back(~code_keys[joined[t]]);
   }
   for (uint32_t i = 0; i < num_exact; ++i) {
-    if (keys[distinct + i] <= threshold) continue;
+    if (exact_key(i) <= threshold) continue;
     entries.push_back(distinct + exact_begin + i);
-    entry_keys.push_back(~keys[distinct + i]);
+    entry_keys.push_back(~exact_key(i));
   }
   SortBestFirst(entries.data(), entry_keys.data(), static_cast<uint32_t>(entries.size()));
   uint32_t* out = positions_out;
+  // Every token of a run of equal keys has the same score: looked up once per run, since
+  // reading a token's code at a random position costs a cache miss in a decode step.
+  const auto fill_scores = [&](uint32_t* from, uint32_t* to) {
+    if (scores_out == nullptr || from == to) return;
+    std::fill(scores_out + (from - positions_out), scores_out + (to - positions_out),
+              in.ScoreOf(*from));
+  };
   std::vector<uint32_t>& run = scratch.run;
   for (size_t r = 0; r < entries.size();) {
     size_t r_end = r + 1;
     while (r_end < entries.size() && entry_keys[r_end] == entry_keys[r]) ++r_end;
+    uint32_t* run_start = out;
     if (r_end == r + 1 && entries[r] < distinct) {  // one code: its list is in order
       const auto [first, last] = listed_in_range(entries[r]);
       out = std::copy(first, last, out);
@@ -203,11 +249,12 @@ void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32
       std::sort(run.begin(), run.end());
       out = std::copy(run.begin(), run.end(), out);
     }
+    fill_scores(run_start, out);
     r = r_end;
   }
   // The tied tokens score lowest among the winners.
   std::sort(tied.begin(), tied.end());
-  std::copy(tied.begin(), tied.end(), out);
+  fill_scores(out, std::copy(tied.begin(), tied.end(), out));
 }
 
 }  // namespace pqkv::kernels

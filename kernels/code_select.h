@@ -34,9 +34,11 @@ struct CodeScores {
   }
 };
 
-// Requires 1 <= k <= end - begin and end <= num_tokens.
+// Requires 1 <= k <= end - begin and end <= num_tokens. scores_out, when given, gets
+// each position's score (k floats), read per code rather than per token where it can.
 void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32_t k,
-                      uint32_t* positions_out, TopKOrder order = TopKOrder::kBestFirst);
+                      uint32_t* positions_out, float* scores_out = nullptr,
+                      TopKOrder order = TopKOrder::kBestFirst);
 
 }  // namespace pqkv::kernels
 

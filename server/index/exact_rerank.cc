@@ -19,8 +19,7 @@ namespace {
 struct Scratch {
   std::vector<uint32_t> tokens, encoded, order;
   std::vector<const void*> rows;
-  std::vector<size_t> encoded_row;
-  std::vector<float> logits, approx, score, exps, mixed;
+  std::vector<float> logits, code_logits, score, exps, mixed;
 
   static constexpr size_t kKeepTokens = size_t{1} << 17;
   void TrimAfter(size_t tokens_used) {
@@ -61,36 +60,35 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   kernels::RowDots(keys.dtype, rows.data(), r, keys.head_dim, group_queries, group_size,
                    logits.data());
 
-  // The scan's logits of R's encoded tokens (its tail tokens were scored exactly, so their
-  // approximate logits are the exact ones), in the codebook's dimension order.
+  // The scan's logits of R, per query head below: its code logits for the encoded tokens
+  // (in the codebook's dimension order), and for the tail it scored exactly, the exact
+  // ones. In a decode step every token of R is encoded, and R's own order is used as is.
   const size_t num_encoded = keys.codes != nullptr ? keys.codes->size() : 0;
+  bool all_encoded = true;
+  for (uint32_t t : tokens) all_encoded &= t < num_encoded;
   std::vector<uint32_t>& encoded = scratch.encoded;
-  std::vector<size_t>& encoded_row = scratch.encoded_row;
   encoded.clear();
-  encoded_row.clear();
-  for (size_t i = 0; i < r; ++i) {
-    if (tokens[i] < num_encoded) {
-      encoded.push_back(tokens[i]);
-      encoded_row.push_back(i);
+  if (!all_encoded) {
+    for (uint32_t t : tokens) {
+      if (t < num_encoded) encoded.push_back(t);
     }
   }
-  std::vector<float>& approx = scratch.approx;  // [group][encoded]
-  approx.resize(encoded.size() * group_size);
-  if (!encoded.empty()) {
-    std::vector<float> ordered;
+  const uint32_t* coded = all_encoded ? tokens.data() : encoded.data();
+  const size_t num_coded = all_encoded ? r : encoded.size();
+  std::vector<float> ordered;
+  kernels::GqaScoringInput input;
+  if (num_coded > 0) {
     const float* queries = group_queries;
     if (keys.codebook->permutes()) {
       ordered.resize(static_cast<size_t>(group_size) * keys.head_dim);
       keys.codebook->PermuteDims(group_queries, group_size, ordered.data());
       queries = ordered.data();
     }
-    kernels::GqaScoringInput input;
     input.head_dim = keys.head_dim;
     input.centroids = keys.codebook->centroids().data();
     input.codes = keys.codes;
     input.group_queries = queries;
-    input.group_size = group_size;
-    kernels::GqaCodeLogits(input, encoded.data(), encoded.size(), approx.data());
+    input.group_size = 1;  // one query head at a time, into `mixed`
   }
 
   // Per query head: Z = (the scan's Z minus its terms for R) + R's exact terms, i.e. exact
@@ -102,20 +100,29 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   score.assign(c, 0.0f);
   std::vector<float>& exps = scratch.exps;
   std::vector<float>& mixed = scratch.mixed;
+  std::vector<float>& code_logits = scratch.code_logits;
   exps.resize(r);
   mixed.resize(r);
+  code_logits.resize(all_encoded ? 0 : num_coded);
+  const float* group_start = input.group_queries;
   for (int g = 0; g < group_size; ++g) {
     const float* exact = logits.data() + static_cast<size_t>(g) * r;
-    const float* scan = approx.data() + static_cast<size_t>(g) * encoded.size();
     const float max_logit = kernels::MaxOf(exact, r);
     if (!std::isfinite(max_logit) || !std::isfinite(log_z[g])) {
       out.overflow = true;
       return out;
     }
-    // The scan's logits of R: its code logits for the encoded tokens, exact for the rest.
-    for (size_t i = 0, next = 0; i < r; ++i) {
-      const bool coded = next < encoded.size() && encoded_row[next] == i;
-      mixed[i] = coded ? scan[next++] : exact[i];
+    // The scan's logits of R.
+    if (num_coded > 0) {
+      input.group_queries = group_start + static_cast<size_t>(g) * keys.head_dim;
+      kernels::GqaCodeLogits(input, coded, num_coded,
+                             all_encoded ? mixed.data() : code_logits.data());
+    }
+    if (!all_encoded) {
+      for (size_t i = 0, next = 0; i < r; ++i) {
+        const bool is_coded = next < num_coded && encoded[next] == tokens[i];
+        mixed[i] = is_coded ? code_logits[next++] : exact[i];
+      }
     }
     // The scan's probability mass of R.
     const double inside =

@@ -182,12 +182,9 @@ HeadSelection ScoreAndSelectByCode(const HeadKeys& keys, const float* group_quer
   scored.num_tokens = static_cast<uint32_t>(keys.num_tokens);
   HeadSelection selection;
   selection.positions.resize(k);
+  selection.scores.resize(k);
   kernels::SelectTopKByCode(scored, candidate_begin, candidate_end, k, selection.positions.data(),
-                            order);
-  selection.scores.reserve(k);
-  for (uint32_t position : selection.positions) {
-    selection.scores.push_back(scored.ScoreOf(position));
-  }
+                            selection.scores.data(), order);
   selection.log_normalisers = std::move(log_normalisers);
   selection.scan_us = absl::ToDoubleMicroseconds(scanned - start);
   selection.select_us = absl::ToDoubleMicroseconds(absl::Now() - scanned);

@@ -54,14 +54,19 @@ TEST_CASE("SelectTopKByCode equals SelectTopK over every token's score, ties inc
     for (uint32_t k : {1u, 2u, (end - begin) / 16, (end - begin) / 4, end - begin}) {
       if (k == 0 || k > end - begin) continue;
       std::vector<uint32_t> got(k), expected(k);
-      SelectTopKByCode(in, begin, end, k, got.data());
+      std::vector<float> got_scores(k);
+      for (TopKOrder order : {TopKOrder::kBestFirst, TopKOrder::kPosition}) {
+        SelectTopKByCode(in, begin, end, k, got.data(), got_scores.data(), order);
+        SelectTopK(scores.data(), begin, end, k, expected.data(), order);
+        REQUIRE(got == expected);
+        for (uint32_t i = 0; i < k; ++i) REQUIRE(got_scores[i] == scores[got[i]]);
+      }
+      SelectTopKByCode(in, begin, end, k, got.data());  // positions alone
       SelectTopK(scores.data(), begin, end, k, expected.data());
-      REQUIRE(got == expected);
-      SelectTopKByCode(in, begin, end, k, got.data(), TopKOrder::kPosition);
-      SelectTopK(scores.data(), begin, end, k, expected.data(), TopKOrder::kPosition);
       REQUIRE(got == expected);
     }
   }
 }
+
 }  // namespace
 }  // namespace pqkv::kernels
