@@ -18,7 +18,7 @@ enum Membership : uint8_t { kOut = 0, kTied = 1, kIn = 2 };
 struct Scratch {
   std::vector<uint32_t> code_keys, outside, first_digit, keys, weights, boundary, histogram,
       winning, tied_codes, tied, entries, entry_keys, run;
-  std::vector<uint64_t> bitmap;
+  std::vector<uint8_t> standing;
 };
 thread_local Scratch scratch;
 
@@ -54,6 +54,55 @@ uint32_t WeightedKthLargest(const uint32_t* keys, const uint32_t* weights, size_
   }
   *need = remaining;
   return prefix;
+}
+
+// The winners in ascending position, given T and how many tokens equal to T win: one
+// branch-free pass over the candidates' codes (read front to back, so prefetched) with a
+// table of where each code stands. A re-rank asks for a quarter of the tokens or more,
+// and walking that many codes' lists cost a cache miss per list, then a bitmap to order
+// them.
+template <bool kScores>
+void WinnersInOrder(const CodeScores& in, uint32_t begin, uint32_t end, uint32_t k,
+                    uint32_t threshold, uint32_t need, const uint8_t* standing,
+                    uint32_t* positions_out, float* scores_out) {
+  const uint32_t encoded = static_cast<uint32_t>(in.codes->size());
+  const uint16_t* joined = in.codes->joined_codes();
+  uint32_t taken = 0, tied = 0;
+  const auto offer = [&](uint32_t t, uint8_t where, float score) {
+    positions_out[taken] = t;
+    if constexpr (kScores) scores_out[taken] = score;
+    const bool is_tied = where == kTied;
+    taken += (where == kIn) | (is_tied & (tied < need));
+    tied += is_tied;
+  };
+  for (uint32_t t = begin; t < std::min(end, encoded) && taken < k; ++t) {
+    offer(t, standing[joined[t]], in.code_scores[joined[t]]);
+  }
+  for (uint32_t t = std::max(begin, encoded); t < end && taken < k; ++t) {
+    const float score = in.exact_scores[t - encoded];
+    const uint32_t key = OrderedKey(score);
+    offer(t, key > threshold ? kIn : key == threshold ? kTied : kOut, score);
+  }
+}
+
+void SelectInPositionOrder(const CodeScores& in, uint32_t begin, uint32_t end, uint32_t k,
+                           uint32_t threshold, uint32_t need, const uint32_t* code_keys,
+                           uint32_t* positions_out, float* scores_out) {
+  const uint32_t distinct = static_cast<uint32_t>(in.codes->joined_size());
+  const uint32_t* histogram = in.codes->joined_histogram();
+  std::vector<uint8_t>& standing = scratch.standing;
+  standing.resize(distinct);
+  for (uint32_t c = 0; c < distinct; ++c) {
+    const uint32_t key = code_keys[c];
+    standing[c] = (histogram[c] != 0) * ((key > threshold) * kIn + (key == threshold) * kTied);
+  }
+  if (scores_out != nullptr) {
+    WinnersInOrder<true>(in, begin, end, k, threshold, need, standing.data(), positions_out,
+                         scores_out);
+  } else {
+    WinnersInOrder<false>(in, begin, end, k, threshold, need, standing.data(), positions_out,
+                          nullptr);
+  }
 }
 
 }  // namespace
@@ -120,6 +169,13 @@ void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32
   const uint32_t threshold =
       WeightedKthLargest(keys.data(), weights.data(), kept, k - above, &need);
 
+  if (order == TopKOrder::kPosition) {
+    SelectInPositionOrder(in, begin, end, k, threshold, need, code_keys.data(), positions_out,
+                          scores_out);
+    return;
+  }
+
+  // Best first: sort the winning codes, not their tokens (a code stands for several).
   // The codes above T, and those equal to T, in code order.
   std::vector<uint32_t>& winning = scratch.winning;
   std::vector<uint32_t>& tied_codes = scratch.tied_codes;
@@ -168,38 +224,7 @@ void SelectTopKByCode(const CodeScores& in, uint32_t begin, uint32_t end, uint32
   if (need < tied.size()) std::nth_element(tied.begin(), tied.begin() + need, tied.end());
   tied.resize(need);
 
-  if (order == TopKOrder::kPosition) {
-    // The winners as bits over [begin, end), read back in ascending position.
-    std::vector<uint64_t>& bitmap = scratch.bitmap;
-    bitmap.assign((end - begin + 63) / 64, 0);
-    const auto take = [&](uint32_t t) {
-      bitmap[(t - begin) >> 6] |= uint64_t{1} << ((t - begin) & 63);
-    };
-    for (uint32_t c : winning) {
-      const auto [first, last] = listed_in_range(c);
-      for (const uint32_t* t = first; t < last; ++t) take(*t);
-    }
-    for (uint32_t t = unlisted_begin; t < coded_end; ++t) {
-      if (standing(code_keys[joined[t]]) == kIn) take(t);
-    }
-    for (uint32_t i = 0; i < num_exact; ++i) {
-      if (exact_key(i) > threshold) take(exact_begin + i);
-    }
-    for (uint32_t t : tied) take(t);
-    uint32_t taken = 0;
-    for (size_t w = 0; w < bitmap.size(); ++w) {
-      for (uint64_t bits = bitmap[w]; bits != 0; bits &= bits - 1) {
-        positions_out[taken++] = begin + static_cast<uint32_t>(w * 64 + __builtin_ctzll(bits));
-      }
-    }
-    if (scores_out != nullptr) {  // in position order: the codes are read front to back
-      for (uint32_t i = 0; i < k; ++i) scores_out[i] = in.ScoreOf(positions_out[i]);
-    }
-    return;
-  }
-
-  // Best first: sort the winning codes, not their tokens (a code stands for several). An
-  // entry is a code c < distinct (its listed tokens), or distinct + t for a single token t
+  // An entry is a code c < distinct (its listed tokens), or distinct + t for a single token t
   // (not listed yet, or exact); positions stay below 2^32 - distinct.
   std::vector<uint32_t>& entries = scratch.entries;
   std::vector<uint32_t>& entry_keys = scratch.entry_keys;  // ~key: ascending is best first
