@@ -72,6 +72,22 @@ absl::Status RunPqkv(const KvDataSet& data, Client& client, const HarnessOptions
                                     data.layers.size(), " (", prefill, " tokens)"));
     }
   }
+  // The index builds run in the background, and a Retrieve item for a layer still building
+  // is scored exactly (the server answers at once rather than wait): measured then, a
+  // setting's quality would depend on how fast this machine builds. Wait for every layer.
+  const auto waited_since = std::chrono::steady_clock::now();
+  for (;;) {
+    ASSIGN_OR_RETURN(const SessionInfo info, client.GetSession(id));
+    const bool building = std::any_of(
+        info.layers.begin(), info.layers.end(),
+        [](const LayerInfo& layer) { return layer.index_state == IndexState::kBuilding; });
+    if (!building) break;
+    if (std::chrono::steady_clock::now() - waited_since > std::chrono::minutes(10)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("pqkv ", pq.Name(), ": index builds still running after 10 minutes"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   StreamOptions stream_options;
   stream_options.data_path = DataPath::kGrpc;  // indices only: no receive buffer needed
   ASSIGN_OR_RETURN(std::unique_ptr<RetrievalStream> stream,
