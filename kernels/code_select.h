@@ -1,9 +1,10 @@
 // SelectTopKByCode: top-k for scores that depend only on a token's joined PQ code
 // (PQCache's 2 x 6 bits: 4096 distinct codes), taken whole codes at a time: the k-th
-// largest score comes from the codes' histogram, and the winners from the store's
-// per-code token lists (kernels/pq_code_store.h), so the cost follows the distinct codes
-// and k, not the tokens. The pass that wrote one score per token and the pass that
-// selected among them cost about the same as each other before; neither runs here.
+// largest score comes from the codes' histogram, and best first the winners come from the
+// store's per-code token lists (kernels/pq_code_store.h), so the cost follows the distinct
+// codes and k, not the tokens; no score is written per token. In position order (a
+// re-rank's candidates, a quarter of the tokens or more) one branch-free pass over the
+// candidates' codes picks them, cheaper there than a cache miss per code list.
 //
 // Same result as SelectTopK (kernels/radix_select.h, its test oracle) over the scores
 // score[t] = code_scores[joined_codes()[t]] for the encoded tokens t < codes->size(), and
