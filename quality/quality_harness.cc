@@ -281,8 +281,9 @@ absl::StatusOr<HarnessReport> RunQualityHarness(const KvDataSet& data, Client* c
         const uint32_t p = data.query_positions[qi];
         const float* queries =
             layer.queries.data() + (qi * data.num_query_heads + static_cast<size_t>(h) * group) * d;
+        const uint32_t attended = options.include_query_token ? p + 1 : p;
         const HeadAttention attention =
-            ComputeHeadAttention(keys.data(), values.data(), p + 1, queries, group, d);
+            ComputeHeadAttention(keys.data(), values.data(), attended, queries, group, d);
         const uint32_t begin = options.sinks, end = p - options.recent,
                        k = BudgetTokens(options.budget, p);
         const std::vector<uint32_t> oracle = OracleSelection(attention.gqa_score, begin, end, k);
@@ -300,7 +301,8 @@ absl::StatusOr<HarnessReport> RunQualityHarness(const KvDataSet& data, Client* c
             for (size_t i = 0; i < pick.scores.size(); ++i) {
               double exact = 0;
               for (uint32_t g = 0; g < group; ++g) {
-                exact += attention.probs[g][pick.positions[i]] / (1.0 - attention.probs[g][p]);
+                const double own = options.include_query_token ? attention.probs[g][p] : 0.0;
+                exact += attention.probs[g][pick.positions[i]] / (1.0 - own);
               }
               const double e = std::abs(pick.scores[i] / exact - 1);
               error.sum += e;

@@ -59,6 +59,10 @@ struct HarnessOptions {
   std::vector<PqConfig> pq = {PqConfig{}};  // one pqkv run each
   uint32_t kmeans_iterations = 10;
   uint64_t seed = 7;  // random selection
+  // Whether the query's own token p joins the attention it is measured against (as in
+  // the model). false: attention over [0, p), the tokens the server held when it
+  // answered, which is what the server's live quality sampler measures.
+  bool include_query_token = true;
   // Called with a line of progress (uploads, queries, layers evaluated); may be empty.
   std::function<void(const std::string&)> progress;
 };
