@@ -61,6 +61,9 @@ ABSL_FLAG(double, refresh_growth, 1.0,
           "trained on (1: at each doubling).");
 ABSL_FLAG(uint32_t, refresh_min_tokens, 256,
           "Tokens appended since the last training before either trigger counts.");
+ABSL_FLAG(uint32_t, refresh_exact_tail, 512,
+          "With re-ranking, the latest this many appended candidates always join the exact "
+          "re-rank (their codes may predate a refresh); 0: only the scan's picks.");
 ABSL_FLAG(std::string, memory_budget, "",
           "Bytes of K/V the server may hold (e.g. 16GiB), sessions' metadata included; default "
           "half of physical memory.");
@@ -186,6 +189,7 @@ int main(int argc, char** argv) {
   store_options.refresh.drift_ratio = absl::GetFlag(FLAGS_refresh_drift_ratio);
   store_options.refresh.growth = absl::GetFlag(FLAGS_refresh_growth);
   store_options.refresh.min_tokens = absl::GetFlag(FLAGS_refresh_min_tokens);
+  store_options.refresh.exact_tail = absl::GetFlag(FLAGS_refresh_exact_tail);
   if (!(store_options.refresh.drift_ratio > 0) || !(store_options.refresh.growth > 0)) {
     return Fail(absl::InvalidArgumentError(
         "--refresh_drift_ratio and --refresh_growth must be positive (turn refreshes off with "

@@ -170,6 +170,7 @@ bool LayerStore::SealPrefill() {
     return false;
   }
   index_state_ = IndexState::kBuilding;
+  prefill_tokens_ = num_tokens_;
   return true;
 }
 
@@ -558,12 +559,32 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
     });
   }
   if (reranks && k > k_final) {
+    // The exact tail: the latest appended candidates, whose codes may come from codebooks
+    // that never saw their distribution (a refresh lands later), are re-ranked whatever
+    // the scan thought of them.
+    const RefreshPolicy& refresh = config_.refresh;
+    uint64_t tail_begin = candidate_end;
+    if (refresh.enabled && refresh.exact_tail > 0) {
+      tail_begin = std::max({candidate_begin, prefill_tokens_,
+                             candidate_end - std::min<uint64_t>(candidate_end, refresh.exact_tail)});
+    }
     ParallelFor(pool, static_cast<int>(shape.num_kv_heads), [&](int h) {
-      if (selection.heads[h].overflow) return;
-      selection.heads[h] =
-          RerankExact(head_keys(h, use_codes), group_queries_of(h),
-                      static_cast<int>(shape.group_size()), static_cast<uint32_t>(candidate_begin),
-                      static_cast<uint32_t>(candidate_end), selection.heads[h], k_final);
+      HeadSelection& head = selection.heads[h];
+      if (head.overflow) return;
+      if (tail_begin < candidate_end) {
+        std::vector<uint32_t>& positions = head.positions;
+        positions.erase(std::remove_if(positions.begin(), positions.end(),
+                                       [&](uint32_t t) { return t >= tail_begin; }),
+                        positions.end());
+        for (uint64_t t = tail_begin; t < candidate_end; ++t) {
+          positions.push_back(static_cast<uint32_t>(t));
+        }
+        head.scores.clear();  // RerankExact reads positions only
+      }
+      head = RerankExact(head_keys(h, use_codes), group_queries_of(h),
+                         static_cast<int>(shape.group_size()),
+                         static_cast<uint32_t>(candidate_begin),
+                         static_cast<uint32_t>(candidate_end), head, k_final);
     });
   }
   // Finite queries and keys can still overflow fp32 logits (values near 1e19); the

@@ -139,8 +139,9 @@ class LayerStore {
   // A fully encoded layer is scored on the GPU when the store has one; otherwise the kv
   // heads are scored in parallel on `pool` and the calling thread (pool may be null).
   // `plain` runs the foundation's plain CPU kernels instead of the fast ones. With
-  // rerank > 1 the scan picks rerank x k candidates (at most all of them) and
-  // RerankExact keeps the best k by exact score.
+  // rerank > 1 the scan picks rerank x k candidates (at most all of them), the latest
+  // appended ones join them (RefreshPolicy::exact_tail), and RerankExact keeps the best k
+  // by exact score.
   absl::StatusOr<LayerSelection> Retrieve(absl::Span<const float> query, uint32_t k,
                                           absl::Time deadline, ThreadPool* pool = nullptr,
                                           bool plain = false, uint32_t rerank = 0) const;
@@ -211,6 +212,7 @@ class LayerStore {
   std::vector<PqCodebook> codebooks_ ABSL_GUARDED_BY(mu_);        // per kv head once ready
   std::vector<kernels::PqCodeStore> codes_ ABSL_GUARDED_BY(mu_);  // per kv head once ready
   uint64_t num_encoded_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t prefill_tokens_ ABSL_GUARDED_BY(mu_) = 0;  // held when the prefill was sealed
   // Arena pages (never written, so never resident) that charge the codebooks' and code
   // stores' heap bytes to the memory budget; freed with the layer.
   std::vector<uint32_t> index_pages_ ABSL_GUARDED_BY(mu_);

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "catch2/catch.hpp"
@@ -540,12 +541,16 @@ TEST_CASE("Refresh swaps under concurrent appends and retrievals; rows stay exac
   const std::vector<float> query = Query(9);
   int retrievals = 0;
   while (!done.load() || retrievals < 10) {
-    const absl::StatusOr<LayerSelection> s = layer.Retrieve(query, 16, Soon());
+    // Every other one re-ranked, the latest appended tokens joining (the exact tail).
+    const uint32_t rerank = retrievals % 2 == 0 ? 1 : 4;
+    const absl::StatusOr<LayerSelection> s =
+        layer.Retrieve(query, 16, Soon(), nullptr, false, rerank);
     REQUIRE(s.ok());
     const uint64_t end = s->num_tokens - Config().index.recent_window;
     for (uint32_t h = 0; h < kKvHeads; ++h) {
       const std::vector<uint32_t>& positions = s->heads[h].positions;
       REQUIRE(positions.size() == 16);
+      REQUIRE(std::set<uint32_t>(positions.begin(), positions.end()).size() == 16);
       std::vector<char> k_out(positions.size() * row), v_out(positions.size() * row);
       REQUIRE(layer.Fetch(h, positions, k_out.data(), v_out.data()).ok());
       for (size_t i = 0; i < positions.size(); ++i) {
@@ -566,6 +571,50 @@ TEST_CASE("Refresh swaps under concurrent appends and retrievals; rows stay exac
   CHECK(status.index_refreshes == static_cast<uint64_t>(refreshes.load()));
   CHECK(status.num_tokens == prefill + appended);
   CHECK(status.num_encoded == prefill + appended);
+}
+
+// Keys with channel 0 at `lead` and every other channel 0, fp32 bytes as Bytes: tokens the
+// codebooks (trained on N(0, 1) keys) give one and the same code.
+std::string LeadBytes(uint32_t n, float lead) {
+  std::vector<float> v(static_cast<size_t>(kKvHeads) * n * kDim, 0.0f);
+  for (size_t i = 0; i < v.size(); i += kDim) v[i] = lead;
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+TEST_CASE("The latest appended tokens join the exact re-rank whatever their codes", "[server]") {
+  // 64 decoded keys share one code; the one that matters most (channel 0 at 4.2 against
+  // 4.0) is the last of them before the recent window. The scan sees a tie and shortlists
+  // earlier tokens; the exact tail re-ranks it anyway.
+  auto run = [](uint32_t exact_tail) {
+    auto arena = PageArena::Create(16 << 20, 4096).value();
+    SessionConfig config = RefreshConfig(1000.0, 1000.0, 1 << 20);  // no refresh is due
+    config.refresh.exact_tail = exact_tail;
+    LayerStore layer(0, config, arena.get());
+    const uint32_t prefill = 512;
+    REQUIRE(layer.Append(0, prefill, Bytes(prefill, 1), Bytes(prefill, 2)).ok());
+    REQUIRE(layer.SealPrefill());
+    layer.BuildIndex();
+    uint32_t n = prefill;
+    REQUIRE(layer.Append(n, 63, LeadBytes(63, 4.0f), Bytes(63, 3)).ok());
+    n += 63;
+    REQUIRE(layer.Append(n, 1, LeadBytes(1, 4.2f), Bytes(1, 4)).ok());
+    const uint32_t wanted = n++;
+    const uint32_t recent = config.index.recent_window;
+    REQUIRE(layer.Append(n, recent, LeadBytes(recent, 4.0f), Bytes(recent, 5)).ok());
+    std::vector<float> query(kQueryHeads * kDim, 0.0f);
+    for (size_t i = 0; i < query.size(); i += kDim) query[i] = 1.0f;  // reads channel 0
+    const absl::StatusOr<LayerSelection> s = layer.Retrieve(query, 1, Soon(), nullptr, false, 4);
+    REQUIRE(s.ok());
+    std::vector<bool> found;
+    for (const HeadSelection& head : s->heads) {
+      REQUIRE(head.positions.size() == 1);
+      found.push_back(head.positions[0] == wanted);
+    }
+    return found;
+  };
+  CHECK(run(512) == std::vector<bool>(kKvHeads, true));
+  // Without it the scan's shortlist misses the token (the case is real).
+  CHECK(run(0) == std::vector<bool>(kKvHeads, false));
 }
 
 }  // namespace
