@@ -295,8 +295,9 @@ absl::StatusOr<HarnessReport> RunQualityHarness(const KvDataSet& data, Client* c
             const HeadPick& pick = picks[pqkv_run++][l][qi][h];
             selected = pick.positions;
             // The server held [0, p) when it scored (the query's own token joins after),
-            // so its scores compare with exact softmax over [0, p): each query head's
-            // probabilities over [0, p] divided by 1 - p_g[p].
+            // so its scores compare with exact softmax over [0, p): with the query's token
+            // in the attention, each query head's probabilities over [0, p] divided by
+            // 1 - p_g[p]; without it, the probabilities as they are.
             ScoreError& error = score_error[s][l * H + h];
             for (size_t i = 0; i < pick.scores.size(); ++i) {
               double exact = 0;

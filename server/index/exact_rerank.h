@@ -10,7 +10,7 @@
 // (HeadSelection::log_normalisers) with its terms for R swapped for exact ones, so it
 // costs no second scan; R is most of the mass, so Z_g is close to the exact normaliser
 // (before, Z_g summed R alone: scores too large by the mass outside R, up to 1e9x on a
-// retrieval head). Costs (rerank x k + S + W) x group_size dot products and as many
+// retrieval head). Costs (candidates + S + W) x group_size dot products and as many
 // code lookups per kv head; a selection without log_normalisers (the GPU backend's, the
 // plain kernels') costs one CPU scan more (LogNormalisers).
 //
