@@ -56,9 +56,10 @@ struct IndexOptions {
 // (codebooks trained on a shrinking share of the keys; growth 1 doubles, so retraining
 // costs O(1) per appended token, amortised). Server-wide (--refresh_* flags).
 // A retraining lands up to min_tokens tokens (and its training time) after the keys that
-// call for it, and until then a drifted key's code says little about it: with re-ranking on, the latest exact_tail
-// appended candidates always join the exact re-rank (prefill tokens never do, their
-// codebooks were trained on them); 0 turns that off, as does enabled = false.
+// call for it, and until then a drifted key's code says little about it: with re-ranking
+// on, the latest exact_tail appended candidates always join the exact re-rank (prefill
+// tokens never do, their codebooks were trained on them); 0 turns that off, as does
+// enabled = false.
 struct RefreshPolicy {
   bool enabled = true;
   double drift_ratio = 1.5;
