@@ -27,6 +27,21 @@ bool UseAvx2() {
   return use;
 }
 
-const char* SimdLevelName() { return UseAvx2() ? "avx2" : "portable"; }
+bool UseAvx512() {
+  static const bool use = [] {
+    const char* disable = std::getenv("PQKV_DISABLE_AVX512");
+    if (disable != nullptr && std::strcmp(disable, "1") == 0) return false;
+#if defined(__x86_64__)
+    return UseAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+#else
+    return false;
+#endif
+  }();
+  return use;
+}
+
+const char* SimdLevelName() {
+  return UseAvx512() ? "avx512" : UseAvx2() ? "avx2" : "portable";
+}
 
 }  // namespace pqkv::kernels

@@ -8,7 +8,11 @@ namespace pqkv::kernels {
 // environment forces the portable kernels, for testing and comparison.
 bool UseAvx2();
 
-// "avx2" or "portable": what UseAvx2() chose, for logs and benchmark headers.
+// True when UseAvx2() is and the CPU also has AVX-512 F and VL (the *_avx512.cc kernels).
+// PQKV_DISABLE_AVX512=1 keeps the AVX2 kernels, for comparison.
+bool UseAvx512();
+
+// "avx512", "avx2" or "portable": what UseAvx2() chose, for logs and benchmark headers.
 const char* SimdLevelName();
 
 }  // namespace pqkv::kernels

@@ -4,6 +4,7 @@
 
 #include "kernels/cpu_features.h"
 #include "kernels/simd_avx2.h"
+#include "kernels/simd_avx512.h"
 
 namespace pqkv::kernels {
 
@@ -30,6 +31,10 @@ void RowDotsPortable(ElementType dtype, const void* const* rows, size_t n, int h
 
 void RowDots(ElementType dtype, const void* const* rows, size_t n, int head_dim,
              const float* queries, int group, float* out) {
+  if (UseAvx512() && dtype != ElementType::kBf16 && head_dim % 16 == 0) {
+    avx512::RowDots(dtype == ElementType::kFp16, rows, n, head_dim, queries, group, out);
+    return;
+  }
   if (UseAvx2() && dtype != ElementType::kBf16 && head_dim % 8 == 0) {
     avx2::RowDots(dtype == ElementType::kFp16, rows, n, head_dim, queries, group, out);
     return;

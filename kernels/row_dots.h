@@ -3,8 +3,8 @@
 //
 // out[g * n + r] = queries[g] . rows[r] for r in [0, n), g in [0, group). Rows are
 // head_dim elements of `dtype` each (fp16, bf16 or fp32), read where they lie (no gather
-// into a buffer first). AVX2 + F16C where available (fp16 and fp32 rows), else portable
-// code with eight partial sums; the two differ by float summation order only.
+// into a buffer first). AVX-512, else AVX2 + F16C, where available (fp16 and fp32 rows),
+// else portable code with eight partial sums; they differ by float summation order only.
 //
 // Pure, thread-safe.
 #ifndef PQKV_KERNELS_ROW_DOTS_H_

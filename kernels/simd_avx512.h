@@ -1,0 +1,16 @@
+// Declarations of the AVX-512 kernels, defined in *_avx512.cc files compiled with
+// -mavx512f -mavx512vl. Call them only when UseAvx512() is true; the public headers dispatch.
+#ifndef PQKV_KERNELS_SIMD_AVX512_H_
+#define PQKV_KERNELS_SIMD_AVX512_H_
+
+#include <cstddef>
+
+namespace pqkv::kernels::avx512 {
+
+// See RowDots in row_dots.h: fp16 rows when `fp16`, else fp32; head_dim % 16 == 0.
+void RowDots(bool fp16, const void* const* rows, size_t n, int head_dim, const float* queries,
+             int group, float* out);
+
+}  // namespace pqkv::kernels::avx512
+
+#endif  // PQKV_KERNELS_SIMD_AVX512_H_
