@@ -405,6 +405,28 @@ void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size
   const int M = shape.subspaces, ksub = shape.centroids_per_subspace;
   const uint8_t* codes = input.codes->codes();
   const bool fast_scan = ChooseScanPath(input.codes) == ScanPath::kFastScan;
+  if (M == 2 && input.codes->has_joined()) {
+    // PQCache's 2 x 6: a re-rank looks up thousands of scattered tokens, so every query
+    // head's tables first, then one pass over the tokens reading each joined code (which
+    // the scan has just read, so it is in cache) once for all heads.
+    const int G = input.group_size, bits = input.codes->bits();
+    std::vector<float> tables(static_cast<size_t>(G) * 2 * ksub);
+    for (int g = 0; g < G; ++g) {
+      ComputeInnerProductTable(shape, input.group_queries + static_cast<size_t>(g) * input.head_dim,
+                               input.centroids, tables.data() + static_cast<size_t>(g) * 2 * ksub);
+    }
+    const uint16_t* joined = input.codes->joined_codes();
+    const uint32_t low_mask = (uint32_t{1} << bits) - 1;
+    for (size_t i = 0; i < count; ++i) {
+      const uint32_t code = joined[positions[i]];
+      const uint32_t first = code & low_mask, second = ksub + (code >> bits);
+      for (int g = 0; g < G; ++g) {
+        const float* table = tables.data() + static_cast<size_t>(g) * 2 * ksub;
+        out[static_cast<size_t>(g) * count + i] = table[first] + table[second];
+      }
+    }
+    return;
+  }
   std::vector<float> table(static_cast<size_t>(M) * ksub);
   std::vector<uint8_t> quantized(fast_scan ? static_cast<size_t>(M) * 16 : 0);
   for (int g = 0; g < input.group_size; ++g) {

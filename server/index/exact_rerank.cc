@@ -88,8 +88,11 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
     input.centroids = keys.codebook->centroids().data();
     input.codes = keys.codes;
     input.group_queries = queries;
-    input.group_size = 1;  // one query head at a time, into `mixed`
+    input.group_size = group_size;
   }
+  std::vector<float>& code_logits = scratch.code_logits;  // [group][num_coded]
+  code_logits.resize(num_coded * group_size);
+  kernels::GqaCodeLogits(input, coded, num_coded, code_logits.data());
 
   // Per query head: Z = (the scan's Z minus its terms for R) + R's exact terms, i.e. exact
   // terms for R and the scan's approximate ones for every other token. Shifted by the
@@ -100,11 +103,8 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   score.assign(c, 0.0f);
   std::vector<float>& exps = scratch.exps;
   std::vector<float>& mixed = scratch.mixed;
-  std::vector<float>& code_logits = scratch.code_logits;
   exps.resize(r);
-  mixed.resize(r);
-  code_logits.resize(all_encoded ? 0 : num_coded);
-  const float* group_start = input.group_queries;
+  mixed.resize(all_encoded ? 0 : r);
   for (int g = 0; g < group_size; ++g) {
     const float* exact = logits.data() + static_cast<size_t>(g) * r;
     const float max_logit = kernels::MaxOf(exact, r);
@@ -113,20 +113,16 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
       return out;
     }
     // The scan's logits of R.
-    if (num_coded > 0) {
-      input.group_queries = group_start + static_cast<size_t>(g) * keys.head_dim;
-      kernels::GqaCodeLogits(input, coded, num_coded,
-                             all_encoded ? mixed.data() : code_logits.data());
-    }
+    const float* head_code_logits = code_logits.data() + static_cast<size_t>(g) * num_coded;
     if (!all_encoded) {
       for (size_t i = 0, next = 0; i < r; ++i) {
         const bool is_coded = next < num_coded && encoded[next] == tokens[i];
-        mixed[i] = is_coded ? code_logits[next++] : exact[i];
+        mixed[i] = is_coded ? head_code_logits[next++] : exact[i];
       }
     }
-    // The scan's probability mass of R.
-    const double inside =
-        kernels::ExpAndSum(mixed.data(), r, scale, static_cast<float>(log_z[g]), mixed.data());
+    // The scan's probability mass of R (exps is overwritten just below).
+    const double inside = kernels::ExpAndSum(all_encoded ? head_code_logits : mixed.data(), r,
+                                             scale, static_cast<float>(log_z[g]), exps.data());
     const double shift = std::max(log_z[g], static_cast<double>(scale * max_logit));
     const double exact_sum =
         kernels::ExpAndSum(exact, r, scale, static_cast<float>(shift), exps.data());
