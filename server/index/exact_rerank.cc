@@ -52,17 +52,11 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   for (uint32_t t = 0; t < candidate_begin; ++t) tokens.push_back(t);
   for (size_t t = candidate_end; t < keys.num_tokens; ++t) tokens.push_back(t);
   const size_t r = tokens.size();
-  std::vector<const void*>& rows = scratch.rows;
-  rows.resize(r);
-  for (size_t i = 0; i < r; ++i) rows[i] = keys.rows->Row(tokens[i]);
-  std::vector<float>& logits = scratch.logits;  // [group][row]
-  logits.resize(r * group_size);
-  kernels::RowDots(keys.dtype, rows.data(), r, keys.head_dim, group_queries, group_size,
-                   logits.data());
-
-  // The scan's logits of R, per query head below: its code logits for the encoded tokens
-  // (in the codebook's dimension order), and for the tail it scored exactly, the exact
-  // ones. In a decode step every token of R is encoded, and R's own order is used as is.
+  // The scan's logits of R: its code logits for the encoded tokens (in the codebook's
+  // dimension order), and for the tail it scored exactly, the exact ones (per query head
+  // below). In a decode step every token of R is encoded, and R's own order is used as is.
+  // Taken before the exact logits, while the scan's centroids and the select's codes are
+  // still in cache: the key rows streaming through evict them.
   const size_t num_encoded = keys.codes != nullptr ? keys.codes->size() : 0;
   bool all_encoded = true;
   for (uint32_t t : tokens) all_encoded &= t < num_encoded;
@@ -93,6 +87,15 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   std::vector<float>& code_logits = scratch.code_logits;  // [group][num_coded]
   code_logits.resize(num_coded * group_size);
   kernels::GqaCodeLogits(input, coded, num_coded, code_logits.data());
+
+  // R's exact logits.
+  std::vector<const void*>& rows = scratch.rows;
+  rows.resize(r);
+  for (size_t i = 0; i < r; ++i) rows[i] = keys.rows->Row(tokens[i]);
+  std::vector<float>& logits = scratch.logits;  // [group][row]
+  logits.resize(r * group_size);
+  kernels::RowDots(keys.dtype, rows.data(), r, keys.head_dim, group_queries, group_size,
+                   logits.data());
 
   // Per query head: Z = (the scan's Z minus its terms for R) + R's exact terms, i.e. exact
   // terms for R and the scan's approximate ones for every other token. Shifted by the
