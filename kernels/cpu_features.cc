@@ -40,8 +40,6 @@ bool UseAvx512() {
   return use;
 }
 
-const char* SimdLevelName() {
-  return UseAvx512() ? "avx512" : UseAvx2() ? "avx2" : "portable";
-}
+const char* SimdLevelName() { return UseAvx512() ? "avx512" : UseAvx2() ? "avx2" : "portable"; }
 
 }  // namespace pqkv::kernels
