@@ -25,6 +25,11 @@
 // queries and one new token's codes, and the buffers grow as the layer does.
 // Gather rows: median kernel time packing H * k K rows and H * k V rows from device
 // memory into pinned host memory, or into device memory, and the bandwidth.
+// Build rows: one kv head's index build (PqCodebook::Train, the server's defaults, on
+// --build_tokens random keys of head_dim dims) with k-means assigning on this CPU and on
+// the device (GpuScorer's assigner, as the server's builds do with the CUDA backend):
+// median wall time of 3 builds each after one warm-up, their ratio, and whether the two
+// codebooks are the same bits (they should be on an AVX2 CPU).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -45,6 +50,8 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/pq_retrieval_cuda.h"
 #include "kernels/cuda/scan_mode.h"
+#include "server/index/gpu_scorer.h"
+#include "server/index/pq_codebook.h"
 
 ABSL_FLAG(uint32_t, tokens, 131072, "tokens in the layer");
 ABSL_FLAG(int, kv_heads, 8, "kv heads");
@@ -55,6 +62,7 @@ ABSL_FLAG(std::string, shapes, "2x6,4x8", "PQ shapes to time, MxBITS, comma-sepa
 ABSL_FLAG(size_t, row_bytes, 256, "bytes of one gathered K or V row");
 ABSL_FLAG(int, iterations, 20, "timed runs per row");
 ABSL_FLAG(int, device, 0, "CUDA device");
+ABSL_FLAG(uint32_t, build_tokens, 32768, "keys of the timed index builds (0: none)");
 ABSL_FLAG(std::string, commit, "unknown", "source revision for the Setup block");
 
 namespace pqkv::kernels::cuda {
@@ -221,6 +229,60 @@ absl::Status TimeGather(CudaLayerRetriever& retriever, const std::vector<uint32_
   return absl::OkStatus();
 }
 
+// One kv head's index build on the CPU and with k-means assigning on the device.
+absl::Status TimeBuilds(int device) {
+  const uint32_t n = absl::GetFlag(FLAGS_build_tokens);
+  if (n == 0) return absl::OkStatus();
+  const int d = absl::GetFlag(FLAGS_head_dim);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  std::vector<float> keys(static_cast<size_t>(n) * d);
+  for (float& v : keys) v = normal(rng);
+  ASSIGN_OR_RETURN(std::unique_ptr<server::GpuScorer> scorer, server::GpuScorer::Create(device));
+  std::printf("\nIndex build of one kv head, %u keys x %d dims (PqCodebook::Train), wall ms\n", n,
+              d);
+  std::printf("%-8s %10s %10s %8s %11s %10s\n", "PQ", "cpu", "device", "ratio", "iterations",
+              "same bits");
+  for (absl::string_view shape : absl::StrSplit(absl::GetFlag(FLAGS_shapes), ',')) {
+    const std::vector<std::string> parts = absl::StrSplit(shape, 'x');
+    int M = 0, bits = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &M) ||
+        !absl::SimpleAtoi(parts[1], &bits)) {
+      return absl::InvalidArgumentError(std::string("bad --shapes entry: ") + std::string(shape));
+    }
+    std::vector<float> ms[2];
+    std::vector<float> centroids[2];
+    int iterations = 0;
+    for (int run = 0; run < 4; ++run) {
+      for (int on_device = 0; on_device < 2; ++on_device) {
+        std::unique_ptr<server::NearestCentroidAssigner> assigner;
+        server::PqTrainOptions options;
+        if (on_device == 1) {
+          assigner = scorer->NewKMeansAssigner();
+          if (assigner == nullptr) return absl::InternalError("the device refused an assigner");
+          options.assigner = assigner.get();
+        }
+        const auto start = std::chrono::steady_clock::now();
+        ASSIGN_OR_RETURN(server::PqCodebook codebook,
+                         server::PqCodebook::Train(keys.data(), n, d, M, bits, 10, false, options));
+        const float elapsed =
+            std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - start)
+                .count();
+        if (run > 0) ms[on_device].push_back(elapsed);
+        centroids[on_device] = codebook.centroids();
+        iterations = codebook.iterations_run();
+      }
+    }
+    const float cpu = Median(ms[0]), gpu = Median(ms[1]);
+    std::printf("%-8s %10.1f %10.1f %8.2f %11d %10s\n", std::string(shape).c_str(), cpu, gpu,
+                gpu > 0 ? cpu / gpu : 0.0, iterations, centroids[0] == centroids[1] ? "yes" : "no");
+  }
+  if (scorer->state() != server::GpuBackendState::kReady) {
+    return absl::InternalError("a device k-means call failed: " + scorer->last_error());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Run() {
   const int device = absl::GetFlag(FLAGS_device);
   if (!CudaDeviceAvailable()) return absl::UnavailableError("no CUDA device");
@@ -249,6 +311,7 @@ absl::Status Run() {
       }
     }
   }
+  RETURN_IF_ERROR(TimeBuilds(device));
   if (positions.empty()) return absl::OkStatus();
 
   // K and V of the whole layer in device memory (contents do not matter for timing).

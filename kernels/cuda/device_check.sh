@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Checks the CUDA path on a GPU machine with one command, in a few minutes:
-#   1. the CUDA kernel tests (every kernel against the plain CPU kernels) and the
-#      server-path test (LayerStore's GPU Retrieve against its CPU Retrieve);
+#   1. the CUDA kernel tests (every kernel against the plain CPU kernels, k-means'
+#      assignment included) and the server-path test (LayerStore's GPU Retrieve against
+#      its CPU Retrieve; k-means assigning on the device against the CPU's training);
 #   2. compute-sanitizer's memcheck, racecheck and synccheck on the kernel tests, with
 #      PQKV_CUDA_TEST_SMALL=1 (cases of at most 5000 tokens: the tools slow kernels
 #      down tens of times); a device that refuses the tool is reported as such;
 #   3. one table of the results, then the timing table of kernels/cuda/cuda_timing.cc
 #      (layer retrieval at 131072 tokens, 8 kv heads, 32 query heads, d = 128, k = 4096
 #      for PQ 2 x 6 and 4 x 8 bits, at a fixed n and at n, n+1, n+2, ...; the gather of
-#      the selected K/V rows).
+#      the selected K/V rows; one kv head's index build, k-means on the CPU and on the
+#      device).
 #
 #   kernels/cuda/device_check.sh --prebuilt DIR [cuda_timing flags]
 #       Runs DIR/device_check.tar.gz, made by kernels/cuda/package_device_check.sh DIR:

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/retrieval_launchers.h"
 
 namespace pqkv::kernels::cuda {
@@ -21,50 +22,6 @@ namespace {
 
 constexpr int kMaxGridY = 65535;
 constexpr uint64_t kMaxItems = std::numeric_limits<int32_t>::max();
-
-// A device allocation that grows on demand and is reused; freed on destruction (the
-// owner makes its device current first). It grows geometrically, to at least 1.5 times
-// its old capacity: n grows by one token per decode step, and growing to exactly the
-// bytes asked for would free and reallocate (cudaFree and cudaMalloc synchronize the
-// device) on nearly every call.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (data_ != nullptr) cudaFree(data_);
-  }
-
-  // Makes room for `bytes`; the contents are not kept. No work may be pending on it.
-  // Counts each cudaMalloc in *allocations.
-  absl::Status Reserve(size_t bytes, uint64_t* allocations) {
-    if (bytes <= capacity_) return absl::OkStatus();
-    const size_t target = std::max(bytes, capacity_ + capacity_ / 2);
-    if (data_ != nullptr) cudaFree(data_);
-    data_ = nullptr;
-    capacity_ = 0;
-    ++*allocations;
-    const cudaError_t error = cudaMalloc(&data_, target);
-    if (error != cudaSuccess) {
-      cudaGetLastError();  // an allocation failure is not sticky: clear it
-      data_ = nullptr;
-      return CudaStatus(error, absl::StrCat("cudaMalloc of ", target, " bytes"));
-    }
-    capacity_ = target;
-    return absl::OkStatus();
-  }
-
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-  size_t capacity() const { return capacity_; }
-
- private:
-  void* data_ = nullptr;
-  size_t capacity_ = 0;
-};
 
 // Pinned (page-locked) host memory that grows like DeviceBuffer; staging for the small
 // per-call copies (queries in; positions and scores out; a resident layer's new codes),

@@ -4,13 +4,67 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "kernels/cuda/kmeans_cuda.h"
 #include "kernels/cuda/pq_retrieval_cuda.h"
 #include "kernels/cuda/resident_layer.h"
 #include "server/runtime/server_logger.h"
 
 namespace pqkv::server {
 
+namespace {
+
+// k-means' assignments on the device, each call gated by and counted in the scorer's
+// health (a device that failed a retrieval is not used for builds either, and back).
+class DeviceKMeansAssigner : public NearestCentroidAssigner {
+ public:
+  DeviceKMeansAssigner(std::unique_ptr<kernels::cuda::CudaNearestCentroid> device,
+                       GpuBackendHealth* health)
+      : device_(std::move(device)), health_(health) {}
+
+  absl::Status SetPoints(const float* points, size_t n, int dim) override {
+    return Checked([&] { return device_->SetPoints(points, n, dim); });
+  }
+  absl::Status Assign(const float* centroids, const float* c_norms, int k,
+                      uint32_t* assign) override {
+    return Checked([&] { return device_->Assign(centroids, c_norms, k, assign); });
+  }
+
+ private:
+  template <typename Call>
+  absl::Status Checked(Call call) {
+    const absl::Time now = absl::Now();
+    if (!health_->TryDevice(now)) {
+      return absl::FailedPreconditionError(absl::StrCat("the GPU backend is ",
+                                                        GpuBackendStateName(health_->state()), ": ",
+                                                        health_->last_error()));
+    }
+    absl::Status status = call();
+    if (!status.ok()) {
+      const std::string line = health_->RecordFailure(status, now);
+      if (!line.empty()) ServerLogger().warn("k-means on the GPU: {}", line);
+    }
+    return status;
+  }
+
+  std::unique_ptr<kernels::cuda::CudaNearestCentroid> device_;
+  GpuBackendHealth* const health_;
+};
+
+}  // namespace
+
 bool GpuScorer::DeviceAvailable() { return kernels::cuda::CudaDeviceAvailable(); }
+
+std::unique_ptr<NearestCentroidAssigner> GpuScorer::NewKMeansAssigner() {
+  if (health_.state() != GpuBackendState::kReady) return nullptr;
+  absl::StatusOr<std::unique_ptr<kernels::cuda::CudaNearestCentroid>> device =
+      kernels::cuda::CudaNearestCentroid::Create(device_);
+  if (!device.ok()) {
+    const std::string line = health_.RecordFailure(device.status(), absl::Now());
+    if (!line.empty()) ServerLogger().warn("k-means on the GPU: {}", line);
+    return nullptr;
+  }
+  return std::make_unique<DeviceKMeansAssigner>(*std::move(device), &health_);
+}
 
 absl::StatusOr<std::unique_ptr<GpuScorer>> GpuScorer::Create(int device) {
   absl::StatusOr<std::unique_ptr<kernels::cuda::CudaLayerRetriever>> retriever =
@@ -20,7 +74,7 @@ absl::StatusOr<std::unique_ptr<GpuScorer>> GpuScorer::Create(int device) {
 }
 
 GpuScorer::GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever)
-    : retriever_(std::move(retriever)) {}
+    : device_(retriever->device()), retriever_(std::move(retriever)) {}
 
 GpuScorer::~GpuScorer() = default;
 

@@ -26,6 +26,7 @@
 #include "kernels/pq_scan.h"
 #include "server/index/gpu_backend_health.h"
 #include "server/index/head_scorer.h"
+#include "server/index/kmeans.h"
 
 namespace pqkv::kernels::cuda {
 class CudaLayerRetriever;
@@ -76,6 +77,12 @@ class GpuScorer {
   // Device bytes the registered layers hold (exported as a metric).
   size_t resident_bytes() const;
 
+  // An assigner that runs k-means' assignment step on this scorer's device, for one
+  // index build's thread (the index builder trains with it: LayerStore). Its failures
+  // count in the backend's health like ScoreLayer's, and then the build's CPU takes over.
+  // Null while the backend is not kReady, or where the device refuses a new stream.
+  std::unique_ptr<NearestCentroidAssigner> NewKMeansAssigner();
+
   // The backend's state (exported as a metric) and the error behind it ("" if none).
   GpuBackendState state() const { return health_.state(); }
   std::string last_error() const { return health_.last_error(); }
@@ -87,6 +94,7 @@ class GpuScorer {
   explicit GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever);
 
   GpuBackendHealth health_;
+  const int device_;  // the retriever's CUDA device
   mutable absl::Mutex mu_;
   std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever_ ABSL_GUARDED_BY(mu_);
   uint64_t layers_scored_ ABSL_GUARDED_BY(mu_) = 0;

@@ -16,7 +16,7 @@ absl::StatusOr<std::unique_ptr<GpuScorer>> GpuScorer::Create(int device) {
 }
 
 GpuScorer::GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever)
-    : retriever_(std::move(retriever)) {}
+    : device_(0), retriever_(std::move(retriever)) {}
 
 GpuScorer::~GpuScorer() = default;
 
@@ -29,6 +29,8 @@ void GpuScorer::ReleaseLayer(uint64_t layer) {}
 void GpuScorer::ResetLayer(uint64_t layer) {}
 
 size_t GpuScorer::resident_bytes() const { return 0; }
+
+std::unique_ptr<NearestCentroidAssigner> GpuScorer::NewKMeansAssigner() { return nullptr; }
 
 absl::StatusOr<std::vector<HeadSelection>> GpuScorer::ScoreLayer(const GpuLayerInput& input) {
   return absl::UnavailableError("this pqkv-server was built without CUDA");

@@ -49,11 +49,26 @@ KMeansResult TrainKMeans(const float* points, size_t n, int dim, size_t stride, 
   std::vector<uint32_t> assign(ns, UINT32_MAX), previous(ns);
   std::vector<float> sums(static_cast<size_t>(k) * dim);
   std::vector<size_t> counts(k);
+  NearestCentroidAssigner* assigner = options.assigner;
+  if (assigner != nullptr) {
+    result.assigner_error = assigner->SetPoints(x.data(), ns, dim);
+    if (!result.assigner_error.ok()) assigner = nullptr;
+  }
   for (int it = 0; it < options.max_iterations; ++it) {
     previous.swap(assign);
     kernels::CentroidNorms(c.data(), k, dim, norms.data());
-    kernels::AssignNearest(x.data(), ns, dim, dim, c.data(), norms.data(), k, assign.data(),
-                           nullptr);
+    if (assigner != nullptr) {
+      result.assigner_error = assigner->Assign(c.data(), norms.data(), k, assign.data());
+      if (result.assigner_error.ok()) {
+        ++result.assigner_iterations;
+      } else {
+        assigner = nullptr;  // this iteration and the rest on the CPU
+      }
+    }
+    if (assigner == nullptr) {
+      kernels::AssignNearest(x.data(), ns, dim, dim, c.data(), norms.data(), k, assign.data(),
+                             nullptr);
+    }
     size_t changed = 0;
     for (size_t i = 0; i < ns; ++i) changed += assign[i] != previous[i];
 

@@ -112,6 +112,7 @@ absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int di
   const size_t training_keys = options.TrainingKeys(ksub);
   kmeans.max_points_per_centroid = training_keys == 0 ? 0 : (training_keys + ksub - 1) / ksub;
   kmeans.stop_fraction = options.stop_fraction;
+  kmeans.assigner = options.assigner;
   std::vector<float> centroids(static_cast<size_t>(subspaces) * ksub * dsub);
   int iterations_run = 0;
   for (int m = 0; m < subspaces; ++m) {

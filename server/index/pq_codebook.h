@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/pq_scan.h"
+#include "server/index/kmeans.h"
 
 namespace pqkv::server {
 
@@ -41,6 +42,9 @@ struct PqTrainOptions {
   // only at convergence). At 0.05 builds run 7 of 10 iterations at 32K tokens with the
   // same mass recall (within 0.001 on every data set of docs/benchmarks.md).
   double stop_fraction = kDefaultStopFraction;
+  // Where k-means assigns (KMeansOptions::assigner): null for the CPU. Encoding stays on
+  // the CPU.
+  NearestCentroidAssigner* assigner = nullptr;
 
   // The sample size for 2^bits centroids; 0: every key.
   size_t TrainingKeys(size_t centroids) const;

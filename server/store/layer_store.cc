@@ -212,9 +212,14 @@ absl::Status LayerStore::TrainHeads(size_t tokens, ThreadPool* pool, absl::Time 
     for (size_t t = 0; t < tokens; ++t) {
       kernels::ToFloat(shape.dtype, rows[t], shape.head_dim, keys.data() + t * shape.head_dim);
     }
+    // With the CUDA backend, k-means assigns on the device (its own stream per head).
+    const std::unique_ptr<NearestCentroidAssigner> assigner =
+        gpu_ != nullptr ? gpu_->NewKMeansAssigner() : nullptr;
+    PqTrainOptions train_options;
+    train_options.assigner = assigner.get();
     absl::StatusOr<PqCodebook> codebook =
         PqCodebook::Train(keys.data(), tokens, shape.head_dim, options.subspaces, options.bits,
-                          options.kmeans_iterations, options.rope_pairs);
+                          options.kmeans_iterations, options.rope_pairs, train_options);
     if (!codebook.ok()) {
       statuses[h] = codebook.status();
       return;

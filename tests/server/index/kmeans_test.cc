@@ -5,7 +5,9 @@
 #include <set>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "catch2/catch.hpp"
+#include "kernels/kmeans.h"
 
 namespace pqkv::server {
 namespace {
@@ -108,6 +110,63 @@ TEST_CASE("TrainKMeans reads strided sub-vectors", "[server]") {
   for (int c = 0; c < k; ++c) xs.push_back(result.centroids[c * dim]);
   std::sort(xs.begin(), xs.end());
   CHECK(xs == std::vector<float>{0.0f, 10.0f, 20.0f, 30.0f});
+}
+
+// An assigner on this CPU that can be told to fail: stands in for the GPU's.
+class TestAssigner : public NearestCentroidAssigner {
+ public:
+  explicit TestAssigner(int fail_at_call) : fail_at_call_(fail_at_call) {}
+  absl::Status SetPoints(const float* points, size_t n, int dim) override {
+    ++set_points_calls;
+    if (fail_at_call_ == 0) return absl::UnavailableError("no device");
+    points_ = points;
+    n_ = n;
+    dim_ = dim;
+    return absl::OkStatus();
+  }
+  absl::Status Assign(const float* centroids, const float* c_norms, int k,
+                      uint32_t* assign) override {
+    if (++assign_calls == fail_at_call_) return absl::InternalError("device fault");
+    kernels::AssignNearest(points_, n_, dim_, dim_, centroids, c_norms, k, assign, nullptr);
+    return absl::OkStatus();
+  }
+  int set_points_calls = 0;
+  int assign_calls = 0;
+
+ private:
+  const int fail_at_call_;  // 0: SetPoints fails; -1: never
+  const float* points_ = nullptr;
+  size_t n_ = 0;
+  int dim_ = 0;
+};
+
+// An assigner makes every iteration's assignment, on the same sample, and when it fails
+// the CPU finishes the training where it stopped: the centroids are the CPU's either way.
+TEST_CASE("TrainKMeans assigns through an assigner and falls back to the CPU", "[server]") {
+  const int k = 16, dim = 8;
+  const size_t n = 3000;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  std::vector<float> points(n * dim);
+  for (float& v : points) v = normal(rng);
+  KMeansOptions options;
+  options.max_iterations = 6;
+  options.max_points_per_centroid = 100;  // a sample of 1600: SetPoints gets the sample
+  const KMeansResult cpu = TrainKMeans(points.data(), n, dim, dim, k, options);
+  REQUIRE(cpu.iterations == 6);
+
+  const int fail_at = GENERATE(-1, 0, 1, 4);
+  INFO("fail at call " << fail_at);
+  TestAssigner assigner(fail_at);
+  options.assigner = &assigner;
+  const KMeansResult result = TrainKMeans(points.data(), n, dim, dim, k, options);
+  CHECK(result.centroids == cpu.centroids);
+  CHECK(result.iterations == cpu.iterations);
+  CHECK(assigner.set_points_calls == 1);
+  const int expected_device = fail_at < 0 ? 6 : fail_at == 0 ? 0 : fail_at - 1;
+  CHECK(result.assigner_iterations == expected_device);
+  CHECK(result.assigner_error.ok() == (fail_at < 0));
+  CHECK(assigner.assign_calls == (fail_at < 0 ? 6 : fail_at == 0 ? 0 : fail_at));
 }
 
 }  // namespace

@@ -2,8 +2,9 @@
 // data: Retrieve's selections and scores, decode step after decode step (n growing by
 // one token per call, and once by a chunk), for PQ 2 x 6 and 4 x 8, RoPE pairs on and
 // off, with and without exact re-ranking. Both stores train the same codebooks (training
-// is deterministic), so the GPU scans the same codes the CPU does; the GPU keeps them on
-// the device and receives only each step's new ones.
+// is deterministic, and the GPU store's k-means assigns on the device with the AVX2
+// kernel's arithmetic), so the GPU scans the same codes the CPU does; the GPU keeps them
+// on the device and receives only each step's new ones.
 //
 // Equal selections: the same positions rank by rank, except that two positions whose
 // scores are within the tolerance may swap (fp32 expf on the GPU against the CPU's
@@ -19,7 +20,9 @@
 #include <vector>
 
 #include "catch2/catch.hpp"
+#include "kernels/cpu_features.h"
 #include "server/index/gpu_scorer.h"
+#include "server/index/kmeans.h"
 #include "server/metrics/metrics.h"
 #include "server/store/layer_store.h"
 #include "server/store/session_store.h"
@@ -215,6 +218,36 @@ TEST_CASE("A closed layer's codes leave the device", "[cuda]") {
     CHECK(scorer.resident_bytes() >= before + size_t{kKvHeads} * 1000 * 2);
   }
   CHECK(scorer.resident_bytes() == before);
+}
+
+// The index build's k-means with its assignments on the device (GpuScorer's assigner, as
+// LayerStore trains with the CUDA backend) against the CPU's: the device sums each dot
+// product as the AVX2 kernel does, so on an AVX2 CPU the centroids are the same bits.
+TEST_CASE("k-means assigning on the GPU trains the CPU's centroids", "[cuda]") {
+  const int dim = GENERATE(32, 64), k = GENERATE(64, 256);
+  const size_t n = 32768;
+  std::mt19937 rng(dim + k);
+  std::normal_distribution<float> normal;
+  std::vector<float> points(n * dim);
+  for (float& v : points) v = normal(rng);
+  KMeansOptions options;
+  options.max_points_per_centroid = 64;
+  const KMeansResult cpu = TrainKMeans(points.data(), n, dim, dim, k, options);
+  std::unique_ptr<NearestCentroidAssigner> assigner = SharedScorer().NewKMeansAssigner();
+  REQUIRE(assigner != nullptr);
+  options.assigner = assigner.get();
+  const KMeansResult gpu = TrainKMeans(points.data(), n, dim, dim, k, options);
+  INFO(gpu.assigner_error);
+  REQUIRE(gpu.assigner_error.ok());
+  CHECK(gpu.assigner_iterations == gpu.iterations);
+  if (kernels::UseAvx2()) {
+    CHECK(gpu.centroids == cpu.centroids);
+    return;
+  }
+  REQUIRE(gpu.centroids.size() == cpu.centroids.size());
+  for (size_t i = 0; i < cpu.centroids.size(); ++i) {
+    CHECK(gpu.centroids[i] == Approx(cpu.centroids[i]).margin(1e-3));
+  }
 }
 
 TEST_CASE("The metrics export the GPU backend's state", "[cuda]") {
