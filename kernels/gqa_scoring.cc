@@ -71,18 +71,22 @@ bool ScoreJoinedCodes(const GqaScoringInput& in, float scale, float* combined, f
     }
     TailLogits(in, q, tail);
     // Over the codes some token has, in four independent chains where one chain waited
-    // on its own latency (distinct = 2^(M * bits): a multiple of 4 from 4 codes up).
+    // on its own latency (distinct = 2^(M * bits): a multiple of 4 from 4 codes up). A
+    // code no token has gets logit -inf: its own could lie far above the maximum, and
+    // its exponential overflow to inf, which a count of 0 turns into a NaN normaliser.
     constexpr float kAbsent = -std::numeric_limits<float>::infinity();
     const size_t by_four = distinct / 4 * 4;
     const float tail_max = MaxOf(tail, in.num_exact);
     float max4[4] = {tail_max, tail_max, tail_max, tail_max};
     for (size_t c = 0; c < by_four; c += 4) {
       for (int j = 0; j < 4; ++j) {
-        max4[j] = std::max(max4[j], histogram[c + j] > 0 ? joined[c + j] : kAbsent);
+        joined[c + j] = histogram[c + j] > 0 ? joined[c + j] : kAbsent;
+        max4[j] = std::max(max4[j], joined[c + j]);
       }
     }
     for (size_t c = by_four; c < distinct; ++c) {
-      max4[0] = std::max(max4[0], histogram[c] > 0 ? joined[c] : kAbsent);
+      joined[c] = histogram[c] > 0 ? joined[c] : kAbsent;
+      max4[0] = std::max(max4[0], joined[c]);
     }
     const float max = std::max(std::max(max4[0], max4[1]), std::max(max4[2], max4[3]));
     if (!std::isfinite(max)) return false;

@@ -150,6 +150,43 @@ TEST_CASE("ScoreGqa's log normalisers and GqaCodeLogits give back its scores on 
   }
 }
 
+// 2 x 6 codes where the pair of each sub-space's best centroid is absent from the tokens:
+// its joined logit lies far above every present code's, and an exponential of it
+// overflows fp32. The joined scan must leave absent codes out of the normaliser rather
+// than multiply their infinite exponential by a count of 0 (a NaN). Run by the portable
+// variant too (its exp overflows where AVX2's saturates).
+TEST_CASE("ScoreGqa's joined path ignores absent codes whose logits overflow", "[kernels]") {
+  const int M = 2, bits = 6, ksub = 1 << bits, dim = 128, dsub = dim / M;
+  std::vector<float> query(dim, 1.0f);
+  std::vector<float> centroids(static_cast<size_t>(M) * ksub * dsub, 0.0f);
+  for (int m = 0; m < M; ++m) {
+    float* best = centroids.data() + static_cast<size_t>(m) * ksub * dsub;  // centroid 0
+    for (int i = 0; i < dsub; ++i) best[i] = 40.0f;  // logit 2560 per sub-space
+  }
+  // Tokens take (0, 1), (1, 0) and (1, 1), never (0, 0): the largest present logit is
+  // 2560, the absent pair's 5120, and exp((5120 - 2560) / sqrt(128)) overflows.
+  std::vector<uint8_t> codes = {0, 1, 1, 0, 1, 1, 0, 1};
+  PqCodeStore store(M, bits);
+  store.Append(codes.data(), codes.size() / M);
+  GqaScoringInput input;
+  input.head_dim = dim;
+  input.centroids = centroids.data();
+  input.codes = &store;
+  input.group_queries = query.data();
+  input.group_size = 1;
+  REQUIRE(ChooseScanPath(&store) == ScanPath::kJoined);
+  std::vector<float> scores(store.size());
+  double log_z = 0;
+  REQUIRE(ScoreGqa(input, scores.data(), &log_z));
+  CHECK(std::isfinite(log_z));
+  // Tokens 0 and 3 share the code (0, 1), token 1 has (1, 0): the three of them hold the
+  // mass equally (2560 each), token 2's (1, 1) none of it to fp32 precision.
+  CHECK(scores[0] == Approx(1.0 / 3));
+  CHECK(scores[1] == Approx(1.0 / 3));
+  CHECK(scores[2] == Approx(0.0).margin(1e-30));
+  CHECK(scores[3] == Approx(1.0 / 3));
+}
+
 TEST_CASE("ChooseScanPath picks the layout's path", "[kernels]") {
   PqCodeStore joined(2, 6), fast(16, 4), generic(4, 8);
   const uint8_t zeros[16] = {0};
