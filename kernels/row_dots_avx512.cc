@@ -1,22 +1,17 @@
 // AVX-512 row dot products (kernels/row_dots.h); compiled with -mavx512f -mavx512vl.
 //
-// The AVX2 kernel's scheme (kernels/row_dots_avx2.cc: chunks of rows copied into L1, then
-// row pairs against up to four query heads, the next chunk prefetched into L2) in 16-lane
-// steps: half the instructions per row.
+// The AVX2 kernel's row pairs against up to four query heads (row_dots_avx2.cc) in
+// 16-lane steps: half the instructions per row. The rows come chunk by chunk through an
+// L1 buffer (kernels/staged_row_dots.h).
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "kernels/simd_avx512.h"
+#include "kernels/staged_row_dots.h"
 
 namespace pqkv::kernels::avx512 {
 namespace {
-
-constexpr int kHeads = 4;
-constexpr size_t kPrefetchRows = 16;
-constexpr size_t kChunkRows = 16;
-constexpr size_t kMaxStagedRowBytes = 1024;
 
 inline __m512 Load16(bool fp16, const void* row, int i) {
   return fp16 ? _mm512_cvtph_ps(_mm256_loadu_si256(
@@ -45,11 +40,6 @@ inline __m256 HorizontalSums(const __m512 (&v)[8]) {
   const __m256 c = _mm256_hadd_ps(f[4], f[5]), d = _mm256_hadd_ps(f[6], f[7]);
   const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
   return _mm256_add_ps(_mm256_permute2f128_ps(ab, cd, 0x20), _mm256_permute2f128_ps(ab, cd, 0x31));
-}
-
-inline void Prefetch(const void* row, size_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T2);
 }
 
 template <int H>
@@ -87,65 +77,29 @@ inline void OneRow(bool fp16, const void* row, int head_dim, const float* querie
   }
 }
 
-template <int H>
-void HeadsOf(bool fp16, const void* const* rows, size_t n, size_t r, bool pair, int head_dim,
-             const float* queries, float* out) {
-  if (pair) {
-    TwoRows<H>(fp16, rows[r], rows[r + 1], head_dim, queries, n, r, out);
-  } else {
-    OneRow<H>(fp16, rows[r], head_dim, queries, n, r, out);
+struct Kernel {
+  static constexpr size_t kCopyBytes = 64;
+  static void Copy(const char* src, char* dst, size_t bytes) {
+    for (size_t b = 0; b < bytes; b += kCopyBytes) {
+      _mm512_store_si512(dst + b, _mm512_loadu_si512(src + b));
+    }
   }
-}
+  template <int H>
+  static void Heads(bool fp16, const void* a, const void* b, int head_dim, const float* queries,
+                    size_t n, size_t r, float* out) {
+    if (b != nullptr) {
+      TwoRows<H>(fp16, a, b, head_dim, queries, n, r, out);
+    } else {
+      OneRow<H>(fp16, a, head_dim, queries, n, r, out);
+    }
+  }
+};
 
 }  // namespace
 
 void RowDots(bool fp16, const void* const* rows, size_t n, int head_dim, const float* queries,
              int group, float* out) {
-  const size_t row_bytes = static_cast<size_t>(head_dim) * (fp16 ? 2 : 4);
-  alignas(64) char buffer[kChunkRows * kMaxStagedRowBytes];
-  const bool staged = row_bytes <= kMaxStagedRowBytes && row_bytes % 64 == 0;
-  const void* staged_rows[kChunkRows];
-  for (size_t r = 0; r < std::min(n, kPrefetchRows); ++r) Prefetch(rows[r], row_bytes);
-  for (size_t begin = 0; begin < n; begin += kChunkRows) {
-    const size_t end = std::min(n, begin + kChunkRows);
-    for (size_t ahead = begin + kPrefetchRows; ahead < std::min(n, end + kPrefetchRows); ++ahead) {
-      Prefetch(rows[ahead], row_bytes);
-    }
-    const void* const* chunk = rows + begin;
-    if (staged) {
-      for (size_t r = begin; r < end; ++r) {
-        const char* src = static_cast<const char*>(rows[r]);
-        char* dst = buffer + (r - begin) * row_bytes;
-        for (size_t b = 0; b < row_bytes; b += 64) {
-          _mm512_store_si512(dst + b, _mm512_loadu_si512(src + b));
-        }
-        staged_rows[r - begin] = dst;
-      }
-      chunk = staged_rows;
-    }
-    const size_t m = end - begin;
-    for (size_t r = 0; r < m; r += 2) {
-      const bool pair = r + 1 < m;
-      for (int g = 0; g < group; g += kHeads) {
-        const float* q = queries + static_cast<size_t>(g) * head_dim;
-        float* o = out + static_cast<size_t>(g) * n + begin;
-        switch (std::min(kHeads, group - g)) {
-          case 4:
-            HeadsOf<4>(fp16, chunk, n, r, pair, head_dim, q, o);
-            break;
-          case 3:
-            HeadsOf<3>(fp16, chunk, n, r, pair, head_dim, q, o);
-            break;
-          case 2:
-            HeadsOf<2>(fp16, chunk, n, r, pair, head_dim, q, o);
-            break;
-          default:
-            HeadsOf<1>(fp16, chunk, n, r, pair, head_dim, q, o);
-            break;
-        }
-      }
-    }
-  }
+  staged::RowDots<Kernel>(fp16, rows, n, head_dim, queries, group, out);
 }
 
 }  // namespace pqkv::kernels::avx512

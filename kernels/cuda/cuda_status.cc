@@ -23,4 +23,20 @@ absl::Status CudaStatus(cudaError_t error, absl::string_view what) {
   }
 }
 
+absl::Status CheckDevice(int device) {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    cudaGetLastError();
+    return absl::UnavailableError(
+        absl::StrCat("no CUDA device: ", cudaGetErrorName(error), ": ", cudaGetErrorString(error)));
+  }
+  if (count == 0) return absl::UnavailableError("no CUDA device");
+  if (device < 0 || device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA device ", device, " does not exist (", count, " devices)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace pqkv::kernels::cuda

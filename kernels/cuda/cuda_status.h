@@ -17,6 +17,10 @@ namespace pqkv::kernels::cuda {
 // driver) or INTERNAL (anything else: a bad launch, a kernel fault).
 absl::Status CudaStatus(cudaError_t error, absl::string_view what);
 
+// OK when CUDA device `device` exists; UNAVAILABLE without a device or driver,
+// INVALID_ARGUMENT for a device number past the last. For the objects' Create.
+absl::Status CheckDevice(int device);
+
 }  // namespace pqkv::kernels::cuda
 
 // Returns from the enclosing function (absl::Status) when the CUDA call `expr` fails;

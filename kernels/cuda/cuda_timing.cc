@@ -229,6 +229,15 @@ absl::Status TimeGather(CudaLayerRetriever& retriever, const std::vector<uint32_
   return absl::OkStatus();
 }
 
+// One --shapes entry, "MxBITS".
+absl::Status ParseShape(absl::string_view shape, int* M, int* bits) {
+  const std::vector<std::string> parts = absl::StrSplit(shape, 'x');
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], M) || !absl::SimpleAtoi(parts[1], bits)) {
+    return absl::InvalidArgumentError(std::string("bad --shapes entry: ") + std::string(shape));
+  }
+  return absl::OkStatus();
+}
+
 // One kv head's index build on the CPU and with k-means assigning on the device.
 absl::Status TimeBuilds(int device) {
   const uint32_t n = absl::GetFlag(FLAGS_build_tokens);
@@ -244,12 +253,8 @@ absl::Status TimeBuilds(int device) {
   std::printf("%-8s %10s %10s %8s %11s %10s\n", "PQ", "cpu", "device", "ratio", "iterations",
               "same bits");
   for (absl::string_view shape : absl::StrSplit(absl::GetFlag(FLAGS_shapes), ',')) {
-    const std::vector<std::string> parts = absl::StrSplit(shape, 'x');
     int M = 0, bits = 0;
-    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &M) ||
-        !absl::SimpleAtoi(parts[1], &bits)) {
-      return absl::InvalidArgumentError(std::string("bad --shapes entry: ") + std::string(shape));
-    }
+    RETURN_IF_ERROR(ParseShape(shape, &M, &bits));
     std::vector<float> ms[2];
     std::vector<float> centroids[2];
     int iterations = 0;
@@ -295,12 +300,8 @@ absl::Status Run() {
               "scan+smax", "top_k", "copy_out", "kernels", "total", "wall");
   std::vector<uint32_t> positions;
   for (absl::string_view shape : absl::StrSplit(absl::GetFlag(FLAGS_shapes), ',')) {
-    const std::vector<std::string> parts = absl::StrSplit(shape, 'x');
     int M = 0, bits = 0;
-    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &M) ||
-        !absl::SimpleAtoi(parts[1], &bits)) {
-      return absl::InvalidArgumentError(std::string("bad --shapes entry: ") + std::string(shape));
-    }
+    RETURN_IF_ERROR(ParseShape(shape, &M, &bits));
     RETURN_IF_ERROR(
         TimeRetrieval(retriever, M, bits, /*growing=*/false, ScanMode::kAuto, positions));
     std::vector<uint32_t> unused;

@@ -32,18 +32,7 @@ CudaNearestCentroid::CudaNearestCentroid(std::unique_ptr<Impl> impl) : impl_(std
 CudaNearestCentroid::~CudaNearestCentroid() = default;
 
 absl::StatusOr<std::unique_ptr<CudaNearestCentroid>> CudaNearestCentroid::Create(int device) {
-  int count = 0;
-  const cudaError_t error = cudaGetDeviceCount(&count);
-  if (error != cudaSuccess) {
-    cudaGetLastError();
-    return absl::UnavailableError(
-        absl::StrCat("no CUDA device: ", cudaGetErrorName(error), ": ", cudaGetErrorString(error)));
-  }
-  if (count == 0) return absl::UnavailableError("no CUDA device");
-  if (device < 0 || device >= count) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("CUDA device ", device, " does not exist (", count, " devices)"));
-  }
+  RETURN_IF_ERROR(CheckDevice(device));
   auto impl = std::make_unique<Impl>();
   impl->device = device;
   RETURN_IF_CUDA_ERROR(cudaSetDevice(device));

@@ -56,8 +56,13 @@ bool GpuScorer::DeviceAvailable() { return kernels::cuda::CudaDeviceAvailable();
 
 std::unique_ptr<NearestCentroidAssigner> GpuScorer::NewKMeansAssigner() {
   if (health_.state() != GpuBackendState::kReady) return nullptr;
+  int device_number = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    device_number = retriever_->device();
+  }
   absl::StatusOr<std::unique_ptr<kernels::cuda::CudaNearestCentroid>> device =
-      kernels::cuda::CudaNearestCentroid::Create(device_);
+      kernels::cuda::CudaNearestCentroid::Create(device_number);
   if (!device.ok()) {
     const std::string line = health_.RecordFailure(device.status(), absl::Now());
     if (!line.empty()) ServerLogger().warn("k-means on the GPU: {}", line);
@@ -74,7 +79,7 @@ absl::StatusOr<std::unique_ptr<GpuScorer>> GpuScorer::Create(int device) {
 }
 
 GpuScorer::GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever)
-    : device_(retriever->device()), retriever_(std::move(retriever)) {}
+    : retriever_(std::move(retriever)) {}
 
 GpuScorer::~GpuScorer() = default;
 

@@ -94,7 +94,6 @@ class GpuScorer {
   explicit GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever);
 
   GpuBackendHealth health_;
-  const int device_;  // the retriever's CUDA device
   mutable absl::Mutex mu_;
   std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever_ ABSL_GUARDED_BY(mu_);
   uint64_t layers_scored_ ABSL_GUARDED_BY(mu_) = 0;

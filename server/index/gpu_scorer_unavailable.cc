@@ -16,7 +16,7 @@ absl::StatusOr<std::unique_ptr<GpuScorer>> GpuScorer::Create(int device) {
 }
 
 GpuScorer::GpuScorer(std::unique_ptr<kernels::cuda::CudaLayerRetriever> retriever)
-    : device_(0), retriever_(std::move(retriever)) {}
+    : retriever_(std::move(retriever)) {}
 
 GpuScorer::~GpuScorer() = default;
 
