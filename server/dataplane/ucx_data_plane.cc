@@ -60,10 +60,11 @@ std::string LaneTransports(ucp_ep_h ep) {
 absl::StatusOr<std::unique_ptr<UcxDataPlane>> UcxDataPlane::Create(
     int workers, NetworkAllowlist allowed_networks) {
   if (workers < 1) return absl::InvalidArgumentError("the UCX data plane needs at least 1 worker");
-  if (ucs_crc16_string("tcp") != kUcxTcpNameChecksum) {
+  if (ucs_crc16_string("tcp") != kUcxTcpNameChecksum ||
+      ucs_crc16_string("sysv") != kUcxSysvNameChecksum) {
     return absl::UnavailableError(
         "this UCX names transports in worker addresses differently from UCX 1.13: the server "
-        "cannot check offers' TCP endpoints");
+        "cannot check offers' TCP endpoints and System V keys");
   }
   std::unique_ptr<UcxDataPlane> plane(new UcxDataPlane(std::move(allowed_networks)));
   ucp_config_t* config = nullptr;
@@ -176,8 +177,9 @@ absl::StatusOr<std::unique_ptr<UcxPeer>> UcxDataPlane::Connect(const v1::DataPla
     }
   }
   // Pinned, the key's segments cannot vanish while UCX attaches them in the unpack below;
-  // those that cannot be pinned are cut from the key.
-  absl::StatusOr<PreparedRkey> rkey = PrepareRkey(offer.rkey());
+  // those that cannot be pinned are cut from the key. Which sections UCX takes for System
+  // V segments follows from the address the endpoint is created with, this one.
+  absl::StatusOr<PreparedRkey> rkey = PrepareRkey(offer.rkey(), address->sysv_md_map());
   if (!rkey.ok()) return rkey.status();
   UcxWorker* worker = workers_[next_worker_.fetch_add(1) % workers_.size()].get();
   std::unique_ptr<UcxPeer> peer(new UcxPeer(this, worker, buffer_address, buffer_bytes));

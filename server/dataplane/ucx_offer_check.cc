@@ -18,7 +18,7 @@ absl::Status Corrupt() { return absl::InvalidArgumentError("the rkey is truncate
 
 }  // namespace
 
-absl::StatusOr<PreparedRkey> PrepareRkey(const std::string& rkey) {
+absl::StatusOr<PreparedRkey> PrepareRkey(const std::string& rkey, uint64_t sysv_md_map) {
   constexpr size_t kHeader = sizeof(uint64_t) + 1;
   if (rkey.size() < kHeader) {
     return absl::InvalidArgumentError(
@@ -40,7 +40,13 @@ absl::StatusOr<PreparedRkey> PrepareRkey(const std::string& rkey) {
     if (section > rkey.size() - at - 1) return Corrupt();
     const char* body = rkey.data() + at + 1;
     bool keep = true;
-    if (section == kSysvSectionBytes) {
+    if ((sysv_md_map >> md & 1) != 0) {
+      // UCX would read a shmid from it whatever its length (see the header).
+      if (section != kSysvSectionBytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the rkey is corrupt: its section at System V md index ", md, " is ",
+                         section, " bytes, not ", kSysvSectionBytes));
+      }
       SysvSegment segment;
       std::memcpy(&segment.shmid, body, sizeof segment.shmid);
       std::memcpy(&segment.owner_address, body + sizeof segment.shmid,

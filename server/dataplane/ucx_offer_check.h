@@ -9,6 +9,13 @@
 // per domain in the map a length byte and that many bytes, then at most a system-device
 // trailer (a device byte and 3 bytes per distance). A System V section is 12 bytes: the
 // segment id (uint32) and the segment's address in the owner (uint64).
+//
+// Which sections are System V is not in the key: UCX unpacks the section of md index i
+// with the transport the client's worker address names at md i, whatever its length
+// (UcxWorkerAddress::sysv_md_map). So a section at a System V index must be 12 bytes, and
+// sections at other indices are left to UCX as they are: their transports attach no
+// System V segment, and taking one for a segment would let forged bytes set the bounds
+// of the server's shared-memory path (UcxDataPlane::Connect).
 #ifndef PQKV_SERVER_DATAPLANE_UCX_OFFER_CHECK_H_
 #define PQKV_SERVER_DATAPLANE_UCX_OFFER_CHECK_H_
 
@@ -47,7 +54,7 @@ class SysvPin {
 // process can attach are kept and their segments pinned for the object's life; the
 // others (a segment that is gone, lives in another host's or IPC namespace's kernel, or
 // is not ours to attach) are cut from the key, so UCX never attaches them and reaches
-// the buffer by puts instead.
+// the buffer by puts instead. Sections at other md indices are kept unchanged.
 struct PreparedRkey {
   std::string packed;                 // the key to unpack
   std::vector<SysvSegment> segments;  // the kept System V segments, pinned below
@@ -55,8 +62,10 @@ struct PreparedRkey {
   int dropped_sections = 0;  // System V sections cut from the key
 };
 
-// INVALID_ARGUMENT for a key whose framing is corrupt or that is not for host memory.
-absl::StatusOr<PreparedRkey> PrepareRkey(const std::string& rkey);
+// `sysv_md_map`: bit i set when md index i of the client's worker address has a System V
+// interface (UcxWorkerAddress::sysv_md_map). INVALID_ARGUMENT for a key whose framing is
+// corrupt, that is not for host memory, or whose section at a System V index is not 12 bytes.
+absl::StatusOr<PreparedRkey> PrepareRkey(const std::string& rkey, uint64_t sysv_md_map);
 
 }  // namespace pqkv::server
 

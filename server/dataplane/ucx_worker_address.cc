@@ -173,6 +173,7 @@ absl::StatusOr<UcxWorkerAddress> UcxWorkerAddress::Parse(absl::string_view bytes
         PQKV_READ(devices.Byte("endpoint lane", &lane));
         last_ep = (lane & kFlagLast) != 0;
       }
+      if (checksum == kUcxSysvNameChecksum) address.sysv_md_map_ |= uint64_t{1} << md_index;
       if (checksum != kUcxTcpNameChecksum) continue;
       // What the server would dial: checked in full, so that none is dialled unchecked.
       UcxTcpEndpoint endpoint;

@@ -4,7 +4,9 @@
 // unknown format version, so a corrupt address could read past its buffer or end the
 // process. Parse walks the whole layout with every length checked against the bytes
 // there are, and must end exactly at the last byte; it also pulls out the IP endpoints of
-// the address's TCP interfaces (what the server would dial), for --ucx_allowed_networks.
+// the address's TCP interfaces (what the server would dial), for --ucx_allowed_networks,
+// and the md indices of its System V interfaces (whose rkey sections UCX attaches with
+// shmat: PrepareRkey in ucx_offer_check.h checks those).
 //
 // The layout (UCX 1.13, src/ucp/wireup/address.c, non-unified mode, the default):
 //   header: v1: one byte, version in the low 4 bits, flags in the high 4;
@@ -44,6 +46,8 @@ namespace pqkv::server {
 // ucs_crc16_string("tcp"): how a worker address names the TCP transport (checked against
 // UCX's own function when the data plane starts).
 inline constexpr uint16_t kUcxTcpNameChecksum = 0x19cf;
+// ucs_crc16_string("sysv"): the System V shared-memory transport (checked likewise).
+inline constexpr uint16_t kUcxSysvNameChecksum = 0x538d;
 
 // An IP endpoint a TCP interface of the address listens on.
 struct UcxTcpEndpoint {
@@ -64,11 +68,17 @@ class UcxWorkerAddress {
   uint64_t uuid() const { return uuid_; }  // 0 when the address carries none
   int interfaces() const { return interfaces_; }
   const std::vector<UcxTcpEndpoint>& tcp_endpoints() const { return tcp_endpoints_; }
+  // Bit i set: a device of md index i has a System V ("sysv") interface. UCX 1.13 unpacks
+  // the rkey section of remote md i with the component of the local transport whose name
+  // checksum matches an interface at md i of this address (ucp_wireup_get_reachable_mds),
+  // whatever the section's length, so these are the sections it attaches with shmat.
+  uint64_t sysv_md_map() const { return sysv_md_map_; }
 
  private:
   UcxWorkerAddress() = default;
   uint64_t uuid_ = 0;
   int interfaces_ = 0;
+  uint64_t sysv_md_map_ = 0;
   std::vector<UcxTcpEndpoint> tcp_endpoints_;
 };
 

@@ -3,6 +3,9 @@
 #include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
 #include <string>
 
 #include "catch2/catch.hpp"
@@ -126,8 +129,51 @@ TEST_CASE("UcxWorkerAddress bounds every count and length", "[server]") {
   CHECK(!UcxWorkerAddress::Parse(Header(1) + "\xff" + "z", 0).ok());
 }
 
+TEST_CASE("UcxWorkerAddress reports the md indices of System V interfaces", "[server]") {
+  // md 2 has a System V interface behind another one; md 5 only one; md 0 and 3 none.
+  const std::string v1 =
+      Header(7) + Device(0, "", false, Iface(kShm, "abcdefgh", true)) +
+      Device(2, "guid", false, Iface(kShm, "x", false) + Iface(kUcxSysvNameChecksum, "", true)) +
+      Device(3 | 0x80, "", false, "") +  // no interfaces
+      Device(5, "guid", true, Iface(kUcxSysvNameChecksum, "", true));
+  auto parsed = UcxWorkerAddress::Parse(v1, 0);
+  REQUIRE(parsed.ok());
+  CHECK(parsed->sysv_md_map() == (uint64_t{1} << 2 | uint64_t{1} << 5));
+  // v2: md index 40 in the byte after 127; interface attributes are 8 bytes.
+  std::string v2 = std::string("\x01\x02", 2) + std::string(8, '\0') + "\x7f\x28" + "\x80";
+  const uint16_t sysv = kUcxSysvNameChecksum;
+  v2.append(reinterpret_cast<const char*>(&sysv), sizeof sysv);
+  v2 += std::string(8, '\0') + "\x80";
+  auto extended = UcxWorkerAddress::Parse(v2, 1);
+  INFO(extended.status().message());
+  REQUIRE(extended.ok());
+  CHECK(extended->sysv_md_map() == uint64_t{1} << 40);
+  CHECK(UcxWorkerAddress::Parse(Header(1) + "\xff", 0)->sysv_md_map() == 0);
+}
+
+// Bit i set for each md i that has a "sysv" resource in UCX's own description of the
+// context ("resource 3  :  md 2  dev 3  flags -- sysv/memory").
+uint64_t SysvMdsOf(ucp_context_h context) {
+  char* text = nullptr;
+  size_t size = 0;
+  FILE* out = open_memstream(&text, &size);
+  REQUIRE(out != nullptr);
+  ucp_context_print_info(context, out);
+  std::fclose(out);
+  std::istringstream lines(std::string(text, size));
+  std::free(text);
+  uint64_t map = 0;
+  for (std::string line; std::getline(lines, line);) {
+    const size_t md = line.find(":  md ");
+    if (md == std::string::npos || line.find("sysv/") == std::string::npos) continue;
+    map |= uint64_t{1} << std::stoi(line.substr(md + 6));
+  }
+  return map;
+}
+
 TEST_CASE("UcxWorkerAddress reads this UCX's own worker address", "[server]") {
   CHECK(ucs_crc16_string("tcp") == kUcxTcpNameChecksum);
+  CHECK(ucs_crc16_string("sysv") == kUcxSysvNameChecksum);
   ucp_config_t* config = nullptr;
   REQUIRE(ucp_config_read(nullptr, nullptr, &config) == UCS_OK);
   ucp_params_t params{};
@@ -144,6 +190,7 @@ TEST_CASE("UcxWorkerAddress reads this UCX's own worker address", "[server]") {
   REQUIRE(ucp_worker_get_address(worker, &own, &bytes) == UCS_OK);
   const std::string address(reinterpret_cast<const char*>(own), bytes);
   ucp_worker_release_address(worker, own);
+  const uint64_t sysv_mds = SysvMdsOf(context);
   ucp_worker_destroy(worker);
   ucp_cleanup(context);
   const uint8_t version = static_cast<uint8_t>(address[0]) & 0xf;
@@ -152,6 +199,7 @@ TEST_CASE("UcxWorkerAddress reads this UCX's own worker address", "[server]") {
   REQUIRE(parsed.ok());
   CHECK(parsed->interfaces() > 0);
   CHECK(parsed->uuid() != 0);
+  CHECK(parsed->sysv_md_map() == sysv_mds);
   for (size_t n = 0; n < address.size(); ++n) {
     INFO(n);
     CHECK(!UcxWorkerAddress::Parse(address.substr(0, n), version).ok());
