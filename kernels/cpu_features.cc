@@ -40,6 +40,18 @@ bool UseAvx512() {
   return use;
 }
 
+bool UseAvx512Vnni() {
+  static const bool use = [] {
+#if defined(__x86_64__)
+    return UseAvx512() && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+  }();
+  return use;
+}
+
 const char* SimdLevelName() { return UseAvx512() ? "avx512" : UseAvx2() ? "avx2" : "portable"; }
 
 }  // namespace pqkv::kernels

@@ -12,6 +12,10 @@ bool UseAvx2();
 // PQKV_DISABLE_AVX512=1 keeps the AVX2 kernels, for comparison.
 bool UseAvx512();
 
+// True when UseAvx512() is and the CPU also has AVX-512 BW and VNNI (the *_avx512_vnni.cc
+// kernels: vpdpbusd). PQKV_DISABLE_AVX512=1 turns these off too.
+bool UseAvx512Vnni();
+
 // "avx512", "avx2" or "portable": what UseAvx2() chose, for logs and benchmark headers.
 const char* SimdLevelName();
 

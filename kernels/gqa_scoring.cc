@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #endif
 
+#include "kernels/dim4_scan.h"
 #include "kernels/fast_scan.h"
 #include "kernels/vector_exp.h"
 
@@ -29,6 +30,9 @@ struct ScratchSpace {
   std::vector<uint8_t> quantized;
   std::vector<uint32_t> histogram;
   std::vector<float> group_max;
+  std::vector<int8_t> weights;
+  std::vector<int32_t> dots;
+  std::vector<float> exps;
 };
 thread_local ScratchSpace scratch;
 
@@ -171,6 +175,60 @@ bool ScoreFastScan(const GqaScoringInput& in, float scale, float* scores, double
   for (size_t t = 0; t < n; ++t) {
     float score = 0;
     for (int g = 0; g < G; ++g) score += lut[g * levels + sums[g * padded + t]];
+    scores[t] = score;
+  }
+  return true;
+}
+
+// Per-dimension 4-bit codes: each query head's int8 weights (QuantizeDim4Query), the
+// integer dot products of every token (Dim4Dots), then one exponential per token and
+// query head. Scores carry the int8 query's rounding, no table quantisation.
+bool ScoreDim4(const GqaScoringInput& in, float scale, float* scores, double* log_z) {
+  const PqCodeStore& codes = *in.codes;
+  const int D = in.head_dim, G = in.group_size;
+  const size_t n = codes.size();
+  const size_t padded = codes.num_dim4_blocks() * kDim4BlockTokens;
+  int8_t* weights = Scratch(scratch.weights, static_cast<size_t>(G) * D);
+  int32_t* dots = Scratch(scratch.dots, static_cast<size_t>(G) * padded);
+  float* exps = Scratch(scratch.exps, static_cast<size_t>(G) * n);
+  float* tail = Scratch(scratch.logits, in.num_exact);
+  std::vector<Dim4Query> params(G);
+  for (int g = 0; g < G; ++g) {
+    params[g] = QuantizeDim4Query(in.group_queries + static_cast<size_t>(g) * D, in.centroids, D,
+                                  weights + static_cast<size_t>(g) * D);
+  }
+  Dim4Dots(codes.dim4_blocks(), codes.num_dim4_blocks(), D, weights, G, dots, padded);
+
+  std::fill(scores + n, scores + n + in.num_exact, 0.0f);
+  std::vector<float> inv_z(G);
+  for (int g = 0; g < G; ++g) {
+    const int32_t* d = dots + g * padded;
+    float* e = exps + g * n;
+    int32_t top = std::numeric_limits<int32_t>::min();
+    for (size_t t = 0; t < n; ++t) {
+      top = std::max(top, d[t]);
+      e[t] = static_cast<float>(d[t]);
+    }
+    TailLogits(in, in.group_queries + static_cast<size_t>(g) * D, tail);
+    const Dim4Query& p = params[g];
+    const float max = std::max(p.offset + p.scale * static_cast<float>(top), MaxOf(tail, in.num_exact));
+    if (!std::isfinite(max) || !std::isfinite(p.scale)) return false;
+    // exp(scale * (offset + step * dot) - scale * max), with the offset folded into the shift.
+    double z = ExpAndSum(e, n, scale * p.scale, scale * (max - p.offset), e);
+    z += ExpAndSum(tail, in.num_exact, scale, scale * max, tail);
+    if (log_z != nullptr) log_z[g] = static_cast<double>(scale * max) + std::log(z);
+    inv_z[g] = static_cast<float>(1.0 / z);
+    for (size_t t = 0; t < in.num_exact; ++t) scores[n + t] += tail[t] * inv_z[g];
+  }
+  if (G == 4) {  // the common GQA group: an unrolled combine
+    const float *e0 = exps, *e1 = exps + n, *e2 = exps + 2 * n, *e3 = exps + 3 * n;
+    const float w0 = inv_z[0], w1 = inv_z[1], w2 = inv_z[2], w3 = inv_z[3];
+    for (size_t t = 0; t < n; ++t) scores[t] = (e0[t] * w0 + e1[t] * w1) + (e2[t] * w2 + e3[t] * w3);
+    return true;
+  }
+  for (size_t t = 0; t < n; ++t) {
+    float score = 0;
+    for (int g = 0; g < G; ++g) score += exps[g * n + t] * inv_z[g];
     scores[t] = score;
   }
   return true;
@@ -367,6 +425,8 @@ const char* ScanPathName(ScanPath path) {
       return "joined";
     case ScanPath::kFastScan:
       return "fast-scan";
+    case ScanPath::kDim4:
+      return "dim4";
     case ScanPath::kGeneric:
       return "generic";
     case ScanPath::kExactOnly:
@@ -378,6 +438,7 @@ const char* ScanPathName(ScanPath path) {
 ScanPath ChooseScanPath(const PqCodeStore* codes) {
   if (codes == nullptr || codes->size() == 0) return ScanPath::kExactOnly;
   if (codes->has_joined()) return ScanPath::kJoined;
+  if (codes->has_dim4()) return ScanPath::kDim4;
   if (codes->has_fast_scan()) return ScanPath::kFastScan;
   return ScanPath::kGeneric;
 }
@@ -389,6 +450,8 @@ bool ScoreGqa(const GqaScoringInput& input, float* scores, double* log_normalise
       return ScoreJoined(input, scale, scores, log_normalisers);
     case ScanPath::kFastScan:
       return ScoreFastScan(input, scale, scores, log_normalisers);
+    case ScanPath::kDim4:
+      return ScoreDim4(input, scale, scores, log_normalisers);
     case ScanPath::kGeneric:
     case ScanPath::kExactOnly:
       return ScoreByLogits(input, scale, scores, log_normalisers);
@@ -409,6 +472,22 @@ void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size
   const int M = shape.subspaces, ksub = shape.centroids_per_subspace;
   const uint8_t* codes = input.codes->codes();
   const bool fast_scan = ChooseScanPath(input.codes) == ScanPath::kFastScan;
+  if (ChooseScanPath(input.codes) == ScanPath::kDim4) {
+    // As ScoreDim4: offset + scale x the integer dot product with the int8 weights.
+    std::vector<int8_t> weights(static_cast<size_t>(input.head_dim));
+    for (int g = 0; g < input.group_size; ++g) {
+      const Dim4Query params =
+          QuantizeDim4Query(input.group_queries + static_cast<size_t>(g) * input.head_dim,
+                            input.centroids, input.head_dim, weights.data());
+      float* dst = out + static_cast<size_t>(g) * count;
+      for (size_t i = 0; i < count; ++i) {
+        const uint8_t* code = codes + static_cast<size_t>(positions[i]) * M;
+        dst[i] = params.offset +
+                 params.scale * static_cast<float>(Dim4Dot(code, weights.data(), input.head_dim));
+      }
+    }
+    return;
+  }
   if (M == 2 && input.codes->has_joined()) {
     // PQCache's 2 x 6: a re-rank looks up thousands of scattered tokens, so every query
     // head's tables first, then one pass over the tokens reading each joined code (which

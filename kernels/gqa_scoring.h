@@ -3,13 +3,17 @@
 // a token's logit comes from its PQ codes (encoded tokens) or from its raw key (the
 // tokens after them that have no codes yet).
 //
-// Three scan paths, chosen by the code layout (ChooseScanPath):
+// Four scan paths, chosen by the code layout (ChooseScanPath):
 //  - joined (M * bits <= 12, PQCache's M = 2 x 6 bits): a token's logit depends only on
 //    its joined code, so tables, exponentials and normalisers are computed once per
 //    distinct code (4096 for 12 bits) with the code histogram, and the scan is a single
 //    table lookup per token. Same scores as the plain path up to float rounding.
 //  - fast-scan (bits == 4, M even): uint8 tables, vpshufb lookups, uint16 sums, and one
 //    exponential per distinct sum. Scores carry the tables' 8-bit quantisation error.
+//  - dim4 (one sub-space per dimension, 4 bits: PqCodeStore's dim4 blocks): the codes
+//    are levels of a uniform grid, so a logit is an integer dot product of the codes with
+//    an int8 query (kernels/dim4_scan.h), then one exponential per token and query head.
+//    Scores carry the int8 query's rounding.
 //  - generic (other shapes, e.g. M = 4 x 8 bits): the group's tables interleaved so one
 //    token's logits for all its query heads are M row additions, computed in L1-sized
 //    chunks twice (online max and normaliser, then scores), vectorised exponentials.
@@ -27,7 +31,7 @@
 
 namespace pqkv::kernels {
 
-enum class ScanPath { kJoined, kFastScan, kGeneric, kExactOnly };
+enum class ScanPath { kJoined, kFastScan, kDim4, kGeneric, kExactOnly };
 const char* ScanPathName(ScanPath path);
 // The path ScoreGqa takes for these codes (null: no codes, exact only).
 ScanPath ChooseScanPath(const PqCodeStore* codes);
@@ -64,8 +68,8 @@ bool ScoreGqaJoined(const GqaScoringInput& input, float* code_scores, float* exa
 
 // The logits ScoreGqa's path computes for the encoded tokens `positions` (each below
 // codes->size()), unscaled: out[g * count + i], fp32 [group_size][count]. The fast-scan
-// path's are those of its quantised tables; the others sum the float tables in the same
-// order as the scan. Lets a caller take tokens out of ScoreGqa's normalisers (RerankExact).
+// path's are those of its quantised tables, the dim4 path's those of its int8 query; the
+// others sum the float tables in the same order as the scan. Lets a caller take tokens out of ScoreGqa's normalisers (RerankExact).
 void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size_t count,
                    float* out);
 

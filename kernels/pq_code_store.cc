@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "kernels/dim4_scan.h"
+
 namespace pqkv::kernels {
 namespace {
 
@@ -11,7 +13,8 @@ constexpr size_t kMinUnlisted = 256;
 
 }  // namespace
 
-PqCodeStore::PqCodeStore(int subspaces, int bits) : subspaces_(subspaces), bits_(bits) {
+PqCodeStore::PqCodeStore(int subspaces, int bits, bool per_dimension)
+    : subspaces_(subspaces), bits_(bits), per_dimension_(per_dimension) {
   if (has_joined()) {
     histogram_.assign(joined_size(), 0);
     list_offsets_.assign(joined_size() + 1, 0);
@@ -41,8 +44,16 @@ void PqCodeStore::Append(const uint8_t* codes, size_t n) {
       }
     }
   }
+  if (has_dim4()) {
+    dim4_.resize((size_ + n + kDim4BlockTokens - 1) / kDim4BlockTokens * Dim4BlockBytes(M), 0);
+    PackDim4(codes, size_, n, M, dim4_.data());
+  }
   size_ += n;
   if (has_joined() && size_ - listed_ > std::max(kMinUnlisted, size_ / 8)) RebuildLists();
+}
+
+size_t PqCodeStore::num_dim4_blocks() const {
+  return (size_ + kDim4BlockTokens - 1) / kDim4BlockTokens;
 }
 
 void PqCodeStore::RebuildLists() {
@@ -68,22 +79,28 @@ void PqCodeStore::Reserve(size_t tokens) {
   if (has_fast_scan()) {
     blocks_.reserve((tokens + kBlockTokens - 1) / kBlockTokens * block_bytes());
   }
+  if (has_dim4()) {
+    dim4_.reserve((tokens + kDim4BlockTokens - 1) / kDim4BlockTokens * Dim4BlockBytes(subspaces_));
+  }
 }
 
 size_t PqCodeStore::bytes() const {
   return codes_.capacity() + joined_.capacity() * sizeof(uint16_t) +
          histogram_.capacity() * sizeof(uint32_t) +
          (list_offsets_.capacity() + list_tokens_.capacity()) * sizeof(uint32_t) +
-         blocks_.capacity();
+         blocks_.capacity() + dim4_.capacity();
 }
 
-size_t PqCodeStore::BytesFor(int subspaces, int bits, size_t tokens) {
-  PqCodeStore shape(subspaces, bits);
+size_t PqCodeStore::BytesFor(int subspaces, int bits, size_t tokens, bool per_dimension) {
+  PqCodeStore shape(subspaces, bits, per_dimension);
   size_t bytes = tokens * subspaces +
                  (shape.histogram_.capacity() + shape.list_offsets_.capacity()) * sizeof(uint32_t);
   if (shape.has_joined()) bytes += tokens * (sizeof(uint16_t) + sizeof(uint32_t));
   if (shape.has_fast_scan()) {
     bytes += (tokens + kBlockTokens - 1) / kBlockTokens * shape.block_bytes();
+  }
+  if (shape.has_dim4()) {
+    bytes += (tokens + kDim4BlockTokens - 1) / kDim4BlockTokens * Dim4BlockBytes(subspaces);
   }
   return bytes;
 }

@@ -7,7 +7,9 @@
 //    (kernels/code_select.h);
 //  - fast-scan: when bits == 4 and M is even, blocks of 32 tokens, each block M / 2 rows
 //    of 32 bytes; byte j of row p holds token j's codes for sub-spaces 2p (low nibble)
-//    and 2p + 1 (high nibble).
+//    and 2p + 1 (high nibble);
+//  - dim4: when each sub-space is one dimension (per_dimension), bits == 4 and M % 8 == 0,
+//    blocks of 16 tokens in kernels/dim4_scan.h's layout, instead of fast-scan blocks.
 //
 // Not thread-safe: one writer, and no reader during a write (LayerStore's lock).
 #ifndef PQKV_KERNELS_PQ_CODE_STORE_H_
@@ -24,7 +26,8 @@ class PqCodeStore {
   static constexpr int kMaxJoinedBits = 12;
   static constexpr size_t kBlockTokens = 32;
 
-  PqCodeStore(int subspaces, int bits);
+  // per_dimension: each sub-space is one dimension of the key (M == head_dim).
+  PqCodeStore(int subspaces, int bits, bool per_dimension = false);
 
   // Appends n tokens' codes, uint8 [n][M].
   void Append(const uint8_t* codes, size_t n);
@@ -36,7 +39,7 @@ class PqCodeStore {
   // Heap bytes the store holds: its layouts' capacities.
   size_t bytes() const;
   // bytes() of a store of this shape after Reserve(tokens), with no more appended.
-  static size_t BytesFor(int subspaces, int bits, size_t tokens);
+  static size_t BytesFor(int subspaces, int bits, size_t tokens, bool per_dimension = false);
 
   size_t size() const { return size_; }
   int subspaces() const { return subspaces_; }
@@ -58,7 +61,14 @@ class PqCodeStore {
   const uint32_t* list_offsets() const { return list_offsets_.data(); }
   const uint32_t* list_tokens() const { return list_tokens_.data(); }
 
-  bool has_fast_scan() const { return bits_ == 4 && subspaces_ % 2 == 0 && subspaces_ <= 256; }
+  bool has_dim4() const { return per_dimension_ && bits_ == 4 && subspaces_ % 8 == 0; }
+  // Blocks of 16 tokens, 8 * M bytes each; the last block is padded with code 0.
+  const uint8_t* dim4_blocks() const { return dim4_.data(); }
+  size_t num_dim4_blocks() const;
+
+  bool has_fast_scan() const {
+    return !has_dim4() && bits_ == 4 && subspaces_ % 2 == 0 && subspaces_ <= 256;
+  }
   // Blocks of 32 tokens, 16 * M bytes each; the last block is padded with code 0.
   const uint8_t* fast_scan_blocks() const { return blocks_.data(); }
   size_t num_blocks() const { return (size_ + kBlockTokens - 1) / kBlockTokens; }
@@ -70,6 +80,7 @@ class PqCodeStore {
 
   const int subspaces_;
   const int bits_;
+  const bool per_dimension_;
   size_t size_ = 0;
   std::vector<uint8_t> codes_;
   std::vector<uint16_t> joined_;
@@ -78,6 +89,7 @@ class PqCodeStore {
   std::vector<uint32_t> list_offsets_;  // joined_size() + 1
   std::vector<uint32_t> list_tokens_;   // listed_ positions
   std::vector<uint8_t> blocks_;
+  std::vector<uint8_t> dim4_;
 };
 
 }  // namespace pqkv::kernels

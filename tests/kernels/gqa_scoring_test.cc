@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "catch2/catch.hpp"
+#include "kernels/dim4_scan.h"
 #include "kernels/fast_scan.h"
 #include "kernels/gqa_softmax.h"
 
@@ -14,7 +15,26 @@ namespace {
 struct Case {
   int M, bits, dim, group;
   size_t encoded, exact;
+  bool per_dimension = false;  // M == dim: the dim4 path at 4 bits
 };
+
+// Centroids fp32 [M][ksub][dim / M]; per dimension, a uniform grid lo + step x c per
+// dimension (what PqCodebook trains for one-dimension sub-spaces).
+std::vector<float> RandomCentroids(const Case& c, std::mt19937& rng) {
+  const int ksub = 1 << c.bits;
+  std::normal_distribution<float> normal;
+  std::vector<float> centroids(static_cast<size_t>(c.M) * ksub * (c.dim / c.M));
+  if (!c.per_dimension) {
+    for (float& v : centroids) v = normal(rng);
+    return centroids;
+  }
+  std::uniform_real_distribution<float> step(0.05f, 0.5f);
+  for (int d = 0; d < c.M; ++d) {
+    const float lo = normal(rng) - 2, s = step(rng);
+    for (int k = 0; k < ksub; ++k) centroids[d * ksub + k] = lo + s * k;
+  }
+  return centroids;
+}
 
 // Plain reference: per query head, logits from `tables` (float [M][ksub] per head) or raw
 // keys, AccumulateSoftmax over all tokens.
@@ -40,20 +60,20 @@ std::vector<float> Reference(const Case& c, const std::vector<float>& tables,
 TEST_CASE("ScoreGqa equals the plain softmax-sum on every scan path", "[kernels]") {
   const Case c =
       GENERATE(Case{2, 6, 32, 4, 5000, 0}, Case{2, 6, 32, 4, 3000, 17}, Case{3, 4, 24, 1, 777, 3},
-               Case{4, 8, 32, 4, 2001, 5}, Case{16, 4, 32, 4, 1000, 9}, Case{2, 4, 16, 5, 0, 300});
+               Case{4, 8, 32, 4, 2001, 5}, Case{16, 4, 32, 4, 1000, 9}, Case{2, 4, 16, 5, 0, 300},
+               Case{32, 4, 32, 4, 1000, 9, true}, Case{64, 4, 64, 6, 333, 2, true});
   const int ksub = 1 << c.bits;
   const PqShape shape{c.M, ksub, c.dim / c.M};
   std::mt19937 rng(c.M * 100 + c.bits + c.encoded);
   std::normal_distribution<float> normal;
   std::uniform_int_distribution<int> code(0, ksub - 1);
-  std::vector<float> centroids(static_cast<size_t>(c.M) * ksub * shape.subspace_dim);
-  for (float& v : centroids) v = normal(rng);
+  const std::vector<float> centroids = RandomCentroids(c, rng);
   std::vector<uint8_t> codes(c.encoded * c.M);
   for (uint8_t& v : codes) v = static_cast<uint8_t>(code(rng));
   std::vector<float> keys(c.exact * c.dim), queries(static_cast<size_t>(c.group) * c.dim);
   for (float& v : keys) v = normal(rng);
   for (float& v : queries) v = 3 * normal(rng);
-  PqCodeStore store(c.M, c.bits);
+  PqCodeStore store(c.M, c.bits, c.per_dimension);
   store.Append(codes.data(), c.encoded);
 
   GqaScoringInput input;
@@ -70,8 +90,11 @@ TEST_CASE("ScoreGqa equals the plain softmax-sum on every scan path", "[kernels]
   ScoreGqa(input, got.data());
 
   // The reference uses the tables the path itself scores with: float tables, or for
-  // fast-scan the dequantised uint8 tables (its one approximation, tested in fast_scan_test).
+  // fast-scan the dequantised uint8 tables, for dim4 those of the int8 query (their one
+  // approximation each, tested in fast_scan_test and dim4_scan_test).
   const bool fast_scan = ChooseScanPath(input.codes) == ScanPath::kFastScan;
+  const bool dim4 = ChooseScanPath(input.codes) == ScanPath::kDim4;
+  CHECK(dim4 == (c.per_dimension && c.encoded > 0));
   std::vector<float> tables(static_cast<size_t>(c.group) * c.M * ksub);
   for (int g = 0; g < c.group; ++g) {
     float* table = tables.data() + static_cast<size_t>(g) * c.M * ksub;
@@ -81,6 +104,14 @@ TEST_CASE("ScoreGqa equals the plain softmax-sum on every scan path", "[kernels]
       const QuantizedTable p = QuantizeTable(table, c.M, q.data());
       for (int m = 0; m < c.M; ++m) {
         for (int j = 0; j < 16; ++j) table[m * 16 + j] = p.offset / c.M + p.scale * q[m * 16 + j];
+      }
+    }
+    if (dim4) {
+      std::vector<int8_t> w(c.dim);
+      const Dim4Query p = QuantizeDim4Query(queries.data() + g * c.dim, centroids.data(), c.dim,
+                                            w.data());
+      for (int d = 0; d < c.dim; ++d) {
+        for (int j = 0; j < 16; ++j) table[d * 16 + j] = p.offset / c.dim + p.scale * w[d] * j;
       }
     }
   }
@@ -96,19 +127,19 @@ TEST_CASE("ScoreGqa's log normalisers and GqaCodeLogits give back its scores on 
   // token, so that tokens can be taken out of the normaliser exactly.
   const Case c =
       GENERATE(Case{2, 6, 32, 4, 3000, 17}, Case{3, 4, 24, 1, 777, 3}, Case{4, 8, 32, 4, 2001, 5},
-               Case{16, 4, 32, 4, 1000, 9}, Case{2, 4, 16, 3, 700, 0});
+               Case{16, 4, 32, 4, 1000, 9}, Case{2, 4, 16, 3, 700, 0},
+               Case{32, 4, 32, 4, 1500, 7, true});
   const int ksub = 1 << c.bits;
   std::mt19937 rng(c.M * 7 + c.bits + c.encoded);
   std::normal_distribution<float> normal;
   std::uniform_int_distribution<int> code(0, ksub - 1);
-  std::vector<float> centroids(static_cast<size_t>(c.M) * ksub * (c.dim / c.M));
-  for (float& v : centroids) v = normal(rng);
+  const std::vector<float> centroids = RandomCentroids(c, rng);
   std::vector<uint8_t> codes(c.encoded * c.M);
   for (uint8_t& v : codes) v = static_cast<uint8_t>(code(rng));
   std::vector<float> keys(c.exact * c.dim), queries(static_cast<size_t>(c.group) * c.dim);
   for (float& v : keys) v = normal(rng);
   for (float& v : queries) v = 3 * normal(rng);
-  PqCodeStore store(c.M, c.bits);
+  PqCodeStore store(c.M, c.bits, c.per_dimension);
   store.Append(codes.data(), c.encoded);
   GqaScoringInput input;
   input.head_dim = c.dim;
@@ -188,13 +219,15 @@ TEST_CASE("ScoreGqa's joined path ignores absent codes whose logits overflow", "
 }
 
 TEST_CASE("ChooseScanPath picks the layout's path", "[kernels]") {
-  PqCodeStore joined(2, 6), fast(16, 4), generic(4, 8);
+  PqCodeStore joined(2, 6), fast(16, 4), generic(4, 8), dim4(16, 4, /*per_dimension=*/true);
   const uint8_t zeros[16] = {0};
   joined.Append(zeros, 1);
   fast.Append(zeros, 1);
   generic.Append(zeros, 1);
+  dim4.Append(zeros, 1);
   CHECK(ChooseScanPath(&joined) == ScanPath::kJoined);
   CHECK(ChooseScanPath(&fast) == ScanPath::kFastScan);
+  CHECK(ChooseScanPath(&dim4) == ScanPath::kDim4);
   CHECK(ChooseScanPath(&generic) == ScanPath::kGeneric);
   CHECK(ChooseScanPath(nullptr) == ScanPath::kExactOnly);
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <random>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -56,14 +57,44 @@ TEST_CASE("PqCodeStore keeps every layout consistent across appends", "[kernels]
   CHECK(store.has_fast_scan() == (bits == 4 && M % 2 == 0));
 }
 
+TEST_CASE("PqCodeStore keeps per-dimension 4-bit codes in dim4 blocks", "[kernels]") {
+  const int M = GENERATE(8, 64);
+  const std::vector<uint8_t> codes = RandomCodes(100, M, 4, M);
+  PqCodeStore store(M, 4, /*per_dimension=*/true);
+  size_t at = 0;
+  for (size_t count : {1, 14, 2, 1, 82}) {  // across the 16-token block edges
+    store.Append(codes.data() + at * M, count);
+    at += count;
+  }
+  REQUIRE(store.has_dim4());
+  CHECK_FALSE(store.has_fast_scan());
+  REQUIRE(store.num_dim4_blocks() == 7);
+  CHECK(std::vector<uint8_t>(store.codes(), store.codes() + 100 * M) == codes);
+  for (size_t t = 0; t < 100; ++t) {
+    const uint8_t* block = store.dim4_blocks() + t / 16 * (8 * M);
+    for (int d = 0; d < M; ++d) {
+      const uint8_t byte = block[(d / 8) * 64 + 4 * (t % 16) + d % 4];
+      REQUIRE((d % 8 < 4 ? (byte & 0xf) : (byte >> 4)) == codes[t * M + d]);
+    }
+  }
+  // Padding tokens of the last block read as code 0.
+  for (size_t i = 4 * (100 % 16); i < 64; ++i) CHECK(store.dim4_blocks()[6 * 8 * M + i] == 0);
+  // Not per dimension, or not 4 bits, or M not a multiple of 8: no dim4 blocks.
+  CHECK_FALSE(PqCodeStore(M, 4).has_dim4());
+  CHECK_FALSE(PqCodeStore(M, 6, true).has_dim4());
+  CHECK_FALSE(PqCodeStore(12, 4, true).has_dim4());
+}
+
 TEST_CASE("PqCodeStore::Reserve makes room that appends use, and BytesFor says its size",
           "[kernels]") {
-  const auto [M, bits] = GENERATE(std::pair{2, 6}, std::pair{16, 4}, std::pair{4, 8});
-  PqCodeStore store(M, bits);
+  const auto [M, bits, per_dimension] = GENERATE(
+      std::tuple{2, 6, false}, std::tuple{16, 4, false}, std::tuple{4, 8, false},
+      std::tuple{16, 4, true});
+  PqCodeStore store(M, bits, per_dimension);
   store.Reserve(1000);
   CHECK(store.capacity() == 1000);
   const size_t reserved = store.bytes();
-  CHECK(reserved == PqCodeStore::BytesFor(M, bits, 1000));
+  CHECK(reserved == PqCodeStore::BytesFor(M, bits, 1000, per_dimension));
   const std::vector<uint8_t> codes(static_cast<size_t>(999) * M, 1);
   store.Append(codes.data(), 999);
   store.Append(codes.data(), 1);
