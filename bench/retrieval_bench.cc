@@ -209,7 +209,7 @@ double MassRecall(const workload::LayerData& data, uint32_t n, uint32_t H, uint3
   double sum = 0;
   std::vector<float> scores(n);
   for (uint32_t h = 0; h < H; ++h) {
-    kernels::PqCodeStore store(M, bits);
+    kernels::PqCodeStore store(M, bits, M == d);
     store.Append(codes[h], n);
     kernels::GqaScoringInput input;
     input.head_dim = d;
@@ -320,7 +320,7 @@ int RunBuild() {
         codebooks[h] = std::make_unique<PqCodebook>(
             PqCodebook::Train(head.data(), n, d, M, bits, iterations, false, options).value());
         codebooks[h]->Encode(head.data(), n, codes[h].data());
-        kernels::PqCodeStore store(M, bits);
+        kernels::PqCodeStore store(M, bits, M == d);
         store.Append(codes[h].data(), n);
       });
     });
@@ -740,7 +740,7 @@ int Run() {
           PqCodebook::Train(keys, n, d, M, bits, config.index.kmeans_iterations).value());
       std::vector<uint8_t> codes(size_t{n} * M);
       codebooks.back().Encode(keys, n, codes.data());
-      stores.emplace_back(M, bits);
+      stores.emplace_back(M, bits, M == d);
       stores.back().Append(codes.data(), n);
     }
     std::vector<std::vector<float>> scores(H, std::vector<float>(n));
@@ -813,14 +813,14 @@ int Run() {
   }
 
   // Floor: bytes of codes the pqkv scan reads for the layer / measured bandwidth.
-  kernels::PqCodeStore probe(M, bits);
+  kernels::PqCodeStore probe(M, bits, M == d);
   const std::vector<uint8_t> one_code(M, 0);
   probe.Append(one_code.data(), 1);
   const kernels::ScanPath path = kernels::ChooseScanPath(&probe);
   double code_bytes_per_token = M;  // generic: one byte per sub-space
   if (probe.has_joined())
     code_bytes_per_token = 2;
-  else if (probe.has_fast_scan())
+  else if (probe.has_fast_scan() || probe.has_dim4())
     code_bytes_per_token = M / 2.0;
   const double code_bytes = code_bytes_per_token * n * H;
   const double bandwidth = MeasureReadBandwidth(cores);

@@ -32,7 +32,8 @@ struct ScratchSpace {
   std::vector<float> group_max;
   std::vector<int8_t> weights;
   std::vector<int32_t> dots;
-  std::vector<float> exps;
+  std::vector<float> exps, chunk_max, chunk_weight;
+  std::vector<double> chunk_z;
 };
 thread_local ScratchSpace scratch;
 
@@ -180,56 +181,82 @@ bool ScoreFastScan(const GqaScoringInput& in, float scale, float* scores, double
   return true;
 }
 
-// Per-dimension 4-bit codes: each query head's int8 weights (QuantizeDim4Query), the
-// integer dot products of every token (Dim4Dots), then one exponential per token and
-// query head. Scores carry the int8 query's rounding, no table quantisation.
+// Per-dimension 4-bit codes: each query head's int8 weights (QuantizeDim4Query), then
+// chunk by chunk the integer dot products of its tokens (Dim4Dots) and their exponentials
+// relative to the chunk's own largest logit, so that the exponentials run while the next
+// codes stream in and nothing waits for a first pass over all tokens. The chunks'
+// maxima and normalisers then give each query head's normaliser, and one pass combines
+// the heads. Scores carry the int8 query's rounding.
+constexpr size_t kDim4ChunkTokens = 512;
+
 bool ScoreDim4(const GqaScoringInput& in, float scale, float* scores, double* log_z) {
   const PqCodeStore& codes = *in.codes;
   const int D = in.head_dim, G = in.group_size;
   const size_t n = codes.size();
-  const size_t padded = codes.num_dim4_blocks() * kDim4BlockTokens;
+  const size_t chunks = (n + kDim4ChunkTokens - 1) / kDim4ChunkTokens;
   int8_t* weights = Scratch(scratch.weights, static_cast<size_t>(G) * D);
-  int32_t* dots = Scratch(scratch.dots, static_cast<size_t>(G) * padded);
+  int32_t* dots = Scratch(scratch.dots, static_cast<size_t>(G) * kDim4ChunkTokens);
   float* exps = Scratch(scratch.exps, static_cast<size_t>(G) * n);
+  // [query head][chunk]: the chunk's largest logit, its normaliser relative to that, and
+  // at the end the weight of its exponentials in the score.
+  float* chunk_max = Scratch(scratch.chunk_max, static_cast<size_t>(G) * chunks);
+  double* chunk_z = Scratch(scratch.chunk_z, static_cast<size_t>(G) * chunks);
+  float* chunk_weight = Scratch(scratch.chunk_weight, static_cast<size_t>(G) * chunks);
   float* tail = Scratch(scratch.logits, in.num_exact);
   std::vector<Dim4Query> params(G);
   for (int g = 0; g < G; ++g) {
     params[g] = QuantizeDim4Query(in.group_queries + static_cast<size_t>(g) * D, in.centroids, D,
                                   weights + static_cast<size_t>(g) * D);
   }
-  Dim4Dots(codes.dim4_blocks(), codes.num_dim4_blocks(), D, weights, G, dots, padded);
+  const size_t block_bytes = Dim4BlockBytes(D);
+  for (size_t c = 0; c < chunks; ++c) {
+    const size_t begin = c * kDim4ChunkTokens, len = std::min(kDim4ChunkTokens, n - begin);
+    Dim4Dots(codes.dim4_blocks() + begin / kDim4BlockTokens * block_bytes,
+             (len + kDim4BlockTokens - 1) / kDim4BlockTokens, D, weights, G, dots,
+             kDim4ChunkTokens);
+    for (int g = 0; g < G; ++g) {
+      const int32_t* d = dots + g * kDim4ChunkTokens;
+      const int32_t top = MaxOfInt32(d, len);
+      const float step = scale * params[g].scale;
+      chunk_max[g * chunks + c] = params[g].offset + params[g].scale * static_cast<float>(top);
+      chunk_z[g * chunks + c] =
+          ExpAndSumInt32(d, len, step, step * static_cast<float>(top), exps + g * n + begin);
+    }
+  }
 
   std::fill(scores + n, scores + n + in.num_exact, 0.0f);
-  std::vector<float> inv_z(G);
   for (int g = 0; g < G; ++g) {
-    const int32_t* d = dots + g * padded;
-    float* e = exps + g * n;
-    int32_t top = std::numeric_limits<int32_t>::min();
-    for (size_t t = 0; t < n; ++t) {
-      top = std::max(top, d[t]);
-      e[t] = static_cast<float>(d[t]);
-    }
     TailLogits(in, in.group_queries + static_cast<size_t>(g) * D, tail);
-    const Dim4Query& p = params[g];
-    const float max = std::max(p.offset + p.scale * static_cast<float>(top), MaxOf(tail, in.num_exact));
-    if (!std::isfinite(max) || !std::isfinite(p.scale)) return false;
-    // exp(scale * (offset + step * dot) - scale * max), with the offset folded into the shift.
-    double z = ExpAndSum(e, n, scale * p.scale, scale * (max - p.offset), e);
-    z += ExpAndSum(tail, in.num_exact, scale, scale * max, tail);
+    const float* m = chunk_max + g * chunks;
+    const float max = std::max(MaxOf(m, chunks), MaxOf(tail, in.num_exact));
+    if (!std::isfinite(max) || !std::isfinite(params[g].scale)) return false;
+    double z = ExpAndSum(tail, in.num_exact, scale, scale * max, tail);
+    float* w = chunk_weight + g * chunks;
+    for (size_t c = 0; c < chunks; ++c) {
+      w[c] = std::exp(scale * (m[c] - max));
+      z += chunk_z[g * chunks + c] * w[c];
+    }
     if (log_z != nullptr) log_z[g] = static_cast<double>(scale * max) + std::log(z);
-    inv_z[g] = static_cast<float>(1.0 / z);
-    for (size_t t = 0; t < in.num_exact; ++t) scores[n + t] += tail[t] * inv_z[g];
+    const float inv_z = static_cast<float>(1.0 / z);
+    for (size_t c = 0; c < chunks; ++c) w[c] *= inv_z;
+    for (size_t t = 0; t < in.num_exact; ++t) scores[n + t] += tail[t] * inv_z;
   }
-  if (G == 4) {  // the common GQA group: an unrolled combine
-    const float *e0 = exps, *e1 = exps + n, *e2 = exps + 2 * n, *e3 = exps + 3 * n;
-    const float w0 = inv_z[0], w1 = inv_z[1], w2 = inv_z[2], w3 = inv_z[3];
-    for (size_t t = 0; t < n; ++t) scores[t] = (e0[t] * w0 + e1[t] * w1) + (e2[t] * w2 + e3[t] * w3);
-    return true;
-  }
-  for (size_t t = 0; t < n; ++t) {
-    float score = 0;
-    for (int g = 0; g < G; ++g) score += exps[g * n + t] * inv_z[g];
-    scores[t] = score;
+  for (size_t c = 0; c < chunks; ++c) {
+    const size_t begin = c * kDim4ChunkTokens, end = std::min(begin + kDim4ChunkTokens, n);
+    if (G == 4) {  // the common GQA group: an unrolled combine
+      const float *e0 = exps, *e1 = exps + n, *e2 = exps + 2 * n, *e3 = exps + 3 * n;
+      const float w0 = chunk_weight[c], w1 = chunk_weight[chunks + c],
+                  w2 = chunk_weight[2 * chunks + c], w3 = chunk_weight[3 * chunks + c];
+      for (size_t t = begin; t < end; ++t) {
+        scores[t] = (e0[t] * w0 + e1[t] * w1) + (e2[t] * w2 + e3[t] * w3);
+      }
+      continue;
+    }
+    for (size_t t = begin; t < end; ++t) {
+      float score = 0;
+      for (int g = 0; g < G; ++g) score += exps[g * n + t] * chunk_weight[g * chunks + c];
+      scores[t] = score;
+    }
   }
   return true;
 }

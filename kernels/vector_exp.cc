@@ -23,6 +23,16 @@ double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out)
   return ExpAndSumPortable(x, n, scale, shift, out);
 }
 
+double ExpAndSumInt32(const int32_t* x, size_t n, float scale, float shift, float* out) {
+  if (UseAvx2()) return avx2::ExpAndSumInt32(x, n, scale, shift, out);
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = std::exp(scale * static_cast<float>(x[i]) - shift);
+    sum += out[i];
+  }
+  return sum;
+}
+
 void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
                       float* out, double* sums) {
   if (UseAvx2() && 8 % group == 0) {
@@ -41,6 +51,13 @@ void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, cons
 float MaxOf(const float* x, size_t n) {
   if (UseAvx2()) return avx2::MaxOf(x, n);
   float max = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < n; ++i) max = std::max(max, x[i]);
+  return max;
+}
+
+int32_t MaxOfInt32(const int32_t* x, size_t n) {
+  if (UseAvx2()) return avx2::MaxOfInt32(x, n);
+  int32_t max = std::numeric_limits<int32_t>::min();
   for (size_t i = 0; i < n; ++i) max = std::max(max, x[i]);
   return max;
 }

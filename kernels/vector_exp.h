@@ -6,6 +6,7 @@
 #define PQKV_KERNELS_VECTOR_EXP_H_
 
 #include <cstddef>
+#include <cstdint>
 
 namespace pqkv::kernels {
 
@@ -16,6 +17,9 @@ double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out)
 // The same with the portable code, whatever the CPU; the AVX2 version's test oracle.
 double ExpAndSumPortable(const float* x, size_t n, float scale, float shift, float* out);
 
+// ExpAndSum of integers (the dim4 scan's dot products), converted to float first.
+double ExpAndSumInt32(const int32_t* x, size_t n, float scale, float shift, float* out);
+
 // Interleaved groups: x holds `count` rows of `group` values ([row][group]). Writes
 // out[r * group + g] = exp(scale * x[r * group + g] - shifts[g]) and adds each column's
 // sum to sums[g]. `out` may equal `x`. AVX2 when 8 % group == 0.
@@ -24,6 +28,9 @@ void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, cons
 
 // Largest of x[0, n); -inf for n == 0.
 float MaxOf(const float* x, size_t n);
+
+// Largest of x[0, n); INT32_MIN for n == 0.
+int32_t MaxOfInt32(const int32_t* x, size_t n);
 
 }  // namespace pqkv::kernels
 

@@ -58,6 +58,33 @@ double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out)
   return sum;
 }
 
+double ExpAndSumInt32(const int32_t* x, size_t n, float scale, float shift, float* out) {
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const __m256 vshift = _mm256_set1_ps(shift);
+  __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 x0 = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+    const __m256 x1 =
+        _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 8)));
+    const __m256 e0 = Exp(_mm256_fmsub_ps(x0, vscale, vshift));
+    const __m256 e1 = Exp(_mm256_fmsub_ps(x1, vscale, vshift));
+    _mm256_storeu_ps(out + i, e0);
+    _mm256_storeu_ps(out + i + 8, e1);
+    sum0 = _mm256_add_ps(sum0, e0);
+    sum1 = _mm256_add_ps(sum1, e1);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(sum0, sum1));
+  double sum = 0;
+  for (float lane : lanes) sum += lane;
+  for (; i < n; ++i) {
+    out[i] = std::exp(scale * static_cast<float>(x[i]) - shift);
+    sum += out[i];
+  }
+  return sum;
+}
+
 void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
                       float* out, double* sums) {
   // Lane i of a 256-bit vector always holds column i % group, as 8 % group == 0.
@@ -92,6 +119,20 @@ float MaxOf(const float* x, size_t n) {
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, _mm256_max_ps(m0, m1));
   float max = *std::max_element(lanes, lanes + 8);
+  for (; i < n; ++i) max = std::max(max, x[i]);
+  return max;
+}
+
+int32_t MaxOfInt32(const int32_t* x, size_t n) {
+  __m256i m0 = _mm256_set1_epi32(std::numeric_limits<int32_t>::min()), m1 = m0;
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    m0 = _mm256_max_epi32(m0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+    m1 = _mm256_max_epi32(m1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 8)));
+  }
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_max_epi32(m0, m1));
+  int32_t max = *std::max_element(lanes, lanes + 8);
   for (; i < n; ++i) max = std::max(max, x[i]);
   return max;
 }

@@ -1,6 +1,9 @@
 // PqCodebook: the product-quantization codebook of one (layer, kv head), trained with our
 // own k-means (server/index/kmeans.h: AVX2 assignment, a sample of keys per sub-space and
 // an early stop, PqTrainOptions), and the encoder that gives a key its M one-byte codes.
+// Sub-spaces of one dimension (M == dim, the per-dimension index) take 2^bits evenly
+// spaced levels between the smallest and largest key value instead, encoded by rounding:
+// the grid the dim4 scan needs (kernels/dim4_scan.h).
 //
 // Optionally k-means sees the key dimensions reordered (RoPE pairs), which costs nothing
 // at query time but changes what the sub-spaces hold (docs/quality.md measures it):
@@ -61,7 +64,8 @@ class PqCodebook {
                                           const PqTrainOptions& options = PqTrainOptions());
 
   // Writes the nearest centroid (L2) of each sub-space of each key: codes uint8 [n][M].
-  // kernels/kmeans.h's AssignNearest; exact ties go to the lower centroid.
+  // kernels/kmeans.h's AssignNearest, exact ties to the lower centroid; for one-dimension
+  // sub-spaces, rounding to the nearest level (ties to the upper).
   void Encode(const float* keys, size_t n, uint8_t* codes) const;
 
   // Squared reconstruction error |k - k^|^2 of `keys` (fp32 [n][dim]) from their `codes`
@@ -69,7 +73,8 @@ class PqCodebook {
   // set's reconstruct worse, and the error of a score q . k^ grows with |k - k^|).
   double SquaredError(const float* keys, size_t n, const uint8_t* codes) const;
 
-  // Lloyd iterations the training ran, the most over sub-spaces (for benchmarks).
+  // Lloyd iterations the training ran, the most over sub-spaces (for benchmarks); 0 for
+  // one-dimension sub-spaces.
   int iterations_run() const { return iterations_run_; }
 
   const kernels::PqShape& shape() const { return shape_; }

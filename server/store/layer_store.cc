@@ -192,7 +192,9 @@ absl::Status LayerStore::TrainHeads(size_t tokens, ThreadPool* pool, absl::Time 
   const uint32_t H = shape.num_kv_heads;
   std::vector<std::optional<PqCodebook>> trained(H);
   codes->clear();
-  for (uint32_t h = 0; h < H; ++h) codes->emplace_back(options.subspaces, options.bits);
+  for (uint32_t h = 0; h < H; ++h) {
+    codes->emplace_back(options.subspaces, options.bits, options.per_dimension(shape.head_dim));
+  }
   std::vector<absl::Status> statuses(H);
   std::vector<double> errors(H, 0);
   std::vector<size_t> measured(H, 0);
@@ -314,7 +316,8 @@ void LayerStore::RefreshIndex(ThreadPool* pool) {
     for (const PqCodebook& codebook : codebooks_) bytes += codebook.bytes();
     bytes +=
         H * kernels::PqCodeStore::BytesFor(static_cast<int>(config_.index.subspaces),
-                                           static_cast<int>(config_.index.bits), snapshot_tokens);
+                                           static_cast<int>(config_.index.bits), snapshot_tokens,
+                                           config_.index.per_dimension(config_.shape.head_dim));
     absl::StatusOr<std::vector<uint32_t>> charged =
         arena_->Allocate((bytes + arena_->page_bytes() - 1) / arena_->page_bytes());
     if (!charged.ok()) {
@@ -407,8 +410,10 @@ absl::Status LayerStore::ReserveIndexLocked(size_t tokens, const std::vector<PqC
   if (tokens > capacity) capacity = std::max(tokens, capacity + capacity / 2);
   size_t bytes = 0;
   for (const PqCodebook& codebook : codebooks) bytes += codebook.bytes();
-  bytes += codes.size() * kernels::PqCodeStore::BytesFor(static_cast<int>(options.subspaces),
-                                                         static_cast<int>(options.bits), capacity);
+  bytes += codes.size() *
+           kernels::PqCodeStore::BytesFor(static_cast<int>(options.subspaces),
+                                          static_cast<int>(options.bits), capacity,
+                                          options.per_dimension(config_.shape.head_dim));
   const size_t pages = (bytes + arena_->page_bytes() - 1) / arena_->page_bytes();
   if (pages > index_pages_.size()) {
     absl::StatusOr<std::vector<uint32_t>> more = arena_->Allocate(pages - index_pages_.size());

@@ -44,6 +44,9 @@ struct IndexOptions {
   uint32_t rerank = kDefaultRerank;
 
   uint32_t centroids() const { return 1u << bits; }
+  // Each sub-space is one dimension of the key: levels on a uniform grid (PqCodebook),
+  // scanned by the dim4 kernel at 4 bits (kernels/dim4_scan.h).
+  bool per_dimension(uint32_t head_dim) const { return subspaces == head_dim; }
   // Below this many prefill tokens a layer is scored exactly: a codebook trained on so
   // few keys is poor, and exact scoring of so few tokens is cheap.
   uint32_t min_training_tokens() const { return 4 * centroids(); }

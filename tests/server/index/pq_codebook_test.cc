@@ -1,5 +1,7 @@
 #include "server/index/pq_codebook.h"
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <random>
 #include <string>
@@ -178,6 +180,45 @@ TEST_CASE("PqCodebook RoPE pairs put dims i and i + dim/2 side by side", "[serve
   for (int i = 0; i < dim; ++i) CHECK(out[i] == want[i]);
   CHECK(PqCodebook::Train(keys.data(), 64, dim, 8, 2, 5, true).status().code() ==
         absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("PqCodebook gives one-dimension sub-spaces a uniform grid from min to max",
+          "[server]") {
+  const int dim = 16, bits = GENERATE(2, 4);
+  const int ksub = 1 << bits;
+  const size_t n = 500;
+  std::vector<float> keys = RandomKeys(n, dim, 11);
+  keys[3 * dim + 5] = 40.0f;  // one outlier stretches dimension 5's grid
+  const PqCodebook codebook = PqCodebook::Train(keys.data(), n, dim, dim, bits, 10).value();
+  CHECK(codebook.iterations_run() == 0);
+  for (int d = 0; d < dim; ++d) {
+    float lo = keys[d], hi = keys[d];
+    for (size_t t = 0; t < n; ++t) {
+      lo = std::min(lo, keys[t * dim + d]);
+      hi = std::max(hi, keys[t * dim + d]);
+    }
+    const float* levels = codebook.centroids().data() + d * ksub;
+    CHECK(levels[0] == lo);
+    CHECK(levels[ksub - 1] == Approx(hi));
+    for (int c = 1; c < ksub; ++c) {
+      CHECK(levels[c] - levels[c - 1] == Approx((hi - lo) / (ksub - 1)));
+    }
+  }
+  // Encoding picks the nearest level, also for keys outside the training range.
+  std::vector<float> queries = RandomKeys(200, dim, 12);
+  for (size_t i = 0; i < queries.size(); i += 7) queries[i] *= 10;
+  std::vector<uint8_t> codes(200 * dim);
+  codebook.Encode(queries.data(), 200, codes.data());
+  for (size_t t = 0; t < 200; ++t) {
+    for (int d = 0; d < dim; ++d) {
+      const float x = queries[t * dim + d];
+      const float* levels = codebook.centroids().data() + d * ksub;
+      float best = std::numeric_limits<float>::infinity();
+      for (int c = 0; c < ksub; ++c) best = std::min(best, std::abs(x - levels[c]));
+      REQUIRE(codes[t * dim + d] < ksub);
+      REQUIRE(std::abs(x - levels[codes[t * dim + d]]) <= best + 1e-5f);
+    }
+  }
 }
 
 TEST_CASE("PqTrainOptions samples keys per centroid up to a cap", "[server]") {
