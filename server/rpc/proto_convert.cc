@@ -41,13 +41,18 @@ absl::StatusOr<SessionConfig> SessionConfigFromProto(const v1::ModelShape& shape
   config.shape.num_query_heads = shape.num_query_heads();
   config.shape.head_dim = shape.head_dim();
   ASSIGN_OR_RETURN(config.shape.dtype, ElementTypeFromProto(shape.dtype()));
+  // Neither set: the server's default index; one set: PQCache's value for the other.
+  if (index.subspaces() == 0 && index.bits() == 0) {
+    config.index = DefaultIndexOptions(config.shape.head_dim);
+  }
   if (index.subspaces() != 0) config.index.subspaces = index.subspaces();
   if (index.bits() != 0) config.index.bits = index.bits();
   if (index.kmeans_iterations() != 0) config.index.kmeans_iterations = index.kmeans_iterations();
   if (index.has_sink_tokens()) config.index.sink_tokens = index.sink_tokens();
   if (index.has_recent_window()) config.index.recent_window = index.recent_window();
   if (index.has_rope_pairs()) config.index.rope_pairs = index.rope_pairs();
-  if (index.has_rerank()) config.index.rerank = index.rerank();
+  config.index.rerank = index.has_rerank() ? index.rerank()
+                                            : DefaultRerank(config.index, config.shape.head_dim);
   return config;
 }
 

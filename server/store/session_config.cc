@@ -4,6 +4,21 @@
 
 namespace pqkv::server {
 
+IndexOptions DefaultIndexOptions(uint32_t head_dim) {
+  IndexOptions options;
+  if (head_dim > 0 && head_dim % 8 == 0) {
+    options.subspaces = head_dim;
+    options.bits = 4;
+  }
+  options.rerank = DefaultRerank(options, head_dim);
+  return options;
+}
+
+uint32_t DefaultRerank(const IndexOptions& index, uint32_t head_dim) {
+  const bool dim4 = index.per_dimension(head_dim) && index.bits == 4 && head_dim % 8 == 0;
+  return dim4 ? 1 : kDefaultRerank;
+}
+
 absl::Status ValidateSessionConfig(const SessionConfig& config, size_t page_bytes) {
   const ModelShape& s = config.shape;
   const IndexOptions& o = config.index;

@@ -25,12 +25,14 @@ struct ModelShape {
   size_t row_bytes() const { return head_dim * kernels::ElementBytes(dtype); }
 };
 
-// Re-ranking of a session whose IndexOptions leave it unset, and the largest factor.
+// Re-ranking of a session whose IndexOptions leave it unset (except the per-dimension
+// 4-bit index, which needs none: DefaultRerank), and the largest factor.
 inline constexpr uint32_t kDefaultRerank = 4;
 inline constexpr uint32_t kMaxRerank = 64;
 
 // PQCache's choices: M = 2 sub-spaces, b = 6 bits, 32 sinks; 10 k-means iterations at most
-// (training stops earlier once few assignments change: PqTrainOptions).
+// (training stops earlier once few assignments change: PqTrainOptions). The server's
+// default for a CreateSession that names no index is DefaultIndexOptions below.
 struct IndexOptions {
   uint32_t subspaces = 2;
   uint32_t bits = 6;
@@ -51,6 +53,19 @@ struct IndexOptions {
   // few keys is poor, and exact scoring of so few tokens is cheap.
   uint32_t min_training_tokens() const { return 4 * centroids(); }
 };
+
+// The index a CreateSession gets when it sets neither subspaces nor bits: one sub-space
+// per dimension at 4 bits (levels on a uniform grid, scanned by kernels/dim4_scan.h, no
+// re-rank), which comes within 0.2 points of the exact top-k's attention mass on real
+// captures and reads no key rows (docs/quality.md, docs/benchmarks.md). Where head_dim is
+// not a multiple of 8 (the dim4 layout's groups of dimensions), PQCache's 2 x 6 with
+// re-rank kDefaultRerank.
+IndexOptions DefaultIndexOptions(uint32_t head_dim);
+
+// Re-ranking when a session leaves it unset: 1 (off) for the per-dimension 4-bit index,
+// whose scan is already within a fraction of a point of the exact top-k; kDefaultRerank
+// for every other index.
+uint32_t DefaultRerank(const IndexOptions& index, uint32_t head_dim);
 
 // When the server retrains a layer's codebooks during decoding (LayerStore::ClaimRefresh),
 // once at least min_tokens were appended since the last training: the appended tokens'

@@ -198,6 +198,9 @@ TEST_CASE("Retrieve re-ranks exactly when asked, within its limit", "[integratio
   options.shape = {1, 1, 2, 16, DType::kFp32};
   options.index.sink_tokens = 0;
   options.index.recent_window = 0;
+  // PQCache's 2 x 6, named (the server's default index needs no re-rank).
+  options.index.subspaces = 2;
+  options.index.bits = 6;
   const std::string id = client->CreateSession(options).value();
   // Gaussian-ish keys from a fixed pattern; enough tokens for a 2 x 6-bit index.
   const uint32_t n = 2048;
@@ -249,8 +252,17 @@ TEST_CASE("Retrieve re-ranks exactly when asked, within its limit", "[integratio
   CHECK((*results)[0].status.code() == absl::StatusCode::kInvalidArgument);
   CHECK(std::string((*results)[0].status.message()).find("rerank") != std::string::npos);
 
-  // A session that sets no re-ranking gets the server's default, and says which.
+  // A 2 x 6 session that sets no re-ranking gets the server's default for it, 4, and
+  // says which; one that names no index gets one 4-bit sub-space per dimension and none.
   CHECK(client->GetSession(id)->index.rerank == 4u);
+  SessionOptions unnamed;
+  unnamed.shape = options.shape;
+  const std::string default_id = client->CreateSession(unnamed).value();
+  const auto default_info = client->GetSession(default_id);
+  REQUIRE(default_info.ok());
+  CHECK(default_info->index.subspaces == 16u);
+  CHECK(default_info->index.bits == 4u);
+  CHECK(default_info->index.rerank == 1u);
   // A session's IndexOptions.rerank serves the items that leave rerank at 0.
   options.index.rerank = 64;
   const std::string exact_id = client->CreateSession(options).value();

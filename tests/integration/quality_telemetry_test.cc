@@ -102,8 +102,9 @@ TEST_CASE("Sampled mass recall agrees with the quality harness's offline figure"
   CHECK(std::abs(sampled - all->quality.mass_recall) <= 0.01);
   CHECK(sampled_recall > 0);
   CHECK(sampled_recall <= 1);
-  // Labelled by index setting and layer bucket.
-  const std::string label = pq == "2x6" ? "index=\"2x6\"" : "index=\"2x6+rerank4\"";
+  // Labelled by index setting and layer bucket (the default: one 4-bit sub-space per
+  // dimension, no re-rank).
+  const std::string label = pq == "2x6" ? "index=\"2x6\"" : "index=\"64x4\"";
   CHECK(text.find("pqkv_quality_mass_recall_count{" + label + ",layer=\"0-7\"}") !=
         std::string::npos);
 }

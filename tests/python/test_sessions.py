@@ -44,9 +44,13 @@ def test_create_get_list_close(client):
     assert "py-lifecycle" not in [s.session_id for s in client.list_sessions()]
 
 
-def test_default_rerank_is_filled_in_and_bounded(client):
+def test_default_index_and_rerank_are_filled_in_and_bounded(client):
     with client.create_session(SHAPE) as session:
-        assert client.get_session(session.id).index.rerank == 4  # the server's default
+        # The server's default: one 4-bit sub-space per dimension, no re-rank.
+        index = client.get_session(session.id).index
+        assert (index.subspaces, index.bits, index.rerank) == (SHAPE.head_dim, 4, 1)
+    with client.create_session(SHAPE, index=pqkv.IndexOptions(subspaces=2, bits=6)) as session:
+        assert client.get_session(session.id).index.rerank == 4  # PQCache's 2 x 6 re-ranks
     with pytest.raises(pqkv.InvalidArgument, match="index.rerank"):
         client.create_session(SHAPE, index=pqkv.IndexOptions(rerank=65))
 

@@ -294,6 +294,38 @@ TEST_CASE("LayerStore builds kv heads on a pool as it does serially", "[server]"
   }
 }
 
+// The per-dimension 4-bit index (M = head_dim): codes in the dim4 layout, scored by the
+// int8 dim4 scan; the plain path scores the same codes with float tables. Both pick
+// nearly the same tokens, prefill and appended alike.
+TEST_CASE("A per-dimension 4-bit index selects as the plain scorer of its codes", "[server]") {
+  auto arena = PageArena::Create(16 << 20, 4096).value();
+  SessionConfig config = Config();
+  config.index.subspaces = kDim;
+  config.index.rerank = 1;
+  LayerStore layer{0, config, arena.get()};
+  REQUIRE(layer.Append(0, 500, Bytes(500, 1), Bytes(500, 2)).ok());
+  REQUIRE(layer.SealPrefill());
+  layer.BuildIndex();
+  REQUIRE(layer.Status().index_state == IndexState::kReady);
+  REQUIRE(layer.Append(500, 21, Bytes(21, 3), Bytes(21, 4)).ok());  // encoded on append
+  CHECK(layer.Status().num_encoded == 521);
+  size_t same = 0, total = 0;
+  for (uint32_t seed = 10; seed < 15; ++seed) {
+    const LayerSelection fast = layer.Retrieve(Query(seed), 40, Soon()).value();
+    const LayerSelection plain = layer.Retrieve(Query(seed), 40, Soon(), nullptr, /*plain=*/true).value();
+    for (uint32_t h = 0; h < kKvHeads; ++h) {
+      REQUIRE(fast.heads[h].positions.size() == 40);
+      const std::set<uint32_t> want(plain.heads[h].positions.begin(),
+                                    plain.heads[h].positions.end());
+      for (uint32_t p : fast.heads[h].positions) same += want.count(p);
+      total += 40;
+    }
+  }
+  // The int8 query moves a few near-ties across the cut, no more.
+  INFO(same << " of " << total << " positions shared");
+  CHECK(same >= total * 9 / 10);
+}
+
 TEST_CASE("A layer too short to train is scored exactly after sealing", "[server]") {
   Fixture f;
   REQUIRE(f.layer.Append(0, 63, Bytes(63, 1), Bytes(63, 2)).ok());  // < 4 x 16 centroids

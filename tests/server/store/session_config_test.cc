@@ -11,7 +11,7 @@ SessionConfig Llama3_8B() {
   return config;
 }
 
-TEST_CASE("PQCache's defaults are the session defaults", "[server]") {
+TEST_CASE("IndexOptions holds PQCache's choices (a session naming no index gets DefaultIndexOptions)", "[server]") {
   const IndexOptions defaults;
   CHECK(defaults.subspaces == 2);
   CHECK(defaults.bits == 6);
@@ -57,6 +57,50 @@ TEST_CASE("ValidateSessionConfig names the field that is wrong", "[server]") {
   const absl::Status s = ValidateSessionConfig(config, 64 << 10);
   CHECK(s.code() == absl::StatusCode::kInvalidArgument);
   CHECK(std::string(s.message()).find(field) != std::string::npos);
+}
+
+}  // namespace
+}  // namespace pqkv::server
+
+namespace pqkv::server {
+namespace {
+
+TEST_CASE("The default index is one 4-bit sub-space per dimension, without re-rank",
+          "[server]") {
+  const uint32_t head_dim = GENERATE(8u, 64u, 128u, 256u);
+  const IndexOptions index = DefaultIndexOptions(head_dim);
+  CHECK(index.subspaces == head_dim);
+  CHECK(index.bits == 4);
+  CHECK(index.rerank == 1);
+  CHECK(index.per_dimension(head_dim));
+  SessionConfig config;
+  config.shape = {1, 1, 1, head_dim, kernels::ElementType::kFp16};
+  config.index = index;
+  CHECK(ValidateSessionConfig(config, 1 << 16).ok());
+}
+
+TEST_CASE("Where head_dim is not a multiple of 8 the default is PQCache's 2 x 6 with re-rank",
+          "[server]") {
+  const uint32_t head_dim = GENERATE(6u, 12u, 100u);
+  const IndexOptions index = DefaultIndexOptions(head_dim);
+  CHECK(index.subspaces == 2);
+  CHECK(index.bits == 6);
+  CHECK(index.rerank == kDefaultRerank);
+}
+
+TEST_CASE("DefaultRerank is off only for the per-dimension 4-bit index", "[server]") {
+  IndexOptions index;
+  index.subspaces = 128;
+  index.bits = 4;
+  CHECK(DefaultRerank(index, 128) == 1);
+  index.bits = 6;  // per dimension but not the dim4 scan
+  CHECK(DefaultRerank(index, 128) == kDefaultRerank);
+  index.subspaces = 32;
+  index.bits = 4;  // 4 dimensions per sub-space: the fast scan
+  CHECK(DefaultRerank(index, 128) == kDefaultRerank);
+  index.subspaces = 2;
+  index.bits = 6;
+  CHECK(DefaultRerank(index, 128) == kDefaultRerank);
 }
 
 }  // namespace
