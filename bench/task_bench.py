@@ -11,8 +11,8 @@ a lane decoding in lockstep with the others (python/pqkv_worker/decoder.py):
   agreement  256 tokens of the text after the context, teacher-forced: top-1 agreement
              with full attention, and the mean NLL relative to full attention's
 
-Methods (python/pqkv_worker/methods.py): full, pqkv (the server's default, 2 x 6 +
-rerank 4), pqkv-recommended (4 x 8 + RoPE pairs + rerank 4), oracle, streaming, quest;
+Methods (python/pqkv_worker/methods.py): full, pqkv (the server's default: one 4-bit
+sub-space per dimension; 2 x 6 + rerank 4 before stop 27), pqkv-recommended (4 x 8 + RoPE pairs + rerank 4), oracle, streaming, quest;
 each but full attends to 4 sinks + the 64-token window + k = budget x context tokens (a
 budget >= 1 is k itself).
 

@@ -58,7 +58,7 @@ ABSL_FLAG(uint32_t, sinks, 4, "Sink tokens S the worker keeps.");
 ABSL_FLAG(uint32_t, recent, 64, "Recent window W the worker keeps.");
 ABSL_FLAG(
     std::string, pq, "default",
-    "Index setting: default (the server's: 2x6 with re-ranking of 4 x k) or "
+    "Index setting: default (the server's: one 4-bit sub-space per dimension, no re-rank) or "
     "MxB[+pairs][+rerankR], e.g. 2x6 (PQCache's own) or 4x8+pairs+rerank4 (docs/quality.md).");
 ABSL_FLAG(std::string, data_path, "auto", "How rows travel: auto, ucx or grpc.");
 

@@ -25,6 +25,23 @@ void PackDim4(const uint8_t* codes, size_t first, size_t n, int head_dim, uint8_
   }
 }
 
+void UnpackDim4(const uint8_t* blocks, size_t first, size_t n, int head_dim, uint8_t* codes) {
+  const size_t block_bytes = Dim4BlockBytes(head_dim);
+  for (size_t i = 0; i < n; ++i) {
+    const size_t t = first + i;
+    const uint8_t* block = blocks + t / kDim4BlockTokens * block_bytes;
+    const size_t slot = 4 * (t % kDim4BlockTokens);
+    uint8_t* code = codes + i * head_dim;
+    for (int j = 0; j < head_dim / 8; ++j) {
+      const uint8_t* group = block + static_cast<size_t>(j) * 64 + slot;
+      for (int b = 0; b < 4; ++b) {
+        code[8 * j + b] = group[b] & 15;
+        code[8 * j + 4 + b] = group[b] >> 4;
+      }
+    }
+  }
+}
+
 Dim4Query QuantizeDim4Query(const float* query, const float* levels, int head_dim,
                             int8_t* weights) {
   Dim4Query out;
@@ -40,7 +57,9 @@ Dim4Query QuantizeDim4Query(const float* query, const float* levels, int head_di
   for (int d = 0; d < head_dim; ++d) {
     const float* l = levels + static_cast<size_t>(d) * 16;
     const float w = out.scale > 0 ? query[d] * ((l[15] - l[0]) / 15) / out.scale : 0.0f;
-    weights[d] = static_cast<int8_t>(std::clamp(std::lround(w), -127L, 127L));
+    // Rounded half away from zero, inline (lround is a library call per dimension).
+    const float rounded = std::clamp(w + (w >= 0 ? 0.5f : -0.5f), -127.0f, 127.0f);
+    weights[d] = static_cast<int8_t>(rounded);
   }
   return out;
 }

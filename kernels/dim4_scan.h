@@ -29,6 +29,9 @@ inline size_t Dim4BlockBytes(int head_dim) { return kDim4BlockTokens * head_dim 
 // block (first + i) / 16. Other tokens' nibbles are kept.
 void PackDim4(const uint8_t* codes, size_t first, size_t n, int head_dim, uint8_t* blocks);
 
+// The inverse of PackDim4: the codes of tokens [first, first + n), uint8 [n][head_dim].
+void UnpackDim4(const uint8_t* blocks, size_t first, size_t n, int head_dim, uint8_t* codes);
+
 // The int8 query of a per-dimension grid whose levels are lo_d + step_d x c for c in [0, 16)
 // (levels fp32 [head_dim][16], the codebook's centroids): weights_d = round(q_d step_d /
 // scale), |weights_d| <= 127, and offset = sum_d q_d lo_d, so that q . level(code) ~=

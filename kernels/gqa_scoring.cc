@@ -502,15 +502,16 @@ void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size
   if (ChooseScanPath(input.codes) == ScanPath::kDim4) {
     // As ScoreDim4: offset + scale x the integer dot product with the int8 weights.
     std::vector<int8_t> weights(static_cast<size_t>(input.head_dim));
+    std::vector<uint8_t> code(static_cast<size_t>(M));
     for (int g = 0; g < input.group_size; ++g) {
       const Dim4Query params =
           QuantizeDim4Query(input.group_queries + static_cast<size_t>(g) * input.head_dim,
                             input.centroids, input.head_dim, weights.data());
       float* dst = out + static_cast<size_t>(g) * count;
       for (size_t i = 0; i < count; ++i) {
-        const uint8_t* code = codes + static_cast<size_t>(positions[i]) * M;
-        dst[i] = params.offset +
-                 params.scale * static_cast<float>(Dim4Dot(code, weights.data(), input.head_dim));
+        input.codes->CopyCodes(positions[i], 1, code.data());
+        dst[i] = params.offset + params.scale * static_cast<float>(
+                                     Dim4Dot(code.data(), weights.data(), input.head_dim));
       }
     }
     return;

@@ -13,8 +13,8 @@ constexpr size_t kMinUnlisted = 256;
 
 }  // namespace
 
-PqCodeStore::PqCodeStore(int subspaces, int bits, bool per_dimension)
-    : subspaces_(subspaces), bits_(bits), per_dimension_(per_dimension) {
+PqCodeStore::PqCodeStore(int subspaces, int bits, bool per_dimension, bool keep_bytes)
+    : subspaces_(subspaces), bits_(bits), per_dimension_(per_dimension), keep_bytes_(keep_bytes) {
   if (has_joined()) {
     histogram_.assign(joined_size(), 0);
     list_offsets_.assign(joined_size() + 1, 0);
@@ -23,7 +23,7 @@ PqCodeStore::PqCodeStore(int subspaces, int bits, bool per_dimension)
 
 void PqCodeStore::Append(const uint8_t* codes, size_t n) {
   const int M = subspaces_;
-  codes_.insert(codes_.end(), codes, codes + n * M);
+  if (has_bytes()) codes_.insert(codes_.end(), codes, codes + n * M);
   if (has_joined()) {
     for (size_t t = 0; t < n; ++t) {
       uint32_t joined = 0;
@@ -52,6 +52,19 @@ void PqCodeStore::Append(const uint8_t* codes, size_t n) {
   if (has_joined() && size_ - listed_ > std::max(kMinUnlisted, size_ / 8)) RebuildLists();
 }
 
+size_t PqCodeStore::capacity() const {
+  if (has_bytes()) return codes_.capacity() / subspaces_;
+  return dim4_.capacity() / Dim4BlockBytes(subspaces_) * kDim4BlockTokens;
+}
+
+void PqCodeStore::CopyCodes(size_t first, size_t n, uint8_t* out) const {
+  if (has_bytes()) {
+    std::copy(codes_.begin() + first * subspaces_, codes_.begin() + (first + n) * subspaces_, out);
+    return;
+  }
+  UnpackDim4(dim4_.data(), first, n, subspaces_, out);
+}
+
 size_t PqCodeStore::num_dim4_blocks() const {
   return (size_ + kDim4BlockTokens - 1) / kDim4BlockTokens;
 }
@@ -71,7 +84,7 @@ void PqCodeStore::RebuildLists() {
 }
 
 void PqCodeStore::Reserve(size_t tokens) {
-  codes_.reserve(tokens * subspaces_);
+  if (has_bytes()) codes_.reserve(tokens * subspaces_);
   if (has_joined()) {
     joined_.reserve(tokens);
     list_tokens_.reserve(tokens);
@@ -91,9 +104,10 @@ size_t PqCodeStore::bytes() const {
          blocks_.capacity() + dim4_.capacity();
 }
 
-size_t PqCodeStore::BytesFor(int subspaces, int bits, size_t tokens, bool per_dimension) {
-  PqCodeStore shape(subspaces, bits, per_dimension);
-  size_t bytes = tokens * subspaces +
+size_t PqCodeStore::BytesFor(int subspaces, int bits, size_t tokens, bool per_dimension,
+                             bool keep_bytes) {
+  PqCodeStore shape(subspaces, bits, per_dimension, keep_bytes);
+  size_t bytes = (shape.has_bytes() ? tokens * subspaces : 0) +
                  (shape.histogram_.capacity() + shape.list_offsets_.capacity()) * sizeof(uint32_t);
   if (shape.has_joined()) bytes += tokens * (sizeof(uint16_t) + sizeof(uint32_t));
   if (shape.has_fast_scan()) {

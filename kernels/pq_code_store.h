@@ -1,6 +1,7 @@
 // PqCodeStore: the PQ codes of one (layer, kv head), kept in the layouts the scan
 // kernels read:
-//  - bytes: uint8 [token][M], always (the plain kernels and the generic scan);
+//  - bytes: uint8 [token][M] (the plain kernels, the generic scan and the GPU scorer),
+//    always but in a dim4 store made without keep_bytes;
 //  - joined: when M * bits <= 12, one uint16 code per token, code = sum_m c_m << (m * bits),
 //    and a histogram of those codes, so that scoring works per distinct code; also each
 //    code's tokens, so that a top-k can take whole codes without a pass over the tokens
@@ -27,7 +28,10 @@ class PqCodeStore {
   static constexpr size_t kBlockTokens = 32;
 
   // per_dimension: each sub-space is one dimension of the key (M == head_dim).
-  PqCodeStore(int subspaces, int bits, bool per_dimension = false);
+  // keep_bytes = false drops the byte layout where the dim4 layout holds the codes (a
+  // third of the memory at 4 bits: M / 2 bytes per token instead of 3 M / 2); codes() is
+  // then null and CopyCodes unpacks them.
+  PqCodeStore(int subspaces, int bits, bool per_dimension = false, bool keep_bytes = true);
 
   // Appends n tokens' codes, uint8 [n][M].
   void Append(const uint8_t* codes, size_t n);
@@ -35,16 +39,22 @@ class PqCodeStore {
   // allocates nothing; never shrinks.
   void Reserve(size_t tokens);
   // Tokens the store holds room for (Reserve, or what appending left).
-  size_t capacity() const { return codes_.capacity() / subspaces_; }
+  size_t capacity() const;
   // Heap bytes the store holds: its layouts' capacities.
   size_t bytes() const;
   // bytes() of a store of this shape after Reserve(tokens), with no more appended.
-  static size_t BytesFor(int subspaces, int bits, size_t tokens, bool per_dimension = false);
+  static size_t BytesFor(int subspaces, int bits, size_t tokens, bool per_dimension = false,
+                         bool keep_bytes = true);
 
   size_t size() const { return size_; }
   int subspaces() const { return subspaces_; }
   int bits() const { return bits_; }
-  const uint8_t* codes() const { return codes_.data(); }
+  bool has_bytes() const { return !has_dim4() || keep_bytes_; }
+  // uint8 [size()][M]; null without has_bytes().
+  const uint8_t* codes() const { return has_bytes() ? codes_.data() : nullptr; }
+  // Writes the codes of tokens [first, first + n), uint8 [n][M], from whichever layout
+  // holds them.
+  void CopyCodes(size_t first, size_t n, uint8_t* out) const;
 
   bool has_joined() const { return subspaces_ * bits_ <= kMaxJoinedBits; }
   // Number of distinct joined codes, 2^(M * bits).
@@ -81,6 +91,7 @@ class PqCodeStore {
   const int subspaces_;
   const int bits_;
   const bool per_dimension_;
+  const bool keep_bytes_;
   size_t size_ = 0;
   std::vector<uint8_t> codes_;
   std::vector<uint16_t> joined_;

@@ -60,7 +60,7 @@ class MethodSpec:
 def method_spec(name: str, budget: Optional[float], subspaces: int = 0, bits: int = 0,
                 rope_pairs: bool = False, rerank: int = 0) -> MethodSpec:
     """The spec for a method name. `pqkv` takes the index options given (0: the server's
-    defaults, 2 x 6 with exact re-ranking of 4 x k); `pqkv-recommended` is 4 x 8 + RoPE
+    default, one 4-bit sub-space per dimension); `pqkv-recommended` is 4 x 8 + RoPE
     pairs + rerank 4."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")

@@ -226,9 +226,17 @@ HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queri
   group_queries = OrderedQueries(keys, group_queries, group_size, &ordered);
   const std::vector<float> exact_keys = ExactKeys(keys);
   std::vector<float> table;
+  const uint8_t* codes = nullptr;
+  std::vector<uint8_t> unpacked;  // a store without its byte layout (dim4 only)
   if (encoded > 0) {
     const kernels::PqShape& shape = keys.codebook->shape();
     table.resize(static_cast<size_t>(shape.subspaces) * shape.centroids_per_subspace);
+    codes = keys.codes->codes();
+    if (codes == nullptr) {
+      unpacked.resize(encoded * static_cast<size_t>(shape.subspaces));
+      keys.codes->CopyCodes(0, encoded, unpacked.data());
+      codes = unpacked.data();
+    }
   }
   std::vector<float> logits(n);
   std::vector<float> combined(n, 0.0f);
@@ -239,7 +247,7 @@ HeadSelection ScoreAndSelectPlain(const HeadKeys& keys, const float* group_queri
       const kernels::PqShape& shape = keys.codebook->shape();
       kernels::ComputeInnerProductTable(shape, query, keys.codebook->centroids().data(),
                                         table.data());
-      kernels::AdcScan(shape, table.data(), keys.codes->codes(), encoded, logits.data());
+      kernels::AdcScan(shape, table.data(), codes, encoded, logits.data());
     }
     kernels::ExactScores(query, exact_keys.data(), n - encoded, dim, logits.data() + encoded);
     kernels::AccumulateSoftmax(logits.data(), n, scale, combined.data());

@@ -193,7 +193,8 @@ absl::Status LayerStore::TrainHeads(size_t tokens, ThreadPool* pool, absl::Time 
   std::vector<std::optional<PqCodebook>> trained(H);
   codes->clear();
   for (uint32_t h = 0; h < H; ++h) {
-    codes->emplace_back(options.subspaces, options.bits, options.per_dimension(shape.head_dim));
+    codes->emplace_back(options.subspaces, options.bits, options.per_dimension(shape.head_dim),
+                        KeepCodeBytes());
   }
   std::vector<absl::Status> statuses(H);
   std::vector<double> errors(H, 0);
@@ -317,7 +318,8 @@ void LayerStore::RefreshIndex(ThreadPool* pool) {
     bytes +=
         H * kernels::PqCodeStore::BytesFor(static_cast<int>(config_.index.subspaces),
                                            static_cast<int>(config_.index.bits), snapshot_tokens,
-                                           config_.index.per_dimension(config_.shape.head_dim));
+                                           config_.index.per_dimension(config_.shape.head_dim),
+                                           KeepCodeBytes());
     absl::StatusOr<std::vector<uint32_t>> charged =
         arena_->Allocate((bytes + arena_->page_bytes() - 1) / arena_->page_bytes());
     if (!charged.ok()) {
@@ -413,7 +415,8 @@ absl::Status LayerStore::ReserveIndexLocked(size_t tokens, const std::vector<PqC
   bytes += codes.size() *
            kernels::PqCodeStore::BytesFor(static_cast<int>(options.subspaces),
                                           static_cast<int>(options.bits), capacity,
-                                          options.per_dimension(config_.shape.head_dim));
+                                          options.per_dimension(config_.shape.head_dim),
+                                          KeepCodeBytes());
   const size_t pages = (bytes + arena_->page_bytes() - 1) / arena_->page_bytes();
   if (pages > index_pages_.size()) {
     absl::StatusOr<std::vector<uint32_t>> more = arena_->Allocate(pages - index_pages_.size());

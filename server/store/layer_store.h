@@ -199,6 +199,10 @@ class LayerStore {
   const uint32_t layer_;
   const SessionConfig config_;
   PageArena* const arena_;
+  // Whether code stores keep their one-byte-per-code layout beside the dim4 blocks: only
+  // the GPU scorer reads it on the Retrieve path (the plain path unpacks).
+  bool KeepCodeBytes() const { return gpu_ != nullptr; }
+
   GpuScorer* const gpu_;
   // The layer's id on gpu_ (its codebooks and codes stay on the device); 0 without one.
   const uint64_t gpu_layer_;

@@ -27,6 +27,9 @@ TEST_CASE("Dim4Dots gives each token's exact integer dot product", "[kernels]") 
   const size_t first = n / 3;
   PackDim4(codes.data(), 0, first, head_dim, packed.data());
   PackDim4(codes.data() + first * head_dim, first, n - first, head_dim, packed.data());
+  std::vector<uint8_t> unpacked(n * head_dim);
+  UnpackDim4(packed.data(), 0, n, head_dim, unpacked.data());
+  REQUIRE(unpacked == codes);
   const size_t stride = blocks * kDim4BlockTokens;
   std::vector<int32_t> fast(queries * stride), portable(queries * stride);
   Dim4Dots(packed.data(), blocks, head_dim, weights.data(), queries, fast.data(), stride);

@@ -77,6 +77,19 @@ TEST_CASE("PqCodeStore keeps per-dimension 4-bit codes in dim4 blocks", "[kernel
       REQUIRE((d % 8 < 4 ? (byte & 0xf) : (byte >> 4)) == codes[t * M + d]);
     }
   }
+  std::vector<uint8_t> copied(100 * M);
+  store.CopyCodes(0, 100, copied.data());
+  CHECK(copied == codes);
+  // Without the byte layout: the same codes, from the dim4 blocks alone.
+  PqCodeStore compact(M, 4, /*per_dimension=*/true, /*keep_bytes=*/false);
+  compact.Append(codes.data(), 37);
+  compact.Append(codes.data() + 37 * M, 63);
+  CHECK_FALSE(compact.has_bytes());
+  CHECK(compact.codes() == nullptr);
+  std::vector<uint8_t> unpacked(98 * M);
+  compact.CopyCodes(2, 98, unpacked.data());
+  CHECK(std::vector<uint8_t>(codes.begin() + 2 * M, codes.end()) == unpacked);
+  CHECK(compact.bytes() < store.bytes() / 2);
   // Padding tokens of the last block read as code 0.
   for (size_t i = 4 * (100 % 16); i < 64; ++i) CHECK(store.dim4_blocks()[6 * 8 * M + i] == 0);
   // Not per dimension, or not 4 bits, or M not a multiple of 8: no dim4 blocks.
@@ -87,19 +100,20 @@ TEST_CASE("PqCodeStore keeps per-dimension 4-bit codes in dim4 blocks", "[kernel
 
 TEST_CASE("PqCodeStore::Reserve makes room that appends use, and BytesFor says its size",
           "[kernels]") {
-  const auto [M, bits, per_dimension] = GENERATE(
-      std::tuple{2, 6, false}, std::tuple{16, 4, false}, std::tuple{4, 8, false},
-      std::tuple{16, 4, true});
-  PqCodeStore store(M, bits, per_dimension);
+  const auto [M, bits, per_dimension, keep_bytes] = GENERATE(
+      std::tuple{2, 6, false, true}, std::tuple{16, 4, false, true}, std::tuple{4, 8, false, true},
+      std::tuple{16, 4, true, true}, std::tuple{16, 4, true, false});
+  PqCodeStore store(M, bits, per_dimension, keep_bytes);
   store.Reserve(1000);
-  CHECK(store.capacity() == 1000);
+  // Without bytes the dim4 blocks set the room: whole blocks of 16 tokens.
+  CHECK(store.capacity() == (store.has_bytes() ? 1000 : 1008));
   const size_t reserved = store.bytes();
-  CHECK(reserved == PqCodeStore::BytesFor(M, bits, 1000, per_dimension));
+  CHECK(reserved == PqCodeStore::BytesFor(M, bits, 1000, per_dimension, keep_bytes));
   const std::vector<uint8_t> codes(static_cast<size_t>(999) * M, 1);
   store.Append(codes.data(), 999);
   store.Append(codes.data(), 1);
   CHECK(store.bytes() == reserved);  // nothing allocated past the reservation
-  CHECK(store.capacity() == 1000);
+  CHECK(store.capacity() == (store.has_bytes() ? 1000 : 1008));
   store.Reserve(10);  // never shrinks
   CHECK(store.bytes() == reserved);
 }
