@@ -16,6 +16,8 @@ namespace {
 
 // The layout of kernels/dim4_scan.h: blocks of 16 tokens, 8 x head_dim bytes each.
 constexpr size_t kBlockTokens = 16;
+// As in the AVX-512 kernel: each group's line four blocks ahead, asked for early.
+constexpr size_t kPrefetchBlocks = 4;
 
 inline __m256i Broadcast4(const int8_t* w) {
   int32_t word;
@@ -35,6 +37,8 @@ void DotsForQueries(const uint8_t* blocks, size_t num_blocks, int head_dim, cons
     __m256i sum[kQueries][2];
     for (int g = 0; g < kQueries; ++g) sum[g][0] = sum[g][1] = _mm256_setzero_si256();
     for (int j = 0; j < groups; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(block + kPrefetchBlocks * block_bytes + j * 64),
+                   _MM_HINT_T0);
       for (int half = 0; half < 2; ++half) {
         const __m256i v = _mm256_loadu_si256(
             reinterpret_cast<const __m256i*>(block + static_cast<size_t>(j) * 64 + 32 * half));
