@@ -70,8 +70,8 @@ int32_t Dim4Dot(const uint8_t* codes, const int8_t* weights, int head_dim) {
   return sum;
 }
 
-void Dim4DotsPortable(const uint8_t* blocks, size_t num_blocks, int head_dim,
-                      const int8_t* weights, int num_queries, int32_t* out, size_t out_stride) {
+void Dim4DotsPortable(const uint8_t* blocks, size_t num_blocks, int head_dim, const int8_t* weights,
+                      int num_queries, int32_t* out, size_t out_stride) {
   const size_t block_bytes = Dim4BlockBytes(head_dim);
   for (size_t blk = 0; blk < num_blocks; ++blk) {
     const uint8_t* block = blocks + blk * block_bytes;
@@ -83,7 +83,8 @@ void Dim4DotsPortable(const uint8_t* blocks, size_t num_blocks, int head_dim,
         for (int j = 0; j < head_dim / 8; ++j) {
           const uint8_t* group = block + static_cast<size_t>(j) * 64 + 4 * t;
           for (int b = 0; b < 4; ++b) {
-            sum += int32_t{group[b] & 15} * w[8 * j + b] + int32_t{group[b] >> 4} * w[8 * j + 4 + b];
+            sum +=
+                int32_t{group[b] & 15} * w[8 * j + b] + int32_t{group[b] >> 4} * w[8 * j + 4 + b];
           }
         }
         dst[t] = sum;

@@ -41,8 +41,7 @@ struct Dim4Query {
   float offset = 0;
   float scale = 0;
 };
-Dim4Query QuantizeDim4Query(const float* query, const float* levels, int head_dim,
-                            int8_t* weights);
+Dim4Query QuantizeDim4Query(const float* query, const float* levels, int head_dim, int8_t* weights);
 
 // out[g * out_stride + t] = sum_d code_td x weights[g][d] (int32) for every token t of the
 // num_blocks blocks (padding tokens included), for g in [0, num_queries).
@@ -51,8 +50,8 @@ void Dim4Dots(const uint8_t* blocks, size_t num_blocks, int head_dim, const int8
               int num_queries, int32_t* out, size_t out_stride);
 
 // The portable version whatever the CPU; the SIMD versions' test oracle.
-void Dim4DotsPortable(const uint8_t* blocks, size_t num_blocks, int head_dim,
-                      const int8_t* weights, int num_queries, int32_t* out, size_t out_stride);
+void Dim4DotsPortable(const uint8_t* blocks, size_t num_blocks, int head_dim, const int8_t* weights,
+                      int num_queries, int32_t* out, size_t out_stride);
 
 // sum_d codes[d] x weights[d] for one token's codes (uint8 [head_dim]): the same integer
 // Dim4Dots gives that token.

@@ -510,8 +510,8 @@ void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size
       float* dst = out + static_cast<size_t>(g) * count;
       for (size_t i = 0; i < count; ++i) {
         input.codes->CopyCodes(positions[i], 1, code.data());
-        dst[i] = params.offset + params.scale * static_cast<float>(
-                                     Dim4Dot(code.data(), weights.data(), input.head_dim));
+        dst[i] = params.offset + params.scale * static_cast<float>(Dim4Dot(
+                                                    code.data(), weights.data(), input.head_dim));
       }
     }
     return;

@@ -69,7 +69,8 @@ bool ScoreGqaJoined(const GqaScoringInput& input, float* code_scores, float* exa
 // The logits ScoreGqa's path computes for the encoded tokens `positions` (each below
 // codes->size()), unscaled: out[g * count + i], fp32 [group_size][count]. The fast-scan
 // path's are those of its quantised tables, the dim4 path's those of its int8 query; the
-// others sum the float tables in the same order as the scan. Lets a caller take tokens out of ScoreGqa's normalisers (RerankExact).
+// others sum the float tables in the same order as the scan. Lets a caller take tokens
+// out of ScoreGqa's normalisers (RerankExact).
 void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size_t count,
                    float* out);
 

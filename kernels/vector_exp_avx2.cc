@@ -64,7 +64,8 @@ double ExpAndSumInt32(const int32_t* x, size_t n, float scale, float shift, floa
   __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m256 x0 = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+    const __m256 x0 =
+        _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
     const __m256 x1 =
         _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 8)));
     const __m256 e0 = Exp(_mm256_fmsub_ps(x0, vscale, vshift));

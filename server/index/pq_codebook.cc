@@ -185,7 +185,8 @@ void PqCodebook::Encode(const float* keys, size_t n, uint8_t* codes) const {
     std::vector<float> lo(M), inverse_step(M);
     for (int m = 0; m < M; ++m) {
       lo[m] = centroids_[static_cast<size_t>(m) * ksub];
-      const float step = (centroids_[static_cast<size_t>(m) * ksub + ksub - 1] - lo[m]) / (ksub - 1);
+      const float step =
+          (centroids_[static_cast<size_t>(m) * ksub + ksub - 1] - lo[m]) / (ksub - 1);
       inverse_step[m] = step > 0 ? 1 / step : 0.0f;
     }
     const float top = static_cast<float>(ksub - 1);

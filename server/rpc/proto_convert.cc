@@ -51,8 +51,8 @@ absl::StatusOr<SessionConfig> SessionConfigFromProto(const v1::ModelShape& shape
   if (index.has_sink_tokens()) config.index.sink_tokens = index.sink_tokens();
   if (index.has_recent_window()) config.index.recent_window = index.recent_window();
   if (index.has_rope_pairs()) config.index.rope_pairs = index.rope_pairs();
-  config.index.rerank = index.has_rerank() ? index.rerank()
-                                            : DefaultRerank(config.index, config.shape.head_dim);
+  config.index.rerank =
+      index.has_rerank() ? index.rerank() : DefaultRerank(config.index, config.shape.head_dim);
   return config;
 }
 

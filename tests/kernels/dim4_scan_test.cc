@@ -73,14 +73,14 @@ TEST_CASE("QuantizeDim4Query reproduces q . level within the int8 rounding", "[k
       codes[d] = static_cast<uint8_t>(code(rng));
       exact += static_cast<double>(query[d]) * levels[d * 16 + codes[d]];
     }
-    const double approx = params.offset + params.scale * Dim4Dot(codes.data(), weights.data(), head_dim);
+    const double approx =
+        params.offset + params.scale * Dim4Dot(codes.data(), weights.data(), head_dim);
     // Each weight is off by at most half a unit of scale, times a code of at most 15.
     REQUIRE(std::abs(approx - exact) <= head_dim * 15 * 0.5 * params.scale + 1e-3);
   }
 }
 
-TEST_CASE("QuantizeDim4Query of a query orthogonal to every step has zero weights",
-          "[kernels]") {
+TEST_CASE("QuantizeDim4Query of a query orthogonal to every step has zero weights", "[kernels]") {
   const int head_dim = 8;
   std::vector<float> levels(head_dim * 16, 0.5f), query(head_dim, 1.0f);  // every level equal
   std::vector<int8_t> weights(head_dim, 9);

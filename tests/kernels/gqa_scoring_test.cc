@@ -108,8 +108,8 @@ TEST_CASE("ScoreGqa equals the plain softmax-sum on every scan path", "[kernels]
     }
     if (dim4) {
       std::vector<int8_t> w(c.dim);
-      const Dim4Query p = QuantizeDim4Query(queries.data() + g * c.dim, centroids.data(), c.dim,
-                                            w.data());
+      const Dim4Query p =
+          QuantizeDim4Query(queries.data() + g * c.dim, centroids.data(), c.dim, w.data());
       for (int d = 0; d < c.dim; ++d) {
         for (int j = 0; j < 16; ++j) table[d * 16 + j] = p.offset / c.dim + p.scale * w[d] * j;
       }
@@ -125,10 +125,9 @@ TEST_CASE("ScoreGqa's log normalisers and GqaCodeLogits give back its scores on 
           "[kernels]") {
   // What RerankExact relies on: the scan's normaliser and the logits it used for any
   // token, so that tokens can be taken out of the normaliser exactly.
-  const Case c =
-      GENERATE(Case{2, 6, 32, 4, 3000, 17}, Case{3, 4, 24, 1, 777, 3}, Case{4, 8, 32, 4, 2001, 5},
-               Case{16, 4, 32, 4, 1000, 9}, Case{2, 4, 16, 3, 700, 0},
-               Case{32, 4, 32, 4, 1500, 7, true});
+  const Case c = GENERATE(Case{2, 6, 32, 4, 3000, 17}, Case{3, 4, 24, 1, 777, 3},
+                          Case{4, 8, 32, 4, 2001, 5}, Case{16, 4, 32, 4, 1000, 9},
+                          Case{2, 4, 16, 3, 700, 0}, Case{32, 4, 32, 4, 1500, 7, true});
   const int ksub = 1 << c.bits;
   std::mt19937 rng(c.M * 7 + c.bits + c.encoded);
   std::normal_distribution<float> normal;

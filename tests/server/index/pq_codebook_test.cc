@@ -182,8 +182,7 @@ TEST_CASE("PqCodebook RoPE pairs put dims i and i + dim/2 side by side", "[serve
         absl::StatusCode::kInvalidArgument);
 }
 
-TEST_CASE("PqCodebook gives one-dimension sub-spaces a uniform grid from min to max",
-          "[server]") {
+TEST_CASE("PqCodebook gives one-dimension sub-spaces a uniform grid from min to max", "[server]") {
   const int dim = 16, bits = GENERATE(2, 4);
   const int ksub = 1 << bits;
   const size_t n = 500;

@@ -312,7 +312,8 @@ TEST_CASE("A per-dimension 4-bit index selects as the plain scorer of its codes"
   size_t same = 0, total = 0;
   for (uint32_t seed = 10; seed < 15; ++seed) {
     const LayerSelection fast = layer.Retrieve(Query(seed), 40, Soon()).value();
-    const LayerSelection plain = layer.Retrieve(Query(seed), 40, Soon(), nullptr, /*plain=*/true).value();
+    const LayerSelection plain =
+        layer.Retrieve(Query(seed), 40, Soon(), nullptr, /*plain=*/true).value();
     for (uint32_t h = 0; h < kKvHeads; ++h) {
       REQUIRE(fast.heads[h].positions.size() == 40);
       const std::set<uint32_t> want(plain.heads[h].positions.begin(),

@@ -11,7 +11,9 @@ SessionConfig Llama3_8B() {
   return config;
 }
 
-TEST_CASE("IndexOptions holds PQCache's choices (a session naming no index gets DefaultIndexOptions)", "[server]") {
+TEST_CASE(
+    "IndexOptions holds PQCache's choices (a session naming no index gets DefaultIndexOptions)",
+    "[server]") {
   const IndexOptions defaults;
   CHECK(defaults.subspaces == 2);
   CHECK(defaults.bits == 6);
@@ -65,8 +67,7 @@ TEST_CASE("ValidateSessionConfig names the field that is wrong", "[server]") {
 namespace pqkv::server {
 namespace {
 
-TEST_CASE("The default index is one 4-bit sub-space per dimension, without re-rank",
-          "[server]") {
+TEST_CASE("The default index is one 4-bit sub-space per dimension, without re-rank", "[server]") {
   const uint32_t head_dim = GENERATE(8u, 64u, 128u, 256u);
   const IndexOptions index = DefaultIndexOptions(head_dim);
   CHECK(index.subspaces == head_dim);
