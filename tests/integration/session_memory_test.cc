@@ -209,6 +209,9 @@ TEST_CASE("GetServerStats shows a token its own sessions; totals without auth or
   std::vector<float> kv(200 * 8, 0.5f);
   const std::string id = alice->ListSessions()->at(0).session_id;
   REQUIRE(alice->UploadPrefill(id, 0, 0, 200, kv.data(), kv.data(), true).ok());
+  // 200 tokens train the default index (16 levels need 64), whose codes are charged when
+  // the build lands: read the figures once it has.
+  REQUIRE(testing::WaitForIndexes(*alice, id).ok());
 
   const ServerStats of_alice = alice->GetServerStats().value();
   const ServerStats of_bob = bob->GetServerStats().value();
