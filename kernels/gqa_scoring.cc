@@ -498,8 +498,9 @@ void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size
   const PqShape shape = ShapeOf(input);
   const int M = shape.subspaces, ksub = shape.centroids_per_subspace;
   const uint8_t* codes = input.codes->codes();
-  const bool fast_scan = ChooseScanPath(input.codes) == ScanPath::kFastScan;
-  if (ChooseScanPath(input.codes) == ScanPath::kDim4) {
+  const ScanPath path = ChooseScanPath(input.codes);
+  const bool fast_scan = path == ScanPath::kFastScan;
+  if (path == ScanPath::kDim4) {
     // As ScoreDim4: offset + scale x the integer dot product with the int8 weights.
     std::vector<int8_t> weights(static_cast<size_t>(input.head_dim));
     std::vector<uint8_t> code(static_cast<size_t>(M));

@@ -32,16 +32,18 @@ inline __m256 Exp(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
 }
 
-}  // namespace
-
-double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out) {
+// The exponentials and their sum of x[0, n), whose elements Load8 (8 at a time) and
+// LoadOne turn into floats: shared by the float and the int32 inputs.
+template <typename T, typename Load8, typename LoadOne>
+double ExpAndSumOf(const T* x, size_t n, float scale, float shift, float* out, Load8 load8,
+                   LoadOne load_one) {
   const __m256 vscale = _mm256_set1_ps(scale);
   const __m256 vshift = _mm256_set1_ps(shift);
   __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m256 e0 = Exp(_mm256_fmsub_ps(_mm256_loadu_ps(x + i), vscale, vshift));
-    const __m256 e1 = Exp(_mm256_fmsub_ps(_mm256_loadu_ps(x + i + 8), vscale, vshift));
+    const __m256 e0 = Exp(_mm256_fmsub_ps(load8(x + i), vscale, vshift));
+    const __m256 e1 = Exp(_mm256_fmsub_ps(load8(x + i + 8), vscale, vshift));
     _mm256_storeu_ps(out + i, e0);
     _mm256_storeu_ps(out + i + 8, e1);
     sum0 = _mm256_add_ps(sum0, e0);
@@ -52,38 +54,27 @@ double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out)
   double sum = 0;
   for (float lane : lanes) sum += lane;
   for (; i < n; ++i) {
-    out[i] = std::exp(scale * x[i] - shift);
+    out[i] = std::exp(scale * load_one(x[i]) - shift);
     sum += out[i];
   }
   return sum;
 }
 
+}  // namespace
+
+double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out) {
+  return ExpAndSumOf(
+      x, n, scale, shift, out, [](const float* p) { return _mm256_loadu_ps(p); },
+      [](float v) { return v; });
+}
+
 double ExpAndSumInt32(const int32_t* x, size_t n, float scale, float shift, float* out) {
-  const __m256 vscale = _mm256_set1_ps(scale);
-  const __m256 vshift = _mm256_set1_ps(shift);
-  __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256 x0 =
-        _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
-    const __m256 x1 =
-        _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 8)));
-    const __m256 e0 = Exp(_mm256_fmsub_ps(x0, vscale, vshift));
-    const __m256 e1 = Exp(_mm256_fmsub_ps(x1, vscale, vshift));
-    _mm256_storeu_ps(out + i, e0);
-    _mm256_storeu_ps(out + i + 8, e1);
-    sum0 = _mm256_add_ps(sum0, e0);
-    sum1 = _mm256_add_ps(sum1, e1);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, _mm256_add_ps(sum0, sum1));
-  double sum = 0;
-  for (float lane : lanes) sum += lane;
-  for (; i < n; ++i) {
-    out[i] = std::exp(scale * static_cast<float>(x[i]) - shift);
-    sum += out[i];
-  }
-  return sum;
+  return ExpAndSumOf(
+      x, n, scale, shift, out,
+      [](const int32_t* p) {
+        return _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      },
+      [](int32_t v) { return static_cast<float>(v); });
 }
 
 void ExpAndSumGrouped(const float* x, size_t count, int group, float scale, const float* shifts,
