@@ -3,6 +3,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu_features.h"
+#include "kernels/simd_avx2.h"
+
 namespace pqkv::kernels {
 
 size_t ElementBytes(ElementType type) { return type == ElementType::kFp32 ? 4 : 2; }
@@ -81,6 +84,10 @@ void ToFloat(ElementType type, const void* src, size_t n, float* dst) {
       std::memcpy(dst, src, n * sizeof(float));
       return;
     case ElementType::kFp16:
+      if (UseAvx2()) {  // F16C, which UseAvx2 checks
+        avx2::HalfsToFloats(src, n, dst);
+        return;
+      }
       for (size_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, bytes + 2 * i, 2);

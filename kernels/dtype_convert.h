@@ -1,7 +1,7 @@
 // Conversions between the K/V storage types (fp16, bf16, fp32) and fp32.
 //
-// Pure functions, thread-safe. Portable scalar code: the SIMD kernels of a later issue
-// replace the loops behind the same signatures.
+// Pure functions, thread-safe. Portable scalar code, but for ToFloat's fp16 loop, which
+// runs on F16C where the CPU has AVX2 (dtype_convert_avx2.cc; the same bits).
 #ifndef PQKV_KERNELS_DTYPE_CONVERT_H_
 #define PQKV_KERNELS_DTYPE_CONVERT_H_
 

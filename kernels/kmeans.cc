@@ -2,6 +2,7 @@
 
 #include "kernels/cpu_features.h"
 #include "kernels/simd_avx2.h"
+#include "kernels/simd_avx512.h"
 
 namespace pqkv::kernels {
 
@@ -38,6 +39,10 @@ void AssignNearestPortable(const float* points, size_t n, int dim, size_t stride
 
 void AssignNearest(const float* points, size_t n, int dim, size_t stride, const float* centroids,
                    const float* c_norms, int k, uint32_t* assign, float* distances) {
+  if (UseAvx512()) {
+    avx512::AssignNearest(points, n, dim, stride, centroids, c_norms, k, assign, distances);
+    return;
+  }
   if (UseAvx2()) {
     avx2::AssignNearest(points, n, dim, stride, centroids, c_norms, k, assign, distances);
     return;

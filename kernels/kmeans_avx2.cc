@@ -73,21 +73,20 @@ void Group(const float* points, size_t stride, int dim, const std::vector<float>
     Block<P>(x, dim, blocks.data() + static_cast<size_t>(b) * dim * kBlock, norms.data(),
              b * kBlock, best);
   }
+  // Per point: the smallest distance over the lanes, then the lowest index among the lanes
+  // that hold it, branch-free (a scalar loop mispredicts on every new minimum).
   for (int p = 0; p < P; ++p) {
-    alignas(32) float value[8];
-    alignas(32) uint32_t index[8];
-    _mm256_store_ps(value, best[p].value);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(index), best[p].index);
-    float v = value[0];
-    uint32_t c = index[0];
-    for (int l = 1; l < 8; ++l) {
-      if (value[l] < v || (value[l] == v && index[l] < c)) {
-        v = value[l];
-        c = index[l];
-      }
-    }
-    assign[p] = c;
-    if (distances != nullptr) distances[p] = v;
+    __m256 v =
+        _mm256_min_ps(best[p].value, _mm256_permute2f128_ps(best[p].value, best[p].value, 1));
+    v = _mm256_min_ps(v, _mm256_shuffle_ps(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm256_min_ps(v, _mm256_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+    const __m256i at_min = _mm256_castps_si256(_mm256_cmp_ps(best[p].value, v, _CMP_EQ_OQ));
+    __m256i c = _mm256_or_si256(best[p].index, _mm256_andnot_si256(at_min, _mm256_set1_epi32(-1)));
+    c = _mm256_min_epu32(c, _mm256_permute2x128_si256(c, c, 1));
+    c = _mm256_min_epu32(c, _mm256_shuffle_epi32(c, _MM_SHUFFLE(1, 0, 3, 2)));
+    c = _mm256_min_epu32(c, _mm256_shuffle_epi32(c, _MM_SHUFFLE(2, 3, 0, 1)));
+    assign[p] = static_cast<uint32_t>(_mm256_cvtsi256_si32(c));
+    if (distances != nullptr) distances[p] = _mm256_cvtss_f32(v);
   }
 }
 

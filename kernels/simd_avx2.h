@@ -33,6 +33,8 @@ void RowDots(bool fp16, const void* const* rows, size_t n, int head_dim, const f
 void FastScanAccumulate(const uint8_t* blocks, size_t num_blocks, int subspaces,
                         const uint8_t* tables, int num_tables, uint16_t* out, size_t out_stride);
 
+// ToFloat (dtype_convert.h) for fp16: n halves at src (little-endian) to fp32. Needs F16C.
+void HalfsToFloats(const void* src, size_t n, float* dst);
 // See Dim4Dots in dim4_scan.h.
 void Dim4Dots(const uint8_t* blocks, size_t num_blocks, int head_dim, const int8_t* weights,
               int num_queries, int32_t* out, size_t out_stride);

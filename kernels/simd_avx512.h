@@ -4,12 +4,16 @@
 #define PQKV_KERNELS_SIMD_AVX512_H_
 
 #include <cstddef>
+#include <cstdint>
 
 namespace pqkv::kernels::avx512 {
 
 // See RowDots in row_dots.h: fp16 rows when `fp16`, else fp32; head_dim % 16 == 0.
 void RowDots(bool fp16, const void* const* rows, size_t n, int head_dim, const float* queries,
              int group, float* out);
+// See AssignNearest in kmeans.h.
+void AssignNearest(const float* points, size_t n, int dim, size_t stride, const float* centroids,
+                   const float* c_norms, int k, uint32_t* assign, float* distances);
 
 }  // namespace pqkv::kernels::avx512
 

@@ -88,10 +88,17 @@ absl::StatusOr<PqCodebook> PqCodebook::Train(const float* keys, size_t n, int di
   const int dsub = dim / subspaces;
   const size_t subspace_dim = static_cast<size_t>(dsub);
   const float limit = std::sqrt(std::numeric_limits<float>::max() / (8.0f * subspace_dim));
-  float max_abs = 0;
-  for (size_t i = 0; i < n * static_cast<size_t>(dim); ++i) {
-    max_abs = std::max(max_abs, std::fabs(keys[i]));
+  // Sixteen running maxima: one would be a chain of dependent max operations over 4M
+  // values per kv head at 32K tokens (about 6 ms), sixteen vectorise.
+  constexpr size_t kLanes = 16;
+  float lane_max[kLanes] = {};
+  const size_t total = n * static_cast<size_t>(dim);
+  size_t i = 0;
+  for (; i + kLanes <= total; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) lane_max[l] = std::max(lane_max[l], std::fabs(keys[i + l]));
   }
+  for (; i < total; ++i) lane_max[0] = std::max(lane_max[0], std::fabs(keys[i]));
+  const float max_abs = *std::max_element(lane_max, lane_max + kLanes);
   if (!(max_abs <= limit)) {
     return absl::InvalidArgumentError(
         absl::StrCat("keys up to ", max_abs, " in magnitude: k-means distances over ", subspace_dim,

@@ -27,6 +27,31 @@ TEST_CASE("HalfToFloat decodes known values", "[kernels]") {
   CHECK(std::isnan(HalfToFloat(0x7e00)));
 }
 
+// ToFloat's fp16 loop (F16C where the CPU has AVX2; dtype_convert_test_portable runs the
+// scalar one) gives HalfToFloat's bits for every half, NaNs as NaNs, at every length (the
+// 8-wide loop's tail).
+TEST_CASE("ToFloat converts every fp16 value as HalfToFloat does", "[kernels]") {
+  std::vector<uint16_t> all(0x10000);
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) all[bits] = static_cast<uint16_t>(bits);
+  const size_t offset = GENERATE(size_t{0}, size_t{3});
+  const size_t n = all.size() - offset - GENERATE(size_t{0}, size_t{1}, size_t{7});
+  std::vector<float> out(n + 1, -7.0f);
+  ToFloat(ElementType::kFp16, all.data() + offset, n, out.data());
+  for (size_t i = 0; i < n; ++i) {
+    const float want = HalfToFloat(all[offset + i]);
+    INFO("half 0x" << std::hex << all[offset + i]);
+    if (std::isnan(want)) {
+      REQUIRE(std::isnan(out[i]));
+    } else {
+      uint32_t got_bits, want_bits;
+      std::memcpy(&got_bits, &out[i], 4);
+      std::memcpy(&want_bits, &want, 4);
+      REQUIRE(got_bits == want_bits);
+    }
+  }
+  REQUIRE(out[n] == -7.0f);  // nothing written past n
+}
+
 TEST_CASE("FloatToHalf rounds to nearest even and saturates to inf", "[kernels]") {
   CHECK(FloatToHalf(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);      // tie: stays even
   CHECK(FloatToHalf(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);  // tie: rounds up to even

@@ -11,13 +11,15 @@ namespace pqkv::kernels {
 namespace {
 
 // Integer-valued points and centroids: every dot product and norm is exact in float, so
-// the AVX2 path must agree with the portable one bit for bit, ties (to the lower index)
-// included. Sweeps the shapes PQ uses (dim 32 and 64, k 64 and 256) and the awkward ones:
-// k not a multiple of 16, n not a multiple of 6, a row stride wider than dim.
+// the SIMD path (AVX-512, or AVX2 in kmeans_avx2_test) must agree with the portable one bit
+// for bit, ties (to the lower index) included. Sweeps the shapes PQ uses (dim 32 and 64, k 64
+// and 256) and the awkward ones: k not a multiple of 16 or 32, n not a multiple of the
+// kernels' 6 or 12 points, a row stride wider than dim.
 TEST_CASE("AssignNearest matches the portable reference exactly on integer inputs", "[kernels]") {
   const int dim = GENERATE(1, 7, 32, 64);
-  const int k = GENERATE(1, 2, 15, 17, 64, 256);
-  const size_t n = GENERATE(size_t{1}, size_t{5}, size_t{6}, size_t{7}, size_t{100});
+  const int k = GENERATE(1, 2, 15, 17, 33, 64, 256);
+  const size_t n =
+      GENERATE(size_t{1}, size_t{5}, size_t{6}, size_t{7}, size_t{12}, size_t{13}, size_t{100});
   const size_t stride = dim + 3;
   std::mt19937 rng(static_cast<uint32_t>(dim * 1000 + k * 10 + n));
   std::uniform_int_distribution<int> value(-4, 4);  // small range: many exact ties
