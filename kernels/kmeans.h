@@ -7,12 +7,13 @@
 // Writes assign[n] and, when distances != nullptr, distances[n] = ||c||^2 - 2 x.c of the
 // chosen centroid (the squared distance less ||x||^2).
 //
-// The AVX2 + FMA path computes the dot products as 6-point x 16-centroid register blocks
-// (centroids transposed to [dim][k] once per call, so the cost is k x dim floats) with the
-// argmin fused behind each block; the portable path is the reference. Both sum the dot
-// product in dimension order, one product at a time: on integer-valued inputs (and any
-// input whose partial sums are exact) they agree bit for bit; otherwise they differ by
-// rounding only (FMA against a multiply then add).
+// The SIMD paths compute the dot products as register blocks, 12 points x 32 centroids
+// with AVX-512 (kmeans_avx512.cc), 6 x 16 with AVX2 + FMA (kmeans_avx2.cc), centroids
+// transposed once per call (the cost is k x dim floats), with the argmin fused behind each
+// block; the portable path is the reference. All sum the dot product in dimension order,
+// one product at a time, so the two SIMD paths give the same bits; on integer-valued
+// inputs (and any input whose partial sums are exact) they agree with the portable path
+// bit for bit, otherwise they differ by rounding only (FMA against a multiply then add).
 //
 // Pure, thread-safe. Requires 1 <= k and dim >= 1.
 #ifndef PQKV_KERNELS_KMEANS_H_

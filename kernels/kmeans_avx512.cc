@@ -93,10 +93,10 @@ void Group(const float* points, size_t stride, int dim, const float* blocks, con
 using GroupFn = void (*)(const float*, size_t, int, const float*, const float*, int, uint32_t*,
                          float*);
 
-// Group<P> for P = 0 .. kPoints (entry 0 unused): the tail of n % kPoints points.
-template <size_t... P>
-constexpr std::array<GroupFn, sizeof...(P)> GroupTable(std::index_sequence<P...>) {
-  return {{(P == 0 ? nullptr : &Group<static_cast<int>(P == 0 ? 1 : P)>)...}};
+// kGroups[c - 1] = Group<c> for c = 1 .. kPoints: full groups and the tail of n % kPoints.
+template <size_t... I>
+constexpr std::array<GroupFn, sizeof...(I)> GroupTable(std::index_sequence<I...>) {
+  return {{&Group<static_cast<int>(I) + 1>...}};
 }
 
 }  // namespace
@@ -112,12 +112,12 @@ void AssignNearest(const float* points, size_t n, int dim, size_t stride, const 
     for (int i = 0; i < dim; ++i) block[i * kBlock] = centroids[static_cast<size_t>(c) * dim + i];
     norms[c] = c_norms[c];
   }
-  static constexpr std::array<GroupFn, kPoints + 1> kGroups =
-      GroupTable(std::make_index_sequence<kPoints + 1>());
+  static constexpr std::array<GroupFn, kPoints> kGroups =
+      GroupTable(std::make_index_sequence<kPoints>());
   for (size_t r = 0; r < n; r += kPoints) {
     const size_t count = std::min<size_t>(kPoints, n - r);
-    kGroups[count](points + r * stride, stride, dim, blocks.data(), norms.data(), num_blocks,
-                   assign + r, distances == nullptr ? nullptr : distances + r);
+    kGroups[count - 1](points + r * stride, stride, dim, blocks.data(), norms.data(), num_blocks,
+                       assign + r, distances == nullptr ? nullptr : distances + r);
   }
 }
 

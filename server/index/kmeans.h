@@ -4,13 +4,13 @@
 // Trains on a sample of at most max_points_per_centroid x k points (all of them when there
 // are fewer, or when max_points_per_centroid is 0), drawn with a fixed seed; starts from k
 // sampled points (k different rows); each iteration assigns every sampled point to its
-// nearest centroid (kernels/kmeans.h, AVX2) and moves each centroid to the mean of its
+// nearest centroid (kernels/kmeans.h, AVX-512 or AVX2) and moves each centroid to the mean of its
 // points. A centroid left with no points takes half of a populous cluster (FAISS's split:
 // a copy of that centroid, perturbed by +-1/1024 in alternate directions). Stops after
 // max_iterations, or earlier once an iteration changes at most stop_fraction of the
 // assignments (0: only when none change, i.e. converged).
 //
-// The assignments run on the CPU (kernels/kmeans.h, AVX2), or through options.assigner
+// The assignments run on the CPU (kernels/kmeans.h), or through options.assigner
 // (a GPU: GpuScorer::NewKMeansAssigner); an assigner that fails hands the rest of the
 // iterations back to the CPU, and the result says so.
 //

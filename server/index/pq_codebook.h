@@ -1,6 +1,6 @@
 // PqCodebook: the product-quantization codebook of one (layer, kv head), trained with our
-// own k-means (server/index/kmeans.h: AVX2 assignment, a sample of keys per sub-space and
-// an early stop, PqTrainOptions), and the encoder that gives a key its M one-byte codes.
+// own k-means (server/index/kmeans.h: AVX-512 or AVX2 assignment, a sample of keys per sub-space
+// and an early stop, PqTrainOptions), and the encoder that gives a key its M one-byte codes.
 // Sub-spaces of one dimension (M == dim, the per-dimension index) take 2^bits evenly
 // spaced levels between the smallest and largest key value instead, encoded by rounding:
 // the grid the dim4 scan needs (kernels/dim4_scan.h).
