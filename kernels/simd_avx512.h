@@ -11,6 +11,10 @@ namespace pqkv::kernels::avx512 {
 // See RowDots in row_dots.h: fp16 rows when `fp16`, else fp32; head_dim % 16 == 0.
 void RowDots(bool fp16, const void* const* rows, size_t n, int head_dim, const float* queries,
              int group, float* out);
+// See ExpAndSum, ExpAndSumInt32 and MaxOfInt32 in vector_exp.h.
+double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out);
+double ExpAndSumInt32(const int32_t* x, size_t n, float scale, float shift, float* out);
+int32_t MaxOfInt32(const int32_t* x, size_t n);
 // See AssignNearest in kmeans.h.
 void AssignNearest(const float* points, size_t n, int dim, size_t stride, const float* centroids,
                    const float* c_norms, int k, uint32_t* assign, float* distances);

@@ -6,6 +6,7 @@
 
 #include "kernels/cpu_features.h"
 #include "kernels/simd_avx2.h"
+#include "kernels/simd_avx512.h"
 
 namespace pqkv::kernels {
 
@@ -19,11 +20,13 @@ double ExpAndSumPortable(const float* x, size_t n, float scale, float shift, flo
 }
 
 double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out) {
+  if (UseAvx512()) return avx512::ExpAndSum(x, n, scale, shift, out);
   if (UseAvx2()) return avx2::ExpAndSum(x, n, scale, shift, out);
   return ExpAndSumPortable(x, n, scale, shift, out);
 }
 
 double ExpAndSumInt32(const int32_t* x, size_t n, float scale, float shift, float* out) {
+  if (UseAvx512()) return avx512::ExpAndSumInt32(x, n, scale, shift, out);
   if (UseAvx2()) return avx2::ExpAndSumInt32(x, n, scale, shift, out);
   double sum = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -56,6 +59,7 @@ float MaxOf(const float* x, size_t n) {
 }
 
 int32_t MaxOfInt32(const int32_t* x, size_t n) {
+  if (UseAvx512()) return avx512::MaxOfInt32(x, n);
   if (UseAvx2()) return avx2::MaxOfInt32(x, n);
   int32_t max = std::numeric_limits<int32_t>::min();
   for (size_t i = 0; i < n; ++i) max = std::max(max, x[i]);

@@ -12,7 +12,9 @@ namespace {
 // Tolerance 1e-5: the argument scale * x - shift is rounded to float before the
 // exponential, which alone costs |argument| x 6e-8 of relative error.
 TEST_CASE("ExpAndSum matches std::exp within float accuracy", "[kernels]") {
-  const size_t n = GENERATE(size_t{0}, size_t{1}, size_t{15}, size_t{16}, size_t{1000});
+  // Lengths around the 16- (AVX2) and 32-element (AVX-512) loops' tails.
+  const size_t n =
+      GENERATE(size_t{0}, size_t{1}, size_t{15}, size_t{16}, size_t{31}, size_t{33}, size_t{1000});
   std::mt19937 rng(static_cast<uint32_t>(n));
   std::uniform_real_distribution<float> value(-60.0f, 10.0f);
   std::vector<float> x(n);
@@ -34,6 +36,38 @@ TEST_CASE("ExpAndSum works in place and flushes very negative arguments", "[kern
   CHECK(x[1] < 1e-37f);
   CHECK(x[2] == Approx(std::exp(1.0f)));
   CHECK(std::isfinite(x[3]));
+}
+
+// The per-dimension scan's form: integer logits, a scale and the shift of the largest.
+TEST_CASE("ExpAndSumInt32 matches std::exp of the scaled integers", "[kernels]") {
+  const size_t n = GENERATE(size_t{0}, size_t{1}, size_t{17}, size_t{32}, size_t{47}, size_t{512});
+  std::mt19937 rng(static_cast<uint32_t>(n) + 7);
+  std::uniform_int_distribution<int32_t> value(-160000, 200000);  // arguments -80 .. 10
+  std::vector<int32_t> x(n);
+  for (int32_t& v : x) v = value(rng);
+  const float scale = 2.5e-4f, shift = 40.0f;
+  std::vector<float> out(n + 1, -1.0f);
+  const double sum = ExpAndSumInt32(x.data(), n, scale, shift, out.data());
+  double want_sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double want = std::exp(static_cast<double>(scale * static_cast<float>(x[i]) - shift));
+    REQUIRE(out[i] == Approx(want).epsilon(1e-5));
+    want_sum += want;
+  }
+  CHECK(sum == Approx(want_sum).epsilon(1e-5));
+  CHECK(out[n] == -1.0f);  // nothing written past n
+}
+
+TEST_CASE("MaxOfInt32 finds the largest element", "[kernels]") {
+  for (size_t n : {1, 7, 16, 31, 33, 1000}) {
+    std::vector<int32_t> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = -static_cast<int32_t>((i * 7919) % n) - 5;
+    CHECK(MaxOfInt32(x.data(), n) == x[0]);
+    x[n - 1] = 3;
+    CHECK(MaxOfInt32(x.data(), n) == 3);
+    x[n / 3] = 2000000000;
+    CHECK(MaxOfInt32(x.data(), n) == 2000000000);
+  }
 }
 
 TEST_CASE("MaxOf finds the largest element", "[kernels]") {
