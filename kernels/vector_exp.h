@@ -1,7 +1,8 @@
 // Vectorised exponentials for softmax: out[i] = exp(scale * x[i] - shift).
 //
-// AVX2 where available (Cephes-style polynomial, relative error about 2e-7, results for
-// arguments below -87 flush towards 0), std::exp otherwise. Pure, thread-safe.
+// AVX-512 or AVX2 where available (the same Cephes-style polynomial, relative error about
+// 2e-7, results for arguments below -87 flush towards 0; ExpAndSumGrouped and MaxOf stay
+// AVX2), std::exp otherwise. Pure, thread-safe.
 #ifndef PQKV_KERNELS_VECTOR_EXP_H_
 #define PQKV_KERNELS_VECTOR_EXP_H_
 
@@ -14,7 +15,7 @@ namespace pqkv::kernels {
 // `out` may equal `x`.
 double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out);
 
-// The same with the portable code, whatever the CPU; the AVX2 version's test oracle.
+// The same with the portable code, whatever the CPU; the SIMD versions' test oracle.
 double ExpAndSumPortable(const float* x, size_t n, float scale, float shift, float* out);
 
 // ExpAndSum of integers (the dim4 scan's dot products), converted to float first.
