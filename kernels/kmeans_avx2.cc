@@ -1,7 +1,7 @@
 // AVX2 + FMA nearest-centroid assignment (kernels/kmeans.h); compiled with -mavx2 -mfma.
 //
-// Centroids are laid out once per call as blocks of 16: [k / 16][dim][16], padded with
-// zero centroids whose norm is +inf (never chosen). Points go 6 at a time: for each block,
+// Centroids are laid out once per call as blocks of 16 (kernels/centroid_blocks.h). Points
+// go 6 at a time: for each block,
 // 12 accumulators hold the 6 x 16 dot products (per dimension: 2 loads, 6 broadcasts,
 // 12 FMAs), then the distances ||c||^2 - 2 x.c are folded into each point's running
 // (distance, index) per lane. Lanes see their centroids in increasing order and keep the
@@ -9,10 +9,13 @@
 // distances, so ties go to the lower index as in the portable code.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <limits>
-#include <vector>
+#include <utility>
 
+#include "kernels/centroid_blocks.h"
 #include "kernels/simd_avx2.h"
 
 namespace pqkv::kernels::avx2 {
@@ -60,8 +63,8 @@ inline void Block(const float* const* x, int dim, const float* block, const floa
 }
 
 template <int P>
-void Group(const float* points, size_t stride, int dim, const std::vector<float>& blocks,
-           const std::vector<float>& norms, int num_blocks, uint32_t* assign, float* distances) {
+void Group(const float* points, size_t stride, int dim, const CentroidBlocks& centroids,
+           uint32_t* assign, float* distances) {
   const float* x[P];
   for (int p = 0; p < P; ++p) x[p] = points + p * stride;
   Best best[P];
@@ -69,9 +72,9 @@ void Group(const float* points, size_t stride, int dim, const std::vector<float>
     best[p].value = _mm256_set1_ps(std::numeric_limits<float>::infinity());
     best[p].index = _mm256_setzero_si256();
   }
-  for (int b = 0; b < num_blocks; ++b) {
-    Block<P>(x, dim, blocks.data() + static_cast<size_t>(b) * dim * kBlock, norms.data(),
-             b * kBlock, best);
+  for (int b = 0; b < centroids.num_blocks; ++b) {
+    Block<P>(x, dim, centroids.blocks.data() + static_cast<size_t>(b) * dim * kBlock,
+             centroids.norms.data(), b * kBlock, best);
   }
   // Per point: the smallest distance over the lanes, then the lowest index among the lanes
   // that hold it, branch-free (a scalar loop mispredicts on every new minimum).
@@ -90,48 +93,25 @@ void Group(const float* points, size_t stride, int dim, const std::vector<float>
   }
 }
 
+using GroupFn = void (*)(const float*, size_t, int, const CentroidBlocks&, uint32_t*, float*);
+
+// kGroups[c - 1] = Group<c> for c = 1 .. kPoints: full groups and the tail of n % kPoints.
+template <size_t... I>
+constexpr std::array<GroupFn, sizeof...(I)> GroupTable(std::index_sequence<I...>) {
+  return {{&Group<static_cast<int>(I) + 1>...}};
+}
+
 }  // namespace
 
 void AssignNearest(const float* points, size_t n, int dim, size_t stride, const float* centroids,
                    const float* c_norms, int k, uint32_t* assign, float* distances) {
-  const int num_blocks = (k + kBlock - 1) / kBlock;
-  std::vector<float> blocks(static_cast<size_t>(num_blocks) * dim * kBlock, 0.0f);
-  std::vector<float> norms(static_cast<size_t>(num_blocks) * kBlock,
-                           std::numeric_limits<float>::infinity());
-  for (int c = 0; c < k; ++c) {
-    float* block = blocks.data() + static_cast<size_t>(c / kBlock) * dim * kBlock + c % kBlock;
-    for (int i = 0; i < dim; ++i) block[i * kBlock] = centroids[static_cast<size_t>(c) * dim + i];
-    norms[c] = c_norms[c];
-  }
-  size_t r = 0;
-  for (; r + kPoints <= n; r += kPoints) {
-    Group<kPoints>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
-                   distances == nullptr ? nullptr : distances + r);
-  }
-  float* tail_distances = distances == nullptr ? nullptr : distances + r;
-  switch (n - r) {
-    case 5:
-      Group<5>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
-               tail_distances);
-      break;
-    case 4:
-      Group<4>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
-               tail_distances);
-      break;
-    case 3:
-      Group<3>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
-               tail_distances);
-      break;
-    case 2:
-      Group<2>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
-               tail_distances);
-      break;
-    case 1:
-      Group<1>(points + r * stride, stride, dim, blocks, norms, num_blocks, assign + r,
-               tail_distances);
-      break;
-    default:
-      break;
+  const CentroidBlocks blocks = LayOutCentroidBlocks<kBlock>(centroids, c_norms, k, dim);
+  static constexpr std::array<GroupFn, kPoints> kGroups =
+      GroupTable(std::make_index_sequence<kPoints>());
+  for (size_t r = 0; r < n; r += kPoints) {
+    const size_t count = std::min<size_t>(kPoints, n - r);
+    kGroups[count - 1](points + r * stride, stride, dim, blocks, assign + r,
+                       distances == nullptr ? nullptr : distances + r);
   }
 }
 

@@ -1,12 +1,11 @@
 // AVX-512 nearest-centroid assignment (kernels/kmeans.h); compiled with -mavx512f -mfma.
 //
 // The AVX2 kernel's scheme (kmeans_avx2.cc) at twice the width and twice the registers:
-// centroids laid out once per call as blocks of 32, [k / 32][dim][32], padded with zero
-// centroids whose norm is +inf (never chosen); points go 12 at a time, and for each block
-// 24 accumulators hold the 12 x 32 dot products (per dimension: 2 loads, 12 broadcasts,
-// 24 FMAs). On a core with two 512-bit FMA units that is twice the AVX2 kernel's peak
-// (docs/benchmarks.md, "Index build"). Each point's running (distance, index) per lane sees
-// its centroids in increasing order and keeps the first strict minimum; the final
+// centroids laid out once per call as blocks of 32 (kernels/centroid_blocks.h); points go
+// 12 at a time, and for each block 24 accumulators hold the 12 x 32 dot products (per dimension: 2
+// loads, 12 broadcasts, 24 FMAs). On a core with two 512-bit FMA units that is twice the AVX2
+// kernel's peak (docs/benchmarks.md, "Index build"). Each point's running (distance, index) per
+// lane sees its centroids in increasing order and keeps the first strict minimum; the final
 // reduction takes the lowest index among equal distances, so ties go to the lower index.
 // Dot products are summed in dimension order by FMA, as in the AVX2 kernel: the two give
 // the same bits.
@@ -17,8 +16,8 @@
 #include <cstdint>
 #include <limits>
 #include <utility>
-#include <vector>
 
+#include "kernels/centroid_blocks.h"
 #include "kernels/simd_avx512.h"
 
 namespace pqkv::kernels::avx512 {
@@ -68,8 +67,8 @@ inline void Block(const float* const* x, int dim, const float* block, const floa
 }
 
 template <int P>
-void Group(const float* points, size_t stride, int dim, const float* blocks, const float* norms,
-           int num_blocks, uint32_t* assign, float* distances) {
+void Group(const float* points, size_t stride, int dim, const CentroidBlocks& centroids,
+           uint32_t* assign, float* distances) {
   const float* x[P];
   for (int p = 0; p < P; ++p) x[p] = points + p * stride;
   Best best[P];
@@ -77,8 +76,9 @@ void Group(const float* points, size_t stride, int dim, const float* blocks, con
     best[p].value = _mm512_set1_ps(std::numeric_limits<float>::infinity());
     best[p].index = _mm512_setzero_si512();
   }
-  for (int b = 0; b < num_blocks; ++b) {
-    Block<P>(x, dim, blocks + static_cast<size_t>(b) * dim * kBlock, norms, b * kBlock, best);
+  for (int b = 0; b < centroids.num_blocks; ++b) {
+    Block<P>(x, dim, centroids.blocks.data() + static_cast<size_t>(b) * dim * kBlock,
+             centroids.norms.data(), b * kBlock, best);
   }
   // Per point: the smallest distance over the lanes, then the lowest index among the lanes
   // that hold it (branch-free; a scalar loop here cost a third of the time at k = 64).
@@ -90,8 +90,7 @@ void Group(const float* points, size_t stride, int dim, const float* blocks, con
   }
 }
 
-using GroupFn = void (*)(const float*, size_t, int, const float*, const float*, int, uint32_t*,
-                         float*);
+using GroupFn = void (*)(const float*, size_t, int, const CentroidBlocks&, uint32_t*, float*);
 
 // kGroups[c - 1] = Group<c> for c = 1 .. kPoints: full groups and the tail of n % kPoints.
 template <size_t... I>
@@ -103,21 +102,13 @@ constexpr std::array<GroupFn, sizeof...(I)> GroupTable(std::index_sequence<I...>
 
 void AssignNearest(const float* points, size_t n, int dim, size_t stride, const float* centroids,
                    const float* c_norms, int k, uint32_t* assign, float* distances) {
-  const int num_blocks = (k + kBlock - 1) / kBlock;
-  std::vector<float> blocks(static_cast<size_t>(num_blocks) * dim * kBlock, 0.0f);
-  std::vector<float> norms(static_cast<size_t>(num_blocks) * kBlock,
-                           std::numeric_limits<float>::infinity());
-  for (int c = 0; c < k; ++c) {
-    float* block = blocks.data() + static_cast<size_t>(c / kBlock) * dim * kBlock + c % kBlock;
-    for (int i = 0; i < dim; ++i) block[i * kBlock] = centroids[static_cast<size_t>(c) * dim + i];
-    norms[c] = c_norms[c];
-  }
+  const CentroidBlocks blocks = LayOutCentroidBlocks<kBlock>(centroids, c_norms, k, dim);
   static constexpr std::array<GroupFn, kPoints> kGroups =
       GroupTable(std::make_index_sequence<kPoints>());
   for (size_t r = 0; r < n; r += kPoints) {
     const size_t count = std::min<size_t>(kPoints, n - r);
-    kGroups[count - 1](points + r * stride, stride, dim, blocks.data(), norms.data(), num_blocks,
-                       assign + r, distances == nullptr ? nullptr : distances + r);
+    kGroups[count - 1](points + r * stride, stride, dim, blocks, assign + r,
+                       distances == nullptr ? nullptr : distances + r);
   }
 }
 
