@@ -59,18 +59,25 @@ void QualitySampler::MaybeSample(std::shared_ptr<Session> session, uint32_t laye
   for (const HeadSelection& head : selection.heads) positions.push_back(head.positions);
   std::string index = IndexLabel(session->config().index, rerank);
   pool_->Schedule(
-      [this, session = std::move(session), layer,
+      [this, weak_session = std::weak_ptr<Session>(session), layer,
        query = std::vector<float>(query.begin(), query.end()), num_tokens = selection.num_tokens,
        positions = std::move(positions),
-       index = std::move(index)] { Measure(session, layer, query, num_tokens, positions, index); });
+       index = std::move(index)] {
+        Measure(weak_session, layer, query, num_tokens, positions, index);
+      });
 }
 
-void QualitySampler::Measure(const std::shared_ptr<Session>& session, uint32_t layer,
+void QualitySampler::Measure(const std::weak_ptr<Session>& weak_session, uint32_t layer,
                              const std::vector<float>& query, uint64_t num_tokens,
                              const std::vector<std::vector<uint32_t>>& positions,
                              const std::string& index) {
-  // Measured even when the session has closed since: the item was answered, and the
-  // rows stay valid while this task holds the session.
+  // A closed session's memory should go back at once, not after a telemetry sample: such a
+  // sample is skipped. One that closes during the measurement is freed right after it.
+  const std::shared_ptr<Session> session = weak_session.lock();
+  if (session == nullptr || session->closed()) {
+    skipped_closed_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   absl::StatusOr<LayerStore*> store = session->layer(layer);
   absl::StatusOr<SelectionQualitySample> sample =
       store.ok() ? (*store)->MeasureQuality(query, num_tokens, positions) : store.status();
@@ -127,7 +134,12 @@ void QualitySampler::Render(std::string* out) const {
                   "measured (the server log says why).\n"
                   "# TYPE pqkv_quality_samples_failed_total counter\n"
                   "pqkv_quality_samples_failed_total ",
-                  failed_.load(std::memory_order_relaxed), "\n");
+                  failed_.load(std::memory_order_relaxed), "\n",
+                  "# HELP pqkv_quality_samples_skipped_total Sampled items not measured "
+                  "because their session closed first.\n"
+                  "# TYPE pqkv_quality_samples_skipped_total counter\n"
+                  "pqkv_quality_samples_skipped_total ",
+                  skipped_closed_.load(std::memory_order_relaxed), "\n");
 }
 
 }  // namespace pqkv::server

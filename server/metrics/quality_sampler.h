@@ -4,8 +4,9 @@
 // thread of its own at the lowest priority (niceness 19), after the item was answered:
 // the item itself only pays a random draw and, when drawn, a copy of its query and
 // positions. Samples that find the thread busy with max_queued others are dropped
-// (counted), so a burst never queues work without bound. A queued sample keeps its
-// session alive (and its memory held) until it is measured.
+// (counted), so a burst never queues work without bound. A queued sample does not keep
+// its session alive: a session closed (or gone) by the time its turn comes is skipped, so
+// closing a session hands its memory back without waiting for this low-priority thread.
 //
 // Results go to Prometheus histograms, labelled by index setting and layer bucket (never
 // by session), and to the layer's own figures (GetSession).
@@ -56,8 +57,10 @@ class QualitySampler {
   // The label of a layer: its bucket of 8 ("0-7", "8-15", ...; "64+" past 63).
   static std::string LayerBucket(uint32_t layer);
 
-  // Samples measured so far (for tests and the log).
+  // Samples measured so far, and samples skipped because their session had closed (for
+  // tests and the log).
   uint64_t measured() const { return measured_.load(std::memory_order_relaxed); }
+  uint64_t skipped_closed() const { return skipped_closed_.load(std::memory_order_relaxed); }
 
  private:
   struct Histograms {
@@ -65,7 +68,7 @@ class QualitySampler {
     LatencyHistogram recall_at_k;
     Histograms();
   };
-  void Measure(const std::shared_ptr<Session>& session, uint32_t layer,
+  void Measure(const std::weak_ptr<Session>& weak_session, uint32_t layer,
                const std::vector<float>& query, uint64_t num_tokens,
                const std::vector<std::vector<uint32_t>>& positions, const std::string& index);
   Histograms& HistogramsFor(const std::string& index, const std::string& layer_bucket)
@@ -75,6 +78,7 @@ class QualitySampler {
   const size_t max_queued_;
   std::atomic<uint64_t> measured_{0};
   std::atomic<uint64_t> dropped_{0};
+  std::atomic<uint64_t> skipped_closed_{0};
   std::atomic<uint64_t> failed_{0};
   mutable absl::Mutex mu_;
   // By label set (index="...",layer="..."); past kMaxLabelSets new index settings share
