@@ -58,8 +58,11 @@ absl::Status RunPqkv(const KvDataSet& data, Client& client, const HarnessOptions
   struct Closer {
     Client& client;
     std::string id;
-    ~Closer() { client.CloseSession(id).IgnoreError(); }
-  } closer{client, id};
+    bool close;
+    ~Closer() {
+      if (close) client.CloseSession(id).IgnoreError();
+    }
+  } closer{client, id, options.close_sessions};
 
   const uint32_t prefill = data.query_positions.front();
   for (size_t l = 0; l < data.layers.size(); ++l) {

@@ -63,6 +63,10 @@ struct HarnessOptions {
   // the model). false: attention over [0, p), the tokens the server held when it
   // answered, which is what the server's live quality sampler measures.
   bool include_query_token = true;
+  // Whether each pqkv run closes its session at the end. false leaves them open, e.g. so
+  // that the server's live quality sampler, which skips the items of closed sessions,
+  // measures every one it drew.
+  bool close_sessions = true;
   // Called with a line of progress (uploads, queries, layers evaluated); may be empty.
   std::function<void(const std::string&)> progress;
 };

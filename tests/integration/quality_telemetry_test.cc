@@ -82,6 +82,7 @@ TEST_CASE("Sampled mass recall agrees with the quality harness's offline figure"
   options.methods = {"pqkv"};
   options.pq = {ParsePqConfig(pq).value()};
   options.include_query_token = false;
+  options.close_sessions = false;  // the sampler skips a closed session's items
   absl::StatusOr<HarnessReport> report = RunQualityHarness(data, client->get(), options);
   REQUIRE(report.ok());
   const QualityRow* all = nullptr;
