@@ -71,6 +71,10 @@ ABSL_FLAG(int, max_sessions, 4096,
           "Live sessions at most; CreateSession past it fails with RESOURCE_EXHAUSTED (close one "
           "first).");
 ABSL_FLAG(std::string, page_size, "64KiB", "K/V arena page size (a multiple of 4KiB).");
+ABSL_FLAG(bool, huge_pages, true,
+          "Back the K/V arena with transparent huge pages where the kernel allows them "
+          "(THP mode madvise or always): fewer TLB misses when a re-rank or a row fetch "
+          "reads scattered rows. --nohuge_pages keeps 4KiB pages.");
 ABSL_FLAG(std::string, max_inflight_gather_bytes, "1GiB",
           "Most K/V row bytes Retrieve holds gathered outside the arena at once, server-wide "
           "(rows in responses not yet written, staging of UCX puts); items past it fail with "
@@ -214,6 +218,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<size_t> page_bytes = pqkv::server::ParseByteSize(absl::GetFlag(FLAGS_page_size));
   if (!page_bytes.ok()) return Fail(page_bytes.status());
   store_options.page_bytes = *page_bytes;
+  store_options.huge_pages = absl::GetFlag(FLAGS_huge_pages);
   // The data plane outlives the compute pool, where streams' endpoints are closed.
   std::unique_ptr<pqkv::server::UcxDataPlane> data_plane;
   std::string data_plane_error = "turned off with --noucx";

@@ -12,7 +12,7 @@
 namespace pqkv::server {
 
 absl::StatusOr<std::unique_ptr<PageArena>> PageArena::Create(size_t capacity_bytes,
-                                                             size_t page_bytes) {
+                                                             size_t page_bytes, bool huge_pages) {
   if (page_bytes == 0 || page_bytes % 4096 != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("page size ", page_bytes, " is not a positive multiple of 4096"));
@@ -30,6 +30,9 @@ absl::StatusOr<std::unique_ptr<PageArena>> PageArena::Create(size_t capacity_byt
     return absl::ResourceExhaustedError(absl::StrCat(
         "cannot reserve ", num_pages * page_bytes, " bytes for the K/V arena: ", strerror(errno)));
   }
+  // A hint: a kernel without THP (or with it set to "never") refuses it, and the arena
+  // works the same on 4 KiB pages.
+  if (huge_pages) madvise(base, num_pages * page_bytes, MADV_HUGEPAGE);
   return std::unique_ptr<PageArena>(new PageArena(static_cast<char*>(base), num_pages, page_bytes));
 }
 

@@ -5,6 +5,12 @@
 // Thread-safe. The arena owns the region; a page belongs to whoever allocated it until
 // it is freed. Capacity is the memory budget: allocation beyond it fails with
 // RESOURCE_EXHAUSTED and never touches the OS allocator.
+//
+// With huge_pages the region asks for transparent huge pages (madvise, where the kernel's
+// THP mode is "madvise" or "always"): a re-rank or a row fetch touches a few rows in each
+// of thousands of 4 KiB pages, and on the Intel Xeon of docs/benchmarks.md the TLB misses
+// of those reads cost about a quarter of the re-rank's time. Freeing a page still returns
+// its memory (the huge page is split).
 #ifndef PQKV_SERVER_MEMORY_PAGE_ARENA_H_
 #define PQKV_SERVER_MEMORY_PAGE_ARENA_H_
 
@@ -23,7 +29,8 @@ class PageArena {
   // Reserves `capacity_bytes` (rounded down to whole pages) of address space; physical
   // memory is only committed as pages are written. page_bytes must be a multiple of 4096.
   static absl::StatusOr<std::unique_ptr<PageArena>> Create(size_t capacity_bytes,
-                                                           size_t page_bytes);
+                                                           size_t page_bytes,
+                                                           bool huge_pages = true);
   ~PageArena();
 
   PageArena(const PageArena&) = delete;

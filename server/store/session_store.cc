@@ -35,7 +35,8 @@ absl::Status ValidateSessionId(const std::string& id) {
 absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Create(
     const SessionStoreOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<PageArena> arena,
-                   PageArena::Create(options.memory_budget_bytes, options.page_bytes));
+                   PageArena::Create(options.memory_budget_bytes, options.page_bytes,
+                                                     options.huge_pages));
   return std::unique_ptr<SessionStore>(new SessionStore(std::move(arena), options));
 }
 

@@ -29,6 +29,8 @@ namespace pqkv::server {
 struct SessionStoreOptions {
   size_t memory_budget_bytes = size_t{8} << 30;
   size_t page_bytes = size_t{64} << 10;
+  // Whether the K/V arena asks for transparent huge pages (--huge_pages; PageArena).
+  bool huge_pages = true;
   int index_threads = 1;
   // Niceness of the index threads (0-19; --index_nice): decode-time work gets the cores
   // first while builds run.
