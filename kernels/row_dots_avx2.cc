@@ -2,13 +2,13 @@
 //
 // Rows go two at a time against up to four query heads: each 8-element step loads a query
 // vector once for both rows, and the eight sums (two rows x four heads) are eight FMA
-// chains side by side, reduced together at the end. The rows come chunk by chunk through
-// an L1 buffer (kernels/staged_row_dots.h: why).
+// chains side by side, reduced together at the end. The rows are read where they lie,
+// prefetched ahead (kernels/prefetched_row_dots.h: why).
 #include <immintrin.h>
 
 
 #include "kernels/simd_avx2.h"
-#include "kernels/staged_row_dots.h"
+#include "kernels/prefetched_row_dots.h"
 
 namespace pqkv::kernels::avx2 {
 namespace {
@@ -81,13 +81,6 @@ inline void OneRow(bool fp16, const void* row, int head_dim, const float* querie
 }
 
 struct Kernel {
-  static constexpr size_t kCopyBytes = 32;
-  static void Copy(const char* src, char* dst, size_t bytes) {
-    for (size_t b = 0; b < bytes; b += kCopyBytes) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(dst + b),
-                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b)));
-    }
-  }
   template <int H>
   static void Heads(bool fp16, const void* a, const void* b, int head_dim, const float* queries,
                     size_t n, size_t r, float* out) {
@@ -103,7 +96,7 @@ struct Kernel {
 
 void RowDots(bool fp16, const void* const* rows, size_t n, int head_dim, const float* queries,
              int group, float* out) {
-  staged::RowDots<Kernel>(fp16, rows, n, head_dim, queries, group, out);
+  prefetched::RowDots<Kernel>(fp16, rows, n, head_dim, queries, group, out);
 }
 
 }  // namespace pqkv::kernels::avx2

@@ -1,14 +1,14 @@
 // AVX-512 row dot products (kernels/row_dots.h); compiled with -mavx512f -mavx512vl.
 //
 // The AVX2 kernel's row pairs against up to four query heads (row_dots_avx2.cc) in
-// 16-lane steps: half the instructions per row. The rows come chunk by chunk through an
-// L1 buffer (kernels/staged_row_dots.h).
+// 16-lane steps: half the instructions per row. The rows are read where they lie,
+// prefetched ahead (kernels/prefetched_row_dots.h).
 #include <immintrin.h>
 
 #include <cstdint>
 
 #include "kernels/simd_avx512.h"
-#include "kernels/staged_row_dots.h"
+#include "kernels/prefetched_row_dots.h"
 
 namespace pqkv::kernels::avx512 {
 namespace {
@@ -78,12 +78,6 @@ inline void OneRow(bool fp16, const void* row, int head_dim, const float* querie
 }
 
 struct Kernel {
-  static constexpr size_t kCopyBytes = 64;
-  static void Copy(const char* src, char* dst, size_t bytes) {
-    for (size_t b = 0; b < bytes; b += kCopyBytes) {
-      _mm512_store_si512(dst + b, _mm512_loadu_si512(src + b));
-    }
-  }
   template <int H>
   static void Heads(bool fp16, const void* a, const void* b, int head_dim, const float* queries,
                     size_t n, size_t r, float* out) {
@@ -99,7 +93,7 @@ struct Kernel {
 
 void RowDots(bool fp16, const void* const* rows, size_t n, int head_dim, const float* queries,
              int group, float* out) {
-  staged::RowDots<Kernel>(fp16, rows, n, head_dim, queries, group, out);
+  prefetched::RowDots<Kernel>(fp16, rows, n, head_dim, queries, group, out);
 }
 
 }  // namespace pqkv::kernels::avx512
