@@ -546,6 +546,34 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
   auto group_queries_of = [&](int h) {
     return query.data() + static_cast<size_t>(h) * shape.group_size() * shape.head_dim;
   };
+  // Re-ranking: the exact tail, the latest appended candidates, whose codes may come from
+  // codebooks that never saw their distribution (a refresh lands later), are re-ranked
+  // whatever the scan thought of them.
+  const bool refines = reranks && k > k_final;
+  uint64_t tail_begin = candidate_end;
+  if (refines && config_.refresh.enabled && config_.refresh.exact_tail > 0) {
+    tail_begin = std::max({candidate_begin, prefill_tokens_,
+                           candidate_end - std::min<uint64_t>(candidate_end,
+                                                              config_.refresh.exact_tail)});
+  }
+  auto rerank_head = [&](int h) {
+    HeadSelection& head = selection.heads[h];
+    if (head.overflow) return;
+    if (tail_begin < candidate_end) {
+      std::vector<uint32_t>& positions = head.positions;
+      positions.erase(std::remove_if(positions.begin(), positions.end(),
+                                     [&](uint32_t t) { return t >= tail_begin; }),
+                      positions.end());
+      for (uint64_t t = tail_begin; t < candidate_end; ++t) {
+        positions.push_back(static_cast<uint32_t>(t));
+      }
+      head.scores.clear();  // RerankExact reads positions only
+    }
+    head = RerankExact(head_keys(h, use_codes), group_queries_of(h),
+                       static_cast<int>(shape.group_size()),
+                       static_cast<uint32_t>(candidate_begin),
+                       static_cast<uint32_t>(candidate_end), head, k_final);
+  };
   bool scored = false;
   if (gpu_ != nullptr && !plain && use_codes && num_encoded_ == n) {
     absl::StatusOr<std::vector<HeadSelection>> heads = RetrieveOnGpu(
@@ -554,13 +582,15 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
     if (heads.ok()) {
       selection.heads = *std::move(heads);
       scored = true;
+      if (refines) ParallelFor(pool, static_cast<int>(shape.num_kv_heads), rerank_head);
     }
   }
   if (!scored) {
     // Candidates for the re-rank come in position order: it reads their rows front to back
-    // and skips sorting them.
+    // and skips sorting them. A head's re-rank follows its scan on the same thread, while
+    // the scan's tables and the select's codes are still in that core's caches.
     const kernels::TopKOrder order =
-        reranks && k > k_final ? kernels::TopKOrder::kPosition : kernels::TopKOrder::kBestFirst;
+        refines ? kernels::TopKOrder::kPosition : kernels::TopKOrder::kBestFirst;
     ParallelFor(pool, static_cast<int>(shape.num_kv_heads), [&](int h) {
       const HeadKeys keys = head_keys(h, use_codes);
       const int group = static_cast<int>(shape.group_size());
@@ -569,35 +599,7 @@ absl::StatusOr<LayerSelection> LayerStore::Retrieve(absl::Span<const float> quer
       selection.heads[h] =
           plain ? ScoreAndSelectPlain(keys, group_queries_of(h), group, begin, end, k)
                 : ScoreAndSelect(keys, group_queries_of(h), group, begin, end, k, order);
-    });
-  }
-  if (reranks && k > k_final) {
-    // The exact tail: the latest appended candidates, whose codes may come from codebooks
-    // that never saw their distribution (a refresh lands later), are re-ranked whatever
-    // the scan thought of them.
-    const RefreshPolicy& refresh = config_.refresh;
-    uint64_t tail_begin = candidate_end;
-    if (refresh.enabled && refresh.exact_tail > 0) {
-      tail_begin = std::max({candidate_begin, prefill_tokens_,
-                             candidate_end - std::min<uint64_t>(candidate_end, refresh.exact_tail)});
-    }
-    ParallelFor(pool, static_cast<int>(shape.num_kv_heads), [&](int h) {
-      HeadSelection& head = selection.heads[h];
-      if (head.overflow) return;
-      if (tail_begin < candidate_end) {
-        std::vector<uint32_t>& positions = head.positions;
-        positions.erase(std::remove_if(positions.begin(), positions.end(),
-                                       [&](uint32_t t) { return t >= tail_begin; }),
-                        positions.end());
-        for (uint64_t t = tail_begin; t < candidate_end; ++t) {
-          positions.push_back(static_cast<uint32_t>(t));
-        }
-        head.scores.clear();  // RerankExact reads positions only
-      }
-      head = RerankExact(head_keys(h, use_codes), group_queries_of(h),
-                         static_cast<int>(shape.group_size()),
-                         static_cast<uint32_t>(candidate_begin),
-                         static_cast<uint32_t>(candidate_end), head, k_final);
+      if (refines) rerank_head(h);
     });
   }
   // Finite queries and keys can still overflow fp32 logits (values near 1e19); the
