@@ -1,9 +1,13 @@
-// kernel_bench: the index build's and the per-dimension scan's inner kernels alone, one
-// thread, warm caches, on random inputs; medians over repeats. For comparing kernel
+// kernel_bench: the index build's, the per-dimension scan's and the re-rank's inner
+// kernels alone, one thread, on random inputs (warm caches but for the re-rank's cold
+// rows); medians over repeats. For comparing kernel
 // versions (run two builds one after the other, or with PQKV_DISABLE_AVX512=1 for the
 // AVX2 kernels); the end-to-end figures are retrieval_bench's. docs/benchmarks.md.
 //
 //   bazel build -c opt //bench:kernel_bench && bazel-bin/bench/kernel_bench [--repeats 50]
+//       [--small_pages]
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -15,7 +19,9 @@
 
 #include "kernels/cpu_features.h"
 #include "kernels/dim4_scan.h"
+#include "kernels/dtype_convert.h"
 #include "kernels/kmeans.h"
+#include "kernels/row_dots.h"
 #include "kernels/vector_exp.h"
 
 namespace {
@@ -38,8 +44,12 @@ double MedianUs(int repeats, F&& f) {
 int main(int argc, char** argv) {
   using namespace pqkv::kernels;
   int repeats = 50;
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], "--repeats") == 0) repeats = std::max(1, std::atoi(argv[i + 1]));
+  bool small_pages = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--repeats") == 0 && i + 1 < argc) {
+      repeats = std::max(1, std::atoi(argv[i + 1]));
+    }
+    if (std::strcmp(argv[i], "--small_pages") == 0) small_pages = true;
   }
   std::printf("# simd %s, dim4 kernel %s, %d repeats, one thread\n", SimdLevelName(),
               Dim4KernelName(), repeats);
@@ -104,6 +114,78 @@ int main(int argc, char** argv) {
         "{\"kernel\": \"MaxOfInt32+ExpAndSumInt32\", \"tokens\": %zu, \"queries\": %d, "
         "\"median_us\": %.1f, \"ns_per_token\": %.2f}\n",
         kTokens, kQueries, exp_us, exp_us * 1e3 / kTokens);
+  }
+
+  // The re-rank's row dot products: one kv head's rerank x k = 8192 candidates plus 96
+  // sinks and window, a quarter of its 32768 fp16 rows of 128 dims in position order,
+  // against 4 query heads. Cold: each repeat reads another head's 8 MiB of rows out of
+  // 512 MiB (past any cache), beside a loop that only reads the same rows' cache lines
+  // (retrieval_bench's re-rank floor). Warm: the same 8288 rows again and again (2 MiB,
+  // in L2/L3): the arithmetic's share.
+  {
+    constexpr int kDim = 128, kQueries = 4;
+    constexpr size_t kHeadRows = 32768, kPicked = 8288, kRowBytes = kDim * 2;
+    constexpr size_t kHeads = 64;  // 512 MiB
+    // Mapped as the server's K/V arena maps its region: huge pages where the kernel allows
+    // (server/memory/page_arena.h), 4 KiB pages with --small_pages.
+    const size_t key_count = kHeads * kHeadRows * kDim;
+    void* mapped = mmap(nullptr, key_count * 2, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mapped == MAP_FAILED) return 1;
+    if (!small_pages) madvise(mapped, key_count * 2, MADV_HUGEPAGE);
+    uint16_t* const keys = static_cast<uint16_t*>(mapped);
+    for (size_t i = 0; i < key_count; ++i) keys[i] = static_cast<uint16_t>(0x3000 + rng() % 0x1000);
+    std::vector<float> queries(kQueries * kDim), out(kQueries * kPicked);
+    for (float& q : queries) q = gauss(rng);
+    std::vector<std::vector<const void*>> rows(kHeads);
+    for (size_t h = 0; h < kHeads; ++h) {
+      std::vector<uint32_t> picked(kHeadRows);
+      for (uint32_t t = 0; t < kHeadRows; ++t) picked[t] = t;
+      std::shuffle(picked.begin(), picked.end(), rng);
+      picked.resize(kPicked);
+      std::sort(picked.begin(), picked.end());
+      for (uint32_t t : picked) rows[h].push_back(keys + (h * kHeadRows + t) * kDim);
+    }
+    size_t head = 0;
+    volatile uint64_t sink = 0;
+    auto floor_loop = [&](const std::vector<const void*>& r) {
+      constexpr size_t kAhead = 16;
+      uint64_t sum = 0;
+      for (size_t i = 0; i < r.size(); ++i) {
+        if (i + kAhead < r.size()) {
+          for (size_t b = 0; b < kRowBytes; b += 64) {
+            __builtin_prefetch(static_cast<const char*>(r[i + kAhead]) + b, 0, 1);
+          }
+        }
+        for (size_t b = 0; b < kRowBytes; b += 64) {
+          uint64_t word;
+          std::memcpy(&word, static_cast<const char*>(r[i]) + b, sizeof word);
+          sum += word;
+        }
+      }
+      sink = sink + sum;
+    };
+    auto dots = [&](const std::vector<const void*>& r) {
+      RowDots(ElementType::kFp16, r.data(), r.size(), kDim, queries.data(), kQueries, out.data());
+    };
+    // Alternated within the repeats, so drift hits both alike.
+    std::vector<double> floor_us, dots_us, warm_us;
+    for (int i = 0; i < repeats; ++i) {
+      floor_us.push_back(MedianUs(1, [&] { floor_loop(rows[head++ % kHeads]); }));
+      dots_us.push_back(MedianUs(1, [&] { dots(rows[head++ % kHeads]); }));
+      warm_us.push_back(MedianUs(3, [&] { dots(rows[0]); }));
+    }
+    auto median = [](std::vector<double> v) {
+      std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+      return v[v.size() / 2];
+    };
+    std::printf(
+        "{\"kernel\": \"RowDots\", \"rows\": %zu, \"head_dim\": %d, \"queries\": %d, "
+        "\"cold_us\": %.1f, \"warm_us\": %.1f, \"read_floor_us\": %.1f, "
+        "\"cold_vs_floor\": %.2f, \"pages\": \"%s\"}\n",
+        kPicked, kDim, kQueries, median(dots_us), median(warm_us), median(floor_us),
+        median(dots_us) / median(floor_us), small_pages ? "4KiB" : "huge where allowed");
+    munmap(mapped, key_count * 2);
   }
   return 0;
 }
