@@ -11,6 +11,7 @@ namespace pqkv::kernels::avx2 {
 double ExpAndSum(const float* x, size_t n, float scale, float shift, float* out);
 float MaxOf(const float* x, size_t n);
 int32_t MaxOfInt32(const int32_t* x, size_t n);
+void AddScaled(const float* x, size_t n, float scale, float* out);
 double ExpAndSumInt32(const int32_t* x, size_t n, float scale, float shift, float* out);
 // Radix select's shortlist (radix_select.cc): for t in [begin, end) whose ordered key is
 // >= cut, appends the key and t to keys/positions (which need 8 slots of slack); returns

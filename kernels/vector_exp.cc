@@ -58,6 +58,14 @@ float MaxOf(const float* x, size_t n) {
   return max;
 }
 
+void AddScaled(const float* x, size_t n, float scale, float* out) {
+  if (UseAvx2()) {
+    avx2::AddScaled(x, n, scale, out);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) out[i] += x[i] * scale;
+}
+
 int32_t MaxOfInt32(const int32_t* x, size_t n) {
   if (UseAvx512()) return avx512::MaxOfInt32(x, n);
   if (UseAvx2()) return avx2::MaxOfInt32(x, n);

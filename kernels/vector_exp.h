@@ -33,6 +33,11 @@ float MaxOf(const float* x, size_t n);
 // Largest of x[0, n); INT32_MIN for n == 0.
 int32_t MaxOfInt32(const int32_t* x, size_t n);
 
+// out[i] += x[i] * scale for i in [0, n): a softmax's weighted exponentials summed into
+// scores (RerankExact). AVX2 where available, as one fused multiply-add (the portable
+// code rounds the product first: the last bit may differ).
+void AddScaled(const float* x, size_t n, float scale, float* out);
+
 }  // namespace pqkv::kernels
 
 #endif  // PQKV_KERNELS_VECTOR_EXP_H_

@@ -115,6 +115,15 @@ float MaxOf(const float* x, size_t n) {
   return max;
 }
 
+void AddScaled(const float* x, size_t n, float scale, float* out) {
+  const __m256 s = _mm256_set1_ps(scale);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(_mm256_loadu_ps(x + i), s, _mm256_loadu_ps(out + i)));
+  }
+  for (; i < n; ++i) out[i] += x[i] * scale;
+}
+
 int32_t MaxOfInt32(const int32_t* x, size_t n) {
   __m256i m0 = _mm256_set1_epi32(std::numeric_limits<int32_t>::min()), m1 = m0;
   size_t i = 0;

@@ -17,9 +17,10 @@ namespace {
 // faults on every call. A call far larger than a decode step's (rerank x k in the
 // hundreds of thousands) gives its memory back instead of keeping it for the thread.
 struct Scratch {
-  std::vector<uint32_t> tokens, encoded, order;
+  std::vector<uint32_t> tokens, encoded, uncoded, order;
   std::vector<const void*> rows;
-  std::vector<float> logits, code_logits, score, exps, mixed;
+  std::vector<float> logits, code_logits, score, exps;
+  std::vector<double> inside;
 
   static constexpr size_t kKeepTokens = size_t{1} << 17;
   void TrimAfter(size_t tokens_used) {
@@ -61,10 +62,16 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   bool all_encoded = true;
   for (uint32_t t : tokens) all_encoded &= t < num_encoded;
   std::vector<uint32_t>& encoded = scratch.encoded;
+  std::vector<uint32_t>& uncoded = scratch.uncoded;  // indices into R
   encoded.clear();
+  uncoded.clear();
   if (!all_encoded) {
-    for (uint32_t t : tokens) {
-      if (t < num_encoded) encoded.push_back(t);
+    for (size_t i = 0; i < r; ++i) {
+      if (tokens[i] < num_encoded) {
+        encoded.push_back(tokens[i]);
+      } else {
+        uncoded.push_back(static_cast<uint32_t>(i));
+      }
     }
   }
   const uint32_t* coded = all_encoded ? tokens.data() : encoded.data();
@@ -87,6 +94,20 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   std::vector<float>& code_logits = scratch.code_logits;  // [group][num_coded]
   code_logits.resize(num_coded * group_size);
   kernels::GqaCodeLogits(input, coded, num_coded, code_logits.data());
+  // The scan's probability mass of R per query head, exp(scale x logit - log Z) summed
+  // over R with the scan's logits: the encoded tokens' part here, while their code logits
+  // are in cache (the key rows streaming through below evicted them, and the sum took
+  // twice as long), the exactly scored tokens' part after the exact logits.
+  const float scale = 1.0f / std::sqrt(static_cast<float>(keys.head_dim));
+  std::vector<float>& exps = scratch.exps;
+  exps.resize(r);
+  std::vector<double>& inside = scratch.inside;
+  inside.assign(group_size, 0.0);
+  for (int g = 0; g < group_size; ++g) {
+    if (!std::isfinite(log_z[g])) continue;  // reported below
+    inside[g] = kernels::ExpAndSum(code_logits.data() + static_cast<size_t>(g) * num_coded,
+                                   num_coded, scale, static_cast<float>(log_z[g]), exps.data());
+  }
 
   // R's exact logits.
   std::vector<const void*>& rows = scratch.rows;
@@ -101,13 +122,8 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   // terms for R and the scan's approximate ones for every other token. Shifted by the
   // largest exponent so nothing overflows; the scan's share outside R is clamped at 0
   // against rounding when R holds nearly all of it.
-  const float scale = 1.0f / std::sqrt(static_cast<float>(keys.head_dim));
   std::vector<float>& score = scratch.score;
   score.assign(c, 0.0f);
-  std::vector<float>& exps = scratch.exps;
-  std::vector<float>& mixed = scratch.mixed;
-  exps.resize(r);
-  mixed.resize(all_encoded ? 0 : r);
   for (int g = 0; g < group_size; ++g) {
     const float* exact = logits.data() + static_cast<size_t>(g) * r;
     const float max_logit = kernels::MaxOf(exact, r);
@@ -115,24 +131,17 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
       out.overflow = true;
       return out;
     }
-    // The scan's logits of R.
-    const float* head_code_logits = code_logits.data() + static_cast<size_t>(g) * num_coded;
-    if (!all_encoded) {
-      for (size_t i = 0, next = 0; i < r; ++i) {
-        const bool is_coded = next < num_coded && encoded[next] == tokens[i];
-        mixed[i] = is_coded ? head_code_logits[next++] : exact[i];
-      }
+    double scan_mass = inside[g];  // the scan's probability mass of R
+    for (uint32_t i : uncoded) {
+      scan_mass += std::exp(scale * exact[i] - static_cast<float>(log_z[g]));
     }
-    // The scan's probability mass of R (exps is overwritten just below).
-    const double inside = kernels::ExpAndSum(all_encoded ? head_code_logits : mixed.data(), r,
-                                             scale, static_cast<float>(log_z[g]), exps.data());
     const double shift = std::max(log_z[g], static_cast<double>(scale * max_logit));
     const double exact_sum =
         kernels::ExpAndSum(exact, r, scale, static_cast<float>(shift), exps.data());
     const double outside =
-        std::exp(log_z[g] - static_cast<float>(shift)) * std::max(0.0, 1 - inside);
+        std::exp(log_z[g] - static_cast<float>(shift)) * std::max(0.0, 1 - scan_mass);
     const float inverse_z = static_cast<float>(1.0 / (exact_sum + outside));
-    for (size_t i = 0; i < c; ++i) score[i] += exps[i] * inverse_z;
+    kernels::AddScaled(exps.data(), c, inverse_z, score.data());
   }
   // Best first; ties to the lower index, which is the lower position (sorted above).
   std::vector<uint32_t>& order = scratch.order;

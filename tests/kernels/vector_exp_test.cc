@@ -79,6 +79,24 @@ TEST_CASE("MaxOf finds the largest element", "[kernels]") {
   }
 }
 
+TEST_CASE("AddScaled adds the scaled values, tails included", "[kernels]") {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> uniform(-2.0f, 2.0f);
+  for (size_t n : {0, 1, 7, 8, 9, 33, 1000}) {
+    std::vector<float> x(n), out(n), before(n);
+    for (size_t i = 0; i < n; ++i) {
+      x[i] = uniform(rng);
+      out[i] = before[i] = uniform(rng);
+    }
+    AddScaled(x.data(), n, 0.37f, out.data());
+    for (size_t i = 0; i < n; ++i) {
+      INFO("n " << n << ", i " << i);
+      // One rounding or two: within an ulp or so of the sum's magnitude.
+      CHECK(out[i] == Approx(before[i] + 0.37 * x[i]).margin(1e-6));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace pqkv::kernels
 
