@@ -48,6 +48,23 @@ TEST_CASE("Dim4Dots gives each token's exact integer dot product", "[kernels]") 
   }
 }
 
+TEST_CASE("Dim4Dots holds the largest sums: every code 15, every weight 127 or -128",
+          "[kernels]") {
+  // The AVX2 kernel adds a group's low- and high-nibble products in int16 before widening
+  // (at the bounds 2 x 2 x 15 x 128 = 7680), and vpmaddubsw saturates: neither may bite.
+  const int head_dim = GENERATE(32, 128, 136);
+  const int8_t extreme = GENERATE(int8_t{127}, int8_t{-128});
+  const size_t n = 32;
+  std::vector<uint8_t> codes(n * head_dim, 15);
+  std::vector<int8_t> weights(static_cast<size_t>(4) * head_dim, extreme);
+  const size_t blocks = n / kDim4BlockTokens;
+  std::vector<uint8_t> packed(blocks * Dim4BlockBytes(head_dim), 0);
+  PackDim4(codes.data(), 0, n, head_dim, packed.data());
+  std::vector<int32_t> out(4 * n);
+  Dim4Dots(packed.data(), blocks, head_dim, weights.data(), 4, out.data(), n);
+  for (int32_t dot : out) REQUIRE(dot == 15 * extreme * head_dim);
+}
+
 TEST_CASE("QuantizeDim4Query reproduces q . level within the int8 rounding", "[kernels]") {
   const int head_dim = 64;
   std::mt19937 rng(5);
