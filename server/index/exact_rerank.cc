@@ -96,8 +96,8 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   kernels::GqaCodeLogits(input, coded, num_coded, code_logits.data());
   // The scan's probability mass of R per query head, exp(scale x logit - log Z) summed
   // over R with the scan's logits: the encoded tokens' part here, while their code logits
-  // are in cache (the key rows streaming through below evicted them, and the sum took
-  // twice as long), the exactly scored tokens' part after the exact logits.
+  // are in cache (after the key rows had streamed through below, the sum took twice as
+  // long), the exactly scored tokens' part after the exact logits.
   const float scale = 1.0f / std::sqrt(static_cast<float>(keys.head_dim));
   std::vector<float>& exps = scratch.exps;
   exps.resize(r);
