@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <vector>
 
@@ -59,6 +60,24 @@ void EvictCaches() {
   }
   static volatile uint64_t sink;
   sink = sum;
+}
+
+uint64_t ReadRowLines(const void* const* rows, size_t n, size_t row_bytes) {
+  constexpr size_t kAhead = 16;
+  uint64_t sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) {
+      for (size_t b = 0; b < row_bytes; b += 64) {
+        __builtin_prefetch(static_cast<const char*>(rows[i + kAhead]) + b, 0, 1);
+      }
+    }
+    for (size_t b = 0; b < row_bytes; b += 64) {
+      uint64_t word;
+      std::memcpy(&word, static_cast<const char*>(rows[i]) + b, sizeof word);
+      sum += word;
+    }
+  }
+  return sum;
 }
 
 }  // namespace pqkv::bench

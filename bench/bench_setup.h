@@ -4,6 +4,7 @@
 #define PQKV_BENCH_BENCH_SETUP_H_
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -43,6 +44,11 @@ std::vector<double> Time(uint32_t repeats, Fn&& fn) {
 // reads next comes from memory, as a decode step's rows do (they were last touched a
 // whole model's layers ago).
 void EvictCaches();
+
+// The re-rank's read floor: touches every 64-byte line of rows[0, n) (row_bytes each), in
+// order, prefetching 16 rows ahead as kernels/prefetched_row_dots.h does, and nothing
+// else; returns a sum of what it read so that the reads stay.
+uint64_t ReadRowLines(const void* const* rows, size_t n, size_t row_bytes);
 
 }  // namespace pqkv::bench
 

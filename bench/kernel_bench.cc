@@ -17,6 +17,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/bench_setup.h"
 #include "kernels/cpu_features.h"
 #include "kernels/dim4_scan.h"
 #include "kernels/dtype_convert.h"
@@ -149,21 +150,7 @@ int main(int argc, char** argv) {
     size_t head = 0;
     volatile uint64_t sink = 0;
     auto floor_loop = [&](const std::vector<const void*>& r) {
-      constexpr size_t kAhead = 16;
-      uint64_t sum = 0;
-      for (size_t i = 0; i < r.size(); ++i) {
-        if (i + kAhead < r.size()) {
-          for (size_t b = 0; b < kRowBytes; b += 64) {
-            __builtin_prefetch(static_cast<const char*>(r[i + kAhead]) + b, 0, 1);
-          }
-        }
-        for (size_t b = 0; b < kRowBytes; b += 64) {
-          uint64_t word;
-          std::memcpy(&word, static_cast<const char*>(r[i]) + b, sizeof word);
-          sum += word;
-        }
-      }
-      sink = sink + sum;
+      sink = sink + pqkv::bench::ReadRowLines(r.data(), r.size(), kRowBytes);
     };
     auto dots = [&](const std::vector<const void*>& r) {
       RowDots(ElementType::kFp16, r.data(), r.size(), kDim, queries.data(), kQueries, out.data());
@@ -175,10 +162,7 @@ int main(int argc, char** argv) {
       dots_us.push_back(MedianUs(1, [&] { dots(rows[head++ % kHeads]); }));
       warm_us.push_back(MedianUs(3, [&] { dots(rows[0]); }));
     }
-    auto median = [](std::vector<double> v) {
-      std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-      return v[v.size() / 2];
-    };
+    auto median = [](const std::vector<double>& v) { return pqkv::bench::Percentile(v, 0.5); };
     std::printf(
         "{\"kernel\": \"RowDots\", \"rows\": %zu, \"head_dim\": %d, \"queries\": %d, "
         "\"cold_us\": %.1f, \"warm_us\": %.1f, \"read_floor_us\": %.1f, "

@@ -619,7 +619,7 @@ int Run() {
         PageArena::Create(key_bytes, (key_bytes + 4095) / 4096 * 4096).value();
     char* const floor_keys = floor_arena->PageData(floor_arena->Allocate(1).value()[0]);
     std::memcpy(floor_keys, key_bits.data(), key_bytes);
-    std::vector<std::vector<const char*>> rows(H);
+    std::vector<std::vector<const void*>> rows(H);
     for (uint32_t h = 0; h < H; ++h) {
       std::vector<uint32_t> top(candidates);
       kernels::SelectTopK(exact_scores[h].data(), cand_begin, cand_end, candidates, top.data(),
@@ -636,23 +636,8 @@ int Run() {
                                      repeats,
                                      [&] {
                                        ParallelFor(&pool, static_cast<int>(H), [&](int h) {
-                                         constexpr size_t kAhead =
-                                             16;  // as kernels/row_dots_avx2.cc
-                                         const std::vector<const char*>& r = rows[h];
-                                         uint64_t sum = 0;
-                                         for (size_t i = 0; i < r.size(); ++i) {
-                                           if (i + kAhead < r.size()) {
-                                             for (size_t b = 0; b < row_bytes; b += 64) {
-                                               __builtin_prefetch(r[i + kAhead] + b, 0, 1);
-                                             }
-                                           }
-                                           for (size_t b = 0; b < row_bytes; b += 64) {
-                                             uint64_t word;
-                                             std::memcpy(&word, r[i] + b, sizeof word);
-                                             sum += word;
-                                           }
-                                         }
-                                         sums[h] = sum;
+                                         sums[h] = bench::ReadRowLines(rows[h].data(),
+                                                                       rows[h].size(), row_bytes);
                                        });
                                      },
                                      [&] {
