@@ -7,8 +7,8 @@
 // next 16 in one burst: the burst waited for the core's few line fill buffers, the
 // arithmetic queued behind it, and reads and FMAs hardly overlapped (on the Intel Xeon
 // of docs/benchmarks.md, one thread, bench/kernel_bench's RowDots: 1.13x slower with the
-// rows in memory, 1.17x with them in L2/L3; 1.34x against 1.79x the read floor on both
-// cores in a probe).
+// rows in memory, 1.17x with them in L2/L3; on both cores 1.76-1.84x the read floor
+// against 1.55-1.59x, bench/probes/rerank_rows_probe.cc).
 //
 // Included only by those kernels' files, each instantiating it with a kernel type of its
 // own (internal linkage), compiled for its own instruction set. Kernel provides
