@@ -4,7 +4,9 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cpu_features.h"
 #include "kernels/ordered_key.h"
+#include "kernels/simd_avx512.h"
 
 namespace pqkv::kernels {
 namespace {
@@ -75,9 +77,15 @@ void WinnersInOrder(const CodeScores& in, uint32_t begin, uint32_t end, uint32_t
     taken += (where == kIn) | (is_tied & (tied < need));
     tied += is_tied;
   };
-  for (uint32_t t = begin; t < std::min(end, encoded) && taken < k; ++t) {
-    offer(t, standing[joined[t]], in.code_scores[joined[t]]);
+  uint32_t t = begin;
+  const uint32_t coded_end = std::min(end, encoded);
+  if (UseAvx512() && coded_end > begin) {  // whole blocks of 16, the rest below
+    const uint32_t blocks = (coded_end - begin) / 16;
+    taken = avx512::CodeWinnersInOrder(joined, in.code_scores, begin, blocks, threshold, need, k,
+                                       &tied, positions_out, kScores ? scores_out : nullptr);
+    t += 16 * blocks;
   }
+  for (; t < coded_end && taken < k; ++t) offer(t, standing[joined[t]], in.code_scores[joined[t]]);
   for (uint32_t t = std::max(begin, encoded); t < end && taken < k; ++t) {
     const float score = in.exact_scores[t - encoded];
     const uint32_t key = OrderedKey(score);

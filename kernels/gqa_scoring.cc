@@ -28,8 +28,8 @@ struct ScratchSpace {
   std::vector<float> logits, table, joined, combined, lut;
   std::vector<uint16_t> sums;
   std::vector<uint8_t> quantized;
-  std::vector<uint32_t> histogram;
-  std::vector<float> group_max;
+  std::vector<uint32_t> histogram, present;
+  std::vector<float> group_max, counts;
   std::vector<int8_t> weights;
   std::vector<int32_t> dots;
   std::vector<float> exps, chunk_max, chunk_weight;
@@ -563,6 +563,73 @@ void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size
       for (int m = 1; m < M; ++m) logit += table[static_cast<size_t>(m) * ksub + code[m]];
       dst[i] = logit;
     }
+  }
+}
+
+void GqaCodeMass(const GqaScoringInput& input, const uint32_t* positions, size_t count,
+                 const double* log_normalisers, double* mass) {
+  const int G = input.group_size;
+  std::fill(mass, mass + G, 0.0);
+  if (count == 0) return;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(input.head_dim));
+  if (ChooseScanPath(input.codes) != ScanPath::kJoined) {
+    float* logits = Scratch(scratch.logits, static_cast<size_t>(G) * count);
+    float* exps = Scratch(scratch.exps, count);
+    GqaCodeLogits(input, positions, count, logits);
+    for (int g = 0; g < G; ++g) {
+      if (!std::isfinite(log_normalisers[g])) continue;
+      mass[g] = ExpAndSum(logits + static_cast<size_t>(g) * count, count, scale,
+                          static_cast<float>(log_normalisers[g]), exps);
+    }
+    return;
+  }
+  // sum_i exp(logit(code_i)) = sum_c n(c) exp(logit(c)) over the codes the tokens have,
+  // n(c) their counts: a re-rank's thousands of tokens share the 2^(M x bits) codes. The
+  // codes' logits are built as the scan builds them (ScoreJoinedCodes), so they are the
+  // same floats. Only present codes are exponentiated: an absent one's logit can lie far
+  // below (an exponential in the denormals, each a slow microcode assist) or above (inf).
+  const PqShape shape = ShapeOf(input);
+  const int ksub = shape.centroids_per_subspace;
+  const size_t distinct = input.codes->joined_size();
+  uint32_t* histogram = Scratch(scratch.histogram, distinct);
+  uint32_t* present = Scratch(scratch.present, distinct);
+  float* counts = Scratch(scratch.counts, distinct);
+  float* table = Scratch(scratch.table, static_cast<size_t>(shape.subspaces) * ksub);
+  float* joined = Scratch(scratch.joined, distinct);
+  float* logits = Scratch(scratch.logits, distinct);
+  std::fill(histogram, histogram + distinct, 0u);
+  const uint16_t* codes = input.codes->joined_codes();
+  for (size_t i = 0; i < count; ++i) ++histogram[codes[positions[i]]];
+  size_t num_present = 0;
+  for (size_t c = 0; c < distinct; ++c) {  // branch-free: about half the codes are absent
+    present[num_present] = static_cast<uint32_t>(c);
+    counts[num_present] = static_cast<float>(histogram[c]);
+    num_present += histogram[c] > 0;
+  }
+  for (int g = 0; g < G; ++g) {
+    if (!std::isfinite(log_normalisers[g])) continue;
+    ComputeInnerProductTable(shape, input.group_queries + static_cast<size_t>(g) * input.head_dim,
+                             input.centroids, table);
+    std::copy(table, table + ksub, joined);
+    size_t size = ksub;
+    for (int m = 1; m < shape.subspaces; ++m) {
+      const float* row = table + static_cast<size_t>(m) * ksub;
+      for (int c = ksub - 1; c >= 0; --c) {
+        for (size_t rest = 0; rest < size; ++rest) joined[c * size + rest] = joined[rest] + row[c];
+      }
+      size *= ksub;
+    }
+    for (size_t j = 0; j < num_present; ++j) logits[j] = joined[present[j]];
+    ExpAndSum(logits, num_present, scale, static_cast<float>(log_normalisers[g]), logits);
+    double sums[4] = {0, 0, 0, 0};  // four chains: one waited on its own latency
+    const size_t by_four = num_present / 4 * 4;
+    for (size_t j = 0; j < by_four; j += 4) {
+      for (int l = 0; l < 4; ++l) sums[l] += static_cast<double>(counts[j + l] * logits[j + l]);
+    }
+    for (size_t j = by_four; j < num_present; ++j) {
+      sums[0] += static_cast<double>(counts[j] * logits[j]);
+    }
+    mass[g] = (sums[0] + sums[1]) + (sums[2] + sums[3]);
   }
 }
 

@@ -74,6 +74,14 @@ bool ScoreGqaJoined(const GqaScoringInput& input, float* code_scores, float* exa
 void GqaCodeLogits(const GqaScoringInput& input, const uint32_t* positions, size_t count,
                    float* out);
 
+// The scan's probability mass of the encoded tokens `positions` (distinct, each below
+// codes->size()) per query head: mass[g] = sum_i exp(logit_gi / sqrt(head_dim) -
+// log_normalisers[g]) with GqaCodeLogits' logits, double [group_size]; 0 for a head
+// whose normaliser is not finite. The joined path sums over the tokens' code histogram,
+// one exponential per distinct code instead of one per token and query head.
+void GqaCodeMass(const GqaScoringInput& input, const uint32_t* positions, size_t count,
+                 const double* log_normalisers, double* mass);
+
 }  // namespace pqkv::kernels
 
 #endif  // PQKV_KERNELS_GQA_SCORING_H_

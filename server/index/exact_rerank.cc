@@ -19,7 +19,7 @@ namespace {
 struct Scratch {
   std::vector<uint32_t> tokens, encoded, uncoded, order;
   std::vector<const void*> rows;
-  std::vector<float> logits, code_logits, score, exps;
+  std::vector<float> logits, score, exps;
   std::vector<double> inside;
 
   static constexpr size_t kKeepTokens = size_t{1} << 17;
@@ -53,11 +53,12 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   for (uint32_t t = 0; t < candidate_begin; ++t) tokens.push_back(t);
   for (size_t t = candidate_end; t < keys.num_tokens; ++t) tokens.push_back(t);
   const size_t r = tokens.size();
-  // The scan's logits of R: its code logits for the encoded tokens (in the codebook's
-  // dimension order), and for the tail it scored exactly, the exact ones (per query head
-  // below). In a decode step every token of R is encoded, and R's own order is used as is.
-  // Taken before the exact logits, while the scan's centroids and the select's codes are
-  // still in cache: the key rows streaming through evict them.
+  // The scan's probability mass of R per query head, exp(scale x logit - log Z) summed
+  // over R with the scan's logits: its code logits for the encoded tokens (in the
+  // codebook's dimension order) here, while the scan's codes are in cache (the key rows
+  // streaming through below evict them); the exact ones of the tail it scored exactly
+  // after R's exact logits. In a decode step every token of R is encoded, and R's own
+  // order is used as is.
   const size_t num_encoded = keys.codes != nullptr ? keys.codes->size() : 0;
   bool all_encoded = true;
   for (uint32_t t : tokens) all_encoded &= t < num_encoded;
@@ -76,38 +77,27 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   }
   const uint32_t* coded = all_encoded ? tokens.data() : encoded.data();
   const size_t num_coded = all_encoded ? r : encoded.size();
-  std::vector<float> ordered;
-  kernels::GqaScoringInput input;
+  std::vector<double>& inside = scratch.inside;
+  inside.assign(group_size, 0.0);
   if (num_coded > 0) {
+    std::vector<float> ordered;
     const float* queries = group_queries;
     if (keys.codebook->permutes()) {
       ordered.resize(static_cast<size_t>(group_size) * keys.head_dim);
       keys.codebook->PermuteDims(group_queries, group_size, ordered.data());
       queries = ordered.data();
     }
+    kernels::GqaScoringInput input;
     input.head_dim = keys.head_dim;
     input.centroids = keys.codebook->centroids().data();
     input.codes = keys.codes;
     input.group_queries = queries;
     input.group_size = group_size;
+    kernels::GqaCodeMass(input, coded, num_coded, log_z.data(), inside.data());
   }
-  std::vector<float>& code_logits = scratch.code_logits;  // [group][num_coded]
-  code_logits.resize(num_coded * group_size);
-  kernels::GqaCodeLogits(input, coded, num_coded, code_logits.data());
-  // The scan's probability mass of R per query head, exp(scale x logit - log Z) summed
-  // over R with the scan's logits: the encoded tokens' part here, while their code logits
-  // are in cache (after the key rows had streamed through below, the sum took twice as
-  // long), the exactly scored tokens' part after the exact logits.
   const float scale = 1.0f / std::sqrt(static_cast<float>(keys.head_dim));
   std::vector<float>& exps = scratch.exps;
   exps.resize(r);
-  std::vector<double>& inside = scratch.inside;
-  inside.assign(group_size, 0.0);
-  for (int g = 0; g < group_size; ++g) {
-    if (!std::isfinite(log_z[g])) continue;  // reported below
-    inside[g] = kernels::ExpAndSum(code_logits.data() + static_cast<size_t>(g) * num_coded,
-                                   num_coded, scale, static_cast<float>(log_z[g]), exps.data());
-  }
 
   // R's exact logits.
   std::vector<const void*>& rows = scratch.rows;

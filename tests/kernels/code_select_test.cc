@@ -68,5 +68,38 @@ TEST_CASE("SelectTopKByCode equals SelectTopK over every token's score, ties inc
   }
 }
 
+// Signed scores, -0 among them (it ties with +0, as OrderedKey has it): each selection's
+// key mapping must agree with SelectTopK's.
+TEST_CASE("SelectTopKByCode orders negative scores and ties -0 with +0", "[kernels]") {
+  const uint32_t encoded = 5003;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> any_code(0, 4095), any_level(0, 4);
+  std::vector<uint8_t> codes(static_cast<size_t>(encoded) * 2);
+  for (uint32_t t = 0; t < encoded; ++t) {
+    const int joined = any_code(rng);
+    codes[2 * t] = static_cast<uint8_t>(joined & 63);
+    codes[2 * t + 1] = static_cast<uint8_t>(joined >> 6);
+  }
+  PqCodeStore store(2, 6);
+  store.Append(codes.data(), encoded);
+  const float levels[] = {-0.0f, 0.0f, -1.5f, 2.0f, -3.0f};
+  std::vector<float> code_scores(store.joined_size());
+  for (float& s : code_scores) s = levels[any_level(rng)];
+  std::vector<float> scores(encoded);
+  for (uint32_t t = 0; t < encoded; ++t) scores[t] = code_scores[store.joined_codes()[t]];
+  CodeScores in;
+  in.codes = &store;
+  in.code_scores = code_scores.data();
+  in.num_tokens = encoded;
+  for (uint32_t k : {700u, 1500u, 3000u, 4000u}) {  // within +2, within the zeros, below
+    std::vector<uint32_t> got(k), expected(k);
+    for (TopKOrder order : {TopKOrder::kBestFirst, TopKOrder::kPosition}) {
+      SelectTopKByCode(in, 0, encoded, k, got.data(), nullptr, order);
+      SelectTopK(scores.data(), 0, encoded, k, expected.data(), order);
+      REQUIRE(got == expected);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace pqkv::kernels

@@ -178,6 +178,21 @@ TEST_CASE("ScoreGqa's log normalisers and GqaCodeLogits give back its scores on 
   for (size_t t = 0; t < n; ++t) {
     REQUIRE(scores[t] == Approx(rebuilt[t]).epsilon(1e-4).margin(1e-9));
   }
+
+  // GqaCodeMass of a third of the tokens: the same sums over those tokens' logits.
+  std::vector<uint32_t> some;
+  std::vector<double> expected(c.group, 0.0);
+  for (size_t i = 0; i < c.encoded; i += 3) {
+    some.push_back(positions[i]);
+    for (int g = 0; g < c.group; ++g) {
+      expected[g] += std::exp(scale * logits[g * c.encoded + i] - log_z[g]);
+    }
+  }
+  std::vector<double> mass(c.group);
+  GqaCodeMass(input, some.data(), some.size(), log_z.data(), mass.data());
+  for (int g = 0; g < c.group; ++g) {
+    CHECK(mass[g] == Approx(expected[g]).epsilon(1e-5).margin(1e-12));
+  }
 }
 
 // 2 x 6 codes where the pair of each sub-space's best centroid is absent from the tokens:
@@ -215,6 +230,11 @@ TEST_CASE("ScoreGqa's joined path ignores absent codes whose logits overflow", "
   CHECK(scores[1] == Approx(1.0 / 3));
   CHECK(scores[2] == Approx(0.0).margin(1e-30));
   CHECK(scores[3] == Approx(1.0 / 3));
+  // So must GqaCodeMass, whose tokens 0 and 1 lack both (0, 0) and (1, 1).
+  const uint32_t some[] = {0, 1};
+  double mass = 0;
+  GqaCodeMass(input, some, 2, &log_z, &mass);
+  CHECK(mass == Approx(2.0 / 3));
 }
 
 TEST_CASE("ChooseScanPath picks the layout's path", "[kernels]") {
