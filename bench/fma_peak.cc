@@ -7,7 +7,9 @@
 namespace pqkv::bench {
 namespace {
 
-constexpr int kChains = 8;  // FMA latency 4 x two FMA ports
+// Latency 4 x two FMA ports is 8 chains, but 8 ran 20% short of peak on the Intel Xeon
+// of docs/benchmarks.md (5.9 against 7.3 G vector FMAs a second); 12 reach it.
+constexpr int kChains = 12;
 
 __attribute__((target("avx512f"))) float Loop512(size_t steps) {
   __m512 acc[kChains];
