@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include "kernels/dim4_scan.h"
 #include "kernels/dtype_convert.h"
 #include "kernels/kmeans.h"
+#include "kernels/radix_select.h"
 #include "kernels/row_dots.h"
 #include "kernels/vector_exp.h"
 
@@ -115,6 +117,21 @@ int main(int argc, char** argv) {
         "{\"kernel\": \"MaxOfInt32+ExpAndSumInt32\", \"tokens\": %zu, \"queries\": %d, "
         "\"median_us\": %.1f, \"ns_per_token\": %.2f}\n",
         kTokens, kQueries, exp_us, exp_us * 1e3 / kTokens);
+  }
+
+  // The re-rank's last step: the best k = 2048 of its 8192 candidates' scores (softmax
+  // probabilities summed over 4 query heads), best first.
+  {
+    constexpr uint32_t kCandidates = 8192, kKeep = 2048;
+    std::vector<float> scores(kCandidates);
+    std::vector<uint32_t> best(kKeep);
+    for (float& s : scores) s = std::exp(2.0f * gauss(rng)) * 1e-4f;
+    const double select_us = MedianUs(repeats, [&] {
+      SelectTopK(scores.data(), 0, kCandidates, kKeep, best.data());
+    });
+    std::printf(
+        "{\"kernel\": \"SelectTopK\", \"n\": %u, \"k\": %u, \"median_us\": %.1f}\n",
+        kCandidates, kKeep, select_us);
   }
 
   // The re-rank's row dot products: one kv head's rerank x k = 8192 candidates plus 96

@@ -114,6 +114,17 @@ void SelectTopK(const float* scores, uint32_t begin, uint32_t end, uint32_t k,
     count = n;
   }
 
+  if (shortlisted && order == TopKOrder::kBestFirst && count <= 2 * size_t{k}) {
+    // A shortlist little longer than k (a re-rank's keeps about 1.3 k of its 4 k
+    // candidates) is sorted whole, best first, and its first k kept: cheaper than finding
+    // the k-th key first (kernel_bench's SelectTopK: 52 -> 34-44 us). The sort is stable
+    // and the shortlist in position order, so equal scores stay by lower position.
+    for (size_t i = 0; i < count; ++i) keys[i] = ~keys[i];
+    SortBestFirst(positions.data(), keys.data(), static_cast<uint32_t>(count));
+    std::copy(positions.begin(), positions.begin() + k, positions_out);
+    return;
+  }
+
   uint32_t need = 0;
   const uint32_t threshold = KthLargestKey(keys.data(), count, k, &need);
 

@@ -137,11 +137,15 @@ HeadSelection RerankExact(const HeadKeys& keys, const float* group_queries, int 
   std::vector<uint32_t>& order = scratch.order;
   order.resize(k);
   kernels::SelectTopK(score.data(), 0, static_cast<uint32_t>(c), k, order.data());
-  out.positions.reserve(k);
-  out.scores.reserve(k);
+  // Written in place (push_back reloaded the vectors' ends through memory each time),
+  // the positions read from R a few ahead: R's list left the cache while its rows streamed.
+  out.positions.resize(k);
+  out.scores.resize(k);
+  constexpr uint32_t kAhead = 16;
   for (uint32_t i = 0; i < k; ++i) {
-    out.positions.push_back(tokens[order[i]]);
-    out.scores.push_back(score[order[i]]);
+    if (i + kAhead < k) __builtin_prefetch(&tokens[order[i + kAhead]]);
+    out.positions[i] = tokens[order[i]];
+    out.scores[i] = score[order[i]];
   }
   scratch.TrimAfter(r);
   out.scan_us = candidates.scan_us;
