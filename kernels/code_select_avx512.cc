@@ -1,8 +1,10 @@
 // AVX-512 pass of SelectTopKByCode's winners in position order (kernels/code_select.cc):
 // sixteen tokens a step, their code scores gathered and compared with the threshold as
-// ordered keys, the winners' positions and scores compressed into place. The scalar pass
-// took about 7 cycles a token over a re-rank's 32K candidates' range, a load chain of code,
-// standing and score per token; this takes about 1. Compiled with -mavx512f -mavx512vl.
+// ordered keys, the winners' positions and scores compressed into place. With the scalar
+// pass (a load chain of code, standing and score per token) a re-rank's select of 8192
+// candidates took twice the plain 2x6 select (retrieval_bench stage_us.select 920-974
+// against 462-520 us on the Intel Xeon of docs/benchmarks.md); with this one, as long
+// (473-586). Compiled with -mavx512f -mavx512vl.
 #include <immintrin.h>
 
 #include <cstdint>

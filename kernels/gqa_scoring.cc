@@ -601,7 +601,7 @@ void GqaCodeMass(const GqaScoringInput& input, const uint32_t* positions, size_t
   const uint16_t* codes = input.codes->joined_codes();
   for (size_t i = 0; i < count; ++i) ++histogram[codes[positions[i]]];
   size_t num_present = 0;
-  for (size_t c = 0; c < distinct; ++c) {  // branch-free: about half the codes are absent
+  for (size_t c = 0; c < distinct; ++c) {  // branch-free: presence is data
     present[num_present] = static_cast<uint32_t>(c);
     counts[num_present] = static_cast<float>(histogram[c]);
     num_present += histogram[c] > 0;
