@@ -47,6 +47,22 @@ void TailLogits(const GqaScoringInput& in, const float* q, float* out) {
   ExactScores(q, in.exact_keys, in.num_exact, in.head_dim, out);
 }
 
+// joined[c] = sum_m table[m][digit_m(c)] for every joined code c, built one sub-space at a
+// time (each entry the previous sub-spaces' sum plus this one's: the order every joined
+// logit is summed in).
+void JoinedLogits(const PqShape& shape, const float* table, float* joined) {
+  const int ksub = shape.centroids_per_subspace;
+  std::copy(table, table + ksub, joined);
+  size_t size = ksub;
+  for (int m = 1; m < shape.subspaces; ++m) {
+    const float* row = table + static_cast<size_t>(m) * ksub;
+    for (int c = ksub - 1; c >= 0; --c) {
+      for (size_t rest = 0; rest < size; ++rest) joined[c * size + rest] = joined[rest] + row[c];
+    }
+    size *= ksub;
+  }
+}
+
 // The joined path's scores per distinct code, combined[joined_size()], and of the exact
 // tail tokens, tail_scores[num_exact]; no pass over the encoded tokens.
 bool ScoreJoinedCodes(const GqaScoringInput& in, float scale, float* combined, float* tail_scores,
@@ -64,16 +80,7 @@ bool ScoreJoinedCodes(const GqaScoringInput& in, float scale, float* combined, f
   for (int g = 0; g < in.group_size; ++g) {
     const float* q = in.group_queries + static_cast<size_t>(g) * in.head_dim;
     ComputeInnerProductTable(shape, q, in.centroids, table);
-    // joined[c] = sum_m table[m][digit_m(c)], built one sub-space at a time.
-    std::copy(table, table + shape.centroids_per_subspace, joined);
-    size_t size = shape.centroids_per_subspace;
-    for (int m = 1; m < shape.subspaces; ++m) {
-      const float* row = table + m * shape.centroids_per_subspace;
-      for (int c = shape.centroids_per_subspace - 1; c >= 0; --c) {
-        for (size_t rest = 0; rest < size; ++rest) joined[c * size + rest] = joined[rest] + row[c];
-      }
-      size *= shape.centroids_per_subspace;
-    }
+    JoinedLogits(shape, table, joined);
     TailLogits(in, q, tail);
     // Over the codes some token has, in four independent chains where one chain waited
     // on its own latency (distinct = 2^(M * bits): a multiple of 4 from 4 codes up). A
@@ -585,7 +592,7 @@ void GqaCodeMass(const GqaScoringInput& input, const uint32_t* positions, size_t
   }
   // sum_i exp(logit(code_i)) = sum_c n(c) exp(logit(c)) over the codes the tokens have,
   // n(c) their counts: a re-rank's thousands of tokens share the 2^(M x bits) codes. The
-  // codes' logits are built as the scan builds them (ScoreJoinedCodes), so they are the
+  // codes' logits are built as the scan builds them (JoinedLogits), so they are the
   // same floats. Only present codes are exponentiated: an absent one's logit can lie far
   // below (an exponential in the denormals, each a slow microcode assist) or above (inf).
   const PqShape shape = ShapeOf(input);
@@ -610,15 +617,7 @@ void GqaCodeMass(const GqaScoringInput& input, const uint32_t* positions, size_t
     if (!std::isfinite(log_normalisers[g])) continue;
     ComputeInnerProductTable(shape, input.group_queries + static_cast<size_t>(g) * input.head_dim,
                              input.centroids, table);
-    std::copy(table, table + ksub, joined);
-    size_t size = ksub;
-    for (int m = 1; m < shape.subspaces; ++m) {
-      const float* row = table + static_cast<size_t>(m) * ksub;
-      for (int c = ksub - 1; c >= 0; --c) {
-        for (size_t rest = 0; rest < size; ++rest) joined[c * size + rest] = joined[rest] + row[c];
-      }
-      size *= ksub;
-    }
+    JoinedLogits(shape, table, joined);
     for (size_t j = 0; j < num_present; ++j) logits[j] = joined[present[j]];
     ExpAndSum(logits, num_present, scale, static_cast<float>(log_normalisers[g]), logits);
     double sums[4] = {0, 0, 0, 0};  // four chains: one waited on its own latency
